@@ -1,0 +1,34 @@
+"""crossattn: fast, correct, complete and visible cross-attention for PyTorch.
+
+Shape legend (the layout of `torch.nn.functional.scaled_dot_product_attention`):
+
+    B   batch
+    H   query heads            Hk  key/value heads (H divisible by Hk)
+    L   query (target) length  S   key/value (source, context) length
+    E   query/key head dim     Ev  value head dim
+
+    query (B, H, L, E), key (B, Hk, S, E), value (B, Hk, S, Ev) -> out (B, H, L, Ev)
+    weights (B, H, L, S), or their head mean (B, L, S)
+
+Mask convention, everywhere: boolean True means "may attend". A key mask (B, S) marks the valid
+context tokens; an attention mask is boolean or additive float, broadcastable to (B, H, L, S).
+"""
+
+from .backends import available_backends, register_backend, use_backend
+from .functional import cross_attention
+from .layers import CrossAttention, PreparedContext
+from .masks import causal_mask, from_key_padding_mask, lengths_to_key_mask
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CrossAttention",
+    "PreparedContext",
+    "available_backends",
+    "causal_mask",
+    "cross_attention",
+    "from_key_padding_mask",
+    "lengths_to_key_mask",
+    "register_backend",
+    "use_backend",
+]

@@ -1,0 +1,34 @@
+"""Cross-attention backends: one file per backend, a registry, and dispatch."""
+
+from .base import AttentionInputs, Backend
+from .chunked import ChunkedBackend
+from .reference import ReferenceBackend
+from .registry import (
+    available_backends,
+    current_backend,
+    get_backend,
+    preference,
+    register_backend,
+    select_backend,
+    use_backend,
+)
+from .sdpa import SDPABackend
+
+register_backend(ReferenceBackend())
+register_backend(SDPABackend())
+register_backend(ChunkedBackend())
+
+__all__ = [
+    "AttentionInputs",
+    "Backend",
+    "ChunkedBackend",
+    "ReferenceBackend",
+    "SDPABackend",
+    "available_backends",
+    "current_backend",
+    "get_backend",
+    "preference",
+    "register_backend",
+    "select_backend",
+    "use_backend",
+]

@@ -1,0 +1,138 @@
+"""What every backend receives and what it must provide.
+
+A backend sees inputs that `crossattn.cross_attention` has already validated and normalised:
+
+- ``query`` (B, H, L, E), ``key`` (B, Hk, S, E), ``value`` (B, Hk, S, Ev), with H = Hk * G.
+- ``mask``: None, or ONE combined mask broadcastable to (B, H, L, S), already merged from
+  ``key_mask`` and ``attn_mask``. Boolean True means "may attend"; a floating mask is added to
+  the scaled scores. The functional layer guarantees that no query row is fully masked (such
+  rows are opened up before the call and zeroed after it), so a backend never has to guard
+  against a softmax over nothing.
+- keys and values at padded positions (``key_mask`` False) are already zero, so NaN padding
+  cannot leak through ``0 * NaN``.
+
+A backend returns ``(out, weights)``: out (B, H, L, Ev) in the query dtype, and weights None
+unless ``inputs.return_weights`` asked for them: (B, H, L, S) for True, (B, L, S) for "mean".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+WeightsMode = Literal[False, True, "mean"]
+
+LOG2E = math.log2(math.e)
+
+
+@dataclass(frozen=True)
+class AttentionInputs:
+    """Validated, normalised arguments of one `cross_attention` call.
+
+    Shapes: query (B, H, L, E), key (B, Hk, S, E), value (B, Hk, S, Ev), mask broadcastable to
+    (B, H, L, S) or None (bool: True = may attend; float: added to the scaled scores).
+    """
+
+    query: Tensor
+    key: Tensor
+    value: Tensor
+    mask: Tensor | None
+    scale: float
+    dropout_p: float
+    return_weights: WeightsMode
+
+    @property
+    def batch(self) -> int:
+        return self.query.shape[0]
+
+    @property
+    def heads(self) -> int:
+        return self.query.shape[1]
+
+    @property
+    def kv_heads(self) -> int:
+        return self.key.shape[1]
+
+    @property
+    def groups(self) -> int:
+        """Query heads per K/V head (G = H / Hk)."""
+        return self.query.shape[1] // self.key.shape[1]
+
+    @property
+    def q_len(self) -> int:
+        return self.query.shape[2]
+
+    @property
+    def kv_len(self) -> int:
+        return self.key.shape[2]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.query.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.query.device
+
+    @property
+    def requires_grad(self) -> bool:
+        return torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (self.query, self.key, self.value, self.mask)
+        )
+
+    @property
+    def mask_requires_grad(self) -> bool:
+        return self.mask is not None and self.mask.requires_grad and torch.is_grad_enabled()
+
+
+class Backend:
+    """Base class of a cross-attention backend.
+
+    Subclasses set `name` and `description` and implement `not_supported_reasons` and `forward`.
+    """
+
+    name: str = ""
+    description: str = ""
+
+    def is_available(self) -> bool:
+        """Whether the backend can run on this machine at all."""
+        return True
+
+    def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
+        """Every reason this backend cannot run `inputs`; an empty list means it can."""
+        raise NotImplementedError
+
+    def forward(self, inputs: AttentionInputs) -> tuple[Tensor, Tensor | None]:
+        """Compute ``(out, weights)``; see the module docstring for shapes."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<crossattn backend {self.name!r}>"
+
+
+def grouped(query: Tensor, groups: int) -> Tensor:
+    """View query (B, H, L, E) as (B, Hk, G, L, E): query head h uses K/V head h // G."""
+    b, h, length, e = query.shape
+    return query.view(b, h // groups, groups, length, e)  # (B, Hk, G, L, E)
+
+
+def grouped_mask(mask: Tensor | None, heads: int, groups: int) -> Tensor | None:
+    """View a mask broadcastable to (B, H, L, S) as one broadcastable to (B, Hk, G, L, S)."""
+    if mask is None:
+        return None
+    b, h, length, s = mask.shape
+    if h == 1:
+        return mask.unsqueeze(2)  # (B|1, 1, 1, L|1, S|1)
+    return mask.reshape(b, heads // groups, groups, length, s)  # (B|1, Hk, G, L|1, S|1)
+
+
+def reduce_grad_to(grad: Tensor, shape: torch.Size) -> Tensor:
+    """Sum a gradient over the dimensions that were broadcast from `shape`."""
+    dims = [i for i, (g, s) in enumerate(zip(grad.shape, shape)) if s == 1 and g != 1]
+    if dims:
+        grad = grad.sum(dim=dims, keepdim=True)
+    return grad

@@ -1,0 +1,1 @@
+"""One module per `crossattn` command: `add_arguments(parser)` and `run(args)`."""

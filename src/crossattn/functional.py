@@ -1,0 +1,270 @@
+"""`cross_attention`: validation, mask normalisation and dispatch to a backend.
+
+Shape legend: B batch, H query heads, Hk key/value heads (H divisible by Hk), L query (target)
+length, S key/value (source, context) length, E query/key head dim, Ev value head dim.
+
+Mask convention, everywhere in crossattn: boolean True means "may attend".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, overload
+
+import torch
+from torch import Tensor
+
+from .backends import AttentionInputs, select_backend
+
+WeightsArg = bool | Literal["mean"]
+
+
+@overload
+def cross_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    attn_mask: Tensor | None = ...,
+    key_mask: Tensor | None = ...,
+    scale: float | None = ...,
+    dropout_p: float = ...,
+    backend: str | None = ...,
+    return_weights: Literal[False] = ...,
+) -> Tensor: ...
+
+
+@overload
+def cross_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    attn_mask: Tensor | None = ...,
+    key_mask: Tensor | None = ...,
+    scale: float | None = ...,
+    dropout_p: float = ...,
+    backend: str | None = ...,
+    return_weights: Literal[True, "mean"],
+) -> tuple[Tensor, Tensor]: ...
+
+
+def cross_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    attn_mask: Tensor | None = None,
+    key_mask: Tensor | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    backend: str | None = None,
+    return_weights: WeightsArg = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Scaled dot-product attention of queries over a separate key/value sequence.
+
+    Args:
+        query: (B, H, L, E).
+        key: (B, Hk, S, E). H must be divisible by Hk; query head h uses K/V head h // (H / Hk).
+        value: (B, Hk, S, Ev). Ev may differ from E.
+        attn_mask: boolean (True = may attend) or additive float mask, broadcastable to
+            (B, H, L, S). A float mask must have the query's dtype.
+        key_mask: boolean (B, S), True marks the valid context tokens. Keys and values at
+            padded positions never reach the output, even when they hold NaN.
+        scale: multiplier of the scores; defaults to 1 / sqrt(E).
+        dropout_p: dropout probability on the attention probabilities (apply it in training
+            only). Returned weights are the probabilities before dropout.
+        backend: pin a backend by name (see `available_backends()`); None dispatches to the
+            fastest backend that supports the call.
+        return_weights: False; True for weights (B, H, L, S); "mean" for the head mean (B, L, S).
+
+    Returns:
+        out (B, H, L, Ev) in the query's dtype, or ``(out, weights)`` when weights are asked for.
+        A query row with no key it may attend to gets output 0 and weights 0, never NaN.
+    """
+    _check_qkv(query, key, value)
+    b, h, length, e = query.shape
+    s = key.shape[2]
+    if return_weights not in (False, True, "mean"):
+        raise ValueError(f"return_weights must be False, True or 'mean', got {return_weights!r}")
+    if not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(e)
+    elif not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise TypeError(f"scale must be a finite float or None, got {scale!r}")
+
+    key_mask = _check_key_mask(key_mask, query, b, s)
+    attn_mask = _check_attn_mask(attn_mask, query, (b, h, length, s))
+    mask = _combine(attn_mask, key_mask)
+
+    if key_mask is not None and not bool(key_mask.all()):
+        # Zero padded keys and values so that NaN or Inf padding cannot leak through 0 * NaN.
+        pad = ~key_mask[:, None, :, None]  # (B, 1, S, 1)
+        key = key.masked_fill(pad, 0.0)
+        value = value.masked_fill(pad, 0.0)
+
+    # Rows with no allowed key: open them up for the backend, zero them afterwards.
+    row_ok = None
+    if mask is not None:
+        row_ok = _rows_with_a_key(mask)  # (B|1, H|1, L|1, 1)
+        if bool(row_ok.all()):
+            row_ok = None
+        elif mask.dtype == torch.bool:
+            mask = mask | ~row_ok
+        else:
+            mask = mask.masked_fill(~row_ok, 0.0)
+
+    backend_weights = return_weights
+    if return_weights == "mean" and row_ok is not None and row_ok.shape[1] > 1:
+        backend_weights = True  # head-dependent empty rows: zero per head, then average
+    inputs = AttentionInputs(
+        query=query,
+        key=key,
+        value=value,
+        mask=mask,
+        scale=float(scale),
+        dropout_p=float(dropout_p),
+        return_weights=backend_weights,
+    )
+    out, weights = select_backend(inputs, backend).forward(inputs)
+
+    if row_ok is not None:
+        out = out.masked_fill(~row_ok, 0.0)
+        if weights is not None:
+            weights = weights.masked_fill(~row_ok if weights.dim() == 4 else ~row_ok[:, 0], 0.0)
+    if return_weights == "mean" and backend_weights is True:
+        weights = weights.mean(dim=1)  # (B, L, S)
+    if return_weights:
+        return out, weights
+    return out
+
+
+def _shape(t: Tensor) -> str:
+    return "(" + ", ".join(str(d) for d in t.shape) + ")"
+
+
+def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    expected = {"query": "(B, H, L, E)", "key": "(B, Hk, S, E)", "value": "(B, Hk, S, Ev)"}
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if t.dim() != 4:
+            raise ValueError(
+                f"{name} must be 4-D {expected[name]}, got shape {_shape(t)}; "
+                "add the batch and head dimensions (e.g. t[None, None] or t.unsqueeze(1))"
+            )
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if not (query.dtype == key.dtype == value.dtype):
+        raise TypeError(
+            f"query, key and value must share one dtype, got {query.dtype}, {key.dtype}, "
+            f"{value.dtype}; cast them, e.g. key.to(query.dtype)"
+        )
+    if not (query.device == key.device == value.device):
+        raise ValueError(
+            f"query, key and value must be on one device, got {query.device}, {key.device}, "
+            f"{value.device}"
+        )
+    b, h, _, e = query.shape
+    if key.shape[0] != b or value.shape[0] != b:
+        raise ValueError(
+            f"batch sizes differ: query {_shape(query)}, key {_shape(key)}, value {_shape(value)}; "
+            "all three need the same B in dimension 0"
+        )
+    if key.shape[-1] != e:
+        raise ValueError(
+            f"key head dim must equal the query's: query {_shape(query)} has E={e}, key "
+            f"{_shape(key)} has {key.shape[-1]}; expected key (B, Hk, S, {e})"
+        )
+    if key.shape[2] != value.shape[2]:
+        raise ValueError(
+            f"key and value lengths differ: key {_shape(key)} has S={key.shape[2]}, value "
+            f"{_shape(value)} has {value.shape[2]}; expected value (B, Hk, {key.shape[2]}, Ev)"
+        )
+    if key.shape[1] != value.shape[1]:
+        raise ValueError(
+            f"key and value head counts differ: key {_shape(key)} has Hk={key.shape[1]}, value "
+            f"{_shape(value)} has {value.shape[1]}"
+        )
+    hk = key.shape[1]
+    if hk == 0 or h % hk != 0:
+        raise ValueError(
+            f"query heads H={h} (query {_shape(query)}) must be a multiple of key/value heads "
+            f"Hk={hk} (key {_shape(key)})"
+        )
+    if key.shape[2] == 0:
+        raise ValueError(f"key has S=0 (shape {_shape(key)}): there is nothing to attend to")
+
+
+def _check_key_mask(key_mask: Tensor | None, query: Tensor, b: int, s: int) -> Tensor | None:
+    if key_mask is None:
+        return None
+    if not isinstance(key_mask, Tensor):
+        raise TypeError(
+            f"key_mask must be a bool tensor (B, S) or None, got {type(key_mask).__name__}"
+        )
+    if key_mask.dtype != torch.bool:
+        raise TypeError(
+            f"key_mask must have dtype torch.bool (True = valid token), got {key_mask.dtype}; "
+            "use key_mask.bool(), or crossattn.lengths_to_key_mask(lengths, S)"
+        )
+    if tuple(key_mask.shape) != (b, s):
+        raise ValueError(f"key_mask must have shape (B, S) = ({b}, {s}), got {_shape(key_mask)}")
+    if key_mask.device != query.device:
+        raise ValueError(f"key_mask is on {key_mask.device} but query is on {query.device}")
+    return key_mask
+
+
+def _check_attn_mask(
+    attn_mask: Tensor | None, query: Tensor, full: tuple[int, int, int, int]
+) -> Tensor | None:
+    if attn_mask is None:
+        return None
+    if not isinstance(attn_mask, Tensor):
+        raise TypeError(f"attn_mask must be a tensor or None, got {type(attn_mask).__name__}")
+    if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+        raise TypeError(
+            f"attn_mask must be bool (True = may attend) or floating (added to the scores), "
+            f"got {attn_mask.dtype}"
+        )
+    if attn_mask.is_floating_point() and attn_mask.dtype != query.dtype:
+        raise TypeError(
+            f"a float attn_mask must have the query's dtype {query.dtype}, got {attn_mask.dtype}; "
+            "use attn_mask.to(query.dtype)"
+        )
+    if attn_mask.device != query.device:
+        raise ValueError(f"attn_mask is on {attn_mask.device} but query is on {query.device}")
+    expected = "(" + ", ".join(str(d) for d in full) + ")"
+    if attn_mask.dim() > 4:
+        raise ValueError(
+            f"attn_mask must be broadcastable to (B, H, L, S) = {expected}, got {attn_mask.dim()}-D "
+            f"shape {_shape(attn_mask)}"
+        )
+    mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
+    for got, want in zip(mask.shape, full):
+        if got not in (1, want):
+            raise ValueError(
+                f"attn_mask of shape {_shape(attn_mask)} is not broadcastable to "
+                f"(B, H, L, S) = {expected}"
+            )
+    return mask
+
+
+def _combine(attn_mask: Tensor | None, key_mask: Tensor | None) -> Tensor | None:
+    """One mask broadcastable to (B, H, L, S): bool (True = may attend) or additive float."""
+    if key_mask is None:
+        return attn_mask
+    km = key_mask[:, None, None, :]  # (B, 1, 1, S)
+    if attn_mask is None:
+        return km
+    if attn_mask.dtype == torch.bool:
+        return attn_mask & km
+    return attn_mask.masked_fill(~km, float("-inf"))
+
+
+def _rows_with_a_key(mask: Tensor) -> Tensor:
+    """(B|1, H|1, L|1, 1): True where a query row may attend to at least one key."""
+    allowed = mask if mask.dtype == torch.bool else mask.detach() > float("-inf")
+    return allowed.any(dim=-1, keepdim=True)

@@ -1,0 +1,348 @@
+"""`CrossAttention`: projections around the one functional op, and `PreparedContext`.
+
+Shapes: queries (B, L, query_dim), context (B, S, context_dim), values (B, S, value_dim),
+context_mask (B, S) bool with True = valid token. Inside: q (B, heads, L, dim_head),
+k and v (B, kv_heads, S, dim_head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..functional import cross_attention
+
+
+@dataclass(frozen=True)
+class PreparedContext:
+    """A context projected to keys and values once, by one `CrossAttention` layer.
+
+    Pass it to that layer in place of the context: the output is exactly the same, and nothing
+    is projected again. Decoding steps, beams and diffusion timesteps reuse it.
+
+    Attributes:
+        key: (B, kv_heads, S, dim_head), contiguous.
+        value: (B, kv_heads, S, dim_head), contiguous.
+        key_mask: (B, S) bool, True = valid context token; or None.
+        layer_id: identity of the layer that made it (it is refused by any other layer).
+    """
+
+    key: Tensor
+    value: Tensor
+    key_mask: Tensor | None
+    layer_id: int
+
+    @property
+    def batch_size(self) -> int:
+        return self.key.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.key.shape[2]
+
+    def index_select(self, index: Tensor) -> PreparedContext:
+        """Rows `index` (N,) of the batch, e.g. the source row of each beam; stored contiguous."""
+        index = index.to(device=self.key.device, dtype=torch.long)
+        if index.dim() != 1:
+            raise ValueError(f"index must be 1-D (N,), got shape {tuple(index.shape)}")
+        return replace(
+            self,
+            key=self.key.index_select(0, index),  # (N, Hk, S, D)
+            value=self.value.index_select(0, index),
+            key_mask=None if self.key_mask is None else self.key_mask.index_select(0, index),
+        )
+
+    def repeat_interleave(self, repeats: int) -> PreparedContext:
+        """Repeat each batch row `repeats` times in place: (B, ...) -> (B * repeats, ...)."""
+        index = torch.arange(self.batch_size, device=self.key.device).repeat_interleave(repeats)
+        return self.index_select(index)
+
+
+QKNorm = Literal["layer_norm", "rms_norm"] | None
+WeightsArg = bool | Literal["mean"]
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention: queries from one sequence, keys and values from another.
+
+    Args:
+        query_dim: feature size of the queries.
+        context_dim: feature size of the context (keys); defaults to `query_dim`.
+        value_dim: feature size of a separate value sequence; defaults to `context_dim`.
+        heads: query heads.
+        dim_head: size of each head.
+        kv_heads: key/value heads (grouped-query attention); `heads` must be a multiple.
+            Defaults to `heads`.
+        out_dim: output feature size; defaults to `query_dim`.
+        bias: biases on the q, k and v projections.
+        out_bias: bias on the output projection.
+        dropout: dropout on the attention probabilities, in training mode.
+        qk_norm: None, "layer_norm" or "rms_norm": normalise queries and keys per head.
+        norm_eps: epsilon of the q/k normalisation.
+        backend: pin a backend of `crossattn.cross_attention` for this layer (None: dispatch).
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        context_dim: int | None = None,
+        value_dim: int | None = None,
+        *,
+        heads: int = 8,
+        dim_head: int = 64,
+        kv_heads: int | None = None,
+        out_dim: int | None = None,
+        bias: bool = False,
+        out_bias: bool = True,
+        dropout: float = 0.0,
+        qk_norm: QKNorm = None,
+        norm_eps: float = 1e-5,
+        backend: str | None = None,
+    ):
+        super().__init__()
+        context_dim = query_dim if context_dim is None else context_dim
+        value_dim = context_dim if value_dim is None else value_dim
+        kv_heads = heads if kv_heads is None else kv_heads
+        for name, val in (
+            ("query_dim", query_dim),
+            ("context_dim", context_dim),
+            ("value_dim", value_dim),
+            ("heads", heads),
+            ("dim_head", dim_head),
+            ("kv_heads", kv_heads),
+        ):
+            if not isinstance(val, int) or val <= 0:
+                raise ValueError(f"{name} must be a positive int, got {val!r}")
+        if heads % kv_heads != 0:
+            raise ValueError(f"heads={heads} must be a multiple of kv_heads={kv_heads}")
+        if qk_norm not in (None, "layer_norm", "rms_norm"):
+            raise ValueError(f"qk_norm must be None, 'layer_norm' or 'rms_norm', got {qk_norm!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.query_dim, self.context_dim, self.value_dim = query_dim, context_dim, value_dim
+        self.heads, self.kv_heads, self.dim_head = heads, kv_heads, dim_head
+        self.out_dim = query_dim if out_dim is None else out_dim
+        self.dropout = dropout
+        self.backend = backend
+        self.qk_norm = qk_norm
+        self.to_q = nn.Linear(query_dim, heads * dim_head, bias=bias)
+        self.to_k = nn.Linear(context_dim, kv_heads * dim_head, bias=bias)
+        self.to_v = nn.Linear(value_dim, kv_heads * dim_head, bias=bias)
+        self.to_out = nn.Linear(heads * dim_head, self.out_dim, bias=out_bias)
+        if qk_norm == "layer_norm":
+            self.q_norm: nn.Module = nn.LayerNorm(dim_head, eps=norm_eps)
+            self.k_norm: nn.Module = nn.LayerNorm(dim_head, eps=norm_eps)
+        elif qk_norm == "rms_norm":
+            self.q_norm = nn.RMSNorm(dim_head, eps=norm_eps)
+            self.k_norm = nn.RMSNorm(dim_head, eps=norm_eps)
+        else:
+            self.q_norm = nn.Identity()
+            self.k_norm = nn.Identity()
+
+    def extra_repr(self) -> str:
+        return (
+            f"query_dim={self.query_dim}, context_dim={self.context_dim}, "
+            f"value_dim={self.value_dim}, heads={self.heads}, kv_heads={self.kv_heads}, "
+            f"dim_head={self.dim_head}, out_dim={self.out_dim}"
+        )
+
+    def prepare_context(
+        self, context: Tensor, values: Tensor | None = None, context_mask: Tensor | None = None
+    ) -> PreparedContext:
+        """Project keys (and values) once.
+
+        Args:
+            context: (B, S, context_dim).
+            values: (B, S, value_dim), or None to take the values from the context.
+            context_mask: (B, S) bool, True = valid token; carried with the result.
+        """
+        _check_seq("context", context, self.context_dim, "(B, S, context_dim)")
+        b, s, _ = context.shape
+        if values is None:
+            if self.value_dim != self.context_dim:
+                raise ValueError(
+                    f"values=None takes the values from the context, but this layer has "
+                    f"value_dim={self.value_dim} != context_dim={self.context_dim}; pass values "
+                    f"(B, S, {self.value_dim})"
+                )
+            values = context
+        else:
+            _check_seq("values", values, self.value_dim, "(B, S, value_dim)")
+            if values.shape[:2] != context.shape[:2]:
+                raise ValueError(
+                    f"values (B, S) must match the context's: context {tuple(context.shape)}, "
+                    f"values {tuple(values.shape)}"
+                )
+        if context_mask is not None:
+            if not isinstance(context_mask, Tensor) or context_mask.dtype != torch.bool:
+                raise TypeError(
+                    "context_mask must be a bool tensor (B, S), True = valid token; got "
+                    f"{getattr(context_mask, 'dtype', type(context_mask).__name__)}"
+                )
+            if tuple(context_mask.shape) != (b, s):
+                raise ValueError(
+                    f"context_mask must have shape (B, S) = ({b}, {s}), got "
+                    f"{tuple(context_mask.shape)}"
+                )
+        hk, d = self.kv_heads, self.dim_head
+        key = self.to_k(context).view(b, s, hk, d).transpose(1, 2)  # (B, Hk, S, D)
+        key = self.k_norm(key).contiguous()
+        value = self.to_v(values).view(b, s, hk, d).transpose(1, 2).contiguous()  # (B, Hk, S, D)
+        return PreparedContext(key=key, value=value, key_mask=context_mask, layer_id=id(self))
+
+    def forward(
+        self,
+        queries: Tensor,
+        context: Tensor | PreparedContext,
+        values: Tensor | None = None,
+        *,
+        context_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        return_weights: WeightsArg = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Attend from `queries` to `context`.
+
+        Args:
+            queries: (B, L, query_dim).
+            context: (B, S, context_dim), or a `PreparedContext` made by this layer.
+            values: (B, S, value_dim), or None to take the values from the context.
+            context_mask: (B, S) bool, True = valid context token. Not with a PreparedContext,
+                which carries its own.
+            attn_mask: bool (True = may attend) or additive float, (L, S), (B, L, S) for all
+                heads, or (B, heads, L, S).
+            return_weights: False; True for (B, heads, L, S); "mean" for the head mean (B, L, S).
+
+        Returns:
+            (B, L, out_dim), or ``(out, weights)`` when weights are asked for.
+        """
+        _check_seq("queries", queries, self.query_dim, "(B, L, query_dim)")
+        if isinstance(context, PreparedContext):
+            if context.layer_id != id(self):
+                raise ValueError(
+                    "this PreparedContext was made by another layer; call prepare_context on "
+                    "the layer that uses it"
+                )
+            if context_mask is not None:
+                raise ValueError(
+                    "context_mask was given with a PreparedContext, which carries its own mask; "
+                    "pass it to prepare_context(context, context_mask=...) instead"
+                )
+            if values is not None:
+                raise ValueError("values were given with a PreparedContext, which holds them")
+            prepared = context
+        else:
+            prepared = self.prepare_context(context, values, context_mask)
+        b, length, _ = queries.shape
+        if prepared.batch_size != b:
+            raise ValueError(
+                f"queries have B={b} but the context has B={prepared.batch_size}; "
+                "use PreparedContext.index_select to pick context rows"
+            )
+        q = self.to_q(queries).view(b, length, self.heads, self.dim_head).transpose(1, 2)
+        q = self.q_norm(q)  # (B, H, L, D)
+        mask = _layer_attn_mask(attn_mask, b, self.heads, length, prepared.length)
+        res = cross_attention(
+            q,
+            prepared.key,
+            prepared.value,
+            attn_mask=mask,
+            key_mask=prepared.key_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            backend=self.backend,
+            return_weights=return_weights,
+        )
+        out, weights = res if return_weights else (res, None)
+        out = out.transpose(1, 2).reshape(b, length, self.heads * self.dim_head)  # (B, L, H*D)
+        out = self.to_out(out)  # (B, L, out_dim)
+        return (out, weights) if return_weights else out
+
+    @classmethod
+    def from_torch(cls, mha: nn.MultiheadAttention) -> CrossAttention:
+        """Build the equivalent layer from a `torch.nn.MultiheadAttention`.
+
+        Both parameter layouts (packed ``in_proj_weight``, and separate q/k/v weights when
+        kdim/vdim differ) are handled. The new layer is batch-first whatever ``mha.batch_first``
+        was: feed it (B, L, D). torch's ``key_padding_mask`` uses True for "ignore"; pass
+        ``context_mask=~key_padding_mask`` (or `crossattn.masks.from_key_padding_mask`).
+        Head-mean weights (``return_weights="mean"``) match MHA's averaged weights.
+        """
+        if not isinstance(mha, nn.MultiheadAttention):
+            raise TypeError(
+                f"from_torch expects torch.nn.MultiheadAttention, got {type(mha).__name__}"
+            )
+        if mha.bias_k is not None or mha.add_zero_attn:
+            raise ValueError(
+                "from_torch: add_bias_kv and add_zero_attn have no CrossAttention equivalent"
+            )
+        e, h = mha.embed_dim, mha.num_heads
+        has_bias = mha.in_proj_bias is not None
+        layer = cls(
+            e,
+            mha.kdim,
+            mha.vdim,
+            heads=h,
+            dim_head=e // h,
+            bias=has_bias,
+            out_bias=mha.out_proj.bias is not None,
+            dropout=mha.dropout,
+        )
+        ref = mha.out_proj.weight
+        layer = layer.to(device=ref.device, dtype=ref.dtype)
+        if mha._qkv_same_embed_dim:
+            wq, wk, wv = mha.in_proj_weight.chunk(3, dim=0)
+        else:
+            wq, wk, wv = mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
+        with torch.no_grad():
+            layer.to_q.weight.copy_(wq)
+            layer.to_k.weight.copy_(wk)
+            layer.to_v.weight.copy_(wv)
+            if has_bias:
+                bq, bk, bv = mha.in_proj_bias.chunk(3, dim=0)
+                layer.to_q.bias.copy_(bq)
+                layer.to_k.bias.copy_(bk)
+                layer.to_v.bias.copy_(bv)
+            layer.to_out.weight.copy_(mha.out_proj.weight)
+            if mha.out_proj.bias is not None:
+                layer.to_out.bias.copy_(mha.out_proj.bias)
+        return layer
+
+
+def _check_seq(name: str, t: Tensor, dim: int, expected: str) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {expected}, got {type(t).__name__}")
+    if t.dim() != 3 or t.shape[-1] != dim:
+        raise ValueError(
+            f"{name} must have shape {expected} with last dim {dim}, got {tuple(t.shape)}"
+        )
+
+
+def _layer_attn_mask(
+    attn_mask: Tensor | None, b: int, heads: int, length: int, s: int
+) -> Tensor | None:
+    if attn_mask is None:
+        return None
+    if not isinstance(attn_mask, Tensor):
+        raise TypeError(f"attn_mask must be a tensor or None, got {type(attn_mask).__name__}")
+    if attn_mask.dim() == 2:
+        expected = (length, s)
+        mask = attn_mask[None, None]
+    elif attn_mask.dim() == 3:
+        expected = (b, length, s)
+        mask = attn_mask.unsqueeze(1)
+    elif attn_mask.dim() == 4:
+        expected = (b, heads, length, s)
+        mask = attn_mask
+    else:
+        raise ValueError(
+            f"attn_mask must be (L, S), (B, L, S) or (B, heads, L, S) = ({b}, {heads}, {length}, "
+            f"{s}), got shape {tuple(attn_mask.shape)}"
+        )
+    if tuple(attn_mask.shape) != expected:
+        raise ValueError(
+            f"attn_mask of {attn_mask.dim()} dims must have shape {expected}, got "
+            f"{tuple(attn_mask.shape)}"
+        )
+    return mask
