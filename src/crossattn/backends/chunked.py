@@ -273,7 +273,7 @@ def chunked_backward(
     t = _Tiles(inputs, plan_, seed)
     acc_dtype = t.acc
     b, h, length, e = inputs.query.shape
-    hk, s = inputs.kv_heads, inputs.kv_len
+    hk = inputs.kv_heads
     rows_total = plan_.groups * length
     q_rows = t.rows_q.to(acc_dtype)  # (B, Hk, G*L, E)
     k = inputs.key.to(acc_dtype)  # (B, Hk, S, E)
