@@ -1,0 +1,435 @@
+"""Segment Anything's two-way transformer: prompt tokens and image tokens attend to each other.
+
+Each block runs four steps: (1) the prompt tokens self-attend, (2) the tokens cross-attend to the
+image, (3) an MLP on the tokens, (4) the image cross-attends to the tokens. Positional encodings
+are added to the queries and keys of every attention, never to the values. A final
+token-to-image attention and a LayerNorm close the transformer.
+
+Shapes: image_embedding and image_pe (B, C, H, W) with C = embedding_dim; point_embedding
+(B, N, C). Inside, the image is a sequence of H*W tokens (B, H*W, C). Every attention is a
+`CrossAttention` (and so `crossattn.cross_attention`): queries, keys and values projected to an
+internal size ``embedding_dim // attention_downsample_rate`` split over ``num_heads`` heads.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .attention import CrossAttention
+
+
+def _sam_attention(
+    embedding_dim: int, num_heads: int, downsample_rate: int, backend: str | None
+) -> CrossAttention:
+    """The attention of Segment Anything: q/k/v/out projections with biases, internal dim
+    ``embedding_dim // downsample_rate``; keys and values come from separate inputs."""
+    internal_dim = embedding_dim // downsample_rate
+    if downsample_rate == 1 and embedding_dim % num_heads != 0:
+        raise ValueError(f"num_heads={num_heads} must divide embedding_dim={embedding_dim}")
+    if internal_dim <= 0 or internal_dim % num_heads != 0:
+        raise ValueError(
+            f"embedding_dim // attention_downsample_rate = {embedding_dim} // {downsample_rate} "
+            f"= {internal_dim} must be a positive multiple of num_heads={num_heads}"
+        )
+    return CrossAttention(
+        embedding_dim,
+        embedding_dim,
+        embedding_dim,
+        heads=num_heads,
+        dim_head=internal_dim // num_heads,
+        bias=True,
+        out_bias=True,
+        backend=backend,
+    )
+
+
+class _MLPBlock(nn.Module):
+    """lin2(act(lin1(x))): (..., embedding_dim) -> (..., embedding_dim)."""
+
+    def __init__(self, embedding_dim: int, mlp_dim: int, activation: type[nn.Module]):
+        super().__init__()
+        self.lin1 = nn.Linear(embedding_dim, mlp_dim)
+        self.act = activation()
+        self.lin2 = nn.Linear(mlp_dim, embedding_dim)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.lin2(self.act(self.lin1(features)))
+
+
+class TwoWayAttentionBlock(nn.Module):
+    """One block of the two-way transformer: token self-attention, token-to-image attention,
+    MLP, image-to-token attention, each followed by a residual add and a LayerNorm (post-norm).
+
+    Args:
+        embedding_dim: channels C of tokens and image.
+        num_heads: heads of every attention.
+        mlp_dim: hidden size of the token MLP.
+        activation: activation class of the MLP (instantiated without arguments).
+        attention_downsample_rate: the two cross-attentions project to
+            ``embedding_dim // attention_downsample_rate`` channels inside; the self-attention
+            keeps ``embedding_dim``.
+        skip_first_layer_pe: the first block of Segment Anything: the self-attention gets no
+            positional encoding and no residual (its output replaces the tokens).
+        backend: pin a backend of `crossattn.cross_attention` for every attention (None: dispatch).
+    """
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int = 2048,
+        *,
+        activation: type[nn.Module] = nn.ReLU,
+        attention_downsample_rate: int = 2,
+        skip_first_layer_pe: bool = False,
+        backend: str | None = None,
+    ):
+        super().__init__()
+        _check_sizes(embedding_dim, num_heads, mlp_dim, attention_downsample_rate)
+        self.embedding_dim = embedding_dim
+        self.self_attn = _sam_attention(embedding_dim, num_heads, 1, backend)
+        self.norm1 = nn.LayerNorm(embedding_dim)
+        self.cross_attn_token_to_image = _sam_attention(
+            embedding_dim, num_heads, attention_downsample_rate, backend
+        )
+        self.norm2 = nn.LayerNorm(embedding_dim)
+        self.mlp = _MLPBlock(embedding_dim, mlp_dim, activation)
+        self.norm3 = nn.LayerNorm(embedding_dim)
+        self.norm4 = nn.LayerNorm(embedding_dim)
+        self.cross_attn_image_to_token = _sam_attention(
+            embedding_dim, num_heads, attention_downsample_rate, backend
+        )
+        self.skip_first_layer_pe = skip_first_layer_pe
+
+    def forward(
+        self,
+        queries: Tensor,
+        keys: Tensor,
+        query_pe: Tensor,
+        key_pe: Tensor,
+        *,
+        query_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Update the tokens and the image tokens.
+
+        Args:
+            queries: prompt tokens (B, N, C).
+            keys: image tokens (B, HW, C).
+            query_pe: positional encoding of the tokens (B, N, C).
+            key_pe: positional encoding of the image tokens (B, HW, C).
+            query_mask: (B, N) bool, True = real token, False = padding. Padded tokens are never
+                attended to (by the tokens or by the image); their own outputs are unspecified.
+
+        Returns:
+            ``(queries (B, N, C), keys (B, HW, C))``.
+        """
+        # Self-attention of the tokens
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(queries, queries, queries, context_mask=query_mask)
+        else:
+            q = queries + query_pe
+            attn_out = self.self_attn(q, q, queries, context_mask=query_mask)
+            queries = queries + attn_out
+        queries = self.norm1(queries)
+
+        # Cross-attention from the tokens to the image
+        q = queries + query_pe
+        k = keys + key_pe
+        attn_out = self.cross_attn_token_to_image(q, k, keys)  # (B, N, C)
+        queries = self.norm2(queries + attn_out)
+
+        # MLP on the tokens
+        queries = self.norm3(queries + self.mlp(queries))
+
+        # Cross-attention from the image to the tokens
+        q = queries + query_pe
+        k = keys + key_pe
+        attn_out = self.cross_attn_image_to_token(k, q, queries, context_mask=query_mask)
+        keys = self.norm4(keys + attn_out)  # (B, HW, C)
+        return queries, keys
+
+
+class TwoWayTransformer(nn.Module):
+    """Segment Anything's two-way transformer decoder over an image and prompt tokens.
+
+    Args:
+        depth: number of `TwoWayAttentionBlock`s; the first skips the positional encoding in its
+            self-attention, as in Segment Anything.
+        embedding_dim: channels C of the image embedding and the tokens.
+        num_heads: heads of every attention; must divide
+            ``embedding_dim // attention_downsample_rate``.
+        mlp_dim: hidden size of the token MLP.
+        attention_downsample_rate: internal size of the cross-attentions is
+            ``embedding_dim // attention_downsample_rate``.
+        activation: activation class of the MLP.
+        backend: pin a backend of `crossattn.cross_attention` for every attention (None: dispatch).
+
+    Example:
+        >>> t = TwoWayTransformer(depth=2, embedding_dim=32, num_heads=4, mlp_dim=64)
+        >>> image, pe = torch.randn(1, 32, 8, 8), torch.randn(1, 32, 8, 8)
+        >>> tokens, image_tokens = t(image, pe, torch.randn(1, 5, 32))
+        >>> tokens.shape, image_tokens.shape
+        (torch.Size([1, 5, 32]), torch.Size([1, 64, 32]))
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        *,
+        attention_downsample_rate: int = 2,
+        activation: type[nn.Module] = nn.ReLU,
+        backend: str | None = None,
+    ):
+        super().__init__()
+        if not isinstance(depth, int) or depth < 0:
+            raise ValueError(f"depth must be a non-negative int, got {depth!r}")
+        _check_sizes(embedding_dim, num_heads, mlp_dim, attention_downsample_rate)
+        self.depth = depth
+        self.embedding_dim = embedding_dim
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.attention_downsample_rate = attention_downsample_rate
+        self.layers = nn.ModuleList(
+            TwoWayAttentionBlock(
+                embedding_dim,
+                num_heads,
+                mlp_dim,
+                activation=activation,
+                attention_downsample_rate=attention_downsample_rate,
+                skip_first_layer_pe=(i == 0),
+                backend=backend,
+            )
+            for i in range(depth)
+        )
+        self.final_attn_token_to_image = _sam_attention(
+            embedding_dim, num_heads, attention_downsample_rate, backend
+        )
+        self.norm_final_attn = nn.LayerNorm(embedding_dim)
+
+    def extra_repr(self) -> str:
+        return (
+            f"depth={self.depth}, embedding_dim={self.embedding_dim}, num_heads={self.num_heads}, "
+            f"mlp_dim={self.mlp_dim}, attention_downsample_rate={self.attention_downsample_rate}"
+        )
+
+    def forward(
+        self,
+        image_embedding: Tensor,
+        image_pe: Tensor,
+        point_embedding: Tensor,
+        *,
+        point_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Run the blocks and the final token-to-image attention.
+
+        Args:
+            image_embedding: (B, C, H, W).
+            image_pe: positional encoding of the image, (B, C, H, W) or (1, C, H, W) for all rows.
+            point_embedding: prompt tokens (B, N, C); they are also their own positional encoding
+                at every step, as in Segment Anything.
+            point_mask: (B, N) bool, True = real token. Padding tokens are never attended to;
+                their rows of the output are unspecified (extra options beyond Segment Anything).
+
+        Returns:
+            ``(queries (B, N, C), keys (B, H*W, C))``: the processed tokens and image tokens.
+        """
+        c = self.embedding_dim
+        for name, t in (("image_embedding", image_embedding), ("image_pe", image_pe)):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor (B, C, H, W), got {type(t)}")
+            if t.dim() != 4 or t.shape[1] != c:
+                raise ValueError(
+                    f"{name} must have shape (B, C, H, W) with C = embedding_dim = {c}, got "
+                    f"{tuple(t.shape)}"
+                )
+        b, _, h, w = image_embedding.shape
+        if image_pe.shape[0] not in (1, b) or image_pe.shape[2:] != image_embedding.shape[2:]:
+            raise ValueError(
+                f"image_pe must have shape (B, C, H, W) = ({b}, {c}, {h}, {w}) or (1, {c}, {h}, "
+                f"{w}), got {tuple(image_pe.shape)}"
+            )
+        if not isinstance(point_embedding, Tensor):
+            raise TypeError(
+                f"point_embedding must be a torch.Tensor (B, N, C), got {type(point_embedding)}"
+            )
+        if (
+            point_embedding.dim() != 3
+            or point_embedding.shape[0] != b
+            or point_embedding.shape[2] != c
+        ):
+            raise ValueError(
+                f"point_embedding must have shape (B, N, C) = ({b}, N, {c}), got "
+                f"{tuple(point_embedding.shape)}"
+            )
+        n = point_embedding.shape[1]
+        if point_mask is not None:
+            if not isinstance(point_mask, Tensor) or point_mask.dtype != torch.bool:
+                raise TypeError(
+                    "point_mask must be a bool tensor (B, N), True = real token; got "
+                    f"{getattr(point_mask, 'dtype', type(point_mask).__name__)}"
+                )
+            if tuple(point_mask.shape) != (b, n):
+                raise ValueError(
+                    f"point_mask must have shape (B, N) = ({b}, {n}), got {tuple(point_mask.shape)}"
+                )
+
+        keys = image_embedding.flatten(2).transpose(1, 2)  # (B, H*W, C)
+        key_pe = image_pe.flatten(2).transpose(1, 2).expand(b, h * w, c)  # (B, H*W, C)
+        queries = point_embedding  # (B, N, C)
+        for layer in self.layers:
+            queries, keys = layer(queries, keys, point_embedding, key_pe, query_mask=point_mask)
+
+        # Final attention from the tokens to the image
+        q = queries + point_embedding
+        k = keys + key_pe
+        attn_out = self.final_attn_token_to_image(q, k, keys)  # (B, N, C)
+        queries = self.norm_final_attn(queries + attn_out)
+        return queries, keys
+
+    @classmethod
+    def from_segment_anything(cls, module: nn.Module) -> TwoWayTransformer:
+        """Build the equivalent layer from a Segment Anything ``TwoWayTransformer``.
+
+        The module is recognised by its attributes (``layers``, ``final_attn_token_to_image``,
+        ``norm_final_attn``, and in each block ``self_attn``, ``cross_attn_token_to_image``,
+        ``mlp``, ``cross_attn_image_to_token``, ``norm1`` to ``norm4``), so it may come from any
+        copy of ``segment_anything.modeling.transformer``, loaded however the caller likes (see
+        `crossattn.integrations.segment_anything.load_sam_transformer_module`). Weights, the
+        LayerNorm epsilons, the MLP activation and each block's ``skip_first_layer_pe`` are
+        copied; the result has the module's device and dtype and gives the same outputs.
+        """
+        _check_sam_layout(module)
+        final = module.final_attn_token_to_image
+        embedding_dim = int(module.embedding_dim)
+        rate = embedding_dim // int(final.internal_dim)
+        if embedding_dim // rate != final.internal_dim:
+            raise ValueError(
+                f"cannot express internal_dim={final.internal_dim} of embedding_dim="
+                f"{embedding_dim} as embedding_dim // attention_downsample_rate"
+            )
+        first = module.layers[0] if len(module.layers) else None
+        layer = cls(
+            len(module.layers),
+            embedding_dim,
+            int(module.num_heads),
+            int(first.mlp.lin1.out_features) if first is not None else int(module.mlp_dim),
+            attention_downsample_rate=rate,
+        )
+        ref = final.q_proj.weight
+        layer = layer.to(device=ref.device, dtype=ref.dtype)
+        with torch.no_grad():
+            for ours, theirs in zip(layer.layers, module.layers):
+                ours.skip_first_layer_pe = bool(theirs.skip_first_layer_pe)
+                for name in ("self_attn", "cross_attn_token_to_image", "cross_attn_image_to_token"):
+                    _copy_sam_attention(getattr(ours, name), getattr(theirs, name))
+                for name in ("norm1", "norm2", "norm3", "norm4"):
+                    _copy_layer_norm(getattr(ours, name), getattr(theirs, name))
+                _copy_linear(ours.mlp.lin1, theirs.mlp.lin1)
+                _copy_linear(ours.mlp.lin2, theirs.mlp.lin2)
+                ours.mlp.act = copy.deepcopy(theirs.mlp.act)
+            _copy_sam_attention(layer.final_attn_token_to_image, final)
+            _copy_layer_norm(layer.norm_final_attn, module.norm_final_attn)
+        return layer
+
+
+def _check_sizes(embedding_dim: Any, num_heads: Any, mlp_dim: Any, rate: Any) -> None:
+    for name, val in (
+        ("embedding_dim", embedding_dim),
+        ("num_heads", num_heads),
+        ("mlp_dim", mlp_dim),
+        ("attention_downsample_rate", rate),
+    ):
+        if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
+            raise ValueError(f"{name} must be a positive int, got {val!r}")
+
+
+_SAM_BLOCK_ATTRS = (
+    "self_attn",
+    "cross_attn_token_to_image",
+    "cross_attn_image_to_token",
+    "mlp",
+    "norm1",
+    "norm2",
+    "norm3",
+    "norm4",
+    "skip_first_layer_pe",
+)
+_SAM_ATTENTION_ATTRS = ("q_proj", "k_proj", "v_proj", "out_proj", "num_heads", "internal_dim")
+
+
+def _check_sam_layout(module: Any) -> None:
+    missing = [
+        a
+        for a in (
+            "layers",
+            "final_attn_token_to_image",
+            "norm_final_attn",
+            "embedding_dim",
+            "num_heads",
+        )
+        if not hasattr(module, a)
+    ]
+    if missing:
+        raise TypeError(
+            "from_segment_anything expects a segment_anything TwoWayTransformer (attributes "
+            f"layers, final_attn_token_to_image, norm_final_attn, ...); {type(module).__name__} "
+            f"lacks {missing}"
+        )
+    attentions = [("final_attn_token_to_image", module.final_attn_token_to_image)]
+    for i, block in enumerate(module.layers):
+        lacking = [a for a in _SAM_BLOCK_ATTRS if not hasattr(block, a)]
+        if lacking:
+            raise TypeError(
+                f"from_segment_anything: layers[{i}] ({type(block).__name__}) is not a two-way "
+                f"attention block; it lacks {lacking}"
+            )
+        for name in ("self_attn", "cross_attn_token_to_image", "cross_attn_image_to_token"):
+            attentions.append((f"layers[{i}].{name}", getattr(block, name)))
+    for where, attn in attentions:
+        lacking = [a for a in _SAM_ATTENTION_ATTRS if not hasattr(attn, a)]
+        if lacking:
+            raise TypeError(
+                f"from_segment_anything: {where} ({type(attn).__name__}) is not a Segment "
+                f"Anything attention; it lacks {lacking}"
+            )
+
+
+def _copy_linear(ours: nn.Linear, theirs: nn.Linear) -> None:
+    if ours.weight.shape != theirs.weight.shape:
+        raise ValueError(
+            f"from_segment_anything: weight shape {tuple(theirs.weight.shape)} does not fit "
+            f"{tuple(ours.weight.shape)}"
+        )
+    ours.weight.copy_(theirs.weight)
+    if theirs.bias is None:
+        ours.bias.zero_()
+    else:
+        ours.bias.copy_(theirs.bias)
+
+
+def _copy_layer_norm(ours: nn.LayerNorm, theirs: nn.LayerNorm) -> None:
+    ours.eps = theirs.eps
+    if theirs.weight is not None:
+        ours.weight.copy_(theirs.weight)
+    if theirs.bias is not None:
+        ours.bias.copy_(theirs.bias)
+
+
+def _copy_sam_attention(ours: CrossAttention, theirs: nn.Module) -> None:
+    if ours.heads != theirs.num_heads or ours.heads * ours.dim_head != theirs.internal_dim:
+        raise ValueError(
+            f"from_segment_anything: attention with num_heads={theirs.num_heads}, internal_dim="
+            f"{theirs.internal_dim} does not fit heads={ours.heads}, "
+            f"internal dim={ours.heads * ours.dim_head}"
+        )
+    _copy_linear(ours.to_q, theirs.q_proj)
+    _copy_linear(ours.to_k, theirs.k_proj)
+    _copy_linear(ours.to_v, theirs.v_proj)
+    _copy_linear(ours.to_out, theirs.out_proj)
