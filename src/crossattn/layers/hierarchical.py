@@ -1,0 +1,158 @@
+"""`HierarchicalCrossAttention`: coarse-to-fine attention over a long context.
+
+1. Coarse: the keys are cut into blocks of `block_size` tokens and mean-pooled over their valid
+   tokens, (B, H, S, D) -> (B, H, nb, D). The queries attend to these summaries
+   (`cross_attention` with weights); a block of queries (`query_block_size` queries, per head)
+   sums its weights and selects its `top_k` blocks.
+2. Fine: each query block attends with full attention to the tokens of its selected blocks,
+   gathered into (B * H * nq, 1, top_k * block_size, D) and run through `cross_attention` in one
+   call, padding and invalid tokens masked.
+
+Cost: coarse O(L * S / block_size), fine O(L * top_k * block_size) instead of O(L * S); the
+gathered keys and values take B * H * ceil(L / query_block_size) * top_k * block_size * D
+elements each. With top_k >= ceil(S / block_size) every block is selected and the output equals
+full attention (up to rounding). The selection is not differentiable; gradients flow to the
+queries, keys and values through the fine attention. Accuracy against full attention and speed:
+`benchmarks/bench_hierarchical.py`, table in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..functional import cross_attention
+from ._common import check_features, check_mask, check_positive
+from .attention import CrossAttention
+
+
+class HierarchicalCrossAttention(nn.Module):
+    """Queries attend to pooled block summaries, then fully to their top-k key blocks.
+
+    Args:
+        query_dim: feature size of the queries.
+        context_dim: feature size of the context; defaults to query_dim.
+        heads, dim_head: attention heads (selection is per head).
+        block_size: key tokens per block.
+        top_k: blocks selected per query block and head.
+        query_block_size: queries that share one selection (1 = per query; larger blocks
+            gather fewer copies of the keys and run faster).
+        bias: biases on the q/k/v projections.
+        backend: backend of the fine `cross_attention` (None: dispatch).
+
+    Shapes: forward(queries (B, L, query_dim), context (B, S, context_dim), *,
+    context_mask (B, S) bool or None, True = valid token) -> (B, L, query_dim); with
+    return_selection=True also the selected blocks (B, heads, ceil(L / query_block_size), k),
+    k = min(top_k, ceil(S / block_size)), block j covering keys [j * block_size, (j + 1) *
+    block_size).
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        context_dim: int | None = None,
+        *,
+        heads: int = 8,
+        dim_head: int = 64,
+        block_size: int = 64,
+        top_k: int = 8,
+        query_block_size: int = 64,
+        bias: bool = False,
+        backend: str | None = None,
+    ):
+        super().__init__()
+        check_positive(
+            query_dim=query_dim,
+            heads=heads,
+            dim_head=dim_head,
+            block_size=block_size,
+            top_k=top_k,
+            query_block_size=query_block_size,
+        )
+        if context_dim is not None:
+            check_positive(context_dim=context_dim)
+        self.block_size, self.top_k, self.query_block_size = block_size, top_k, query_block_size
+        self.backend = backend
+        self.attn = CrossAttention(
+            query_dim, context_dim, heads=heads, dim_head=dim_head, bias=bias, backend=backend
+        )
+
+    def forward(
+        self,
+        queries: Tensor,
+        context: Tensor,
+        *,
+        context_mask: Tensor | None = None,
+        return_selection: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        attn = self.attn
+        check_features("queries", queries, attn.query_dim, "(B, L, query_dim)")
+        check_features("context", context, attn.context_dim, "(B, S, context_dim)")
+        b, length, _ = queries.shape
+        if context.shape[0] != b:
+            raise ValueError(
+                f"queries have B={b} but context has B={context.shape[0]}: queries "
+                f"{tuple(queries.shape)}, context {tuple(context.shape)}"
+            )
+        s = context.shape[1]
+        check_mask("context_mask", context_mask, (b, s), "(B, S)")
+        h, d = attn.heads, attn.dim_head
+        bs, qbs = self.block_size, self.query_block_size
+        nb, nq = -(-s // bs), -(-length // qbs)
+        k_sel = min(self.top_k, nb)
+
+        prepared = attn.prepare_context(context)  # key, value (B, H, S, D)
+        key, value = prepared.key, prepared.value
+        valid = (
+            torch.ones(b, s, dtype=torch.bool, device=context.device)
+            if context_mask is None
+            else context_mask
+        )
+        if nb * bs != s:  # pad S to whole blocks, padding invalid
+            pad = nb * bs - s
+            key = torch.cat([key, key.new_zeros(b, h, pad, d)], dim=2)  # (B, H, nb*bs, D)
+            value = torch.cat([value, value.new_zeros(b, h, pad, d)], dim=2)
+            valid = torch.cat([valid, valid.new_zeros(b, pad)], dim=1)  # (B, nb*bs)
+        key = key.masked_fill(~valid[:, None, :, None], 0.0)  # NaN padding cannot leak
+        value = value.masked_fill(~valid[:, None, :, None], 0.0)
+
+        q = attn.to_q(queries).view(b, length, h, d).transpose(1, 2)  # (B, H, L, D)
+        q = attn.q_norm(q)
+
+        # 1. Coarse: attend to the block means, select top-k blocks per query block and head.
+        with torch.no_grad():
+            valid_b = valid.view(b, nb, bs)  # (B, nb, bs)
+            count = valid_b.sum(dim=-1)  # (B, nb)
+            pooled = key.view(b, h, nb, bs, d).sum(dim=3)  # (B, H, nb, D)
+            pooled = pooled / count.clamp(min=1)[:, None, :, None].to(pooled.dtype)
+            _, coarse = cross_attention(
+                q.detach(), pooled, pooled, key_mask=count > 0, backend=self.backend,
+                return_weights=True,
+            )  # fmt: skip
+            # coarse (B, H, L, nb); pad L with zero rows, sum per query block
+            if nq * qbs != length:
+                coarse = torch.cat([coarse, coarse.new_zeros(b, h, nq * qbs - length, nb)], 2)
+            score = coarse.view(b, h, nq, qbs, nb).sum(dim=3)  # (B, H, nq, nb)
+            selection = score.topk(k_sel, dim=-1).indices.sort(dim=-1).values  # (B, H, nq, k)
+
+        # 2. Fine: full attention of each query block to its gathered blocks.
+        bh = torch.arange(b * h, device=q.device)[:, None]  # (B*H, 1)
+        index = selection.reshape(b * h, nq * k_sel)  # (B*H, nq*k)
+        k_blocks = key.reshape(b * h, nb, bs, d)[bh, index]  # (B*H, nq*k, bs, D)
+        v_blocks = value.reshape(b * h, nb, bs, d)[bh, index]
+        m_blocks = valid_b[:, None].expand(b, h, nb, bs).reshape(b * h, nb, bs)[bh, index]
+        n = b * h * nq
+        k_blocks = k_blocks.reshape(n, 1, k_sel * bs, d)  # (B*H*nq, 1, k*bs, D)
+        v_blocks = v_blocks.reshape(n, 1, k_sel * bs, d)
+        m_blocks = m_blocks.reshape(n, k_sel * bs)  # (B*H*nq, k*bs)
+        if nq * qbs != length:
+            q = torch.cat([q, q.new_zeros(b, h, nq * qbs - length, d)], dim=2)  # (B, H, nq*qbs, D)
+        q_blocks = q.reshape(n, 1, qbs, d)  # (B*H*nq, 1, qbs, D)
+        out = cross_attention(
+            q_blocks, k_blocks, v_blocks, key_mask=m_blocks, backend=self.backend
+        )  # (B*H*nq, 1, qbs, D)
+        out = out.reshape(b, h, nq * qbs, d)[:, :, :length]  # (B, H, L, D)
+        out = attn.to_out(out.transpose(1, 2).reshape(b, length, h * d))  # (B, L, out_dim)
+        if return_selection:
+            return out, selection
+        return out

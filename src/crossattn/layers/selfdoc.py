@@ -1,0 +1,70 @@
+"""`SelfDocAttention`: SelfDoc's cross-modality attention with swapped roles.
+
+Queries and values come from sequence A, keys from sequence B, aligned token by token (e.g. the
+text and the visual features of the same document blocks): token i of A gathers the values of
+A weighted by how well its query matches B's keys. It is `CrossAttention` called with
+``context=b, values=a``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor, nn
+
+from ._common import check_features, check_mask, check_positive
+from .attention import CrossAttention
+
+
+class SelfDocAttention(nn.Module):
+    """Queries and values from a (B, L, query_dim), keys from b (B, L, context_dim).
+
+    Args:
+        query_dim: feature size of A (queries and values).
+        context_dim: feature size of B (keys).
+        heads, dim_head: attention heads.
+        bias: biases on the q/k/v projections.
+        dropout: dropout on the attention probabilities, in training mode.
+        backend: backend of `cross_attention` (None: dispatch).
+
+    Shapes: forward(a (B, L, query_dim), b (B, L, context_dim), *, mask (B, L) bool or None,
+    True = valid token) -> (B, L, query_dim). A and B must have the same length L.
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        context_dim: int,
+        *,
+        heads: int = 8,
+        dim_head: int = 64,
+        bias: bool = False,
+        dropout: float = 0.0,
+        backend: str | None = None,
+    ):
+        super().__init__()
+        check_positive(query_dim=query_dim, context_dim=context_dim, heads=heads, dim_head=dim_head)
+        self.query_dim, self.context_dim = query_dim, context_dim
+        self.attn = CrossAttention(
+            query_dim, context_dim, query_dim, heads=heads, dim_head=dim_head, bias=bias,
+            dropout=dropout, backend=backend,
+        )  # fmt: skip
+
+    def forward(
+        self,
+        a: Tensor,
+        b: Tensor,
+        *,
+        mask: Tensor | None = None,
+        return_weights: bool | Literal["mean"] = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        check_features("a", a, self.query_dim, "(B, L, query_dim)")
+        check_features("b", b, self.context_dim, "(B, L, context_dim)")
+        if a.shape[:2] != b.shape[:2]:
+            raise ValueError(
+                f"SelfDocAttention needs a and b of the same batch and length (token i of a pairs "
+                f"with token i of b): got a {tuple(a.shape)} (B, L, query_dim), b "
+                f"{tuple(b.shape)}; expected b ({a.shape[0]}, {a.shape[1]}, {self.context_dim})"
+            )
+        check_mask("mask", mask, tuple(a.shape[:2]), "(B, L)")
+        return self.attn(a, b, a, context_mask=mask, return_weights=return_weights)
