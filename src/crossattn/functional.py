@@ -268,3 +268,116 @@ def _rows_with_a_key(mask: Tensor) -> Tensor:
     """(B|1, H|1, L|1, 1): True where a query row may attend to at least one key."""
     allowed = mask if mask.dtype == torch.bool else mask.detach() > float("-inf")
     return allowed.any(dim=-1, keepdim=True)
+
+
+def bidirectional_attention(
+    a_q: Tensor,
+    b_k: Tensor,
+    a_v: Tensor,
+    b_v: Tensor,
+    *,
+    a_mask: Tensor | None = None,
+    b_mask: Tensor | None = None,
+    scale: float | None = None,
+    backend: str | None = None,
+    return_weights: WeightsArg = False,
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Attention both ways through ONE similarity matrix, normalised along each axis.
+
+    The scores are ``sim = scale * a_q @ b_k^T`` (B, H, La, Lb). A softmax over Lb (each row of
+    A over the tokens of B) weights ``b_v``; a softmax over La (each token of B over the tokens
+    of A, i.e. over the columns of ``sim``) weights ``a_v``. Since ``a_q . b_k = b_k . a_q``,
+    each direction is one `cross_attention` call with the roles of A and B swapped, so the
+    masking rules are exactly those of `cross_attention`.
+
+    Args:
+        a_q: (B, H, La, E), the A side of the similarity.
+        b_k: (B, H, Lb, E), the B side of the similarity.
+        a_v: (B, H, La, Eva), the values of A, gathered by the tokens of B.
+        b_v: (B, H, Lb, Evb), the values of B, gathered by the tokens of A.
+        a_mask: (B, La) bool, True = valid token of A; or None.
+        b_mask: (B, Lb) bool, True = valid token of B; or None.
+        scale: multiplier of the scores; defaults to 1 / sqrt(E).
+        backend: pin a backend of `cross_attention` (None: dispatch).
+        return_weights: False; True for weights (B, H, La, Lb) and (B, H, Lb, La); "mean" for
+            their head means (B, La, Lb) and (B, Lb, La).
+
+    Returns:
+        ``(a_out (B, H, La, Evb), b_out (B, H, Lb, Eva))``, then the two weights when asked for.
+        A padded token (mask False) and a token whose other side is fully padded get exactly 0;
+        NaN or Inf at padded positions of any input never reaches a valid output.
+    """
+    for name, t in (("a_q", a_q), ("b_k", b_k), ("a_v", a_v), ("b_v", b_v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D (B, H, L, D), got shape {_shape(t)}")
+    if a_q.shape[:3] != a_v.shape[:3]:
+        raise ValueError(
+            f"a_q (B, H, La, E) and a_v (B, H, La, Eva) must agree on (B, H, La): got a_q "
+            f"{_shape(a_q)}, a_v {_shape(a_v)}"
+        )
+    if b_k.shape[:3] != b_v.shape[:3]:
+        raise ValueError(
+            f"b_k (B, H, Lb, E) and b_v (B, H, Lb, Evb) must agree on (B, H, Lb): got b_k "
+            f"{_shape(b_k)}, b_v {_shape(b_v)}"
+        )
+    if a_q.shape[:2] != b_k.shape[:2] or a_q.shape[-1] != b_k.shape[-1]:
+        raise ValueError(
+            f"a_q (B, H, La, E) and b_k (B, H, Lb, E) must agree on B, H and E: got a_q "
+            f"{_shape(a_q)}, b_k {_shape(b_k)}"
+        )
+    b, _, la, e = a_q.shape
+    lb = b_k.shape[2]
+    a_mask = _named_mask("a_mask", a_mask, a_q, (b, la), "(B, La)")
+    b_mask = _named_mask("b_mask", b_mask, a_q, (b, lb), "(B, Lb)")
+    if scale is None:
+        scale = 1.0 / math.sqrt(e)
+    # Padded tokens of a side are masked out as keys (key_mask) and as queries (their rows are
+    # fully masked, hence exactly 0); their inputs are zeroed so NaN padding cannot leak.
+    if a_mask is not None:
+        a_q = a_q.masked_fill(~a_mask[:, None, :, None], 0.0)
+    if b_mask is not None:
+        b_k = b_k.masked_fill(~b_mask[:, None, :, None], 0.0)
+    a_rows = None if a_mask is None else a_mask[:, None, :, None]  # (B, 1, La, 1)
+    b_rows = None if b_mask is None else b_mask[:, None, :, None]  # (B, 1, Lb, 1)
+    a_res = cross_attention(
+        a_q,
+        b_k,
+        b_v,
+        attn_mask=a_rows,
+        key_mask=b_mask,
+        scale=scale,
+        backend=backend,
+        return_weights=return_weights,
+    )
+    b_res = cross_attention(
+        b_k,
+        a_q,
+        a_v,
+        attn_mask=b_rows,
+        key_mask=a_mask,
+        scale=scale,
+        backend=backend,
+        return_weights=return_weights,
+    )
+    if return_weights:
+        return a_res[0], b_res[0], a_res[1], b_res[1]
+    return a_res, b_res
+
+
+def _named_mask(
+    name: str, mask: Tensor | None, like: Tensor, shape: tuple[int, int], legend: str
+) -> Tensor | None:
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise TypeError(
+            f"{name} must be a bool tensor {legend}, True = valid token; got "
+            f"{getattr(mask, 'dtype', type(mask).__name__)}"
+        )
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"{name} must have shape {legend} = {shape}, got {_shape(mask)}")
+    if mask.device != like.device:
+        raise ValueError(f"{name} is on {mask.device} but the inputs are on {like.device}")
+    return mask
