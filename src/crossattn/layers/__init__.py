@@ -1,6 +1,29 @@
 """Cross-attention layers: thin modules over `crossattn.cross_attention`, one concept per file."""
 
 from .attention import CrossAttention, PreparedContext
+from .bidirectional import BidirectionalCrossAttention
+from .film import FiLM
+from .fusion import GatedFusion
+from .gated import GatedCrossAttentionBlock
+from .hierarchical import HierarchicalCrossAttention
+from .perceiver import PerceiverDecoder, PerceiverEncoder, PerceiverIO
+from .retrieval import RetrievalCrossAttention
+from .selfdoc import SelfDocAttention
 from .two_way import TwoWayAttentionBlock, TwoWayTransformer
 
-__all__ = ["CrossAttention", "PreparedContext", "TwoWayAttentionBlock", "TwoWayTransformer"]
+__all__ = [
+    "BidirectionalCrossAttention",
+    "CrossAttention",
+    "FiLM",
+    "GatedCrossAttentionBlock",
+    "GatedFusion",
+    "HierarchicalCrossAttention",
+    "PerceiverDecoder",
+    "PerceiverEncoder",
+    "PerceiverIO",
+    "PreparedContext",
+    "RetrievalCrossAttention",
+    "SelfDocAttention",
+    "TwoWayAttentionBlock",
+    "TwoWayTransformer",
+]
