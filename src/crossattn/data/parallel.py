@@ -1,0 +1,278 @@
+"""Parallel text and word alignments: the `ParallelExample` record and the file readers.
+
+Formats read:
+
+* **parallel text**, one sentence pair a line, either ``source ||| target`` (the fast_align and
+  awesome-align format) or ``source<TAB>target`` (TSV). ``fmt="auto"`` picks ``|||`` when the first
+  line has it, else TSV.
+* **alignments** in Pharaoh format, one line per pair: ``i-j`` is a sure link and ``ipj`` a possible
+  one, ``i`` the source word and ``j`` the target word, 0-indexed (``one_indexed=True`` for
+  1-indexed files such as the shared gold sets).
+
+Tokens are words: each side is stripped of ASCII spaces, then split on runs of ASCII spaces
+(``" "``) only. Other whitespace stays inside tokens: the Japanese-English gold set uses the
+ideographic space U+3000 as a token, which ``str.split()`` would drop, shifting every index after
+it. A ``"\\r"`` before the newline is removed.
+
+Malformed input raises `ParallelFormatError` (a `ValueError`) whose message starts with
+``FILE:LINE:``: a missing separator, an empty side, a bad or out-of-range alignment link, or
+files with different line counts. Nothing is skipped silently: ``skip_bad_lines=True`` skips the
+pairs with a bad line (text or alignment), counts them in ``ParallelData.skipped`` and warns once
+with the count. Files with different line counts are an error even then.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "ParallelData",
+    "ParallelExample",
+    "ParallelFormatError",
+    "parse_pharaoh",
+    "read_alignment_file",
+    "read_parallel",
+    "tokenize",
+]
+
+_SPACES = re.compile(" +")
+_LINK = re.compile(r"(\d+)([-p])(\d+)")
+Link = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ParallelExample:
+    """One sentence pair with its (optional) gold word alignment.
+
+    ``sure`` and ``possible`` hold 0-indexed ``(source_index, target_index)`` links. They are
+    disjoint: a link is either sure (Pharaoh ``i-j``) or possible only (Pharaoh ``ipj``). The
+    possible set P of the AER definition (Och & Ney 2003) is ``sure | possible``.
+    """
+
+    source: tuple[str, ...]
+    target: tuple[str, ...]
+    sure: frozenset[Link] = frozenset()
+    possible: frozenset[Link] = frozenset()
+
+    def pharaoh(self) -> str:
+        """The alignment as one Pharaoh line, 0-indexed, sorted: ``i-j`` sure, ``ipj`` possible."""
+        return format_pharaoh(self.sure, self.possible)
+
+
+class ParallelFormatError(ValueError):
+    """Malformed parallel text or alignments; ``path`` and ``line`` (1-based) say where."""
+
+    def __init__(self, path: str | os.PathLike[str], line: int | None, message: str) -> None:
+        self.path, self.line, self.reason = str(path), line, message
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class ParallelData:
+    """What `read_parallel` read: the pairs, and how many bad lines it skipped (and which)."""
+
+    examples: list[ParallelExample]
+    skipped: int = 0
+    skipped_lines: list[int] = field(default_factory=list)  # 1-based line numbers
+    problems: list[str] = field(default_factory=list)  # one "FILE:LINE: reason" per skip
+    has_alignments: bool = False
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __iter__(self) -> Iterator[ParallelExample]:
+        return iter(self.examples)
+
+
+def tokenize(text: str) -> tuple[str, ...]:
+    """Words of one side: strip ASCII spaces, split on runs of ASCII spaces (U+3000 stays a word)."""
+    text = text.strip(" ")
+    return tuple(_SPACES.split(text)) if text else ()
+
+
+def format_pharaoh(sure: frozenset[Link] | set[Link], possible: frozenset[Link] | set[Link] = frozenset()) -> str:  # fmt: skip
+    """One Pharaoh line, 0-indexed and sorted: ``i-j`` for sure links, ``ipj`` for possible ones
+    (a link in both sets is written once, as sure)."""
+    links = [(i, j, "-") for i, j in sure] + [
+        (i, j, "p") for i, j in possible if (i, j) not in sure
+    ]
+    return " ".join(f"{i}{sep}{j}" for i, j, sep in sorted(links))
+
+
+def parse_pharaoh(
+    line: str,
+    *,
+    one_indexed: bool = False,
+    path: str | os.PathLike[str] = "<string>",
+    lineno: int | None = None,
+    n_source: int | None = None,
+    n_target: int | None = None,
+) -> tuple[frozenset[Link], frozenset[Link]]:
+    """Parse one Pharaoh line into 0-indexed ``(sure, possible)`` link sets (disjoint).
+
+    ``n_source`` / ``n_target``, when given, bound the indices (after the 1-indexed shift).
+    Raises `ParallelFormatError` naming ``path`` and ``lineno`` for a malformed link, an index
+    below the base (0 in a 1-indexed file) or an index out of range.
+    """
+    sure: set[Link] = set()
+    possible: set[Link] = set()
+    base = 1 if one_indexed else 0
+    for item in line.split():
+        m = _LINK.fullmatch(item)
+        if m is None:
+            raise ParallelFormatError(
+                path,
+                lineno,
+                f"bad alignment link {item!r}: expected 'i-j' (sure) or 'ipj' (possible)",
+            )
+        i, j = int(m.group(1)) - base, int(m.group(3)) - base
+        if i < 0 or j < 0:
+            raise ParallelFormatError(
+                path,
+                lineno,
+                f"alignment link {item!r} has index 0 but the file is read as 1-indexed",
+            )
+        if (n_source is not None and i >= n_source) or (n_target is not None and j >= n_target):
+            hint = "" if one_indexed else " (is the file 1-indexed? pass one_indexed=True)"
+            raise ParallelFormatError(
+                path,
+                lineno,
+                f"alignment link {item!r} is out of range for a pair of {n_source} source and "
+                f"{n_target} target words ({'1' if one_indexed else '0'}-indexed){hint}",
+            )
+        (sure if m.group(2) == "-" else possible).add((i, j))
+    return frozenset(sure), frozenset(possible - sure)
+
+
+def _read_lines(path: str | os.PathLike[str]) -> list[str]:
+    """The lines of a UTF-8 file without their line ends; decoding errors name the line."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ParallelFormatError(path, None, "no such file") from None
+    except IsADirectoryError:
+        raise ParallelFormatError(path, None, "is a directory, not a file") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    raw = data.split(b"\n")
+    if raw and raw[-1] == b"":
+        raw.pop()
+    lines = []
+    for k, line in enumerate(raw, 1):
+        try:
+            lines.append(line.decode("utf-8").removesuffix("\r"))
+        except UnicodeDecodeError as err:
+            raise ParallelFormatError(
+                path, k, f"not UTF-8 ({err.reason} at byte {err.start})"
+            ) from None
+    return lines
+
+
+def read_alignment_file(
+    path: str | os.PathLike[str], *, one_indexed: bool = False
+) -> list[tuple[frozenset[Link], frozenset[Link]]]:
+    """Read a Pharaoh alignment file: one 0-indexed ``(sure, possible)`` pair per line."""
+    return [
+        parse_pharaoh(line, one_indexed=one_indexed, path=path, lineno=k)
+        for k, line in enumerate(_read_lines(path), 1)
+    ]
+
+
+def _split_pair(line: str, fmt: str) -> tuple[str, str]:
+    if fmt == "pipes":
+        parts = line.split("|||")
+        sep = "'|||'"
+    else:
+        parts = line.split("\t")
+        sep = "a tab"
+    if len(parts) < 2:
+        raise ValueError(
+            f"missing separator: expected 'source {'|||' if fmt == 'pipes' else '<TAB>'} target'"
+        )
+    if len(parts) > 2:
+        raise ValueError(f"{len(parts) - 1} separators ({sep}) where one is expected")
+    return parts[0], parts[1]
+
+
+def read_parallel(
+    path: str | os.PathLike[str],
+    *,
+    alignments: str | os.PathLike[str] | None = None,
+    one_indexed: bool = False,
+    skip_bad_lines: bool = False,
+    fmt: str = "auto",
+) -> ParallelData:
+    """Read parallel text, and optionally its Pharaoh alignments.
+
+    Args:
+        path: the text, one pair a line: ``source ||| target`` or ``source<TAB>target``.
+        alignments: a Pharaoh file with one line per line of ``path`` (``i-j`` sure, ``ipj``
+            possible); without it the examples have empty ``sure`` and ``possible``.
+        one_indexed: the alignment file counts words from 1 (default: from 0).
+        skip_bad_lines: skip pairs with a malformed text or alignment line instead of raising;
+            ``ParallelData.skipped`` counts them and a warning says how many.
+        fmt: ``"auto"`` (``|||`` if the first line has it, else TSV), ``"pipes"`` or ``"tsv"``.
+
+    Raises:
+        ParallelFormatError: ``FILE:LINE: reason`` for the first malformed line (unless
+            ``skip_bad_lines``), or for files with different line counts (always).
+    """
+    if fmt not in ("auto", "pipes", "tsv"):
+        raise ValueError(f"fmt must be 'auto', 'pipes' or 'tsv', got {fmt!r}")
+    lines = _read_lines(path)
+    align_lines: list[str] | None = None
+    if alignments is not None:
+        align_lines = _read_lines(alignments)
+        if len(align_lines) != len(lines):
+            raise ParallelFormatError(
+                alignments,
+                None,
+                f"has {len(align_lines)} lines but the text {path} has {len(lines)}; "
+                "they need one alignment line per sentence pair",
+            )
+    if fmt == "auto":
+        first = next((line for line in lines if line.strip()), "")
+        fmt = "pipes" if "|||" in first else "tsv"
+    examples: list[ParallelExample] = []
+    skipped: list[int] = []
+    problems: list[str] = []
+    for k, line in enumerate(lines, 1):
+        try:
+            try:
+                src_text, tgt_text = _split_pair(line, fmt)
+            except ValueError as err:
+                raise ParallelFormatError(path, k, str(err)) from None
+            source, target = tokenize(src_text), tokenize(tgt_text)
+            for side, words in (("source", source), ("target", target)):
+                if not words:
+                    raise ParallelFormatError(path, k, f"empty {side} side")
+            sure: frozenset[Link] = frozenset()
+            possible: frozenset[Link] = frozenset()
+            if align_lines is not None:
+                sure, possible = parse_pharaoh(
+                    align_lines[k - 1],
+                    one_indexed=one_indexed,
+                    path=alignments,  # type: ignore[arg-type]
+                    lineno=k,
+                    n_source=len(source),
+                    n_target=len(target),
+                )
+        except ParallelFormatError as err:
+            if not skip_bad_lines:
+                raise
+            skipped.append(k)
+            problems.append(str(err))
+            continue
+        examples.append(ParallelExample(source, target, sure, possible))
+    if skipped:
+        warnings.warn(
+            f"{path}: skipped {len(skipped)} bad line(s) of {len(lines)} (first: {problems[0]})",
+            stacklevel=2,
+        )
+    return ParallelData(examples, len(skipped), skipped, problems, align_lines is not None)
