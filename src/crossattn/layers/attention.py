@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..capture.hook import layer_call
 from ..functional import cross_attention
 
 
@@ -244,6 +245,8 @@ class CrossAttention(nn.Module):
         q = self.to_q(queries).view(b, length, self.heads, self.dim_head).transpose(1, 2)
         q = self.q_norm(q)  # (B, H, L, D)
         mask = _layer_attn_mask(attn_mask, b, self.heads, length, prepared.length)
+        recording = layer_call(self)  # None unless an AttentionRecorder wants this call's maps
+        asked = return_weights if recording is None else recording.ask(return_weights)
         res = cross_attention(
             q,
             prepared.key,
@@ -252,9 +255,11 @@ class CrossAttention(nn.Module):
             key_mask=prepared.key_mask,
             dropout_p=self.dropout if self.training else 0.0,
             backend=self.backend,
-            return_weights=return_weights,
+            return_weights=asked,
         )
-        out, weights = res if return_weights else (res, None)
+        out, weights = res if asked else (res, None)
+        if recording is not None:
+            weights = recording.hand_over(weights, return_weights)
         out = out.transpose(1, 2).reshape(b, length, self.heads * self.dim_head)  # (B, L, H*D)
         out = self.to_out(out)  # (B, L, out_dim)
         return (out, weights) if return_weights else out

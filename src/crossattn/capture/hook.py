@@ -1,0 +1,88 @@
+"""The hook point inside `CrossAttention.forward`: which active recorders want this call.
+
+`CrossAttention.forward` asks `layer_call(self)` once per call. With no recorder active (the
+common case) that is one context-variable read and the answer is None. Otherwise it returns a
+`LayerCall`: the layer then asks the op for the weights the recorders need (combined with what
+its caller asked for, so nothing is computed twice) and hands them over with
+`LayerCall.hand_over`, which gives back what the caller asked for.
+
+This module imports nothing from crossattn, so the layer can import it at start-up.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar, Token
+from typing import Any, Literal
+
+from torch import Tensor
+
+WeightsArg = bool | Literal["mean"]
+
+# The recorders whose `with` block is open in this thread / task, innermost last.
+_ACTIVE: ContextVar[tuple[Any, ...]] = ContextVar("crossattn_active_recorders", default=())
+
+
+def activate(recorder: Any) -> Token:
+    """Make `recorder` see every `CrossAttention` call in this context (until `deactivate`)."""
+    return _ACTIVE.set(_ACTIVE.get() + (recorder,))
+
+
+def deactivate(token: Token) -> None:
+    _ACTIVE.reset(token)
+
+
+def _stronger(a: WeightsArg, b: WeightsArg) -> WeightsArg:
+    """True (every head) covers "mean", which covers False."""
+    if a is True or b is True:
+        return True
+    return "mean" if "mean" in (a, b) else False
+
+
+class LayerCall:
+    """The recorders that want the weights of one call of one layer.
+
+    Attributes:
+        claims: ``(recorder, claim)`` pairs; `claim` is what the recorder's
+            ``_claim_layer_call`` returned, with a ``.weights`` attribute ("mean" or True).
+        weights: what the op must return for the recorders: "mean" or True.
+    """
+
+    __slots__ = ("claims", "weights")
+
+    def __init__(self, claims: list[tuple[Any, Any]]):
+        self.claims = claims
+        mode: WeightsArg = False
+        for _, claim in claims:
+            mode = _stronger(mode, claim.weights)
+        self.weights = mode
+
+    def ask(self, caller: WeightsArg) -> WeightsArg:
+        """The `return_weights` to pass to the op: covers the caller's and the recorders'."""
+        return _stronger(caller, self.weights)
+
+    def hand_over(self, weights: Tensor, caller: WeightsArg) -> Tensor | None:
+        """Give `weights` ((B, H, L, S) or (B, L, S)) to the recorders; return the caller's.
+
+        The caller gets None when it asked for no weights, the head mean (B, L, S) when it asked
+        for "mean" and the recorders needed every head, and `weights` unchanged otherwise.
+        """
+        for recorder, claim in self.claims:
+            recorder._record_layer_weights(claim, weights)
+        if not caller:
+            return None
+        if caller == "mean" and weights.dim() == 4:
+            return weights.mean(dim=1)  # (B, L, S)
+        return weights
+
+
+def layer_call(layer: Any) -> LayerCall | None:
+    """None unless an active recorder wants the weights of this call of `layer`."""
+    recorders = _ACTIVE.get()
+    if not recorders:
+        return None
+    claims = []
+    for recorder in recorders:
+        claim = recorder._claim_layer_call(layer)
+        if claim is not None:
+            claims.append((recorder, claim))
+    return LayerCall(claims) if claims else None

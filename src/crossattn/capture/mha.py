@@ -1,0 +1,120 @@
+"""Maps from `torch.nn.MultiheadAttention`, by a forward hook that recomputes them.
+
+The module runs as it always does (its fast path included); the hook takes the call's query,
+key, value and masks and recomputes the weights through the op with the module's own
+projection weights. When the call already returned weights that hold what is recorded (asked
+with ``need_weights=True``, in eval mode or without dropout) they are used as they are.
+
+Conventions: torch's masks use True = "ignore"; they are turned into crossattn's True = "may
+attend" here. A query row with no key it may attend to gets weights 0 (torch gives NaN).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._signature import call_arguments
+from .recompute import recompute_weights
+
+KIND = "torch.nn.MultiheadAttention"
+
+
+def matches(module: nn.Module) -> bool:
+    return isinstance(module, nn.MultiheadAttention)
+
+
+def make_hook(recorder: Any, name: str):
+    def hook(module: nn.MultiheadAttention, args: tuple, kwargs: dict, output: Any) -> None:
+        call = call_arguments(module, args, kwargs)
+        query, key = call["query"], call["key"]
+        if query is key:
+            return  # self-attention: not recorded
+        claim = recorder._claim(name, KIND)
+        if claim is None:
+            return
+        weights, heads_done = _weights(module, call, output, recorder.heads)
+        recorder._store(claim, weights, heads_done=heads_done)
+
+    return hook
+
+
+def _weights(
+    mha: nn.MultiheadAttention, call: dict[str, Any], output: Any, heads: str | tuple[int, ...]
+) -> tuple[Tensor, bool]:
+    returned = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+    unbatched = call["query"].dim() == 2
+    if returned is not None and (not mha.training or mha.dropout == 0.0):
+        averaged = bool(call["average_attn_weights"])
+        if averaged and heads == "mean":
+            w = returned.detach()
+            return (w.unsqueeze(0) if unbatched else w), True  # (B, L, S)
+        if not averaged:
+            w = returned.detach()
+            return (w.unsqueeze(0) if unbatched else w), False  # (B, H, L, S)
+    return _recompute(mha, call, heads), True
+
+
+def _recompute(mha: nn.MultiheadAttention, call: dict[str, Any], heads) -> Tensor:
+    query, key = call["query"], call["key"]
+    if query.is_nested or key.is_nested:
+        raise ValueError(f"{KIND}: recording maps of nested-tensor inputs is not supported")
+    if query.dim() == 2:  # unbatched (L, E), (S, kdim)
+        query, key = query.unsqueeze(0), key.unsqueeze(0)
+    elif not mha.batch_first:
+        query, key = query.transpose(0, 1), key.transpose(0, 1)  # (B, L, E), (B, S, kdim)
+    b, length, e = query.shape
+    h = mha.num_heads
+    d = e // h
+    if mha._qkv_same_embed_dim:
+        w_q, w_k, _ = mha.in_proj_weight.chunk(3, dim=0)
+    else:
+        w_q, w_k = mha.q_proj_weight, mha.k_proj_weight
+    b_q = b_k = None
+    if mha.in_proj_bias is not None:
+        b_q, b_k, _ = mha.in_proj_bias.chunk(3, dim=0)
+    with torch.no_grad():
+        q = F.linear(query, w_q, b_q).view(b, length, h, d).transpose(1, 2)  # (B, H, L, D)
+        k = F.linear(key, w_k, b_k)  # (B, S, E)
+        extra = 0
+        if mha.bias_k is not None:
+            k = torch.cat([k, mha.bias_k.expand(b, 1, e)], dim=1)  # (B, S + 1, E)
+            extra += 1
+        s = k.shape[1]
+        k = k.view(b, s, h, d).transpose(1, 2)  # (B, H, S, D)
+        if mha.add_zero_attn:
+            k = torch.cat([k, k.new_zeros(b, h, 1, d)], dim=2)  # (B, H, S + 1, D)
+            extra += 1
+    attn_mask, key_mask = _masks(call, b, h, length, k.shape[2], extra, q.dtype)
+    return recompute_weights(
+        q, k, heads=heads, scale=d**-0.5, attn_mask=attn_mask, key_mask=key_mask
+    )
+
+
+def _masks(
+    call: dict[str, Any], b: int, h: int, length: int, s: int, extra: int, dtype: torch.dtype
+) -> tuple[Tensor | None, Tensor | None]:
+    """torch's (True = ignore) masks -> (attn_mask (B|1, H|1, L, S), key_mask (B, S))."""
+    kpm, am = call.get("key_padding_mask"), call.get("attn_mask")
+    key_mask = attn_mask = None
+    if kpm is not None:
+        kpm = kpm.reshape(-1, kpm.shape[-1])  # (B, S0) also for an unbatched (S0,)
+        if kpm.dtype == torch.bool:
+            key_mask = F.pad(~kpm, (0, extra), value=True)  # (B, S)
+        else:
+            attn_mask = F.pad(kpm.to(dtype), (0, extra))[:, None, None, :]  # (B, 1, 1, S)
+    if am is not None:
+        if am.dim() == 3:
+            am = am.reshape(b, h, length, am.shape[-1])  # (B*H, L, S0) -> (B, H, L, S0)
+        am = F.pad(am, (0, extra), value=False) if am.dtype == torch.bool else F.pad(am, (0, extra))
+        allowed = ~am if am.dtype == torch.bool else am.to(dtype)
+        if attn_mask is None:
+            attn_mask = allowed
+        elif allowed.dtype == torch.bool:
+            attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
+        else:
+            attn_mask = attn_mask + allowed
+    return attn_mask, key_mask

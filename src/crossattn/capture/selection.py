@@ -1,0 +1,80 @@
+"""Which layers and which calls (steps, timesteps) a recorder keeps."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection
+
+LayersArg = None | str | re.Pattern | Collection[str] | Callable[[str], bool]
+StepsArg = None | int | range | slice | Collection[int] | Callable[[int], bool]
+TimestepsArg = None | Collection[float] | Callable[[float], bool]
+
+
+def layer_selector(layers: LayersArg) -> tuple[Callable[[str], bool], frozenset[str] | None]:
+    """(predicate on layer names, the exact names asked for or None).
+
+    None: every layer. A str or compiled pattern: layers whose name matches it (`re.search`).
+    A collection of str: exactly those names. A callable: layers for which it returns True.
+    """
+    if layers is None:
+        return (lambda name: True), None
+    if isinstance(layers, str):
+        try:
+            pattern = re.compile(layers)
+        except re.error as err:
+            raise ValueError(f"layers={layers!r} is not a valid regular expression: {err}") from err
+        return (lambda name: pattern.search(name) is not None), None
+    if isinstance(layers, re.Pattern):
+        return (lambda name: layers.search(name) is not None), None
+    if callable(layers):
+        return layers, None
+    if isinstance(layers, Collection) and all(isinstance(n, str) for n in layers):
+        names = frozenset(layers)
+        return names.__contains__, names
+    raise TypeError(
+        "layers must be None, a regular expression, a list of layer names or a callable "
+        f"name -> bool, got {type(layers).__name__}"
+    )
+
+
+def step_selector(steps: StepsArg) -> Callable[[int], bool] | None:
+    """Predicate on the 0-based call index of a layer, or None for every call."""
+    if steps is None:
+        return None
+    if isinstance(steps, bool):
+        raise TypeError(
+            f"steps must be None, an int, a range, a slice, ints or a callable, got {steps!r}"
+        )
+    if isinstance(steps, int):
+        return lambda i: i == steps
+    if isinstance(steps, slice):
+        if steps.stop is None:
+            start, stride = steps.start or 0, steps.step or 1
+            if stride <= 0 or start < 0:
+                raise ValueError(f"steps={steps!r}: an open slice needs start >= 0 and step > 0")
+            return lambda i: i >= start and (i - start) % stride == 0
+        return set(range(*steps.indices(steps.stop))).__contains__
+    if callable(steps):
+        return steps
+    if isinstance(steps, (range, Collection)) and all(
+        isinstance(i, int) and not isinstance(i, bool) for i in steps
+    ):
+        wanted = set(steps)
+        return wanted.__contains__
+    raise TypeError(
+        f"steps must be None, an int, a range, a slice, ints or a callable, got {steps!r}"
+    )
+
+
+def timestep_selector(timesteps: TimestepsArg) -> Callable[[float], bool] | None:
+    """Predicate on a diffusion timestep value, or None for every timestep."""
+    if timesteps is None:
+        return None
+    if callable(timesteps):
+        return timesteps
+    if isinstance(timesteps, Collection) and not isinstance(timesteps, str):
+        wanted = {float(t) for t in timesteps}
+        return lambda t: float(t) in wanted
+    raise TypeError(
+        f"timesteps must be None, a collection of numbers or a callable, got {timesteps!r}"
+    )
