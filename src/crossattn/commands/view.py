@@ -1,0 +1,135 @@
+"""`crossattn view FILE`: write the interactive HTML viewer of recorded maps next to FILE.
+
+FILE is one of:
+
+* a capture saved by ``AttentionRecorder.save`` (a ``.safetensors`` file whose metadata holds
+  the maps' layer names and tokens);
+* a ``.safetensors`` file with a tensor ``weights`` of shape (L, S), (H, L, S) or
+  (layers, H, L, S), and optional metadata entries ``source_tokens`` and ``target_tokens``
+  (JSON lists of strings) and ``links`` (a Pharaoh line, source index first);
+* a ``.pt`` / ``.pth`` file written by ``torch.save`` holding either that tensor or a dict
+  ``{"weights": tensor, "source_tokens": [...], "target_tokens": [...], "links": "0-0 1-2"}``.
+
+``--source`` and ``--target`` give (or replace) the tokens as space-separated text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="a saved capture, or a .safetensors/.pt file")
+    parser.add_argument("-o", "--out", help="where to write the page (default: FILE with .html)")
+    parser.add_argument("--open", action="store_true", help="also open it in the web browser")
+    parser.add_argument("--source", help="source tokens, separated by spaces")
+    parser.add_argument("--target", help="target tokens, separated by spaces")
+    parser.add_argument("--links", help="gold alignment as a Pharaoh line ('0-0 1-2 3p4')")
+    parser.add_argument("--title", help="page title (default: the file name)")
+    parser.add_argument("--layers", nargs="+", metavar="NAME", help="layers of a capture to keep")
+    parser.add_argument("--batch", type=int, default=0, help="batch item of a capture (default 0)")
+    parser.add_argument(
+        "--step",
+        default=None,
+        help="a capture's calls per layer: an index, 'concat', 'mean' or 'last' (default: auto)",
+    )
+    parser.add_argument(
+        "--threshold", type=float, default=0.1, help="initial highlight threshold (default 0.1)"
+    )
+
+
+def _is_capture(path: str) -> bool:
+    from safetensors import safe_open
+
+    from ..capture.storage import META_KEY
+
+    with safe_open(path, framework="pt") as f:
+        return META_KEY in (f.metadata() or {})
+
+
+def _load_plain(path: str) -> dict[str, Any]:
+    """A .safetensors or .pt weights file as {"weights": ..., "source_tokens": ..., ...}."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            if "weights" not in f.keys():
+                raise ValueError(
+                    f"{path} has no tensor named 'weights' (it has {list(f.keys())}) and is not a "
+                    "saved capture"
+                )
+            meta = f.metadata() or {}
+            out: dict[str, Any] = {"weights": f.get_tensor("weights")}
+        for key in ("source_tokens", "target_tokens"):
+            if key in meta:
+                out[key] = json.loads(meta[key])
+        if "links" in meta:
+            out["links"] = meta["links"]
+        return out
+    if ext in (".pt", ".pth"):
+        import torch
+
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(obj, torch.Tensor):
+            return {"weights": obj}
+        if isinstance(obj, dict) and "weights" in obj:
+            unknown = set(obj) - {"weights", "source_tokens", "target_tokens", "links"}
+            if unknown:
+                raise ValueError(f"{path}: unknown keys {sorted(unknown)} in the saved dict")
+            return dict(obj)
+        raise ValueError(
+            f"{path} must hold a weights tensor or a dict with a 'weights' tensor, got "
+            f"{type(obj).__name__}"
+        )
+    raise ValueError(f"FILE must be a .safetensors, .pt or .pth file, got {path!r}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..viz import to_html
+
+    path = args.file
+    if not os.path.isfile(path):
+        print(f"crossattn view: no such file: {path}", file=sys.stderr)
+        return 2
+    step: int | str | None = args.step
+    if isinstance(step, str) and step.lstrip("-").isdigit():
+        step = int(step)
+    source = args.source.split() if args.source else None
+    target = args.target.split() if args.target else None
+    title = args.title or os.path.basename(path)
+    try:
+        if path.lower().endswith(".safetensors") and _is_capture(path):
+            kwargs: dict[str, Any] = {"weights": path, "layers": args.layers, "step": step}
+            kwargs.update(batch=args.batch, links=args.links)
+        else:
+            loaded = _load_plain(path)
+            kwargs = {
+                "weights": loaded["weights"],
+                "links": args.links if args.links else loaded.get("links"),
+            }
+            source = source or loaded.get("source_tokens")
+            target = target or loaded.get("target_tokens")
+        out = args.out or os.path.splitext(path)[0] + ".html"
+        to_html(
+            source_tokens=source,
+            target_tokens=target,
+            path=out,
+            title=title,
+            threshold=args.threshold,
+            **kwargs,
+        )
+    except (ValueError, TypeError) as err:
+        print(f"crossattn view: {err}", file=sys.stderr)
+        return 2
+    print(os.path.abspath(out))
+    if args.open:
+        import pathlib
+        import webbrowser
+
+        webbrowser.open(pathlib.Path(out).resolve().as_uri())
+    return 0

@@ -1,0 +1,477 @@
+"""Normalise what the viewers accept into one record: weights (layers, H, L, S) and tokens.
+
+Shape legend: L target (query) length, S source (context) length, H heads. Rows are targets,
+columns are sources, as in every attention map of crossattn.
+
+Accepted in place of weights:
+    (L, S), (H, L, S) or (layers, H, L, S) tensors or arrays;
+    an `AttentionRecorder` (or the path of a file it saved), or its `maps` dict
+    (layer name -> list with one tensor per call, each (B, L, S) or (B, heads, L, S)).
+
+Alignment links are given in Pharaoh order, source index first: ``"0-0 1-2 3p4"``
+(``p`` or ``?`` marks a possible link), pairs ``(source, target)``, triples
+``(source, target, "sure" | "possible")``, ``{"sure": pairs, "possible": pairs}``, or a bool
+(L, S) matrix with True at each link.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["AttentionRecord", "Link", "as_record", "normalize_links", "to_numpy"]
+
+
+@dataclass(frozen=True)
+class Link:
+    """One alignment link between target token `target` and source token `source`."""
+
+    target: int
+    source: int
+    sure: bool = True
+
+
+@dataclass
+class AttentionRecord:
+    """Everything a viewer draws.
+
+    Attributes:
+        weights: float32 (layers, H, L, S), finite, rows are target tokens.
+        layer_names: one name per layer.
+        head_mean: True when the record holds only the head mean (H == 1).
+        source_tokens: S strings (the columns).
+        target_tokens: L strings (the rows), or None for an image record (the rows are patches).
+        links: gold links; predicted: predicted links.
+        image: (height, width, 3) uint8 or None; grid: (h, w) patch grid with h * w == L.
+    """
+
+    weights: np.ndarray
+    layer_names: list[str]
+    head_mean: bool
+    source_tokens: list[str]
+    target_tokens: list[str] | None
+    links: list[Link] = field(default_factory=list)
+    predicted: list[Link] = field(default_factory=list)
+    image: np.ndarray | None = None
+    grid: tuple[int, int] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return tuple(self.weights.shape)  # type: ignore[return-value]
+
+
+def to_numpy(x: Any, name: str) -> np.ndarray:
+    """A tensor, array or nested list as a float32 numpy array (on the CPU, detached)."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
+        x = x.detach().cpu()
+        if getattr(x, "is_sparse", False):  # a top-k map of a capture
+            x = x.to_dense()
+        if hasattr(x, "float") and x.dtype.is_floating_point and x.dtype.itemsize < 4:
+            x = x.float()
+        x = x.numpy()
+    try:
+        arr = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"{name} must be a tensor or array of numbers, got {type(x).__name__}"
+        ) from err
+    return arr
+
+
+def _is_capture(obj: Any) -> bool:
+    if isinstance(obj, (str, os.PathLike)):
+        return True
+    if hasattr(obj, "maps") and isinstance(obj.maps, Mapping):
+        return True
+    if isinstance(obj, Mapping) and obj:
+        first = next(iter(obj.values()))
+        return isinstance(first, (list, tuple)) or hasattr(first, "shape")
+    return False
+
+
+def _load_capture(obj: Any) -> tuple[Mapping[str, Any], dict[str, Any]]:
+    """(maps, metadata) of a recorder, a saved capture file, or a bare maps dict.
+
+    The metadata also carries the recorder's ``image`` and ``grid`` under those keys."""
+    if isinstance(obj, (str, os.PathLike)):
+        from ..capture import AttentionRecorder
+
+        obj = AttentionRecorder.load(obj)
+    if hasattr(obj, "maps"):
+        meta: dict[str, Any] = {}
+        for attr in ("metadata", "meta", "info"):
+            value = getattr(obj, attr, None)
+            if isinstance(value, Mapping):
+                meta.update(value)
+        for attr in ("tokens", "source_tokens", "target_tokens", "image", "grid"):
+            value = getattr(obj, attr, None)
+            if value is not None and attr not in meta:
+                meta[attr] = value
+        return obj.maps, meta
+    return obj, {}
+
+
+def _combine_calls(name: str, calls: Sequence[np.ndarray], step: int | str | None) -> np.ndarray:
+    """One (H, L, S) map per layer from its calls (each (H, L_i, S), batch already chosen)."""
+    if isinstance(step, int):
+        if not -len(calls) <= step < len(calls):
+            raise ValueError(
+                f"step={step} is out of range for layer {name!r}, which recorded {len(calls)} calls"
+            )
+        return calls[step]
+    if step not in (None, "concat", "mean", "last"):
+        raise ValueError(f"step must be an int, 'concat', 'mean', 'last' or None, got {step!r}")
+    if len(calls) == 1:
+        return calls[0]
+    lengths = [c.shape[1] for c in calls]
+    if step is None:
+        if all(n == 1 for n in lengths):
+            step = "concat"  # one target token per decoding step (with a key/value cache)
+        elif lengths == list(range(lengths[0], lengths[0] + len(lengths))):
+            step = "last"  # decoding without a cache: the last call holds every row
+        elif len(set(lengths)) == 1:
+            step = "mean"  # timesteps of a diffusion model, or repeated forward calls
+        else:
+            raise ValueError(
+                f"layer {name!r} recorded calls with target lengths {lengths}; pass step= to "
+                "choose one call (an int), or step='concat'"
+            )
+    if step == "last":
+        return calls[-1]
+    if step == "concat":
+        return np.concatenate(list(calls), axis=1)
+    if len(set(lengths)) != 1:
+        raise ValueError(
+            f"step='mean' needs calls of equal target length; layer {name!r} has {lengths}"
+        )
+    return np.mean(np.stack(list(calls)), axis=0)
+
+
+def _resize_rows(w: np.ndarray, src: tuple[int, int], dst: tuple[int, int]) -> np.ndarray:
+    """(H, src_h * src_w, S) patch maps resampled bilinearly to (H, dst_h * dst_w, S)."""
+    import torch
+    import torch.nn.functional as F
+
+    h, _, s = w.shape
+    grid = torch.from_numpy(w).reshape(h, src[0], src[1], s).permute(0, 3, 1, 2)  # (H, S, h, w)
+    out = F.interpolate(grid, size=dst, mode="bilinear", align_corners=False)
+    return out.permute(0, 2, 3, 1).reshape(h, dst[0] * dst[1], s).numpy()  # (H, L, S)
+
+
+def _square_grid(length: int) -> tuple[int, int] | None:
+    side = math.isqrt(length)
+    return (side, side) if side * side == length else None
+
+
+def _capture_to_array(
+    maps: Mapping[str, Any],
+    *,
+    batch: int,
+    step: int | str | None,
+    layers: Sequence[str] | None,
+    grid: tuple[int, int] | None,
+) -> tuple[np.ndarray, list[str], bool, tuple[int, int] | None]:
+    names = list(maps.keys()) if layers is None else list(layers)
+    missing = [n for n in names if n not in maps]
+    if missing:
+        raise ValueError(f"layers {missing} are not in the capture; it has {list(maps.keys())}")
+    if not names:
+        raise ValueError("the capture holds no maps: record at least one call first")
+    per_layer: list[np.ndarray] = []
+    head_mean = True
+    for name in names:
+        calls = maps[name]
+        if hasattr(calls, "shape"):
+            calls = [calls]
+        if len(calls) == 0:
+            raise ValueError(f"layer {name!r} of the capture recorded no calls")
+        chosen = []
+        for i, call in enumerate(calls):
+            arr = to_numpy(call, f"capture map {name!r}[{i}]")
+            if arr.ndim == 3:  # (B, L, S) head mean
+                arr = arr[:, None]  # (B, 1, L, S)
+            elif arr.ndim == 4:  # (B, heads, L, S)
+                head_mean = False
+            else:
+                raise ValueError(
+                    f"capture map {name!r}[{i}] must be (B, L, S) or (B, heads, L, S), got shape "
+                    f"{tuple(arr.shape)}"
+                )
+            if not -arr.shape[0] <= batch < arr.shape[0]:
+                raise ValueError(
+                    f"batch={batch} is out of range: capture map {name!r}[{i}] has batch size "
+                    f"{arr.shape[0]}"
+                )
+            chosen.append(arr[batch])  # (heads, L, S)
+        per_layer.append(_combine_calls(name, chosen, step))
+    heads = {w.shape[0] for w in per_layer}
+    if len(heads) != 1:
+        raise ValueError(
+            f"the chosen layers keep different numbers of heads {[w.shape[0] for w in per_layer]}; "
+            "record the head mean (heads='mean') or choose layers with layers=[...]"
+        )
+    sources = {w.shape[2] for w in per_layer}
+    if len(sources) != 1:
+        raise ValueError(
+            f"the chosen layers attend to different source lengths {[w.shape[2] for w in per_layer]}"
+            "; choose layers with layers=[...]"
+        )
+    lengths = [w.shape[1] for w in per_layer]
+    if len(set(lengths)) != 1:
+        # Text-to-image layers at several resolutions: resample every map to the finest grid.
+        grids = [_square_grid(n) for n in lengths]
+        if grid is not None or any(g is None for g in grids):
+            raise ValueError(
+                f"the chosen layers have different target lengths {lengths}; choose layers of "
+                "one resolution with layers=[...]"
+            )
+        finest = max(grids, key=lambda g: g[0] * g[1])  # type: ignore[index]
+        per_layer = [
+            w if g == finest else _resize_rows(w, g, finest)  # type: ignore[arg-type]
+            for w, g in zip(per_layer, grids)
+        ]
+        grid = finest
+    return np.stack(per_layer), names, head_mean, grid
+
+
+def _tokens(value: Any, name: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise TypeError(f"{name} must be a list of strings (one per token), got a single string")
+    try:
+        return [str(t) for t in value]
+    except TypeError as err:
+        raise TypeError(f"{name} must be a list of strings, got {type(value).__name__}") from err
+
+
+def _meta_tokens(meta: Mapping[str, Any], batch: int) -> tuple[Any, Any]:
+    src = meta.get("source_tokens")
+    tgt = meta.get("target_tokens")
+    tokens = meta.get("tokens")
+    if isinstance(tokens, Mapping):
+        src = src if src is not None else tokens.get("source", tokens.get("source_tokens"))
+        tgt = tgt if tgt is not None else tokens.get("target", tokens.get("target_tokens"))
+    elif tokens is not None and src is None:
+        src = tokens
+
+    def pick(v: Any) -> Any:  # a per-batch list of token lists -> the chosen batch item
+        if isinstance(v, (list, tuple)) and v and isinstance(v[0], (list, tuple)):
+            return v[batch]
+        return v
+
+    return pick(src), pick(tgt)
+
+
+def _pair(item: Any, name: str) -> tuple[int, int, bool]:
+    if not isinstance(item, (list, tuple)) or len(item) not in (2, 3):
+        raise ValueError(
+            f"{name} items must be (source, target) or (source, target, 'sure'|'possible'), "
+            f"got {item!r}"
+        )
+    kind = item[2] if len(item) == 3 else "sure"
+    if kind not in ("sure", "possible", True, False):
+        raise ValueError(f"{name}: the kind of a link must be 'sure' or 'possible', got {kind!r}")
+    return int(item[0]), int(item[1]), kind in ("sure", True)
+
+
+def normalize_links(links: Any, length: int, source_length: int, name: str = "links") -> list[Link]:
+    """Links in any accepted form (see the module docstring) as a checked list of `Link`."""
+    if links is None:
+        return []
+    triples: list[tuple[int, int, bool]] = []
+    if isinstance(links, str):
+        for item in links.split():
+            m = re.fullmatch(r"(\d+)([-pP?])(\d+)", item)
+            if m is None:
+                raise ValueError(
+                    f"{name}: {item!r} is not a Pharaoh link 'source-target' (or 'sourcePtarget' "
+                    "for a possible link)"
+                )
+            triples.append((int(m.group(1)), int(m.group(3)), m.group(2) == "-"))
+    elif isinstance(links, Mapping):
+        unknown = set(links) - {"sure", "possible"}
+        if unknown:
+            raise ValueError(f"{name} keys must be 'sure' and 'possible', got {sorted(unknown)}")
+        for kind in ("sure", "possible"):
+            for item in links.get(kind, ()):
+                s, t, _ = _pair(item, name)
+                triples.append((s, t, kind == "sure"))
+    elif hasattr(links, "shape") and len(links.shape) == 2:
+        arr = to_numpy(links, name)
+        if arr.shape != (length, source_length):
+            raise ValueError(
+                f"{name} as a matrix must be (L, S) = ({length}, {source_length}), got "
+                f"{tuple(arr.shape)}"
+            )
+        targets, sources = np.nonzero(arr)
+        triples = [(int(s), int(t), True) for t, s in zip(targets, sources)]
+    elif isinstance(links, Iterable):
+        triples = [_pair(item, name) for item in links]
+    else:
+        raise TypeError(
+            f"{name} must be a Pharaoh string, pairs, a dict or a matrix, got {links!r}"
+        )
+    out = []
+    for s, t, sure in triples:
+        if not (0 <= s < source_length and 0 <= t < length):
+            raise ValueError(
+                f"{name}: link (source {s}, target {t}) is outside the map of {length} target x "
+                f"{source_length} source tokens"
+            )
+        out.append(Link(target=t, source=s, sure=sure))
+    return sorted(set(out), key=lambda k: (k.target, k.source, not k.sure))
+
+
+def _image_array(image: Any, name: str = "image") -> np.ndarray:
+    """An image as (height, width, 3) uint8: accepts (H, W, 3|4), (3, H, W) or (H, W), uint8 or
+    float in [0, 1]."""
+    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+        image = np.asarray(image.convert("RGB"))
+    raw = image
+    if hasattr(raw, "detach"):
+        raw = raw.detach().cpu().numpy()
+    arr = np.asarray(raw)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # (C, H, W) -> (H, W, C)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(
+            f"{name} must be (height, width, 3), (3, height, width) or (height, width), got "
+            f"shape {tuple(np.shape(raw))}"
+        )
+    arr = arr[..., :3]
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    if arr.max() > 1.0 + 1e-6:  # 0..255 floats
+        arr = arr / 255.0
+    return np.ascontiguousarray((np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
+
+
+def as_record(
+    weights: Any,
+    source_tokens: Sequence[str] | None = None,
+    target_tokens: Sequence[str] | None = None,
+    *,
+    links: Any = None,
+    predicted: Any = None,
+    image: Any = None,
+    grid: tuple[int, int] | None = None,
+    layer_names: Sequence[str] | None = None,
+    layers: Sequence[str] | None = None,
+    batch: int = 0,
+    step: int | str | None = None,
+) -> AttentionRecord:
+    """Check and normalise viewer input into an `AttentionRecord`.
+
+    Args:
+        weights: (L, S), (H, L, S) or (layers, H, L, S); or a capture (see the module docstring).
+        source_tokens: S strings; defaults to the capture's tokens, else "0", "1", ...
+        target_tokens: L strings; defaults likewise. None with an `image` (rows are patches).
+        links, predicted: gold and predicted alignment links (see the module docstring).
+        image: for a text-to-image map, the image whose patches are the L rows.
+        grid: (h, w) patch grid of the image, h * w == L; defaults to a square grid.
+        layer_names: names of the layers of a (layers, H, L, S) tensor.
+        layers: for a capture, the layer names to keep (default all, in recording order).
+        batch: for a capture, the batch item to show.
+        step: for a capture, how to combine a layer's calls: an int picks one call, 'concat'
+            joins one-token decoding steps, 'mean' averages timesteps, 'last' keeps the last
+            call; None decides from the shapes.
+    """
+    meta: dict[str, Any] = {}
+    head_mean = False
+    if _is_capture(weights):
+        maps, meta = _load_capture(weights)
+        if image is None and meta.get("image") is not None:
+            image = meta["image"]
+            if grid is None and meta.get("grid") is not None:
+                grid = tuple(meta["grid"])  # type: ignore[assignment]
+        arr, names, head_mean, grid = _capture_to_array(
+            maps, batch=batch, step=step, layers=layers, grid=grid
+        )
+        if layer_names is not None:
+            raise ValueError("layer_names applies to tensors; a capture names its own layers")
+    else:
+        arr = to_numpy(weights, "weights")
+        if arr.ndim == 2:  # (L, S)
+            arr = arr[None, None]
+            head_mean = True
+        elif arr.ndim == 3:  # (H, L, S)
+            arr = arr[None]
+        elif arr.ndim != 4:
+            raise ValueError(
+                f"weights must be (L, S), (H, L, S) or (layers, H, L, S), got shape "
+                f"{tuple(arr.shape)}"
+            )
+        if layer_names is None:
+            names = [f"layer {i}" for i in range(arr.shape[0])]
+        else:
+            names = [str(n) for n in layer_names]
+            if len(names) != arr.shape[0]:
+                raise ValueError(
+                    f"layer_names has {len(names)} names for weights with {arr.shape[0]} layers "
+                    f"(shape {tuple(arr.shape)})"
+                )
+    n_layers, n_heads, length, source_length = arr.shape
+    if min(arr.shape) == 0:
+        raise ValueError(f"weights must not be empty, got shape {tuple(arr.shape)}")
+    if not np.isfinite(arr).all():
+        raise ValueError("weights hold NaN or infinite values; attention weights must be finite")
+    if arr.min() < 0:
+        raise ValueError(f"weights must be non-negative, got a minimum of {float(arr.min()):.3g}")
+
+    meta_src, meta_tgt = _meta_tokens(meta, batch)
+    src = _tokens(source_tokens if source_tokens is not None else meta_src, "source_tokens")
+    tgt = _tokens(target_tokens if target_tokens is not None else meta_tgt, "target_tokens")
+    if src is None:
+        src = [str(i) for i in range(source_length)]
+    if len(src) != source_length:
+        raise ValueError(
+            f"source_tokens has {len(src)} tokens but weights have S = {source_length} source "
+            f"columns (shape {tuple(arr.shape)})"
+        )
+    img = None
+    if image is not None:
+        img = _image_array(image)
+        if grid is None:
+            grid = _square_grid(length)
+            if grid is None:
+                raise ValueError(
+                    f"grid=(h, w) is needed: L = {length} image patches is not a square number"
+                )
+    if grid is not None:
+        if len(grid) != 2 or int(grid[0]) * int(grid[1]) != length:
+            raise ValueError(f"grid {tuple(grid)} must be (h, w) with h * w == L = {length}")
+        grid = (int(grid[0]), int(grid[1]))
+    if tgt is None and img is None:
+        tgt = [str(i) for i in range(length)]
+    if tgt is not None and len(tgt) != length:
+        raise ValueError(
+            f"target_tokens has {len(tgt)} tokens but weights have L = {length} target rows "
+            f"(shape {tuple(arr.shape)})"
+        )
+    if n_heads > 1:
+        head_mean = False
+    return AttentionRecord(
+        weights=np.ascontiguousarray(arr, dtype=np.float32),
+        layer_names=names,
+        head_mean=head_mean,
+        source_tokens=src,
+        target_tokens=tgt,
+        links=normalize_links(links, length, source_length, "links"),
+        predicted=normalize_links(predicted, length, source_length, "predicted"),
+        image=img,
+        grid=grid,
+    )

@@ -1,0 +1,347 @@
+"""Static pictures of attention maps with matplotlib (Agg, no pyplot state).
+
+Shape legend: L target (query) length, S source (context) length, H heads. Rows of a map are
+target tokens, columns are source tokens.
+
+`heatmap` draws a labelled map, a grid of heads (H, L, S), or a grid of layers x heads
+(layers, H, L, S), with gold and predicted alignment links on top. `image_overlay` draws the
+attention of one text token over the patches of an image. Both return a
+`matplotlib.figure.Figure` and, given `path`, save it as PNG, SVG or PDF (from the extension).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._colors import POSSIBLE_COLOR, PREDICTED_COLOR, SURE_COLOR, colormap
+from ._record import Link, _image_array, as_record, to_numpy
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["heatmap", "image_overlay"]
+
+_FORMATS = (".png", ".svg", ".pdf")
+
+
+def _new_figure(figsize: tuple[float, float], dpi: int) -> Figure:
+    """A figure on its own Agg canvas: no pyplot, no global figure manager, no GUI backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | os.PathLike | None) -> None:
+    if path is None:
+        return
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext not in _FORMATS:
+        raise ValueError(f"path must end in .png, .svg or .pdf, got {os.fspath(path)!r}")
+    fig.savefig(path, format=ext[1:])
+
+
+def _tick_step(n: int, max_labels: int) -> int:
+    return max(1, math.ceil(n / max_labels))
+
+
+def _draw_links(ax: Any, links: list[Link], predicted: list[Link], cell_pt: float) -> list:
+    """Markers on the cells of links: open squares (sure), open circles (possible), dots
+    (predicted). Returns legend handles."""
+    handles = []
+    size = max(2.0, 0.8 * cell_pt)
+    sure = [k for k in links if k.sure]
+    possible = [k for k in links if not k.sure]
+    if sure:
+        handles.append(
+            ax.scatter(
+                [k.source for k in sure],
+                [k.target for k in sure],
+                marker="s",
+                s=size**2,
+                facecolors="none",
+                edgecolors=SURE_COLOR,
+                linewidths=1.4,
+                label="gold (sure)",
+            )
+        )
+    if possible:
+        handles.append(
+            ax.scatter(
+                [k.source for k in possible],
+                [k.target for k in possible],
+                marker="o",
+                s=(0.75 * size) ** 2,
+                facecolors="none",
+                edgecolors=POSSIBLE_COLOR,
+                linewidths=1.1,
+                linestyle="--",
+                label="gold (possible)",
+            )
+        )
+    if predicted:
+        handles.append(
+            ax.scatter(
+                [k.source for k in predicted],
+                [k.target for k in predicted],
+                marker="o",
+                s=(0.3 * size) ** 2,
+                color=PREDICTED_COLOR,
+                linewidths=0,
+                label="predicted",
+            )
+        )
+    return handles
+
+
+def heatmap(
+    weights: Any,
+    source_tokens: Sequence[str] | None,
+    target_tokens: Sequence[str] | None,
+    *,
+    path: str | os.PathLike | None = None,
+    links: Any = None,
+    predicted: Any = None,
+    title: str | None = None,
+    layer_names: Sequence[str] | None = None,
+    heads: Sequence[int] | None = None,
+    vmax: float | None = None,
+    colorbar: bool = True,
+    max_labels: int = 80,
+    cell_size: float | None = None,
+    dpi: int = 120,
+    **record_options: Any,
+) -> Figure:
+    """Draw a labelled attention heatmap; rows are target tokens, columns are source tokens.
+
+    Args:
+        weights: (L, S) for one map, (H, L, S) for a grid of heads, (layers, H, L, S) for a grid
+            of layers (rows) by heads (columns). A capture (an `AttentionRecorder`, its saved
+            file or its `maps`) is accepted too; `record_options` (layers=, batch=, step=) pick
+            from it.
+        source_tokens: S strings, drawn along the top, rotated; None numbers the columns.
+        target_tokens: L strings, drawn down the left side; None numbers the rows.
+        path: save to this file; the extension (.png, .svg, .pdf) picks the format.
+        links: gold alignment links, drawn as open squares (sure) and open circles (possible).
+            Pharaoh order, source index first: ``"0-0 1-2 3p4"``, pairs ``(source, target)``,
+            triples ``(source, target, "sure" | "possible")``, ``{"sure": [...], "possible":
+            [...]}`` or a bool (L, S) matrix.
+        predicted: predicted links, same forms, drawn as small dots.
+        title: figure title.
+        layer_names: row titles of a (layers, H, L, S) grid.
+        heads: draw only these heads (indices into H).
+        vmax: top of the colour scale; default the largest weight drawn (the scale starts at 0).
+        colorbar: draw one colour bar shared by every panel.
+        max_labels: at most this many tick labels per axis (longer sequences label every k-th).
+        cell_size: inches per cell (default: fit the figure to about 7 inches per panel).
+        dpi: resolution of raster output.
+
+    Returns:
+        The `matplotlib.figure.Figure` (on an Agg canvas; pyplot is never touched).
+    """
+    rec = as_record(
+        weights,
+        source_tokens,
+        target_tokens,
+        links=links,
+        predicted=predicted,
+        layer_names=layer_names,
+        **record_options,
+    )
+    arr = rec.weights  # (layers, H, L, S)
+    n_layers, n_heads, length, source_length = arr.shape
+    head_ids = list(range(n_heads)) if heads is None else [int(h) for h in heads]
+    bad = [h for h in head_ids if not 0 <= h < n_heads]
+    if bad or not head_ids:
+        raise ValueError(f"heads must be indices in [0, {n_heads}), got {list(heads or [])}")
+    arr = arr[:, head_ids]
+    n_cols = len(head_ids)
+    src = rec.source_tokens
+    tgt = rec.target_tokens or [str(i) for i in range(length)]
+    if vmax is None:
+        vmax = float(arr.max()) or 1.0
+
+    # Panel size: about 7 inches on the longer side, plus room for the labels.
+    if cell_size is None:
+        cell_size = min(0.3, 7.0 / max(length, source_length))
+    longest = max(len(t) for t in src + tgt) if src + tgt else 1
+    label_in = min(2.0, 0.09 * longest + 0.3)
+    panel_w = source_length * cell_size + label_in
+    panel_h = length * cell_size + label_in
+    fig_w = n_cols * panel_w + (1.0 if colorbar else 0.3)
+    fig_h = (
+        n_layers * panel_h + (0.6 if title else 0.2) + (0.4 if rec.links or rec.predicted else 0)
+    )
+    fig = _new_figure((fig_w, fig_h), dpi)
+    axes = fig.subplots(n_layers, n_cols, squeeze=False)
+    cmap = colormap()
+    fontsize = float(np.clip(cell_size * 72 * 0.7, 5, 10))
+    cell_pt = cell_size * 72
+    step_s = _tick_step(source_length, max_labels)
+    step_t = _tick_step(length, max_labels)
+    image = None
+    handles: list = []
+    for i in range(n_layers):
+        for j, head in enumerate(head_ids):
+            ax = axes[i, j]
+            image = ax.imshow(
+                arr[i, j],
+                cmap=cmap,
+                vmin=0.0,
+                vmax=vmax,
+                aspect="equal",
+                interpolation="nearest",
+            )
+            ax.set_xticks(range(0, source_length, step_s))
+            ax.set_yticks(range(0, length, step_t))
+            ax.set_xticklabels(src[::step_s], rotation=90, fontsize=fontsize)
+            ax.set_yticklabels(tgt[::step_t], fontsize=fontsize)
+            ax.xaxis.tick_top()
+            ax.tick_params(length=0, pad=2)
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            hs = _draw_links(ax, rec.links, rec.predicted, cell_pt)
+            handles = handles or hs
+            ax.set_xlim(-0.5, source_length - 0.5)
+            ax.set_ylim(length - 0.5, -0.5)
+            name = "head mean" if rec.head_mean else f"head {head}"
+            if n_layers > 1 or n_cols > 1:
+                label = f"{rec.layer_names[i]} · {name}" if n_layers > 1 else name
+                ax.set_xlabel(label, fontsize=9)
+    if colorbar and image is not None:
+        bar = fig.colorbar(image, ax=axes, shrink=0.6, pad=0.02, aspect=30)
+        bar.set_label("attention weight", fontsize=9)
+        bar.ax.tick_params(labelsize=8)
+    if handles:
+        fig.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncol=len(handles),
+            fontsize=8,
+            frameon=False,
+            markerscale=min(1.0, 10.0 / max(cell_pt, 1e-6)),
+        )
+    if title:
+        fig.suptitle(title, fontsize=12)
+    _save(fig, path)
+    return fig
+
+
+def _upsample(patches: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) patch values resampled bilinearly to the image size (height, width)."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def image_overlay(
+    weights: Any,
+    image: Any,
+    grid: tuple[int, int] | None = None,
+    token: int | str | Sequence[int | str] = 0,
+    *,
+    tokens: Sequence[str] | None = None,
+    path: str | os.PathLike | None = None,
+    alpha: float = 0.55,
+    normalize: bool = True,
+    title: str | None = None,
+    dpi: int = 120,
+) -> Figure:
+    """Draw one text token's attention over the patches of an image, on top of the image.
+
+    Args:
+        weights: (L, S) text-to-image attention with L = h * w image patches (queries) and S
+            text tokens (context), or (H, L, S), whose head mean is drawn.
+        image: (height, width, 3) or (3, height, width) array or tensor, uint8 or float in
+            [0, 1]; (height, width) for grey.
+        grid: (h, w) patch grid with h * w == L; default a square grid.
+        token: the text token to draw, as an index into S or its text (matched in `tokens`);
+            a list draws one panel per token.
+        tokens: the S text tokens (titles, and lookup of `token` by text).
+        path: save to this file (.png, .svg or .pdf).
+        alpha: opacity of the attention layer.
+        normalize: stretch each panel's colours to its own maximum (else the scale is 0..1).
+        title: figure title.
+
+    Returns:
+        The `matplotlib.figure.Figure`.
+    """
+    arr = to_numpy(weights, "weights")
+    if arr.ndim == 3:  # (H, L, S) -> head mean
+        arr = arr.mean(axis=0)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"weights must be (L, S) or (H, L, S) with L image patches, got shape "
+            f"{tuple(np.shape(arr))}"
+        )
+    length, source_length = arr.shape
+    if not np.isfinite(arr).all():
+        raise ValueError("weights hold NaN or infinite values; attention weights must be finite")
+    if grid is None:
+        side = math.isqrt(length)
+        if side * side != length:
+            raise ValueError(f"grid=(h, w) is needed: L = {length} patches is not a square number")
+        grid = (side, side)
+    if len(grid) != 2 or int(grid[0]) * int(grid[1]) != length:
+        raise ValueError(f"grid {tuple(grid)} must be (h, w) with h * w == L = {length}")
+    if tokens is not None:
+        tokens = [str(t) for t in tokens]
+        if len(tokens) != source_length:
+            raise ValueError(
+                f"tokens has {len(tokens)} tokens but weights have S = {source_length} columns"
+            )
+    img = _image_array(image)
+    wanted = list(token) if isinstance(token, (list, tuple)) else [token]
+    indices = []
+    for t in wanted:
+        if isinstance(t, str):
+            if tokens is None or t not in tokens:
+                raise ValueError(f"token={t!r} is not among tokens={tokens}")
+            indices.append(tokens.index(t))
+        else:
+            if not -source_length <= int(t) < source_length:
+                raise ValueError(f"token={t} is out of range for S = {source_length} text tokens")
+            indices.append(int(t) % source_length)
+    n = len(indices)
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    height, width = img.shape[:2]
+    panel = 3.2
+    fig = _new_figure((cols * panel * width / max(height, width) + 0.8, rows * panel + 0.4), dpi)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    cmap = colormap()
+    shown = None
+    for k, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if k >= n:
+            continue
+        s = indices[k]
+        heat = _upsample(arr[:, s].reshape(int(grid[0]), int(grid[1])), (height, width))
+        top = float(heat.max()) if normalize else 1.0
+        ax.imshow(img, interpolation="bilinear")
+        shown = ax.imshow(
+            heat,
+            cmap=cmap,
+            alpha=alpha,
+            vmin=0.0,
+            vmax=top or 1.0,
+            interpolation="bilinear",
+        )
+        label = tokens[s] if tokens is not None else f"token {s}"
+        ax.set_title(label, fontsize=10)
+    if shown is not None and not normalize:
+        bar = fig.colorbar(shown, ax=axes, shrink=0.7, pad=0.02)
+        bar.set_label("attention weight", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    _save(fig, path)
+    return fig

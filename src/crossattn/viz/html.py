@@ -1,0 +1,370 @@
+"""The interactive viewer: one self-contained HTML page (inline JS and CSS, no network).
+
+Shape legend: L target (query) length, S source (context) length, H heads. Rows of a map are
+target tokens, columns source tokens.
+
+Weights travel quantised: one scale per (layer, head) map, the map divided by its maximum and
+rounded to 16 bits (8 bits past 16 MiB of weights), then base64. The page dequantises them and
+computes head and layer means itself, so a 1,000 x 1,000 map with a few heads stays a few MiB.
+Tokens are embedded as JSON with ``<``, ``>`` and ``&`` escaped and are only ever written to
+the page as text, so a token cannot close the script or inject markup.
+"""
+
+from __future__ import annotations
+
+import base64
+import html as _html
+import json
+import os
+import struct
+import uuid
+import zlib
+from collections.abc import Sequence
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from ._colors import COLOR_STOPS
+from ._record import AttentionRecord, as_record
+
+__all__ = ["Viewer", "to_html", "view"]
+
+MiB = 1 << 20
+_BITS_16_LIMIT = 16 * MiB  # raw bytes of 16-bit weights past which 8 bits are used
+
+
+@cache
+def _asset(name: str) -> str:
+    return resources.files("crossattn.viz").joinpath("assets", name).read_text(encoding="utf-8")
+
+
+def quantize(weights: np.ndarray, bits: int) -> tuple[bytes, list[float]]:
+    """(layers, H, L, S) weights as little-endian unsigned ints and one scale per (layer, head).
+
+    A weight w of map m is stored as round(w / scale[m] * (2**bits - 1)), scale[m] = max of m.
+    """
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits!r}")
+    n_layers, n_heads = weights.shape[:2]
+    flat = weights.reshape(n_layers * n_heads, -1)  # (layers * H, L * S)
+    scales = flat.max(axis=1).astype(np.float64)
+    scales[scales == 0] = 1.0
+    top = (1 << bits) - 1
+    q = np.rint(flat / scales[:, None].astype(np.float32) * top)
+    q = q.astype("<u2" if bits == 16 else np.uint8)
+    return q.tobytes(), [float(s) for s in scales]
+
+
+def dequantize(weights: np.ndarray, bits: int) -> np.ndarray:
+    """The float32 weights the page works with, for (layers, H, L, S) `weights`."""
+    raw, scales = quantize(weights, bits)
+    q = np.frombuffer(raw, dtype="<u2" if bits == 16 else np.uint8).astype(np.float32)
+    q = q.reshape(len(scales), -1) * (np.asarray(scales, np.float32)[:, None] / ((1 << bits) - 1))
+    return q.reshape(weights.shape)
+
+
+def choose_bits(weights: np.ndarray) -> int:
+    """16 bits while the weights fit in 16 MiB at 16 bits, else 8."""
+    return 16 if weights.size * 2 <= _BITS_16_LIMIT else 8
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A (height, width, 3) uint8 image as PNG (stdlib zlib; no imaging library needed)."""
+    height, width, _ = image.shape
+    rows = np.concatenate(
+        [np.zeros((height, 1), np.uint8), image.reshape(height, width * 3)], axis=1
+    )  # (height, 1 + 3 * width): filter byte 0 before each row
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body))
+            + kind
+            + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+        + chunk(b"IEND", b"")
+    )
+
+
+def script_json(obj: Any) -> str:
+    """JSON safe inside ``<script type="application/json">``: no ``<``, ``>`` or ``&``."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return (
+        text.replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
+
+
+def _index(value: int | str | None, names: Sequence[str], what: str, default: int) -> int:
+    """A layer or head choice as an index; -1 is the mean."""
+    if value is None:
+        return default
+    if value == "mean":
+        return -1
+    if isinstance(value, str):
+        if value not in names:
+            raise ValueError(f"{what}={value!r} is not one of {list(names)} or 'mean'")
+        return list(names).index(value)
+    if not -len(names) <= int(value) < len(names):
+        raise ValueError(f"{what}={value} is out of range for {len(names)} {what}s")
+    return int(value) % len(names)
+
+
+def payload(
+    rec: AttentionRecord,
+    *,
+    title: str | None = None,
+    caption: str | None = None,
+    threshold: float = 0.1,
+    layer: int | str | None = None,
+    head: int | str | None = None,
+    bits: int | None = None,
+) -> dict[str, Any]:
+    """The JSON object the viewer script draws (also what `crossattn serve` answers)."""
+    if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
+    n_layers, n_heads, length, source_length = rec.shape
+    bits = choose_bits(rec.weights) if bits is None else bits
+    raw, scales = quantize(rec.weights, bits)
+    image = None
+    if rec.image is not None:
+        uri = "data:image/png;base64," + base64.b64encode(png_bytes(rec.image)).decode("ascii")
+        image = {"src": uri, "grid": list(rec.grid)}  # type: ignore[arg-type]
+    return {
+        "v": 1,
+        "title": title or "Cross-attention",
+        "caption": caption,
+        "L": length,
+        "S": source_length,
+        "layers": rec.layer_names,
+        "heads": n_heads,
+        "headMean": rec.head_mean,
+        "source": rec.source_tokens,
+        "target": rec.target_tokens,
+        "bits": bits,
+        "scales": scales,
+        "data": base64.b64encode(raw).decode("ascii"),
+        "links": [[k.target, k.source, int(k.sure)] for k in rec.links],
+        "predicted": [[k.target, k.source] for k in rec.predicted],
+        "image": image,
+        "threshold": float(threshold),
+        "layer": _index(layer, rec.layer_names, "layer", 0),
+        "head": _index(head, [str(h) for h in range(n_heads)], "head", -1),
+        "colors": [[pos, color] for pos, color in COLOR_STOPS],
+    }
+
+
+def _fragment(data: dict[str, Any], *, with_assets: bool = True) -> str:
+    """The viewer's markup: its root, its data, and (optionally) its style and script."""
+    root_id = "ca-" + uuid.uuid4().hex[:12]
+    parts = []
+    if with_assets:
+        parts.append(f"<style>\n{_asset('viewer.css')}</style>")
+    parts.append(
+        f'<div class="ca-viewer" id="{root_id}" data-ca-auto="1">'
+        f'<script type="application/json" class="ca-data">{script_json(data)}</script></div>'
+    )
+    if with_assets:
+        parts.append(f"<script>\n{_asset('viewer.js')}</script>")
+    return "\n".join(parts)
+
+
+def page(data: dict[str, Any]) -> str:
+    """A whole HTML document around one viewer."""
+    title = _html.escape(data.get("title") or "Cross-attention")
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        # Forbid every fetch: the page is self-contained, and data: images are all it loads.
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+        "img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'\">\n"
+        f"<title>{title}</title>\n"
+        "<style>html,body{margin:0;background:#fff}</style>\n"
+        f"</head>\n<body>\n{_fragment(data)}\n</body>\n</html>\n"
+    )
+
+
+def _check_size(text: str, max_bytes: int | None) -> None:
+    if max_bytes is None:
+        return
+    size = len(text.encode("utf-8"))
+    if size > max_bytes:
+        raise ValueError(
+            f"the page would be {size / MiB:.1f} MiB, over max_bytes={max_bytes / MiB:.1f} MiB; "
+            "keep fewer layers or heads (layers=[...], the head mean), or raise max_bytes"
+        )
+
+
+class Viewer:
+    """An attention viewer: shows inline in Jupyter (`_repr_html_`) and saves as one HTML file.
+
+    Attributes:
+        record: the normalised `AttentionRecord` (weights (layers, H, L, S) and tokens).
+        data: the JSON object the page draws.
+    """
+
+    def __init__(self, record: AttentionRecord, data: dict[str, Any], max_bytes: int | None):
+        self.record = record
+        self.data = data
+        self.max_bytes = max_bytes
+
+    @property
+    def html(self) -> str:
+        """The whole self-contained HTML document."""
+        text = page(self.data)
+        _check_size(text, self.max_bytes)
+        return text
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the page to `path` (UTF-8) and return the path as a string."""
+        text = self.html
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return os.fspath(path)
+
+    def _repr_html_(self) -> str:
+        text = _fragment(self.data)
+        _check_size(text, self.max_bytes)
+        return text
+
+    def __repr__(self) -> str:
+        layers, heads, length, source_length = self.record.shape
+        return (
+            f"Viewer(layers={layers}, heads={heads}, L={length} target, S={source_length} source)"
+        )
+
+
+def view(
+    weights: Any,
+    source_tokens: Sequence[str] | None = None,
+    target_tokens: Sequence[str] | None = None,
+    *,
+    title: str | None = None,
+    caption: str | None = None,
+    threshold: float = 0.1,
+    layer: int | str | None = None,
+    head: int | str | None = None,
+    links: Any = None,
+    predicted: Any = None,
+    image: Any = None,
+    grid: tuple[int, int] | None = None,
+    layer_names: Sequence[str] | None = None,
+    layers: Sequence[str] | None = None,
+    batch: int = 0,
+    step: int | str | None = None,
+    bits: int | None = None,
+    max_bytes: int | None = 40 * MiB,
+) -> Viewer:
+    """The interactive viewer of attention maps, as an object for Jupyter or `.save(path)`.
+
+    Takes the arguments of `to_html` (but `path`); see there.
+    """
+    rec = as_record(
+        weights,
+        source_tokens,
+        target_tokens,
+        links=links,
+        predicted=predicted,
+        image=image,
+        grid=grid,
+        layer_names=layer_names,
+        layers=layers,
+        batch=batch,
+        step=step,
+    )
+    data = payload(
+        rec, title=title, caption=caption, threshold=threshold, layer=layer, head=head, bits=bits
+    )
+    return Viewer(rec, data, max_bytes)
+
+
+def to_html(
+    weights: Any,
+    source_tokens: Sequence[str] | None = None,
+    target_tokens: Sequence[str] | None = None,
+    *,
+    path: str | os.PathLike | None = None,
+    title: str | None = None,
+    caption: str | None = None,
+    threshold: float = 0.1,
+    layer: int | str | None = None,
+    head: int | str | None = None,
+    links: Any = None,
+    predicted: Any = None,
+    image: Any = None,
+    grid: tuple[int, int] | None = None,
+    layer_names: Sequence[str] | None = None,
+    layers: Sequence[str] | None = None,
+    batch: int = 0,
+    step: int | str | None = None,
+    bits: int | None = None,
+    max_bytes: int | None = 40 * MiB,
+) -> str:
+    """One self-contained HTML page (inline JS and CSS, no network) to explore attention maps.
+
+    Args:
+        weights: (L, S), (H, L, S) or (layers, H, L, S), rows target tokens, columns source
+            tokens; or a capture in place of weights: an `AttentionRecorder`, the path of a file
+            it saved, or its `maps` (layer name -> list of (B, L, S) or (B, heads, L, S)).
+        source_tokens: S strings (default: the capture's tokens, else their indices).
+        target_tokens: L strings (default likewise). Leave None with `image`: the rows are
+            image patches.
+        path: also write the page to this file.
+        title: page title; caption: a line under it (e.g. the translation).
+        threshold: initial highlight threshold in [0, 1] (adjustable on the page).
+        layer: initial layer (index, name or "mean"); head: initial head (index or "mean",
+            the default).
+        links: gold alignment links, Pharaoh order (source index first): ``"0-0 1-2 3p4"``,
+            pairs ``(source, target)``, triples ``(source, target, "sure" | "possible")``,
+            ``{"sure": [...], "possible": [...]}`` or a bool (L, S) matrix.
+        predicted: predicted links, same forms.
+        image: for a text-to-image map, the image whose patches are the L rows: (height,
+            width, 3) or (3, height, width), uint8 or float in [0, 1].
+        grid: (h, w) patch grid with h * w == L (default square).
+        layer_names: names of the layers of a (layers, H, L, S) tensor.
+        layers, batch, step: choose from a capture (layer names, batch item, and how to
+            combine a layer's calls: an int picks one, "concat" joins one-token decoding steps,
+            "mean" averages timesteps; None decides from the shapes).
+        bits: 8 or 16 bits per weight (default 16, or 8 past 16 MiB of weights).
+        max_bytes: refuse to make a page larger than this (None: no limit).
+
+    Returns:
+        The HTML document as a string.
+    """
+    v = view(
+        weights,
+        source_tokens,
+        target_tokens,
+        title=title,
+        caption=caption,
+        threshold=threshold,
+        layer=layer,
+        head=head,
+        links=links,
+        predicted=predicted,
+        image=image,
+        grid=grid,
+        layer_names=layer_names,
+        layers=layers,
+        batch=batch,
+        step=step,
+        bits=bits,
+        max_bytes=max_bytes,
+    )
+    text = v.html
+    if path is not None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    return text
