@@ -314,6 +314,49 @@ class CrossAttention(nn.Module):
                 layer.to_out.bias.copy_(mha.out_proj.bias)
         return layer
 
+    @classmethod
+    def from_diffusers(cls, attn: nn.Module) -> CrossAttention:
+        """Build the equivalent layer from a ``diffusers.models.attention_processor.Attention``.
+
+        Carried over: query_dim, cross_attention_dim, heads, dim_head (``out_dim`` included),
+        kv_heads, out_dim, the q/k/v bias and the output bias, and the per-head q/k norm
+        (``qk_norm`` "layer_norm", "fp32_layer_norm" or "rms_norm", with its eps and affine
+        weights; a norm without weights gets ones and zeros). The new layer has the module's
+        device, dtype and train/eval mode. Call it as
+        ``layer(hidden_states, encoder_hidden_states)``, or
+        ``layer(hidden_states, hidden_states)`` for a self-attention. diffusers' additive
+        ``attention_mask`` (B, 1, S) of 0 / -10000 becomes ``context_mask=(mask == 0)[:, 0]``.
+
+        Not carried over: diffusers' dropout acts on the output (``to_out[1]``), this layer's
+        on the probabilities, so the new layer has ``dropout=0``. Modules with a group norm,
+        spatial norm, cross-attention norm, added key/value projections, a residual
+        connection, an output rescale, ``scale_qk=False`` or a norm across heads raise
+        ValueError: run those with `crossattn.integrations.diffusers.CrossAttnProcessor`.
+        """
+        from ..integrations.diffusers import crossattention_from_diffusers
+
+        return crossattention_from_diffusers(attn)
+
+    @classmethod
+    def from_transformers(cls, module: nn.Module) -> CrossAttention:
+        """Build the equivalent layer from a Hugging Face BERT cross-attention.
+
+        ``module`` is the ``BertAttention`` at ``model.encoder.layer[i].crossattention`` of a
+        decoder built with ``BertConfig(is_decoder=True, add_cross_attention=True)``: the new
+        layer computes its attention (``crossattention.self``) followed by its output
+        projection (``crossattention.output.dense``). The residual add, dropout and LayerNorm
+        that BERT applies after that projection (``BertSelfOutput``) belong to the surrounding
+        block and are not part of this layer. The bare ``crossattention.self`` is accepted too;
+        its layer has an identity output projection. BERT's attention-probability dropout
+        carries over, and so do the device, dtype and train/eval mode. BERT's
+        ``encoder_attention_mask`` (B, S) of 1 = keep, 0 = padding becomes
+        ``context_mask=encoder_attention_mask.bool()``. Only ``position_embedding_type``
+        "absolute" converts.
+        """
+        from ..integrations.transformers import crossattention_from_transformers
+
+        return crossattention_from_transformers(module)
+
 
 def _check_seq(name: str, t: Tensor, dim: int, expected: str) -> None:
     if not isinstance(t, Tensor):

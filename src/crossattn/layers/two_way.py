@@ -303,7 +303,8 @@ class TwoWayTransformer(nn.Module):
         copy of ``segment_anything.modeling.transformer``, loaded however the caller likes (see
         `crossattn.integrations.segment_anything.load_sam_transformer_module`). Weights, the
         LayerNorm epsilons, the MLP activation and each block's ``skip_first_layer_pe`` are
-        copied; the result has the module's device and dtype and gives the same outputs.
+        copied; the result has the module's device, dtype and train/eval mode and gives the same
+        outputs.
         """
         _check_sam_layout(module)
         final = module.final_attn_token_to_image
@@ -336,7 +337,7 @@ class TwoWayTransformer(nn.Module):
                 ours.mlp.act = copy.deepcopy(theirs.mlp.act)
             _copy_sam_attention(layer.final_attn_token_to_image, final)
             _copy_layer_norm(layer.norm_final_attn, module.norm_final_attn)
-        return layer
+        return layer.train(module.training)
 
 
 def _check_sizes(embedding_dim: Any, num_heads: Any, mlp_dim: Any, rate: Any) -> None:
