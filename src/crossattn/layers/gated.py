@@ -9,8 +9,8 @@ fewer than T items (the rest is padding, never attended); more than T is an erro
 
 Each text token sees the items that appeared at or before it: only the most recent one
 (``only_attend_immediate_media=True``, Flamingo's default) or all of them. A text token before
-the first item attends to nothing: its attention output is exactly 0, so the block passes it
-through (plus the gated feed-forward). Without ``media_locations`` every text token attends to
+the first item (or whose media tokens are all masked) attends to nothing: its attention update
+is exactly 0, so the block passes it through (plus the gated feed-forward). Without ``media_locations`` every text token attends to
 all media tokens.
 """
 
@@ -159,5 +159,12 @@ class GatedCrossAttentionBlock(nn.Module):
         attended = self.attn_text_to_media(
             self.norm_attn(text), media, context_mask=media_mask, attn_mask=attn_mask
         )
+        allowed = attn_mask
+        if media_mask is not None:
+            mm = media_mask[:, None, :]  # (B, 1, M)
+            allowed = mm if allowed is None else allowed & mm
+        if allowed is not None:
+            # No media to attend to: no attention update (not even the output bias).
+            attended = attended.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)
         text = text + self.attn_gate.tanh() * attended
         return text + self.ff_gate.tanh() * self.ff(self.norm_ff(text))

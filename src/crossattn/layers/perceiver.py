@@ -222,7 +222,8 @@ class PerceiverEncoder(nn.Module):
         """Encode `inputs` (B, S, input_dim) into latents (B, num_latents, latent_dim).
 
         `input_mask`: (B, S) bool, True = valid input token (padding may hold anything, NaN
-        included). A row with no valid token gets no attention update from the inputs.
+        included). In a row with no valid token the attention to the inputs is exactly 0
+        before its output projection, so the latents receive only that projection's bias.
         """
         check_features("inputs", inputs, self.input_dim, "(B, S, input_dim)")
         b, s, _ = inputs.shape
