@@ -85,7 +85,7 @@ def cross_attention(
     _check_qkv(query, key, value)
     b, h, length, e = query.shape
     s = key.shape[2]
-    if return_weights not in (False, True, "mean"):
+    if not (isinstance(return_weights, bool) or _is_mean(return_weights)):
         raise ValueError(f"return_weights must be False, True or 'mean', got {return_weights!r}")
     if not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
@@ -138,6 +138,10 @@ def cross_attention(
     if return_weights:
         return out, weights
     return out
+
+
+def _is_mean(return_weights: object) -> bool:
+    return isinstance(return_weights, str) and return_weights == "mean"
 
 
 def _shape(t: Tensor) -> str:

@@ -1,0 +1,251 @@
+"""Shared test helpers: the backends to test, a float64 reference in plain math, derived tolerances.
+
+- `backend` fixture: every name in `crossattn.available_backends()`, plus ``None`` (automatic
+  dispatch), plus ``"chunked"`` with tiny tiles (4 keys wide) so that small test shapes cross
+  many tiles. Request it and a new backend is tested without editing any test.
+- `reference(q, k, v, **kw)`: attention written out in plain math, independent of the library,
+  computed in float64 (or in the `dtype` asked for: the low-precision yardstick).
+- `expected(q, k, v, dtype, **kw)`: the float64 result for inputs rounded to `dtype`, and the
+  tolerance derived from it (see `TOLERANCE_FACTOR`).
+- `assert_within(actual, exp, what)`: max abs error against an `Expected`, NaN-aware.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import Tensor
+
+import crossattn
+from crossattn.backends import AttentionInputs, ChunkedBackend, get_backend, register_backend
+
+BACKENDS: list[str] = crossattn.available_backends()
+"""The registered backends usable on this machine (the registry decides, not the tests)."""
+
+TINY_CHUNKED = "chunked@tiny-blocks"
+"""Backend case: the chunked backend with tiny tiles (many tiles on small shapes)."""
+
+DTYPES: list[torch.dtype] = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+TOLERANCE_FACTOR = 3.0
+"""k in ``|backend - exact| <= k * |plain math in dtype - exact| + rounding_floor`` (the rule of
+flash-attention's tests). The backends keep softmax statistics in float32 for low-precision inputs, so they are at
+least as accurate as plain math done entirely in the low dtype; k = 3 leaves room for a different
+summation order and for the final rounding of the output to the dtype."""
+
+
+def float64_floor(reference_value: Tensor) -> float:
+    """64 float64 ulps of the result's scale: the floor where float64 plain math is exact."""
+    scale = reference_value.detach().abs().max().item() if reference_value.numel() else 0.0
+    return 64 * torch.finfo(torch.float64).eps * (1.0 + scale)
+
+
+def rounding_floor(reference_value: Tensor, dtype: torch.dtype) -> float:
+    """The small epsilon of every derived tolerance: one ulp of `dtype` at the result's scale
+    (every backend rounds its result to `dtype`; the yardstick may round luckily), and never
+    less than `float64_floor` (for float64 inputs the yardstick is the exact math itself)."""
+    scale = reference_value.detach().abs().max().item() if reference_value.numel() else 0.0
+    return max(torch.finfo(dtype).eps * scale, float64_floor(reference_value))
+
+
+def backend_ids(value: object) -> str:
+    return "dispatch" if value is None else str(value)
+
+
+def backend_cases() -> list[str | None]:
+    """``None`` (dispatch), every available backend, and the tiny-block chunked case."""
+    cases: list[str | None] = [None, *BACKENDS]
+    if "chunked" in BACKENDS:
+        cases.append(TINY_CHUNKED)
+    return cases
+
+
+@pytest.fixture(params=backend_cases(), ids=backend_ids)
+def backend(request: pytest.FixtureRequest) -> str | None:
+    """A backend name to pass as ``backend=`` (None = dispatch); see the module docstring."""
+    if request.param != TINY_CHUNKED:
+        return request.param
+    original = get_backend("chunked")
+    register_backend(tiny_chunked(), replace=True)
+    request.addfinalizer(lambda: register_backend(original, replace=True))
+    return "chunked"
+
+
+def tiny_chunked() -> ChunkedBackend:
+    """The chunked backend cut into tiles of a few queries x 4 keys (online softmax throughout)."""
+    options = inspect.signature(ChunkedBackend).parameters
+    if "q_block" in options:
+        return ChunkedBackend(q_block=3, k_block=4)
+    return ChunkedBackend(tile_elements=12, k_block=4)
+
+
+def _allowed_and_bias(
+    attn_mask: Tensor | None, key_mask: Tensor | None, dtype: torch.dtype
+) -> tuple[Tensor | None, Tensor | None]:
+    allowed = None
+    bias = None
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            allowed = attn_mask
+        else:
+            bias = attn_mask.to(dtype)
+    if key_mask is not None:
+        km = key_mask[:, None, None, :]  # (B, 1, 1, S)
+        allowed = km if allowed is None else allowed & km
+    return allowed, bias
+
+
+def reference(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    attn_mask: Tensor | None = None,
+    key_mask: Tensor | None = None,
+    scale: float | None = None,
+    return_weights: bool | str = False,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Attention in plain math, computed entirely in `dtype` (float64 by default).
+
+    query (B, H, L, E), key (B, Hk, S, E), value (B, Hk, S, Ev); attn_mask bool (True = may
+    attend) or additive float, broadcastable to (B, H, L, S); key_mask (B, S) bool. A row with
+    no allowed key gives output 0 and weights 0. Differentiable (gradients of float masks too).
+    Returns out (B, H, L, Ev) in `dtype`, or (out, weights) with weights (B, H, L, S) / (B, L, S).
+    """
+    q, k, v = (t.to(dtype) for t in (query, key, value))
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)  # (B, H, S, E)
+    v = v.repeat_interleave(groups, dim=1)  # (B, H, S, Ev)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, L, S)
+    allowed, bias = _allowed_and_bias(attn_mask, key_mask, dtype)
+    if bias is not None:
+        scores = scores + bias
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    row_ok = (scores.detach() > float("-inf")).any(dim=-1, keepdim=True)  # (B, H, L, 1)
+    probs = torch.softmax(scores.masked_fill(~row_ok, 0.0), dim=-1) * row_ok  # (B, H, L, S)
+    out = torch.matmul(probs, v)  # (B, H, L, Ev)
+    if not return_weights:
+        return out
+    return out, probs.mean(dim=1) if return_weights == "mean" else probs
+
+
+@dataclass
+class Expected:
+    """float64 result of inputs rounded to `dtype`, and the tolerances derived for that dtype."""
+
+    out: Tensor
+    out_tol: float
+    weights: Tensor | None = None
+    weights_tol: float | None = None
+
+
+def rounded(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """`t` rounded to `dtype` if it is floating, unchanged otherwise (bool masks)."""
+    if t is None or not t.is_floating_point():
+        return t
+    return t.to(dtype)
+
+
+def expected(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    dtype: torch.dtype,
+    *,
+    attn_mask: Tensor | None = None,
+    key_mask: Tensor | None = None,
+    scale: float | None = None,
+    return_weights: bool | str = False,
+    factor: float = TOLERANCE_FACTOR,
+) -> Expected:
+    """The float64 reference of the inputs rounded to `dtype`, with derived tolerances.
+
+    The yardstick is the same plain math run entirely in `dtype` on the same rounded inputs;
+    the tolerance is ``factor * |yardstick - exact| + rounding_floor(exact, dtype)``.
+    """
+    args = [rounded(t, dtype) for t in (query, key, value)]
+    kw = dict(
+        attn_mask=rounded(attn_mask, dtype),
+        key_mask=key_mask,
+        scale=scale,
+        return_weights=return_weights,
+    )
+    with torch.no_grad():
+        exact = reference(*args, **kw)
+        low = reference(*args, **kw, dtype=dtype)
+    if not return_weights:
+        exact, low = (exact, None), (low, None)
+    (out, weights), (low_out, low_weights) = exact, low
+
+    def tol(ref: Tensor, yardstick: Tensor) -> float:
+        err = (yardstick.double() - ref).abs().max().item() if ref.numel() else 0.0
+        return factor * err + rounding_floor(ref, dtype)
+
+    return Expected(
+        out=out,
+        out_tol=tol(out, low_out),
+        weights=weights,
+        weights_tol=None if weights is None else tol(weights, low_weights),
+    )
+
+
+def assert_within(actual: Tensor, ref: Tensor, tol: float, what: str = "output") -> None:
+    """``max |actual - ref| <= tol`` with shapes equal and no NaN/Inf in `actual`."""
+    assert tuple(actual.shape) == tuple(ref.shape), f"{what}: shape {actual.shape} != {ref.shape}"
+    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
+    err = (actual.detach().double() - ref.double()).abs().max().item() if ref.numel() else 0.0
+    assert err <= tol, f"{what}: max abs error {err:.3e} > derived tolerance {tol:.3e}"
+
+
+def assert_matches(actual: Tensor, exp: Expected, what: str = "output") -> None:
+    """Compare an output (or an ``(out, weights)`` tuple) with an `Expected`."""
+    if isinstance(actual, tuple):
+        out, weights = actual
+        assert exp.weights is not None, f"{what}: got weights that were not expected"
+        assert_within(out, exp.out, exp.out_tol, what)
+        assert_within(weights, exp.weights, exp.weights_tol, f"{what} weights")
+    else:
+        assert_within(actual, exp.out, exp.out_tol, what)
+
+
+def randn(*shape: int, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> Tensor:
+    """Standard normal values (float64 by default), from an explicit generator."""
+    return torch.randn(*shape, generator=generator, dtype=dtype)
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    """A seeded CPU generator, fresh per test."""
+    return torch.Generator().manual_seed(1234)
+
+
+def backend_reasons(
+    name: str | None,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    mask: Tensor | None = None,
+    return_weights: bool | str = False,
+    dropout_p: float = 0.0,
+) -> list[str]:
+    """What the backend `name` says against such a call ([] for None: dispatch finds one)."""
+    if name is None:
+        return []
+    inputs = AttentionInputs(
+        query=query,
+        key=key,
+        value=value,
+        mask=mask,
+        scale=1.0,
+        dropout_p=dropout_p,
+        return_weights=return_weights,
+    )
+    return get_backend(name).not_supported_reasons(inputs)
