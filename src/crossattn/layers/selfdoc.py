@@ -28,7 +28,9 @@ class SelfDocAttention(nn.Module):
         backend: backend of `cross_attention` (None: dispatch).
 
     Shapes: forward(a (B, L, query_dim), b (B, L, context_dim), *, mask (B, L) bool or None,
-    True = valid token) -> (B, L, query_dim). A and B must have the same length L.
+    True = valid token; padded tokens may hold NaN and get output 0) -> (B, L, query_dim); with
+    return_weights also (B, heads, L, L) or the head mean (B, L, L). A and B must have the same
+    length L.
     """
 
     def __init__(
@@ -67,4 +69,12 @@ class SelfDocAttention(nn.Module):
                 f"{tuple(b.shape)}; expected b ({a.shape[0]}, {a.shape[1]}, {self.context_dim})"
             )
         check_mask("mask", mask, tuple(a.shape[:2]), "(B, L)")
-        return self.attn(a, b, a, context_mask=mask, return_weights=return_weights)
+        if mask is None:
+            return self.attn(a, b, a, return_weights=return_weights)
+        # Padded tokens (NaN allowed) are zeroed on the way in and their outputs set to 0.
+        a = a.masked_fill(~mask[..., None], 0.0)
+        b = b.masked_fill(~mask[..., None], 0.0)
+        res = self.attn(a, b, a, context_mask=mask, return_weights=return_weights)
+        out = res[0] if return_weights else res
+        out = out.masked_fill(~mask[..., None], 0.0)  # (B, L, query_dim)
+        return (out, res[1]) if return_weights else out
