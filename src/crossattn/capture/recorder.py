@@ -75,8 +75,8 @@ class AttentionRecorder:
             denoising step): None (all), an int, a range, a slice, ints, or a callable.
         timesteps: for diffusion models, which timestep values to keep (a collection of
             numbers or a callable); the value is read from the model's ``timestep`` argument.
-        top_k: keep only the k largest weights of each query row; maps become sparse COO
-            tensors of the same shape (see `to_dense`).
+        top_k: keep only the k largest weights of each query row; maps become sparse
+            tensors (CSR, int32 indices) of the same shape; `to_dense` gives them dense.
         grid: (gh, gw) or an int: resample the query positions, an image of h*w positions, to
             a gh x gw grid; maps become (B, gh*gw, S). (h, w) comes from a 4-D hidden state,
             else from the aspect ratio of `image_size` or of the model's 4-D ``sample`` input,

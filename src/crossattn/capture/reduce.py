@@ -1,13 +1,14 @@
 """Reductions applied to a map as it is recorded: heads, image grid, top-k; sizes in bytes.
 
 A map is (B, L, S) for the head mean or (B, heads, L, S) when heads are kept: L query (target)
-positions, S context (source) positions. Top-k maps are sparse COO tensors of that same shape
+positions, S context (source) positions. Top-k maps are sparse CSR tensors of that same shape
 with exactly k stored entries per query row (`to_dense` gives the dense map, zeros elsewhere).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -126,51 +127,56 @@ def to_grid(weights: Tensor, grid: tuple[int, int], hw: tuple[int, int]) -> Tens
 
 
 def top_k(weights: Tensor, k: int) -> Tensor:
-    """Keep the k largest weights of each query row: a sparse COO tensor of the same shape.
+    """Keep the k largest weights of each query row: a sparse CSR tensor of the same shape.
 
-    Every row (all dimensions but the last) holds exactly min(k, S) stored entries, zeros
-    included, so `topk_parts` can give them back as (values, indices) arrays.
+    (..., L, S) -> sparse CSR (..., L, S) with batch dimensions (...), exactly min(k, S) stored
+    entries per query row (zeros included), columns ascending, int32 indices: 8 bytes per kept
+    float32 weight instead of 4 bytes per weight of the dense map.
     """
     k = min(k, weights.shape[-1])
     values, cols = weights.topk(k, dim=-1)  # (..., L, k)
-    lead = weights.shape[:-1]
-    rows = torch.arange(math.prod(lead), device=weights.device)
-    coords = torch.stack(torch.unravel_index(rows, lead), dim=0) if lead else rows[None]
-    coords = coords.repeat_interleave(k, dim=1)  # (ndim - 1, rows * k)
-    indices = torch.cat([coords, cols.reshape(1, -1)], dim=0)  # (ndim, rows * k)
-    return torch.sparse_coo_tensor(indices, values.reshape(-1), weights.shape).coalesce()
+    cols, order = cols.sort(dim=-1)
+    return from_topk_parts(values.gather(-1, order), cols, weights.shape)
 
 
 def topk_parts(sparse: Tensor) -> tuple[Tensor, Tensor]:
     """(values, indices), both (..., L, k), of a map made by `top_k` (indices ascending)."""
-    sparse = sparse.coalesce()
-    lead = sparse.shape[:-1]
-    rows = math.prod(lead)
-    k = sparse.values().numel() // max(rows, 1)
-    values = sparse.values().reshape(*lead, k)
-    cols = sparse.indices()[-1].reshape(*lead, k)
-    return values, cols
+    *lead, length, _ = sparse.shape
+    values = sparse.values()  # (..., L * k)
+    k = values.shape[-1] // max(length, 1)
+    return values.reshape(*lead, length, k), sparse.col_indices().reshape(*lead, length, k)
 
 
 def from_topk_parts(values: Tensor, cols: Tensor, size: Sequence[int]) -> Tensor:
-    """Rebuild the sparse map of shape `size` from `topk_parts`."""
-    lead = tuple(size[:-1])
-    k = values.shape[-1]
-    rows = torch.arange(math.prod(lead), device=values.device)
-    coords = torch.stack(torch.unravel_index(rows, lead), dim=0) if lead else rows[None]
-    coords = coords.repeat_interleave(k, dim=1)
-    indices = torch.cat([coords, cols.reshape(1, -1).long()], dim=0)
-    return torch.sparse_coo_tensor(indices, values.reshape(-1), tuple(size)).coalesce()
+    """The sparse CSR map of shape `size` (..., L, S) from values and indices (..., L, k)."""
+    *lead, length, k = values.shape
+    crow = torch.arange(length + 1, dtype=torch.int32, device=values.device) * k  # (L + 1,)
+    crow = crow.expand(*lead, length + 1).contiguous()  # (..., L + 1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            crow,
+            cols.to(torch.int32).reshape(*lead, length * k),
+            values.reshape(*lead, length * k),
+            tuple(size),
+            check_invariants=False,  # built valid: k sorted columns per row
+        )
+
+
+def is_topk(weights: Tensor) -> bool:
+    """Whether a recorded map is a top-k (sparse CSR) map."""
+    return weights.layout == torch.sparse_csr
 
 
 def to_dense(weights: Tensor) -> Tensor:
     """The dense map of a recorded map (dense maps come back unchanged)."""
-    return weights.to_dense() if weights.is_sparse else weights
+    return weights.to_dense() if is_topk(weights) else weights
 
 
 def nbytes(weights: Tensor) -> int:
     """Bytes held by a recorded map (values and indices for a sparse one)."""
-    if weights.is_sparse:
-        weights = weights.coalesce()
-        return weights.values().nbytes + weights.indices().nbytes
+    if is_topk(weights):
+        return (
+            weights.values().nbytes + weights.col_indices().nbytes + weights.crow_indices().nbytes
+        )
     return weights.nbytes

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .reduce import from_topk_parts, nbytes, topk_parts
+from .reduce import from_topk_parts, is_topk, nbytes, topk_parts
 
 FORMAT = "crossattn.capture"
 VERSION = 1
@@ -54,7 +54,7 @@ def save(rec: Any, path: str | PathLike[str]) -> None:
                 "shape": list(m.shape),
                 "dtype": str(m.dtype).removeprefix("torch."),
             }
-            if m.is_sparse:
+            if is_topk(m):
                 values, cols = topk_parts(m.cpu())
                 tensors[key + "/values"] = values.contiguous()
                 tensors[key + "/indices"] = cols.to(torch.int32).contiguous()

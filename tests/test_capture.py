@@ -1,0 +1,529 @@
+"""crossattn.capture: AttentionRecorder on crossattn layers and torch MultiheadAttention.
+
+Maps are checked against the float64 plain-math reference of conftest, recomputed by hand from
+the layers' projections; outputs with and without recording are compared; every reduction,
+the byte budget and the save/load round trip are exercised. transformers and diffusers models
+are in test_capture_hf.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import crossattn
+from conftest import assert_within, expected, float64_floor, reference
+from crossattn import CrossAttention
+from crossattn.capture import AttentionRecorder, CaptureBudgetError, read_header, to_dense
+
+safetensors = pytest.importorskip("safetensors")
+
+
+class TwoLayers(nn.Module):
+    """Two cross-attention layers reading one context, with different shapes."""
+
+    def __init__(self, backend: str | None = None, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.first = CrossAttention(12, 10, heads=3, dim_head=4, backend=backend)
+        self.second = nn.ModuleDict(
+            {"cross": CrossAttention(12, 10, heads=4, dim_head=2, kv_heads=2, backend=backend)}
+        )
+        self.to(dtype)
+
+    def forward(self, queries, context, context_mask=None):
+        h = self.first(queries, context, context_mask=context_mask)
+        return self.second["cross"](h, context, context_mask=context_mask)
+
+
+def heads_split(layer: CrossAttention, queries, context):
+    """The layer's q (B, H, L, D) and k, v (B, Hk, S, D), made with its own projections."""
+    b, length, _ = queries.shape
+    s = context.shape[1]
+    q = layer.to_q(queries).view(b, length, layer.heads, layer.dim_head).transpose(1, 2)
+    k = layer.to_k(context).view(b, s, layer.kv_heads, layer.dim_head).transpose(1, 2)
+    v = layer.to_v(context).view(b, s, layer.kv_heads, layer.dim_head).transpose(1, 2)
+    return q, k, v
+
+
+def make_inputs(b=2, length=7, s=5, dtype=torch.float32, poison=True):
+    torch.manual_seed(0)
+    queries = torch.randn(b, length, 12, dtype=dtype)
+    context = torch.randn(b, s, 10, dtype=dtype)
+    lengths = torch.tensor([s, max(1, s - 2)])[:b]
+    key_mask = crossattn.lengths_to_key_mask(lengths, s)
+    if poison:
+        context = context.masked_fill(~key_mask[:, :, None], float("nan"))  # NaN padding
+    return queries, context, key_mask
+
+
+@pytest.mark.parametrize("heads", ["mean", "all"])
+@pytest.mark.parametrize("shape", [(7, 5), (1, 5), (6, 1), (33, 17)], ids=str)
+def test_crossattn_maps_equal_float64_reference(heads, shape):
+    length, s = shape
+    model = TwoLayers().eval()
+    queries, context, key_mask = make_inputs(length=length, s=s, poison=s > 1)
+    if s == 1:
+        key_mask = None
+    with torch.no_grad(), AttentionRecorder(model, heads=heads) as rec:
+        model(queries, context, context_mask=key_mask)
+    assert rec.layer_names == ["first", "second.cross"]
+    with torch.no_grad():
+        hidden = model.first(queries, context, context_mask=key_mask)
+        for name, layer, layer_in in (
+            ("first", model.first, queries),
+            ("second.cross", model.second["cross"], hidden),
+        ):
+            q, k, v = heads_split(layer, layer_in, context)
+            mode = "mean" if heads == "mean" else True
+            exp = expected(q, k, v, torch.float32, key_mask=key_mask, return_weights=mode)
+            (recorded,) = rec.maps[name]
+            want = (2, length, s) if heads == "mean" else (2, layer.heads, length, s)
+            assert tuple(recorded.shape) == want
+            assert recorded.device.type == "cpu"
+            assert_within(recorded, exp.weights, exp.weights_tol, f"{name} map")
+            assert rec.steps[name] == [0]
+            assert rec.sources[name] == "crossattn.CrossAttention"
+
+
+def test_crossattn_maps_float64_exact():
+    model = TwoLayers(dtype=torch.float64).eval()
+    queries, context, key_mask = make_inputs(length=9, s=6, dtype=torch.float64)
+    with torch.no_grad(), AttentionRecorder(model, heads="all") as rec:
+        model(queries, context, context_mask=key_mask)
+        q, k, v = heads_split(model.first, queries, context)
+    _, want = reference(q, k, v, key_mask=key_mask, return_weights=True)
+    got = rec.maps["first"][0]
+    assert got.dtype == torch.float64
+    assert_within(got, want, float64_floor(want) * 4, "float64 map")
+    # Padded (NaN) context positions get exactly zero weight.
+    assert torch.equal(got[1, :, :, 4:], torch.zeros_like(got[1, :, :, 4:]))
+
+
+@pytest.mark.parametrize("backend", [None, "chunked", "reference"], ids=lambda b: str(b))
+def test_outputs_unchanged_by_recording(backend):
+    model = TwoLayers(backend=backend).eval()
+    queries, context, key_mask = make_inputs(length=11, s=6)
+    with torch.no_grad():
+        plain = model(queries, context, context_mask=key_mask)
+        with AttentionRecorder(model, heads="all") as rec:
+            recorded = model(queries, context, context_mask=key_mask)
+    assert len(rec.maps) == 2
+    if backend is not None:
+        # The same backend computes the output with or without weights: bit for bit.
+        assert torch.equal(plain, recorded)
+        return
+    # Dispatch may pick a different backend when weights are asked for (sdpa -> chunked on the
+    # CPU): the output may differ by rounding. Derived bound: the recorded output is within 3x
+    # the error of the plain output, both measured against the float64 model.
+    exact_model = copy.deepcopy(model).double()
+    with torch.no_grad():
+        exact = exact_model(queries.double(), context.double(), context_mask=key_mask)
+    err_plain = (plain.double() - exact).abs().max().item()
+    assert_within(recorded, exact, 3 * err_plain + float64_floor(exact), "output with recording")
+
+
+@pytest.mark.parametrize("caller", [True, "mean"])
+@pytest.mark.parametrize("heads", ["mean", "all"])
+def test_caller_weights_unchanged_and_computed_once(caller, heads, monkeypatch):
+    layer = CrossAttention(12, 10, heads=3, dim_head=4, backend="chunked").eval()
+    queries, context, key_mask = make_inputs(length=5, s=4)
+    with torch.no_grad():
+        out0, w0 = layer(queries, context, context_mask=key_mask, return_weights=caller)
+        calls = []
+        original = crossattn.layers.attention.cross_attention
+
+        def counting(*args, **kwargs):
+            calls.append(kwargs["return_weights"])
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(crossattn.layers.attention, "cross_attention", counting)
+        with AttentionRecorder(layer, heads=heads) as rec:
+            out1, w1 = layer(queries, context, context_mask=key_mask, return_weights=caller)
+    assert len(calls) == 1  # one op call serves the caller and the recorder
+    assert torch.equal(out0, out1)
+    assert w1.shape == w0.shape
+    # "mean" from every head's weights differs from the op's own mean only by rounding.
+    assert_within(w1, w0, 4 * torch.finfo(torch.float32).eps, "caller weights")
+    (m,) = rec.maps["CrossAttention"]
+    full = w1 if caller is True else None
+    if heads == "mean":
+        assert m.shape == (2, 5, 4)
+        if full is not None:
+            assert_within(m, full.mean(dim=1), 1e-7, "mean map")
+    else:
+        assert m.shape == (2, 3, 5, 4)
+        if full is not None:
+            assert torch.equal(m, full)
+
+
+def test_no_model_records_every_layer_in_context_and_steps():
+    first = CrossAttention(12, 10, heads=2, dim_head=3)
+    second = CrossAttention(12, 10, heads=2, dim_head=3)
+    queries, context, _ = make_inputs(poison=False)
+    prepared = second.prepare_context(context)
+    outside = first(queries, context)  # before the block: not recorded
+    with torch.no_grad(), AttentionRecorder(steps=[0, 2]) as rec:
+        for _ in range(3):  # three decode-like calls of each layer
+            first(queries, context)
+            second(queries[:, :1], prepared)
+    assert outside is not None
+    assert rec.layer_names == ["CrossAttention_0", "CrossAttention_1"]
+    assert rec.steps == {"CrossAttention_0": [0, 2], "CrossAttention_1": [0, 2]}
+    assert [m.shape for m in rec.maps["CrossAttention_1"]] == [(2, 1, 5)] * 2
+    # After the block nothing is recorded any more.
+    first(queries, context)
+    assert len(rec.maps["CrossAttention_0"]) == 2
+    assert rec.concat_steps("CrossAttention_1").shape == (2, 2, 5)
+
+
+def test_nested_recorders_both_record():
+    layer = CrossAttention(12, 10, heads=2, dim_head=3)
+    queries, context, _ = make_inputs(poison=False)
+    with torch.no_grad(), AttentionRecorder(layer) as outer:
+        with AttentionRecorder(layer, heads=[1]) as inner:
+            layer(queries, context)
+        layer(queries, context)
+    assert len(outer.maps["CrossAttention"]) == 2
+    assert len(inner.maps["CrossAttention"]) == 1
+    assert inner.maps["CrossAttention"][0].shape == (2, 1, 7, 5)
+
+
+def test_recorder_cannot_be_entered_twice():
+    layer = CrossAttention(12, 10, heads=2, dim_head=3)
+    rec = AttentionRecorder(layer)
+    with rec, pytest.raises(RuntimeError, match="already recording"):
+        rec.__enter__()
+
+
+# ---------------------------------------------------------------- torch.nn.MultiheadAttention
+
+
+class MHADecoder(nn.Module):
+    def __init__(self, batch_first: bool, kdim: int | None = None, **kw):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(12, 3, batch_first=batch_first)
+        self.cross = nn.MultiheadAttention(
+            12, 3, batch_first=batch_first, kdim=kdim, vdim=kdim, **kw
+        )
+
+    def forward(self, tgt, memory, **kw):
+        x = self.self_attn(tgt, tgt, tgt, need_weights=False)[0]
+        return self.cross(x, memory, memory, **kw)[0]
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("kdim", [None, 7])
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
+def test_mha_maps_equal_mha_weights(batch_first, kdim, mask_kind):
+    torch.manual_seed(1)
+    model = MHADecoder(batch_first, kdim).eval()
+    b, length, s = 2, 6, 5
+    tgt = torch.randn(b, length, 12)
+    memory = torch.randn(b, s, kdim or 12)
+    if not batch_first:
+        tgt, memory = tgt.transpose(0, 1), memory.transpose(0, 1)
+    kw = {}
+    if mask_kind != "none":
+        kpm = torch.tensor([[False] * s, [False] * 3 + [True] * (s - 3)])  # True = ignore
+        am = torch.rand(length, s) < 0.2
+        am[:, 0] = False
+        if mask_kind == "float":
+            kpm = torch.zeros(b, s).masked_fill(kpm, float("-inf"))
+            am = torch.randn(length, s)
+        kw = dict(key_padding_mask=kpm, attn_mask=am)
+    with torch.no_grad():
+        plain = model(tgt, memory, need_weights=False, **kw)
+        with AttentionRecorder(model, heads="all") as rec_all:
+            out_all = model(tgt, memory, need_weights=False, **kw)
+        with AttentionRecorder(model) as rec_mean:
+            model(tgt, memory, need_weights=False, **kw)
+        x = model.self_attn(tgt, tgt, tgt, need_weights=False)[0]
+        _, w_heads = model.cross(x, memory, memory, average_attn_weights=False, **kw)
+        _, w_mean = model.cross(x, memory, memory, average_attn_weights=True, **kw)
+    assert torch.equal(plain, out_all)  # the module runs untouched
+    assert rec_all.layer_names == ["cross"]  # the self-attention call is not recorded
+    assert rec_all.sources["cross"] == "torch.nn.MultiheadAttention"
+    tol = 64 * torch.finfo(torch.float32).eps
+    assert_within(rec_all.maps["cross"][0], w_heads, tol, "MHA per-head map")
+    assert_within(rec_mean.maps["cross"][0], w_mean, tol, "MHA mean map")
+
+
+@pytest.mark.parametrize("option", ["add_bias_kv", "add_zero_attn", "unbatched"])
+def test_mha_special_layouts(option):
+    torch.manual_seed(2)
+    kw = {"add_bias_kv": True} if option == "add_bias_kv" else {}
+    if option == "add_zero_attn":
+        kw = {"add_zero_attn": True}
+    model = MHADecoder(True, **kw).eval()
+    tgt, memory = torch.randn(2, 4, 12), torch.randn(2, 3, 12)
+    if option == "unbatched":
+        tgt, memory = tgt[0], memory[0]
+    with torch.no_grad(), AttentionRecorder(model, heads="all") as rec:
+        model(tgt, memory, need_weights=False)
+        x = model.self_attn(tgt, tgt, tgt, need_weights=False)[0]
+        _, want = model.cross(x, memory, memory, average_attn_weights=False)
+    if option == "unbatched":
+        want = want.unsqueeze(0)
+    assert_within(rec.maps["cross"][0], want, 64 * torch.finfo(torch.float32).eps, option)
+
+
+def test_mha_reuses_weights_it_returned():
+    torch.manual_seed(3)
+    model = MHADecoder(True).eval()
+    tgt, memory = torch.randn(2, 4, 12), torch.randn(2, 3, 12)
+    with torch.no_grad(), AttentionRecorder(model, heads=[2, 0]) as rec:
+        _, returned = model.cross(tgt, memory, memory, average_attn_weights=False)
+    assert torch.equal(rec.maps["cross"][0], returned[:, [2, 0]])
+
+
+# ---------------------------------------------------------------- reductions
+
+
+def test_heads_list_and_bad_head_index():
+    model = TwoLayers().eval()
+    queries, context, key_mask = make_inputs()
+    with torch.no_grad():
+        with AttentionRecorder(model, heads="all") as full:
+            model(queries, context, context_mask=key_mask)
+        with AttentionRecorder(model, heads=[2, 0], layers=["first"]) as some:
+            model(queries, context, context_mask=key_mask)
+    assert some.layer_names == ["first"]
+    assert torch.equal(some.maps["first"][0], full.maps["first"][0][:, [2, 0]])
+    with pytest.raises(
+        ValueError, match=r"heads=\[3\] asks for head\(s\) \[3\], but layer 'first' has 3 heads"
+    ):
+        with torch.no_grad(), AttentionRecorder(model, heads=[3]):
+            model(queries, context, context_mask=key_mask)
+
+
+@pytest.mark.parametrize(
+    "layers, names",
+    [
+        (r"^second", ["second.cross"]),
+        (re.compile("first"), ["first"]),
+        (["first", "second.cross"], ["first", "second.cross"]),
+        (lambda name: name.endswith("cross"), ["second.cross"]),
+    ],
+    ids=["regex", "pattern", "list", "callable"],
+)
+def test_layer_selection(layers, names):
+    model = TwoLayers().eval()
+    queries, context, key_mask = make_inputs()
+    with torch.no_grad(), AttentionRecorder(model, layers=layers) as rec:
+        model(queries, context, context_mask=key_mask)
+    assert rec.layer_names == names
+
+
+def test_unknown_layer_name_lists_the_layers():
+    model = TwoLayers()
+    with pytest.raises(
+        ValueError, match=r"no attention layer named \['nope'\].*'first', 'second.cross'"
+    ):
+        with AttentionRecorder(model, layers=["first", "nope"]):
+            pass
+
+
+@pytest.mark.parametrize(
+    "steps, kept",
+    [(1, [1]), (range(0, 4, 2), [0, 2]), (slice(1, None, 2), [1, 3]), (lambda i: i > 2, [3])],
+    ids=["int", "range", "open-slice", "callable"],
+)
+def test_step_selection(steps, kept):
+    layer = CrossAttention(12, 10, heads=2, dim_head=3)
+    queries, context, _ = make_inputs(poison=False)
+    with torch.no_grad(), AttentionRecorder(layer, steps=steps) as rec:
+        for _ in range(4):
+            layer(queries, context)
+    assert rec.steps["CrossAttention"] == kept
+
+
+@pytest.mark.parametrize("heads", ["mean", "all"])
+def test_top_k_sparse_maps(heads, tmp_path):
+    model = TwoLayers().eval()
+    queries, context, key_mask = make_inputs(length=6, s=9)
+    with torch.no_grad():
+        with AttentionRecorder(model, heads=heads) as dense:
+            model(queries, context, context_mask=key_mask)
+        with AttentionRecorder(model, heads=heads, top_k=3) as rec:
+            model(queries, context, context_mask=key_mask)
+    for name in rec.layer_names:
+        full = dense.maps[name][0]
+        sparse = rec.maps[name][0]
+        assert sparse.layout == torch.sparse_csr and sparse.shape == full.shape
+        values, cols = full.topk(3, dim=-1)
+        want = torch.zeros_like(full).scatter_(-1, cols, values)
+        assert torch.equal(to_dense(sparse), want)
+        assert torch.equal(rec.to_dense()[name][0], want)
+        assert rec.nbytes < dense.nbytes
+    path = tmp_path / "topk.safetensors"
+    rec.save(path)
+    back = AttentionRecorder.load(path)
+    for name in rec.layer_names:
+        assert back.maps[name][0].layout == torch.sparse_csr
+        assert torch.equal(to_dense(back.maps[name][0]), to_dense(rec.maps[name][0]))
+    assert back.top_k == 3
+
+
+def test_grid_downsamples_and_upsamples_image_queries():
+    torch.manual_seed(4)
+    layer = CrossAttention(12, 10, heads=2, dim_head=3).eval()
+    queries = torch.randn(2, 4 * 6, 12)  # a 4 x 6 image, row-major
+    context = torch.randn(2, 5, 10)
+    with torch.no_grad():
+        with AttentionRecorder(layer) as dense:
+            layer(queries, context)
+        with AttentionRecorder(layer, grid=(2, 3), image_size=(40, 60)) as down:
+            layer(queries, context)
+        with AttentionRecorder(layer, grid=8, image_size=(40, 60)) as up:
+            layer(queries, context)
+    full = dense.maps["CrossAttention"][0]  # (B, 24, S)
+    image = full.view(2, 4, 6, 5).permute(0, 3, 1, 2)  # (B, S, 4, 6)
+    pooled = F.avg_pool2d(image, 2).permute(0, 2, 3, 1).reshape(2, 6, 5)  # (B, 2*3, S)
+    assert_within(down.maps["CrossAttention"][0], pooled, 1e-6, "2x2 average")
+    upsampled = up.maps["CrossAttention"][0]
+    assert upsampled.shape == (2, 64, 5)
+    assert_within(upsampled.sum(-1), torch.ones(2, 64), 1e-5, "rows stay distributions")
+
+
+def test_grid_needs_a_shape():
+    layer = CrossAttention(12, 10, heads=2, dim_head=3)
+    queries, context, _ = make_inputs(length=7, poison=False)
+    with pytest.raises(ValueError, match=r"L=7 is not a square and no image size is known"):
+        with torch.no_grad(), AttentionRecorder(layer, grid=2):
+            layer(queries, context)
+
+
+def test_max_bytes_budget():
+    layer = CrossAttention(12, 10, heads=2, dim_head=3)
+    queries, context, _ = make_inputs(length=7, s=5, poison=False)
+    one_map = 2 * 7 * 5 * 4  # (B, L, S) float32
+    rec = AttentionRecorder(layer, max_bytes=2 * one_map + 10)
+    with torch.no_grad(), rec:
+        layer(queries, context)
+        layer(queries, context)
+        with pytest.raises(CaptureBudgetError) as info:
+            layer(queries, context)
+    assert isinstance(info.value, RuntimeError)
+    message = str(info.value)
+    assert (
+        f"max_bytes={2 * one_map + 10} exceeded: {2 * one_map} bytes are recorded in 2 maps"
+        in message
+    )
+    assert (
+        f"layer 'CrossAttention' at step 2 (shape (2, 7, 5), torch.float32) needs {one_map}"
+        in message
+    )
+    assert "top_k=" in message and "steps=" in message
+    assert len(rec.maps["CrossAttention"]) == 2 and rec.nbytes == 2 * one_map  # not stored
+
+
+def test_save_load_round_trip(tmp_path):
+    model = TwoLayers().eval()
+    queries, context, key_mask = make_inputs()
+    image = torch.randint(0, 255, (4, 6, 3), dtype=torch.uint8)
+    with (
+        torch.no_grad(),
+        AttentionRecorder(
+            model, heads="all", source_tokens=["a", "b", "c", "d", "</s>"], image=image
+        ) as rec,
+    ):
+        model(queries, context, context_mask=key_mask)
+        model(queries[:, :3], context, context_mask=key_mask)
+    rec.metadata["note"] = {"lang": "en"}
+    path = tmp_path / "maps.safetensors"
+    rec.save(path, target_tokens=list("abcdefg"))
+    back = AttentionRecorder.load(path)
+    assert back.layer_names == rec.layer_names
+    for name in rec.layer_names:
+        assert len(back.maps[name]) == 2
+        for got, want in zip(back.maps[name], rec.maps[name]):
+            assert torch.equal(got, want)
+        assert back.steps[name] == [0, 1]
+    assert back.metadata["source_tokens"] == ["a", "b", "c", "d", "</s>"]
+    assert back.metadata["target_tokens"] == list("abcdefg")
+    assert back.metadata["note"] == {"lang": "en"}
+    assert back.heads == "all"
+    assert torch.equal(back.image, image)
+    assert back.nbytes == rec.nbytes
+    header = read_header(path)
+    assert header["layers"] == ["first", "second.cross"]
+    assert header["maps"]["first"][1]["shape"] == [2, 3, 3, 5]
+    assert header["sources"]["first"] == "crossattn.CrossAttention"
+    json.dumps(header)
+
+
+def test_load_rejects_other_files(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "other.safetensors"
+    save_file({"x": torch.zeros(2)}, str(path))
+    with pytest.raises(ValueError, match="is not a crossattn capture"):
+        AttentionRecorder.load(path)
+
+
+def test_unserialisable_metadata_is_refused(tmp_path):
+    rec = AttentionRecorder(metadata={"bad": object()})
+    with pytest.raises(TypeError, match="rec.metadata must be JSON-serialisable"):
+        rec.save(tmp_path / "x.safetensors")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"heads": "max"}, ValueError, r"heads must be 'mean', 'all' or a non-empty list"),
+        ({"heads": []}, ValueError, r"heads must be 'mean', 'all' or a non-empty list"),
+        ({"heads": [0, -1]}, ValueError, r"non-negative int head indices"),
+        ({"top_k": 0}, ValueError, r"top_k must be None or a positive int, got 0"),
+        ({"grid": (2, 0)}, ValueError, r"grid must be None, a positive int or \(gh, gw\)"),
+        ({"image_size": (3,)}, ValueError, r"image_size must be \(H, W\) positive ints"),
+        ({"max_bytes": -1}, ValueError, r"max_bytes must be None or a non-negative int"),
+        ({"layers": 3}, TypeError, r"layers must be None, a regular expression"),
+        ({"layers": "("}, ValueError, r"layers='\(' is not a valid regular expression"),
+        ({"steps": 1.5}, TypeError, r"steps must be None, an int, a range"),
+        ({"timesteps": "10"}, TypeError, r"timesteps must be None, a collection"),
+        ({"dtype": torch.int8}, TypeError, r"dtype must be None or a floating torch.dtype"),
+        ({"model": "m"}, TypeError, r"model must be a torch.nn.Module or None, got str"),
+    ],
+)
+def test_argument_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        AttentionRecorder(**kwargs)
+
+
+def test_timesteps_need_a_timestep_argument():
+    layer = CrossAttention(12, 10, heads=2, dim_head=3)
+    queries, context, _ = make_inputs(poison=False)
+    with pytest.raises(
+        ValueError, match="timesteps= was given, but the model call had no `timestep`"
+    ):
+        with torch.no_grad(), AttentionRecorder(layer, timesteps=[10]):
+            layer(queries, context)
+
+
+def test_heads_kept_need_head_weights_error_and_follow_beams_errors():
+    layer = CrossAttention(12, 10, heads=2, dim_head=3)
+    queries, context, _ = make_inputs(poison=False)
+    with torch.no_grad(), AttentionRecorder(layer, steps=[1]) as rec:
+        layer(queries[:, :1], context)
+        layer(queries[:, :1], context)
+    with pytest.raises(ValueError, match=r"needs the maps of calls 0..1"):
+        rec.follow_beams(torch.zeros(2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"beam_indices must be a \(N, T\) tensor"):
+        rec.follow_beams(torch.zeros(2, dtype=torch.long))
+    with pytest.raises(KeyError, match="no maps recorded for layer 'x'"):
+        rec.concat_steps("x")
+
+
+def test_storage_dtype_and_device_none():
+    layer = CrossAttention(12, 10, heads=2, dim_head=3)
+    queries, context, _ = make_inputs(poison=False)
+    with torch.no_grad(), AttentionRecorder(layer, dtype=torch.float16, device=None) as rec:
+        layer(queries, context)
+    (m,) = rec.maps["CrossAttention"]
+    assert m.dtype == torch.float16 and rec.nbytes == m.numel() * 2
