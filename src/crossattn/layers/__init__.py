@@ -9,11 +9,13 @@ from .hierarchical import HierarchicalCrossAttention
 from .perceiver import PerceiverDecoder, PerceiverEncoder, PerceiverIO
 from .retrieval import RetrievalCrossAttention
 from .selfdoc import SelfDocAttention
+from .transformer import DecoderLayerOutput, TransformerDecoderLayer, TransformerEncoderLayer
 from .two_way import TwoWayAttentionBlock, TwoWayTransformer
 
 __all__ = [
     "BidirectionalCrossAttention",
     "CrossAttention",
+    "DecoderLayerOutput",
     "FiLM",
     "GatedCrossAttentionBlock",
     "GatedFusion",
@@ -24,6 +26,8 @@ __all__ = [
     "PreparedContext",
     "RetrievalCrossAttention",
     "SelfDocAttention",
+    "TransformerDecoderLayer",
+    "TransformerEncoderLayer",
     "TwoWayAttentionBlock",
     "TwoWayTransformer",
 ]

@@ -1,0 +1,46 @@
+"""`crossattn align`: word alignments of sentence pairs from a model's cross-attention.
+
+Force-decodes each pair and prints one Pharaoh line per pair on stdout: ``i-j`` links with i the
+source word and j the target word, 0-indexed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model directory of crossattn train")
+    parser.add_argument("--data", required=True, help="parallel text: 'source ||| target' or TSV")
+    parser.add_argument("--skip-bad-lines", action="store_true",
+                        help="print an empty line for malformed pairs instead of failing")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=64)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..align import extract_alignment
+    from ..data.parallel import read_parallel
+    from ..models import Translator
+    from ..train import Encoded, attention_for_pairs
+
+    tr = Translator.load(args.model)
+    data = read_parallel(args.data, skip_bad_lines=args.skip_bad_lines)
+    limit = tr.model.config.max_len - 1
+    pairs = []
+    for k, ex in enumerate(data.examples):
+        if len(ex.source) > tr.model.config.max_len or len(ex.target) > limit:
+            raise SystemExit(
+                f"{args.data}: pair {k + 1} has {len(ex.source)}/{len(ex.target)} words; the model "
+                f"takes at most {tr.model.config.max_len}/{limit}"
+            )
+        pairs.append(Encoded(tuple(tr.source_vocab.encode(ex.source)),
+                             tuple(tr.target_vocab.encode(ex.target)), frozenset()))  # fmt: skip
+    weights = attention_for_pairs(tr.model, pairs, batch_size=args.batch_size)
+    out = sys.stdout
+    for ex, w in zip(data.examples, weights):
+        links = extract_alignment(w, tr.extraction, len(ex.source), len(ex.target))
+        out.write(" ".join(f"{i}-{j}" for i, j in sorted(links)) + "\n")
+    if data.skipped:
+        print(f"skipped {data.skipped} malformed pair(s)", file=sys.stderr)
+    return 0

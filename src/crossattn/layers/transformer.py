@@ -1,0 +1,253 @@
+"""Transformer encoder and decoder layers built on `CrossAttention`.
+
+Both kinds of attention go through `CrossAttention` (and so through `crossattn.cross_attention`):
+self-attention is cross-attention whose context is the sequence itself. The decoder's
+self-attention keys and values are kept in a `PreparedContext` that grows by one position per
+decoding step (the incremental cache); its cross-attention takes the encoder output either raw or
+as a `PreparedContext` made once per input by `prepare_context`.
+
+Shapes: source tokens (B, S, d_model), target tokens (B, T, d_model), source_mask (B, S) bool with
+True = valid token (the mask convention of the whole package: True = may attend).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..masks import causal_mask
+from .attention import CrossAttention, PreparedContext, WeightsArg
+
+
+def _check_dims(d_model: int, heads: int, dim_ff: int, dropout: float) -> None:
+    for name, val in (("d_model", d_model), ("heads", heads), ("dim_ff", dim_ff)):
+        if not isinstance(val, int) or val <= 0:
+            raise ValueError(f"{name} must be a positive int, got {val!r}")
+    if d_model % heads != 0:
+        raise ValueError(f"d_model={d_model} must be divisible by heads={heads}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward block: Linear(d_model, dim_ff) -> ReLU -> dropout -> Linear."""
+
+    def __init__(self, d_model: int, dim_ff: int, dropout: float = 0.0):
+        super().__init__()
+        self.linear_in = nn.Linear(d_model, dim_ff)
+        self.linear_out = nn.Linear(dim_ff, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """tokens (..., d_model) -> (..., d_model)."""
+        return self.linear_out(self.dropout(torch.relu(self.linear_in(tokens))))
+
+
+class _Residual(nn.Module):
+    """One sub-layer's residual wrapper, pre-norm (x + f(norm(x))) or post-norm (norm(x + f(x)))."""
+
+    def __init__(self, d_model: int, dropout: float, norm_first: bool, norm_eps: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model, eps=norm_eps)
+        self.dropout = nn.Dropout(dropout)
+        self.norm_first = norm_first
+
+    def inputs(self, tokens: Tensor) -> Tensor:
+        return self.norm(tokens) if self.norm_first else tokens
+
+    def add(self, tokens: Tensor, update: Tensor) -> Tensor:
+        out = tokens + self.dropout(update)
+        return out if self.norm_first else self.norm(out)
+
+
+class TransformerEncoderLayer(nn.Module):
+    """Self-attention then feed-forward, each with a residual connection.
+
+    Args:
+        d_model: feature size.
+        heads: attention heads (``d_model`` must be divisible by ``heads``).
+        dim_ff: hidden size of the feed-forward block.
+        dropout: dropout on attention probabilities, sub-layer outputs and the FFN hidden layer.
+        norm_first: True for pre-norm (LayerNorm before each sub-layer), False for post-norm.
+        norm_eps: LayerNorm epsilon.
+        backend: pin a `cross_attention` backend (None: dispatch).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        heads: int = 4,
+        dim_ff: int = 1024,
+        dropout: float = 0.0,
+        norm_first: bool = True,
+        norm_eps: float = 1e-5,
+        backend: str | None = None,
+    ):
+        super().__init__()
+        _check_dims(d_model, heads, dim_ff, dropout)
+        self.d_model = d_model
+        self.self_attn = CrossAttention(
+            d_model, heads=heads, dim_head=d_model // heads, bias=True, dropout=dropout,
+            backend=backend,
+        )  # fmt: skip
+        self.ffn = FeedForward(d_model, dim_ff, dropout)
+        self.attn_block = _Residual(d_model, dropout, norm_first, norm_eps)
+        self.ffn_block = _Residual(d_model, dropout, norm_first, norm_eps)
+
+    def forward(self, tokens: Tensor, *, token_mask: Tensor | None = None) -> Tensor:
+        """Encode.
+
+        Args:
+            tokens: (B, S, d_model).
+            token_mask: (B, S) bool, True = valid token (padded keys are never attended to).
+
+        Returns:
+            (B, S, d_model).
+        """
+        h = self.attn_block.inputs(tokens)
+        tokens = self.attn_block.add(tokens, self.self_attn(h, h, context_mask=token_mask))
+        return self.ffn_block.add(tokens, self.ffn(self.ffn_block.inputs(tokens)))
+
+
+class DecoderLayerOutput(NamedTuple):
+    """What `TransformerDecoderLayer.forward` returns.
+
+    Attributes:
+        tokens: (B, T, d_model), the layer's output.
+        cache: the decoder self-attention keys and values of every position so far (a
+            `PreparedContext` of S = past + T), or None when no cache was asked for.
+        cross_weights: cross-attention weights (B, heads, T, S) (or their head mean (B, T, S)),
+            or None when not asked for.
+    """
+
+    tokens: Tensor
+    cache: PreparedContext | None
+    cross_weights: Tensor | None
+
+
+class TransformerDecoderLayer(nn.Module):
+    """Causal self-attention, then cross-attention to the source, then feed-forward.
+
+    Args:
+        d_model: feature size of the target tokens.
+        context_dim: feature size of the source (encoder output); defaults to ``d_model``.
+        heads: attention heads of both attentions.
+        dim_ff: hidden size of the feed-forward block.
+        dropout: dropout on attention probabilities, sub-layer outputs and the FFN hidden layer.
+        norm_first: True for pre-norm, False for post-norm.
+        norm_eps: LayerNorm epsilon.
+        backend: pin a `cross_attention` backend (None: dispatch).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        context_dim: int | None = None,
+        *,
+        heads: int = 4,
+        dim_ff: int = 1024,
+        dropout: float = 0.0,
+        norm_first: bool = True,
+        norm_eps: float = 1e-5,
+        backend: str | None = None,
+    ):
+        super().__init__()
+        _check_dims(d_model, heads, dim_ff, dropout)
+        self.d_model = d_model
+        dim_head = d_model // heads
+        self.self_attn = CrossAttention(
+            d_model, heads=heads, dim_head=dim_head, bias=True, dropout=dropout, backend=backend
+        )
+        self.cross_attn_target_to_source = CrossAttention(
+            d_model, context_dim, heads=heads, dim_head=dim_head, bias=True, dropout=dropout,
+            backend=backend,
+        )  # fmt: skip
+        self.ffn = FeedForward(d_model, dim_ff, dropout)
+        self.self_block = _Residual(d_model, dropout, norm_first, norm_eps)
+        self.cross_block = _Residual(d_model, dropout, norm_first, norm_eps)
+        self.ffn_block = _Residual(d_model, dropout, norm_first, norm_eps)
+
+    def prepare_context(self, source: Tensor, source_mask: Tensor | None = None) -> PreparedContext:
+        """Project the source to this layer's cross-attention keys and values, once per input.
+
+        Args:
+            source: (B, S, context_dim), the encoder output.
+            source_mask: (B, S) bool, True = valid source token.
+        """
+        return self.cross_attn_target_to_source.prepare_context(source, context_mask=source_mask)
+
+    def forward(
+        self,
+        tokens: Tensor,
+        source: Tensor | PreparedContext,
+        *,
+        source_mask: Tensor | None = None,
+        cache: PreparedContext | None = None,
+        use_cache: bool = False,
+        return_weights: WeightsArg = False,
+    ) -> DecoderLayerOutput:
+        """Decode the target positions ``past .. past + T - 1``.
+
+        Args:
+            tokens: (B, T, d_model), the new target positions (all of them in training, one per
+                step in incremental decoding).
+            source: (B, S, context_dim) encoder output, or the `PreparedContext` made by
+                `prepare_context` (nothing is projected again).
+            source_mask: (B, S) bool, True = valid source token; only with a raw source tensor.
+            cache: self-attention keys and values of the ``past`` earlier positions, as returned
+                by the previous call (`DecoderLayerOutput.cache`), or None when past = 0.
+            use_cache: return the cache extended by the new positions.
+            return_weights: False; True for cross-attention weights (B, heads, T, S); "mean" for
+                their head mean (B, T, S).
+
+        Returns:
+            `DecoderLayerOutput` (tokens (B, T, d_model), cache, cross_weights).
+        """
+        if not isinstance(tokens, Tensor) or tokens.dim() != 3 or tokens.shape[-1] != self.d_model:
+            raise ValueError(
+                f"tokens must have shape (B, T, d_model={self.d_model}), got "
+                f"{tuple(getattr(tokens, 'shape', ()))}"
+            )
+        b, t, _ = tokens.shape
+        attn = self.self_attn
+        # --- causal self-attention over the cached positions and the new ones ---
+        h = self.self_block.inputs(tokens)
+        new = attn.prepare_context(h)  # keys/values of the new positions: (B, H, T, D)
+        if cache is not None:
+            if cache.layer_id != id(attn):
+                raise ValueError("cache was made by another layer; pass this layer's own cache")
+            if cache.batch_size != b:
+                raise ValueError(
+                    f"cache has B={cache.batch_size} rows but tokens have B={b}; reorder it with "
+                    "cache.index_select(rows)"
+                )
+            new = PreparedContext(
+                key=torch.cat([cache.key, new.key], dim=2),  # (B, H, past + T, D)
+                value=torch.cat([cache.value, new.value], dim=2),
+                key_mask=None,
+                layer_id=id(attn),
+            )
+        total = new.length
+        # A single new position may see everything before it: no mask needed.
+        mask = None if t == 1 else causal_mask(t, total, device=tokens.device)  # (T, past + T)
+        tokens = self.self_block.add(tokens, attn(h, new, attn_mask=mask))
+        # --- cross-attention from the target to the source ---
+        h = self.cross_block.inputs(tokens)
+        if isinstance(source, PreparedContext):
+            if source_mask is not None:
+                raise ValueError(
+                    "source_mask was given with a PreparedContext, which carries its own mask"
+                )
+            res = self.cross_attn_target_to_source(h, source, return_weights=return_weights)
+        else:
+            res = self.cross_attn_target_to_source(
+                h, source, context_mask=source_mask, return_weights=return_weights
+            )
+        update, weights = res if return_weights else (res, None)
+        tokens = self.cross_block.add(tokens, update)
+        # --- feed-forward ---
+        tokens = self.ffn_block.add(tokens, self.ffn(self.ffn_block.inputs(tokens)))
+        return DecoderLayerOutput(tokens, new if use_cache else None, weights)

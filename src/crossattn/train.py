@@ -1,0 +1,738 @@
+"""Training of `Seq2SeqTransformer` translators: data, batches, losses, loop, checkpoints.
+
+`train(TrainOptions(...))` is what `crossattn train` runs. The model directory it writes:
+
+    config.json              model config (Seq2SeqConfig) and the training options
+    model.safetensors        weights
+    source_vocab.json        source words (`Vocabulary`)
+    target_vocab.json        target words
+    extraction.json          how `crossattn align` turns cross-attention into word links
+    train_state.json         step, elapsed seconds, last dev metrics (for --resume)
+    optimizer.safetensors    AdamW moments (for --resume)
+
+Every file is written atomically: to a temporary name, then renamed over the old one.
+
+Distributed data parallel: under ``torchrun --nproc-per-node N``, each step's batch (the same
+batch that a single process would use) is split by rows over the N processes; each process
+normalises its loss by the token count of the whole batch and the gradients are summed with
+``all_reduce``, so the update equals the single-process one up to floating-point summation order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .models.decoding import force_decode_attention, greedy_decode
+from .models.seq2seq import BOS_ID, EOS_ID, PAD_ID, Seq2SeqConfig, Seq2SeqTransformer
+from .models.vocab import Vocabulary
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+SOURCE_VOCAB_FILE = "source_vocab.json"
+TARGET_VOCAB_FILE = "target_vocab.json"
+EXTRACTION_FILE = "extraction.json"
+STATE_FILE = "train_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+@dataclass
+class TrainOptions:
+    """Everything `crossattn train` takes; the defaults suit ~20k pairs of up to ~25 words.
+
+    Model: d_model, heads, encoder_layers, decoder_layers, dim_ff, dropout, norm_first, max_len,
+    tie_embeddings (see `Seq2SeqConfig`). Optimisation: AdamW with ``lr`` peak, linear warm-up
+    over ``warmup`` steps then cosine decay to ``lr * min_lr_ratio`` at the end of the run (the
+    end is ``steps`` or ``minutes``, whichever comes first), gradient clipping at ``clip``,
+    label smoothing. ``batch_tokens`` bounds source + target tokens per batch.
+
+    Attention losses (on the cross-attention of decoder layer ``attention_layer``, negative
+    indices from the top): ``guided_weight`` times the guided-alignment cross-entropy of head
+    ``attention_head`` against the gold links (Garg et al. 2019; needs alignments),
+    ``entropy_weight`` times the mean entropy of its rows (all heads), ``coverage_weight`` times
+    the mean squared difference between 1 and the attention each source word receives.
+    """
+
+    data: str
+    out: str
+    alignments: str | None = None
+    one_indexed: bool = False
+    skip_bad_lines: bool = False
+    steps: int | None = None
+    minutes: float | None = None
+    resume: bool = False
+    seed: int = 0
+    # model
+    d_model: int = 256
+    heads: int = 4
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    dim_ff: int = 512
+    dropout: float = 0.1
+    norm_first: bool = True
+    max_len: int = 128
+    tie_embeddings: bool = True
+    # optimisation
+    batch_tokens: int = 3000
+    lr: float = 1e-3
+    warmup: int = 200
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    label_smoothing: float = 0.1
+    # attention losses
+    guided_alignment: bool = False
+    guided_weight: float = 1.0
+    attention_layer: int = -2
+    attention_head: int = 0
+    entropy_weight: float = 0.0
+    coverage_weight: float = 0.0
+    # held-out split, evaluation, saving
+    dev_size: int = 500
+    eval_seconds: float = 60.0
+    save_seconds: float = 120.0
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def model_config(self, source_vocab: int, target_vocab: int) -> Seq2SeqConfig:
+        return Seq2SeqConfig(
+            source_vocab_size=source_vocab,
+            target_vocab_size=target_vocab,
+            d_model=self.d_model,
+            heads=self.heads,
+            encoder_layers=self.encoder_layers,
+            decoder_layers=self.decoder_layers,
+            dim_ff=self.dim_ff,
+            dropout=self.dropout,
+            norm_first=self.norm_first,
+            max_len=self.max_len,
+            tie_embeddings=self.tie_embeddings,
+        )
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns: the model directory and its last numbers."""
+
+    out: Path
+    steps: int
+    seconds: float
+    train_loss: float
+    dev: dict[str, float]
+
+
+# --------------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class Encoded:
+    """A sentence pair as ids, with its gold links (0-indexed source i, target j)."""
+
+    source: tuple[int, ...]
+    target: tuple[int, ...]
+    links: frozenset[tuple[int, int]]
+
+
+def split_dev(n: int, dev_size: int, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, dev) of n examples: a seeded random ``dev_size`` (at most n // 10) held out."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    k = min(dev_size, n // 10)
+    return sorted(order[k:]), sorted(order[:k])
+
+
+def make_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Group example indices of similar length into batches of at most ``batch_tokens``.
+
+    ``lengths[i]`` is the padded cost of example i (source + target tokens). The grouping is
+    deterministic; shuffle the batch order per epoch.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches, current, longest = [], [], 0
+    for i in order:
+        longest_if = max(longest, lengths[i])
+        if current and longest_if * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current, longest_if = [], lengths[i]
+        current.append(i)
+        longest = longest_if
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass
+class Batch:
+    """Padded tensors of a batch.
+
+    source (B, S) long, source_mask (B, S) bool (True = valid), target_in (B, T) long (BOS y1 ..),
+    target_out (B, T) long (y1 .. EOS, PAD elsewhere), align (B, T, S) float gold attention
+    (rows sum to 1 where the target word has links, else 0) or None.
+    """
+
+    source: Tensor
+    source_mask: Tensor
+    target_in: Tensor
+    target_out: Tensor
+    align: Tensor | None
+
+    def rows(self, index: slice) -> Batch:
+        return Batch(
+            self.source[index], self.source_mask[index], self.target_in[index],
+            self.target_out[index], None if self.align is None else self.align[index],
+        )  # fmt: skip
+
+
+def collate(examples: Sequence[Encoded], with_align: bool) -> Batch:
+    b = len(examples)
+    s = max(len(e.source) for e in examples)
+    t = max(len(e.target) for e in examples) + 1
+    source = torch.full((b, s), PAD_ID, dtype=torch.long)
+    target_in = torch.full((b, t), PAD_ID, dtype=torch.long)
+    target_out = torch.full((b, t), PAD_ID, dtype=torch.long)
+    align = torch.zeros(b, t, s) if with_align else None
+    for r, e in enumerate(examples):
+        source[r, : len(e.source)] = torch.tensor(e.source)
+        target_in[r, 0] = BOS_ID
+        target_in[r, 1 : len(e.target) + 1] = torch.tensor(e.target, dtype=torch.long)
+        target_out[r, : len(e.target)] = torch.tensor(e.target, dtype=torch.long)
+        target_out[r, len(e.target)] = EOS_ID
+        if align is not None:
+            for i, j in e.links:  # row j produces target word j
+                align[r, j, i] = 1.0
+    if align is not None:
+        align = align / align.sum(-1, keepdim=True).clamp_min(1.0)
+    return Batch(source, source != PAD_ID, target_in, target_out, align)
+
+
+# --------------------------------------------------------------------------------------- losses
+@dataclass
+class LossParts:
+    """Summed (not averaged) loss terms of a batch slice and their counts."""
+
+    total: Tensor
+    nll_sum: float
+    tokens: int
+    correct: int
+
+
+def batch_loss(
+    model: Seq2SeqTransformer,
+    batch: Batch,
+    opts: TrainOptions,
+    norm: dict[str, float],
+) -> LossParts:
+    """Loss of a batch slice, each term divided by its count over the whole batch (``norm``).
+
+    ``norm`` holds ``tokens`` (target tokens incl. EOS), ``align_rows`` (target positions with
+    gold links) and ``source_tokens``, all counted over the full batch (every process).
+    """
+    layer = opts.attention_layer % model.config.decoder_layers
+    want = opts.guided_alignment or opts.entropy_weight > 0 or opts.coverage_weight > 0
+    out = model(
+        batch.source, batch.source_mask, batch.target_in, attention_layers=[layer] if want else ()
+    )
+    logits = out.logits.float()  # (B, T, V)
+    valid = batch.target_out != PAD_ID
+    ce = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), batch.target_out, ignore_index=PAD_ID,
+        label_smoothing=opts.label_smoothing, reduction="sum",
+    )  # fmt: skip
+    total = ce / norm["tokens"]
+    with torch.no_grad():
+        nll = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), batch.target_out, ignore_index=PAD_ID, reduction="sum"
+        )
+        correct = int(((logits.argmax(-1) == batch.target_out) & valid).sum())
+    if want:
+        weights = out.cross_weights[layer]  # (B, H, T, S)
+        if opts.guided_alignment and batch.align is not None and norm["align_rows"] > 0:
+            head = weights[:, opts.attention_head]  # (B, T, S)
+            guided = -(batch.align * torch.log(head.clamp_min(1e-9))).sum()
+            total = total + opts.guided_weight * guided / norm["align_rows"]
+        rows = valid[:, None, :, None]  # (B, 1, T, 1)
+        if opts.entropy_weight > 0:
+            ent = -(weights * torch.log(weights.clamp_min(1e-9))).sum(-1, keepdim=True)
+            ent = (ent * rows).sum() / weights.shape[1]
+            total = total + opts.entropy_weight * ent / norm["tokens"]
+        if opts.coverage_weight > 0:
+            coverage = (weights * rows).sum(2)  # (B, H, S): attention each source word receives
+            miss = ((coverage - 1.0) ** 2 * batch.source_mask[:, None]).sum() / weights.shape[1]
+            total = total + opts.coverage_weight * miss / norm["source_tokens"]
+    return LossParts(total, float(nll), int(valid.sum()), correct)
+
+
+def batch_norm(batch: Batch) -> dict[str, float]:
+    align_rows = 0.0 if batch.align is None else float((batch.align.sum(-1) > 0).sum())
+    return {
+        "tokens": float((batch.target_out != PAD_ID).sum()),
+        "align_rows": align_rows,
+        "source_tokens": float(batch.source_mask.sum()),
+    }
+
+
+# --------------------------------------------------------------------------------------- files
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    _atomic(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
+
+
+def save_model(out: Path, model: Seq2SeqTransformer) -> None:
+    from safetensors.torch import save_model as st_save
+
+    _atomic(out / WEIGHTS_FILE, lambda p: st_save(model, str(p)))
+
+
+def _save_optimizer(out: Path, optimizer: torch.optim.Optimizer) -> None:
+    from safetensors.torch import save_file
+
+    state = optimizer.state_dict()
+    tensors = {}
+    for idx, st in state["state"].items():
+        for key, val in st.items():
+            val = val if isinstance(val, Tensor) else torch.tensor(val)
+            tensors[f"{idx}.{key}"] = val.detach().contiguous()
+    _atomic(out / OPTIMIZER_FILE, lambda p: save_file(tensors, str(p)))
+
+
+def _load_optimizer(out: Path, optimizer: torch.optim.Optimizer) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(out / OPTIMIZER_FILE))
+    state: dict[int, dict[str, Tensor]] = {}
+    for name, val in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = val
+    sd = optimizer.state_dict()
+    sd["state"] = state
+    optimizer.load_state_dict(sd)
+
+
+def load_model(directory: str | os.PathLike) -> tuple[Seq2SeqTransformer, Vocabulary, Vocabulary]:
+    """Load a model directory written by `train`: (model in eval mode, source vocab, target vocab)."""
+    from safetensors.torch import load_model as st_load
+
+    d = Path(directory)
+    for name in (CONFIG_FILE, WEIGHTS_FILE, SOURCE_VOCAB_FILE, TARGET_VOCAB_FILE):
+        if not (d / name).is_file():
+            raise FileNotFoundError(
+                f"{d / name} is missing: is {d} a model directory of crossattn train?"
+            )
+    config = Seq2SeqConfig.from_dict(json.loads((d / CONFIG_FILE).read_text())["model"])
+    model = Seq2SeqTransformer(config)
+    st_load(model, str(d / WEIGHTS_FILE))
+    model.eval()
+    return model, Vocabulary.load(d / SOURCE_VOCAB_FILE), Vocabulary.load(d / TARGET_VOCAB_FILE)
+
+
+# --------------------------------------------------------------------------------------- distributed
+class _Dist:
+    """The process group under torchrun (world 1 without it)."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = torch.device("cpu")
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if torch.cuda.is_available():
+                local = int(os.environ.get("LOCAL_RANK", "0"))
+                torch.cuda.set_device(local)
+                self.device = torch.device("cuda", local)
+                backend = "nccl"
+            else:
+                backend = "gloo"
+            if not dist.is_initialized():
+                dist.init_process_group(backend)
+        elif torch.cuda.is_available():
+            self.device = torch.device("cuda")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def sum_grads(self, params: list[torch.nn.Parameter]) -> None:
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def any(self, flag: bool) -> bool:
+        """True on every process when it is True on rank 0 (rank 0 decides when to stop)."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.broadcast(t, 0)
+        return bool(t.item() > 0)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_loss(
+    model: Seq2SeqTransformer, data: Sequence[Encoded], batch_tokens: int, device: torch.device
+) -> dict[str, float]:
+    """Teacher-forced dev metrics: per-token loss, perplexity and next-token accuracy."""
+    was = model.training
+    model.eval()
+    nll = tokens = correct = 0.0
+    lengths = [len(e.source) + len(e.target) + 1 for e in data]
+    for idx in make_batches(lengths, batch_tokens):
+        batch = _to(collate([data[i] for i in idx], False), device)
+        out = model(batch.source, batch.source_mask, batch.target_in)
+        logits = out.logits.float()
+        valid = batch.target_out != PAD_ID
+        nll += float(torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), batch.target_out, ignore_index=PAD_ID, reduction="sum"
+        ))  # fmt: skip
+        correct += float(((logits.argmax(-1) == batch.target_out) & valid).sum())
+        tokens += float(valid.sum())
+    model.train(was)
+    loss = nll / max(tokens, 1.0)
+    return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "accuracy": correct / max(tokens, 1.0)}
+
+
+@torch.no_grad()
+def translate_ids(
+    model: Seq2SeqTransformer,
+    sources: Sequence[Sequence[int]],
+    *,
+    beam_size: int = 1,
+    batch_size: int = 64,
+    return_attention: bool = False,
+) -> list:
+    """Decode id sequences (greedy for beam_size 1, else beam search), batched by length."""
+    from .models.decoding import beam_search
+
+    device = next(model.parameters()).device
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    results: list = [None] * len(sources)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        s = max(len(sources[i]) for i in idx)
+        ids = torch.full((len(idx), s), PAD_ID, dtype=torch.long)
+        for r, i in enumerate(idx):
+            ids[r, : len(sources[i])] = torch.tensor(list(sources[i]), dtype=torch.long)
+        ids = ids.to(device)
+        mask = ids != PAD_ID
+        if beam_size == 1:
+            hyps = greedy_decode(model, ids, mask, return_attention=return_attention)
+        else:
+            hyps = beam_search(
+                model, ids, mask, beam_size=beam_size, return_attention=return_attention
+            )
+        for r, i in enumerate(idx):
+            results[i] = hyps[r]
+    return results
+
+
+@torch.no_grad()
+def attention_for_pairs(
+    model: Seq2SeqTransformer, pairs: Sequence[Encoded], batch_size: int = 64
+) -> list[Tensor]:
+    """Force-decoded cross-attention (layers, heads, n + 1, S) of every pair (see
+    `force_decode_attention`), in the order given."""
+    device = next(model.parameters()).device
+    out: list[Tensor] = [torch.empty(0)] * len(pairs)
+    order = sorted(range(len(pairs)), key=lambda i: (len(pairs[i].source), len(pairs[i].target)))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        s = max(len(pairs[i].source) for i in idx)
+        t = max(len(pairs[i].target) for i in idx)
+        src = torch.full((len(idx), s), PAD_ID, dtype=torch.long)
+        tgt = torch.full((len(idx), t), PAD_ID, dtype=torch.long)
+        for r, i in enumerate(idx):
+            src[r, : len(pairs[i].source)] = torch.tensor(pairs[i].source, dtype=torch.long)
+            tgt[r, : len(pairs[i].target)] = torch.tensor(pairs[i].target, dtype=torch.long)
+        lengths = torch.tensor([len(pairs[i].target) for i in idx])
+        src, tgt = src.to(device), tgt.to(device)
+        weights = force_decode_attention(model, src, src != PAD_ID, tgt, lengths)
+        for r, i in enumerate(idx):
+            out[i] = weights[r].cpu()
+    return out
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    if device.type == "cpu":
+        return batch
+    return Batch(*(None if t is None else t.to(device) for t in dataclasses.astuple(batch)))
+
+
+# --------------------------------------------------------------------------------------- training
+def _lr_factor(step: int, progress: float, opts: TrainOptions) -> float:
+    warm = min(1.0, (step + 1) / max(1, opts.warmup))
+    cos = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return warm * (opts.min_lr_ratio + (1.0 - opts.min_lr_ratio) * cos)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _read_examples(opts: TrainOptions):
+    from .data.parallel import read_parallel
+
+    data = read_parallel(
+        opts.data, alignments=opts.alignments, one_indexed=opts.one_indexed,
+        skip_bad_lines=opts.skip_bad_lines,
+    )  # fmt: skip
+    if getattr(data, "skipped", 0):
+        _log(f"skipped {data.skipped} malformed line(s) of {opts.data}")
+    return list(data.examples)
+
+
+def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainResult:
+    """Train a translator as `crossattn train` does and write its model directory.
+
+    Args:
+        opts: `TrainOptions`. With ``resume``, the model config, vocabularies and split come
+            from ``opts.out`` and training continues from its saved step; ``steps`` is the total
+            step count, ``minutes`` bounds this run's training loop.
+        examples: the `ParallelExample`s to train on in place of reading ``opts.data``.
+
+    Returns:
+        `TrainResult`.
+    """
+    if opts.steps is None and opts.minutes is None:
+        raise ValueError("give steps or minutes (or both) to bound the training")
+    if opts.steps is not None and opts.steps <= 0:
+        raise ValueError(f"steps must be positive, got {opts.steps}")
+    if opts.minutes is not None and opts.minutes <= 0:
+        raise ValueError(f"minutes must be positive, got {opts.minutes}")
+    if opts.guided_alignment and not opts.alignments:
+        raise ValueError("guided alignment needs --alignments FILE with the gold links of --data")
+    t_start = time.perf_counter()
+    dist = _Dist()
+    out = Path(opts.out)
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+    examples = _read_examples(opts) if examples is None else list(examples)
+    if not examples:
+        raise ValueError(f"{opts.data}: no sentence pairs")
+    train_idx, dev_idx = split_dev(len(examples), opts.dev_size, opts.seed)
+    state: dict[str, Any] = {"step": 0, "seconds": 0.0}
+    if opts.resume and (out / STATE_FILE).is_file():
+        saved = json.loads((out / CONFIG_FILE).read_text())
+        config = Seq2SeqConfig.from_dict(saved["model"])
+        src_vocab = Vocabulary.load(out / SOURCE_VOCAB_FILE)
+        tgt_vocab = Vocabulary.load(out / TARGET_VOCAB_FILE)
+        state = json.loads((out / STATE_FILE).read_text())
+    else:
+        src_vocab = Vocabulary.build(examples[i].source for i in train_idx)
+        tgt_vocab = Vocabulary.build(examples[i].target for i in train_idx)
+        config = opts.model_config(len(src_vocab), len(tgt_vocab))
+
+    limit = config.max_len - 1  # room for BOS / EOS
+
+    def encode(ex) -> Encoded:
+        links = frozenset(ex.sure) | frozenset(ex.possible)
+        return Encoded(
+            tuple(src_vocab.encode(ex.source)), tuple(tgt_vocab.encode(ex.target)), links
+        )
+
+    train_set = [encode(examples[i]) for i in train_idx]
+    dev_set = [encode(examples[i]) for i in dev_idx]
+    dev_examples = [examples[i] for i in dev_idx]
+    too_long = [e for e in train_set if len(e.source) > limit or len(e.target) > limit]
+    if too_long:
+        _log(
+            f"leaving out {len(too_long)} training pair(s) longer than max_len - 1 = {limit} words"
+        )
+        train_set = [e for e in train_set if len(e.source) <= limit and len(e.target) <= limit]
+    keep = [k for k, e in enumerate(dev_set) if len(e.source) <= limit and len(e.target) <= limit]
+    dev_set = [dev_set[k] for k in keep]
+    dev_examples = [dev_examples[k] for k in keep]
+    with_align = any(ex.sure or ex.possible for ex in examples[:1000])
+
+    torch.manual_seed(opts.seed)
+    model = Seq2SeqTransformer(config).to(dist.device)
+    decay = [p for n, p in model.named_parameters() if p.dim() > 1 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() > 1 and "embed" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": opts.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=opts.lr, betas=(0.9, 0.98), eps=1e-9,
+    )  # fmt: skip
+    if opts.resume and (out / STATE_FILE).is_file():
+        from safetensors.torch import load_model as st_load
+
+        st_load(model, str(out / WEIGHTS_FILE))
+        _load_optimizer(out, optimizer)
+        if dist.main:
+            _log(f"resuming {out} at step {state['step']}")
+    elif dist.main:
+        src_vocab.save(out / SOURCE_VOCAB_FILE)
+        tgt_vocab.save(out / TARGET_VOCAB_FILE)
+    if dist.main:
+        options = {k: v for k, v in dataclasses.asdict(opts).items() if k != "extra"}
+        write_json(out / CONFIG_FILE, {"model": config.to_dict(), "train": options})
+    params = list(model.parameters())
+    n_params = sum(
+        p.numel() for p in params if p is not model.output.weight or not config.tie_embeddings
+    )
+
+    batches = make_batches(
+        [len(e.source) + len(e.target) + 1 for e in train_set], opts.batch_tokens
+    )
+    if dist.main:
+        _log(
+            f"{len(train_set)} training pairs, {len(dev_set)} held out for dev, "
+            f"{len(batches)} batches per epoch, vocab {len(src_vocab)}/{len(tgt_vocab)}, "
+            f"{n_params / 1e6:.2f}M parameters, {dist.world} process(es) on {dist.device}"
+        )
+
+    def batch_at(step: int) -> list[int]:
+        epoch, pos = divmod(step, len(batches))
+        order = list(range(len(batches)))
+        random.Random(opts.seed * 100_003 + epoch).shuffle(order)
+        return batches[order[pos]]
+
+    budget = None if opts.minutes is None else opts.minutes * 60.0
+    step = int(state["step"])
+    start_step = step
+    loop_start = time.perf_counter()
+    last_eval = last_save = loop_start
+    bar = None
+    if dist.main and opts.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=opts.steps, initial=step, file=sys.stderr, unit="step",
+                   dynamic_ncols=True, mininterval=1.0)  # fmt: skip
+    model.train()
+    tok_count, tok_time = 0, time.perf_counter()
+    ema_loss: float | None = None
+    dev_metrics: dict[str, float] = dict(state.get("dev", {}))
+    while True:
+        elapsed = time.perf_counter() - loop_start
+        stop = (opts.steps is not None and step >= opts.steps) or (
+            budget is not None and elapsed >= budget
+        )
+        if dist.any(stop):
+            break
+        progress = max(
+            0.0 if opts.steps is None else step / opts.steps,
+            0.0 if budget is None else elapsed / budget,
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = opts.lr * _lr_factor(step, progress, opts)
+        full = collate([train_set[i] for i in batch_at(step)], with_align)
+        norm = batch_norm(full)
+        part = _to(full.rows(slice(dist.rank, None, dist.world)), dist.device)
+        torch.manual_seed(opts.seed * 1_000_003 + step * 1009 + dist.rank)  # dropout
+        optimizer.zero_grad(set_to_none=True)
+        if part.source.shape[0] > 0:
+            parts = batch_loss(model, part, opts, norm)
+            parts.total.backward()
+        else:
+            parts = LossParts(torch.zeros(()), 0.0, 0, 0)
+        for p in params:  # every process takes part in the all-reduce
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        dist.sum_grads(params)
+        torch.nn.utils.clip_grad_norm_(params, opts.clip)
+        optimizer.step()
+        step += 1
+        tok_count += int(norm["tokens"] + norm["source_tokens"])
+        loss_now = parts.nll_sum / max(parts.tokens, 1)
+        ema_loss = loss_now if ema_loss is None else 0.95 * ema_loss + 0.05 * loss_now
+        now = time.perf_counter()
+        if bar is not None:
+            bar.update(1)
+            if now - tok_time > 2.0 or step == 1:
+                rate = tok_count / max(now - tok_time, 1e-9)
+                tok_count, tok_time = 0, now
+                bar.set_postfix(loss=f"{ema_loss:.3f}", tok_s=f"{rate:,.0f}",
+                                lr=f"{optimizer.param_groups[0]['lr']:.1e}", refresh=False)  # fmt: skip
+        if dist.main and dev_set and now - last_eval >= opts.eval_seconds:
+            dev_metrics = evaluate_loss(model, dev_set, opts.batch_tokens, dist.device)
+            last_eval = time.perf_counter()
+            msg = f"step {step}: dev loss {dev_metrics['loss']:.3f} accuracy {dev_metrics['accuracy']:.3f}"
+            (bar.write(msg, file=sys.stderr) if bar is not None else _log(msg))
+        if dist.main and now - last_save >= opts.save_seconds:
+            _checkpoint(
+                out, model, optimizer, step, state, time.perf_counter() - loop_start, dev_metrics
+            )
+            last_save = time.perf_counter()
+    if bar is not None:
+        bar.close()
+    loop_seconds = time.perf_counter() - loop_start
+    if dist.main:
+        model.eval()
+        if dev_set:
+            dev_metrics = evaluate_loss(model, dev_set, opts.batch_tokens, dist.device)
+            _log(
+                f"step {step}: dev loss {dev_metrics['loss']:.3f} "
+                f"accuracy {dev_metrics['accuracy']:.3f} ({loop_seconds:.0f} s of training)"
+            )
+        _checkpoint(out, model, optimizer, step, state, loop_seconds, dev_metrics)
+        extraction = choose_extraction(model, dev_set, dev_examples, with_align)
+        write_json(out / EXTRACTION_FILE, extraction.to_dict())
+    dist.barrier()
+    dist.close()
+    return TrainResult(
+        out=out,
+        steps=step - start_step,
+        seconds=time.perf_counter() - t_start,
+        train_loss=float("nan") if ema_loss is None else ema_loss,
+        dev=dev_metrics,
+    )
+
+
+def _checkpoint(out, model, optimizer, step, state, loop_seconds, dev) -> None:
+    save_model(out, model)
+    _save_optimizer(out, optimizer)
+    write_json(
+        out / STATE_FILE,
+        {"step": step, "seconds": float(state.get("seconds", 0.0)) + loop_seconds, "dev": dev},
+    )
+
+
+def choose_extraction(model, dev_set: Sequence[Encoded], dev_examples, with_align: bool):
+    """The extraction config for `crossattn align`: chosen on the dev split when it has gold
+    links (`crossattn.align.select_extraction`), else `crossattn.align.DEFAULT_EXTRACTION`."""
+    from .align import DEFAULT_EXTRACTION, select_extraction
+
+    pairs = [(e, ex) for e, ex in zip(dev_set, dev_examples) if ex.sure or ex.possible]
+    if not with_align or not pairs:
+        return DEFAULT_EXTRACTION
+    pairs = pairs[:300]
+    weights = attention_for_pairs(model, [e for e, _ in pairs])
+    return select_extraction(weights, [ex for _, ex in pairs])
