@@ -353,3 +353,22 @@ def test_processor_gradients_match_default():
         ).sum().backward()
         grads.append(context.grad)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-10)
+
+
+def test_processor_upcast_in_bfloat16_is_at_least_as_accurate():
+    """With upcast_attention the kernel runs in float32; the error against float64 is at most
+    the default processor's (which computes in bfloat16)."""
+    attn = Attention(32, cross_attention_dim=16, heads=4, dim_head=8, upcast_attention=True)
+    _randomise(attn.eval(), seed=20)
+    hidden, context = _seq(2, 9, 32, seed=21), _seq(2, 13, 16, seed=22)
+    with torch.no_grad():
+        exact = attn.double()(hidden.double(), context.double())
+        attn.to(torch.bfloat16)
+        h, c = hidden.bfloat16(), context.bfloat16()
+        default = attn(h, c)
+        attn.set_processor(CrossAttnProcessor())
+        ours = attn(h, c)
+    assert ours.dtype == torch.bfloat16
+    err = (ours.double() - exact).abs().max().item()
+    base = (default.double() - exact).abs().max().item()
+    assert 0 < err <= 2 * base, (err, base)
