@@ -235,7 +235,7 @@ class TwoWayTransformer(nn.Module):
             point_embedding: prompt tokens (B, N, C); they are also their own positional encoding
                 at every step, as in Segment Anything.
             point_mask: (B, N) bool, True = real token. Padding tokens are never attended to;
-                their rows of the output are unspecified (extra options beyond Segment Anything).
+                their rows of the output are unspecified (an option Segment Anything lacks).
 
         Returns:
             ``(queries (B, N, C), keys (B, H*W, C))``: the processed tokens and image tokens.
@@ -243,7 +243,9 @@ class TwoWayTransformer(nn.Module):
         c = self.embedding_dim
         for name, t in (("image_embedding", image_embedding), ("image_pe", image_pe)):
             if not isinstance(t, Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor (B, C, H, W), got {type(t)}")
+                raise TypeError(
+                    f"{name} must be a torch.Tensor (B, C, H, W), got {type(t).__name__}"
+                )
             if t.dim() != 4 or t.shape[1] != c:
                 raise ValueError(
                     f"{name} must have shape (B, C, H, W) with C = embedding_dim = {c}, got "
@@ -257,7 +259,8 @@ class TwoWayTransformer(nn.Module):
             )
         if not isinstance(point_embedding, Tensor):
             raise TypeError(
-                f"point_embedding must be a torch.Tensor (B, N, C), got {type(point_embedding)}"
+                "point_embedding must be a torch.Tensor (B, N, C), got "
+                f"{type(point_embedding).__name__}"
             )
         if (
             point_embedding.dim() != 3
