@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -64,15 +66,25 @@ def backend_cases() -> list[str | None]:
     return cases
 
 
-@pytest.fixture(params=backend_cases(), ids=backend_ids)
-def backend(request: pytest.FixtureRequest) -> str | None:
-    """A backend name to pass as ``backend=`` (None = dispatch); see the module docstring."""
-    if request.param != TINY_CHUNKED:
-        return request.param
+@contextmanager
+def backend_case(case: str | None) -> Iterator[str | None]:
+    """Resolve a case of `backend_cases()` to a ``backend=`` value for the duration of a block."""
+    if case != TINY_CHUNKED:
+        yield case
+        return
     original = get_backend("chunked")
     register_backend(tiny_chunked(), replace=True)
-    request.addfinalizer(lambda: register_backend(original, replace=True))
-    return "chunked"
+    try:
+        yield "chunked"
+    finally:
+        register_backend(original, replace=True)
+
+
+@pytest.fixture(params=backend_cases(), ids=backend_ids)
+def backend(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """A backend name to pass as ``backend=`` (None = dispatch); see the module docstring."""
+    with backend_case(request.param) as name:
+        yield name
 
 
 def tiny_chunked() -> ChunkedBackend:
