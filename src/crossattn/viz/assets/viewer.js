@@ -174,25 +174,30 @@
       el("span", "ca-field-name", lw).textContent = "all links";
     }
 
-    var legend = el("div", "ca-legend", bar);
-    var ramp = el("div", "ca-ramp", legend);
+    var legend = el("div", "ca-legend", root);
+    el("span", "ca-legend-name", legend).textContent = "weight";
+    var scaleBox = el("div", "ca-scale-box", legend);
+    var ramp = el("div", "ca-ramp", scaleBox);
     ramp.style.background = "linear-gradient(to right, " + data.colors.map(function (s) {
       return s[1] + " " + (s[0] * 100).toFixed(0) + "%";
     }).join(", ") + ")";
     var thrMark = el("div", "ca-ramp-mark", ramp);
     thrMark.title = "threshold";
-    var ticks = el("div", "ca-ticks", legend);
+    var ticks = el("div", "ca-ticks", scaleBox);
     var tickEls = [0, 0.5, 1].map(function () { return el("span", null, ticks); });
     if (hasLinks) {
       var key = el("div", "ca-link-key", legend);
-      if (data.links.some(function (k) { return k[2]; })) el("span", "ca-key-sure", key).textContent = "gold sure";
-      if (data.links.some(function (k) { return !k[2]; })) el("span", "ca-key-possible", key).textContent = "gold possible";
-      if (data.predicted.length) el("span", "ca-key-pred", key).textContent = "predicted";
+      if (data.links.some(function (k) { return k[2]; })) el("span", "ca-key-sure", key).textContent = "gold link (sure)";
+      if (data.links.some(function (k) { return !k[2]; })) el("span", "ca-key-possible", key).textContent = "gold link (possible)";
+      if (data.predicted.length) el("span", "ca-key-pred", key).textContent = "predicted link";
     }
 
     var hint = el("p", "ca-hint", root);
-    hint.textContent = "Hover a token to light up what it attends to (and what attends to it); " +
-      "click to pin, Esc to release. Tokens at or above the threshold are coloured by weight.";
+    hint.textContent = hasImage
+      ? "Hover a word to see where it lands on the image, or a patch of the image to see the " +
+        "words it attends to; click to pin, Esc to release."
+      : "Hover a token to see what it attends to and what attends to it; click to pin, Esc to " +
+        "release. Tokens at or above the threshold take the colour of their weight.";
 
     // ---- token view ---------------------------------------------------------------------
     var tokView = el("section", "ca-token-view", root);
@@ -230,7 +235,8 @@
     var imgCanvas = null, imgEl = null, gh = 0, gw = 0;
     if (hasImage) {
       gh = data.image.grid[0]; gw = data.image.grid[1];
-      var imgWrap = el("div", "ca-image", tokView);
+      var imgWrap = el("div", "ca-row ca-row-image", tokView);
+      el("div", "ca-row-label", imgWrap).textContent = "Image";
       imgCanvas = el("canvas", "ca-image-canvas", imgWrap);
       imgCanvas.title = "image patches: hover a patch to see the tokens it attends to";
       imgEl = new Image();
@@ -372,25 +378,30 @@
     function drawLegend() {
       var top = vmax();
       tickEls[0].textContent = "0";
-      tickEls[1].textContent = fmt(top / 2);
-      tickEls[2].textContent = fmt(top);
+      tickEls[1].textContent = String(Number((top / 2).toPrecision(2)));
+      tickEls[2].textContent = String(Number(top.toPrecision(2)));
       thrMark.style.left = Math.min(100, (state.threshold / top) * 100) + "%";
     }
 
     function drawImage() {
       if (!imgCanvas || !imgEl.complete || !imgEl.naturalWidth) return;
-      var maxSide = 420;
+      var maxSide = 440;
       var k = Math.min(1, maxSide / Math.max(imgEl.naturalWidth, imgEl.naturalHeight)) || 1;
-      if (imgEl.naturalWidth * k < 240) k = 240 / imgEl.naturalWidth;
+      if (imgEl.naturalWidth * k < 320) k = 320 / imgEl.naturalWidth;
       var w = Math.round(imgEl.naturalWidth * k), h = Math.round(imgEl.naturalHeight * k);
       var dpr = window.devicePixelRatio || 1;
       imgCanvas.width = w * dpr; imgCanvas.height = h * dpr;
       imgCanvas.style.width = w + "px"; imgCanvas.style.height = h + "px";
       var ctx = imgCanvas.getContext("2d");
       ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-      ctx.drawImage(imgEl, 0, 0, w, h);
       var a = active();
-      if (a && a.side === "source") {
+      var overlay = a && a.side === "source";
+      ctx.fillStyle = "#fff";
+      ctx.fillRect(0, 0, w, h);
+      ctx.globalAlpha = overlay ? 0.5 : 1;  // fade the image under a token's attention
+      ctx.drawImage(imgEl, 0, 0, w, h);
+      ctx.globalAlpha = 1;
+      if (overlay) {
         // One text token's attention over the patches, stretched to its own maximum.
         var M = current(), top = 0, p;
         for (p = 0; p < L; p++) top = Math.max(top, M[p * S + a.i]);
@@ -400,7 +411,7 @@
         for (p = 0; p < L; p++) {
           var v = top > 0 ? M[p * S + a.i] / top : 0, i = Math.round(v * 255);
           img.data[p * 4] = lut[i * 3]; img.data[p * 4 + 1] = lut[i * 3 + 1];
-          img.data[p * 4 + 2] = lut[i * 3 + 2]; img.data[p * 4 + 3] = Math.round(40 + 170 * v);
+          img.data[p * 4 + 2] = lut[i * 3 + 2]; img.data[p * 4 + 3] = Math.round(215 * Math.sqrt(v));
         }
         octx.putImageData(img, 0, 0);
         ctx.imageSmoothingEnabled = true;
@@ -441,6 +452,9 @@
       ctx = canvas.getContext("2d");
       ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
       geom = { x0: x0, y0: y0, cell: cell };
+      canvas.setAttribute("data-x0", String(x0));
+      canvas.setAttribute("data-y0", String(y0));
+      canvas.setAttribute("data-cell", String(cell));
       if (offKey !== key) {
         offMatrix = document.createElement("canvas");
         offMatrix.width = S; offMatrix.height = L;
@@ -480,8 +494,8 @@
         for (k = 0; k < L; k += every) ctx.fillText(String(k), x0 - 4, y0 + (k + 0.5) * cell);
       }
       // Alignment links on their cells.
-      var inset = Math.max(0.5, cell * 0.12);
-      ctx.lineWidth = Math.max(1, cell * 0.09);
+      var inset = Math.max(0.5, cell * 0.1);
+      ctx.lineWidth = Math.max(1, cell * 0.07);
       data.links.forEach(function (lk) {
         var x = x0 + lk[1] * cell, y = y0 + lk[0] * cell;
         ctx.strokeStyle = "#1f6feb";
@@ -499,7 +513,7 @@
       ctx.fillStyle = "#0f9d58";
       data.predicted.forEach(function (lk) {
         ctx.beginPath();
-        ctx.arc(x0 + (lk[1] + 0.5) * cell, y0 + (lk[0] + 0.5) * cell, Math.max(0.7, cell * 0.16), 0, 2 * Math.PI);
+        ctx.arc(x0 + (lk[1] + 0.5) * cell, y0 + (lk[0] + 0.5) * cell, Math.max(0.7, cell * 0.12), 0, 2 * Math.PI);
         ctx.fill();
       });
       // The active row (target) or column (source).

@@ -1,0 +1,57 @@
+"""`crossattn serve --model DIR`: a local page that translates a typed sentence and aligns it.
+
+The page (see `crossattn.viz.server`) sends the sentence to the model and shows the translation
+in the interactive viewer: the cross-attention of every decoder layer and head, with the word
+alignment drawn as links. It listens on 127.0.0.1 unless ``--host`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="DIR", help="a model directory")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any)")
+    parser.add_argument("--beam", type=int, default=4, help="beam size (default 4; 1 greedy)")
+    parser.add_argument(
+        "--max-words", type=int, default=64, help="longest sentence accepted (default 64)"
+    )
+    parser.add_argument("--open", action="store_true", help="open the page in the web browser")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models import Translator
+    from ..viz.server import make_server
+
+    try:
+        translator = Translator.load(args.model)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"crossattn serve: {err}", file=sys.stderr)
+        return 2
+    try:
+        server = make_server(
+            translator, args.host, args.port, max_words=args.max_words, beam=args.beam
+        )
+    except (OSError, ValueError) as err:
+        print(f"crossattn serve: cannot serve on {args.host}:{args.port}: {err}", file=sys.stderr)
+        return 2
+    host, port = server.server_address[:2]
+    shown = f"[{host}]" if ":" in str(host) else host
+    url = f"http://{shown}:{port}/"
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host}, reachable from other machines", file=sys.stderr)
+    print(f"serving {args.model} at {url} (Ctrl-C to stop)", flush=True)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
