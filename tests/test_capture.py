@@ -201,6 +201,49 @@ def test_recorder_cannot_be_entered_twice():
         rec.__enter__()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cuda_maps_and_outputs(dtype):
+    model = TwoLayers(dtype=dtype).cuda().eval()
+    queries, context, key_mask = (t.cuda() for t in make_inputs(length=33, s=17, dtype=dtype))
+    with torch.no_grad():
+        plain = model(queries, context, context_mask=key_mask)
+        with AttentionRecorder(model, heads="all") as rec:
+            recorded = model(queries, context, context_mask=key_mask)
+        with AttentionRecorder(model, device=None, top_k=4) as on_gpu:
+            model(queries, context, context_mask=key_mask)
+        q, k, v = heads_split(model.first, queries, context)
+        exp = expected(q, k, v, dtype, key_mask=key_mask, return_weights=True)
+        exact = copy.deepcopy(model).double()(
+            queries.double(), context.double(), context_mask=key_mask
+        )
+    got = rec.maps["first"][0]
+    assert got.device.type == "cpu" and got.dtype == dtype
+    assert_within(got, exp.weights.cpu(), exp.weights_tol, "CUDA map")
+    assert on_gpu.maps["first"][0].is_cuda
+    dense = to_dense(on_gpu.maps["first"][0])
+    values, cols = got.cuda().mean(dim=1).topk(4, dim=-1)
+    want = torch.zeros_like(dense).scatter_(-1, cols, values)
+    assert_within(dense, want, 2 * exp.weights_tol, "CUDA top-k map")
+    err_plain = (plain.double() - exact).abs().max().item()
+    assert_within(recorded, exact, 3 * err_plain + float64_floor(exact), "CUDA output")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_mha_maps_equal_mha_weights():
+    torch.manual_seed(1)
+    model = MHADecoder(True, 7).cuda().eval()
+    tgt, memory = torch.randn(2, 6, 12).cuda(), torch.randn(2, 5, 7).cuda()
+    kpm = torch.tensor([[False] * 5, [False] * 3 + [True] * 2]).cuda()
+    with torch.no_grad(), AttentionRecorder(model, heads="all") as rec:
+        model(tgt, memory, key_padding_mask=kpm, need_weights=False)
+        x = model.self_attn(tgt, tgt, tgt, need_weights=False)[0]
+        _, want = model.cross(x, memory, memory, key_padding_mask=kpm, average_attn_weights=False)
+    assert_within(rec.maps["cross"][0], want.cpu(), 1e-5, "CUDA MHA map")
+
+
 # ---------------------------------------------------------------- torch.nn.MultiheadAttention
 
 

@@ -134,6 +134,27 @@ def test_beam_search_maps_per_step_and_following_the_returned_beams():
         assert torch.equal(got[~valid], torch.zeros_like(got[~valid]))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_greedy_generate_maps_equal_eager():
+    model, eager = tiny_seq2seq("bart")
+    model, eager = model.cuda(), eager.cuda()
+    src = {k: v.cuda() for k, v in source_batch().items()}
+    kw = dict(**src, max_new_tokens=5, min_new_tokens=5, do_sample=False,
+              return_dict_in_generate=True, output_scores=True)  # fmt: skip
+    plain = model.generate(**kw)
+    with AttentionRecorder(model, heads="all", device=None) as rec:
+        recorded = model.generate(**kw)
+    assert torch.equal(plain.sequences, recorded.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(plain.scores, recorded.scores))
+    ref = eager.generate(**kw, output_attentions=True)
+    for name in rec.layer_names:
+        for t, step_map in enumerate(rec.maps[name]):
+            assert step_map.is_cuda
+            want = ref.cross_attentions[t][decoder_layer_index(name)]
+            assert_within(step_map, want, TOL, f"{name} step {t}")
+
+
 def test_transformers_reductions_steps_layers_top_k():
     model, _ = tiny_seq2seq("bart")
     kw = dict(**source_batch(), max_new_tokens=4, min_new_tokens=4, do_sample=False)
@@ -154,10 +175,9 @@ def test_transformers_reductions_steps_layers_top_k():
 
 # ---------------------------------------------------------------- diffusers
 
-diffusers = pytest.importorskip("diffusers")
-
 
 def tiny_unet():
+    diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
     return diffusers.UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
