@@ -38,9 +38,14 @@ def _max_err(got, exact):
     return (got.double().cpu() - exact).abs().max().item()
 
 
-def _assert_half_within(ours, theirs, exact, what):
+def _assert_half_within(ours, theirs, exact, what, floor=1e-3):
+    """Our error against float64 is at most twice the original's (plus a floor)."""
     err, base = _max_err(ours, exact), _max_err(theirs, exact)
-    assert err <= 2 * base + 1e-3, f"{what}: error {err:.3g} vs the original's {base:.3g}"
+    print(
+        f"ERR {what}: ours {err:.3g}, original {base:.3g}, ours vs original "
+        f"{(ours.double() - theirs.double()).abs().max().item():.3g}"
+    )
+    assert err <= 2 * base + floor, f"{what}: error {err:.3g} vs the original's {base:.3g}"
 
 
 def test_two_way_on_cuda():
@@ -61,10 +66,11 @@ def test_two_way_on_cuda():
             args = [t.to("cuda", dtype) for t in (image, pe, points)]
             theirs, ours = theirs_module(*args), ours_module(*args)
             for o, t, e, name in zip(ours, theirs, exact, ("queries", "keys")):
-                if dtype == torch.float32:
-                    torch.testing.assert_close(o, t, rtol=1e-5, atol=1e-5)
-                else:
-                    _assert_half_within(o, t, e, f"{name} {dtype}")
+                # CUDA's float32 kernels round differently from the CPU's; through two blocks of
+                # LayerNorms both drift by some 1e-5 from float64, so float32 is held to the same
+                # derived bound as half precision, with a float32-sized floor.
+                floor = 1e-6 if dtype == torch.float32 else 1e-3
+                _assert_half_within(o, t, e, f"two-way {name} {dtype}", floor)
 
 
 def test_diffusers_processor_on_cuda_unet():
