@@ -1,6 +1,7 @@
 """Cross-attention on a CUDA GPU: each backend and dispatch at issue 2's shapes.
 
 Usage: python benchmarks/bench_gpu.py [--out benchmarks/results/bench_gpu.json]
+       python benchmarks/bench_gpu.py --table benchmarks/results/bench_gpu_h200.json  (markdown)
 Times are medians of CUDA-event timed repeats; memory is the peak allocated beyond the inputs
 and the output (torch.cuda.max_memory_allocated).
 """
@@ -70,10 +71,36 @@ def measure(fn, repeats=20):
     return statistics.median(times), max(0, extra) / 2**20
 
 
+def table(path: str) -> str:
+    """A markdown table (ms, and extra MiB) from a saved JSON run."""
+    data = json.loads(Path(path).read_text())
+    variants = ["dispatch", "sdpa", "chunked", "naive", "dispatch+mean weights"]
+    lines = [
+        f"{data['device']}, torch {data['torch']}: median ms (peak extra MiB beyond the output)",
+        "",
+        "| dtype | shape | " + " | ".join(variants) + " |",
+        "| --- | --- |" + " --- |" * len(variants),
+    ]
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for r in data["rows"]:
+        cells.setdefault((r["dtype"], r["shape"]), {})[r["variant"]] = (
+            f"{r['ms']:.3f} ({r['extra_mib']:.0f})"
+        )
+    for (dtype, shape), row in cells.items():
+        lines.append(
+            f"| {dtype} | {shape} | " + " | ".join(row.get(v, "") for v in variants) + " |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="benchmarks/results/bench_gpu.json")
+    parser.add_argument("--table", help="print the markdown table of a saved run and exit")
     args = parser.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
     dev = torch.device("cuda")
     name = torch.cuda.get_device_name(0)
     rows = []
