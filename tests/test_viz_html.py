@@ -227,8 +227,11 @@ def test_capture_maps_dict_at_several_resolutions():
     record = as_record(maps, ["a", "b", "c"], image=np.zeros((8, 8, 3), np.uint8))
     assert record.shape == (2, 1, 16, 3) and record.grid == (4, 4)
     assert np.allclose(record.weights[0, 0], maps["down"][0][0].numpy())
+    heads = {"a": [torch.rand(1, 2, 4, 3)], "b": [torch.rand(1, 3, 4, 3)]}
     with pytest.raises(ValueError, match="keep different numbers of heads"):
-        as_record({"a": [torch.rand(1, 2, 4, 3)], "b": [torch.rand(1, 3, 4, 3)]})
+        as_record(heads, layers=["a", "b"])
+    with pytest.warns(UserWarning, match=r"left out \['b'\]"):
+        assert as_record(heads).layer_names == ["a"]
 
 
 # ---------------------------------------------------------------- crossattn view
@@ -276,3 +279,31 @@ def test_view_command_on_weights_files(tmp_path, capsys, monkeypatch):
     torch.save({"weights": w}, tmp_path / "c.pt")
     assert cli_main(["view", str(tmp_path / "c.pt"), "--source", "a b"]) == 2
     assert "source_tokens has 2 tokens but weights have S = 5" in capsys.readouterr().err
+
+
+class _DecoderWithSelfAttention(_Decoder):
+    def __init__(self):
+        super().__init__()
+        self.self_attn = CrossAttention(16, 16, heads=2, dim_head=8)
+
+    def forward(self, queries, context):
+        return super().forward(self.self_attn(queries, queries), context)
+
+
+def test_capture_leaves_out_layers_that_do_not_fit():
+    capture = pytest.importorskip("crossattn.capture")
+    torch.manual_seed(0)
+    model = _DecoderWithSelfAttention()
+    with capture.AttentionRecorder(model, source_tokens=SRC) as rec, torch.no_grad():
+        model(torch.randn(1, 7, 16), torch.randn(1, 5, 12))
+    with pytest.warns(UserWarning, match=r"left out \['self_attn'\]"):
+        record = as_record(rec)
+    assert record.layer_names == ["first", "second"] and record.shape == (2, 1, 7, 5)
+    assert np.allclose(record.weights[1, 0], rec.maps["second"][0][0].numpy())
+    with pytest.raises(ValueError, match=r"source_tokens has 5 tokens but weights have S = 7"):
+        as_record(rec, layers=["self_attn"])
+    # Calls over growing sources (self-attention with a cache) cannot be joined.
+    growing = {"cached": [torch.rand(1, 1, n) for n in (1, 2, 3)]}
+    with pytest.raises(ValueError, match=r"different source lengths \[1, 2, 3\]"):
+        as_record(growing)
+    assert as_record(growing, step=2).shape == (1, 1, 1, 3)

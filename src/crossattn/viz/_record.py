@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -169,6 +170,71 @@ def _square_grid(length: int) -> tuple[int, int] | None:
     return (side, side) if side * side == length else None
 
 
+def _layer_map(
+    name: str, calls: Any, batch: int, step: int | str | None
+) -> tuple[np.ndarray, bool]:
+    """One layer's (heads, L, S) map for batch item `batch`, and whether it is a head mean."""
+    if hasattr(calls, "shape"):
+        calls = [calls]
+    if len(calls) == 0:
+        raise ValueError(f"layer {name!r} of the capture recorded no calls")
+    chosen = []
+    head_mean = True
+    for i, call in enumerate(calls):
+        arr = to_numpy(call, f"capture map {name!r}[{i}]")
+        if arr.ndim == 3:  # (B, L, S) head mean
+            arr = arr[:, None]  # (B, 1, L, S)
+        elif arr.ndim == 4:  # (B, heads, L, S)
+            head_mean = False
+        else:
+            raise ValueError(
+                f"capture map {name!r}[{i}] must be (B, L, S) or (B, heads, L, S), got shape "
+                f"{tuple(arr.shape)}"
+            )
+        if not -arr.shape[0] <= batch < arr.shape[0]:
+            raise ValueError(
+                f"batch={batch} is out of range: capture map {name!r}[{i}] has batch size "
+                f"{arr.shape[0]}"
+            )
+        chosen.append(arr[batch])  # (heads, L, S)
+    sources = {c.shape[2] for c in chosen}
+    if len(sources) != 1 and not isinstance(step, int):
+        raise ValueError(
+            f"layer {name!r} recorded calls over different source lengths {sorted(sources)} "
+            "(self-attention with a cache?); pass step= to choose one call"
+        )
+    return _combine_calls(name, chosen, step), head_mean
+
+
+def _pick_layers(
+    combined: dict[str, tuple[np.ndarray, bool]],
+    source_length: int | None,
+    target_length: int | None,
+) -> list[str]:
+    """The layers that make one map: same heads and S (and L unless they are image grids),
+    preferring the shape of the tokens, else the most layers."""
+
+    def fits(key: tuple[int, int], length: int | None) -> tuple[bool, bool, int]:
+        members = [n for n, (w, _) in combined.items() if (w.shape[0], w.shape[2]) == key]
+        lengths = [combined[n][0].shape[1] for n in members]
+        return (
+            source_length is None or key[1] == source_length,
+            length is None or length in lengths,
+            len(members),
+        )
+
+    keys = list(dict.fromkeys((w.shape[0], w.shape[2]) for w, _ in combined.values()))
+    best = max(keys, key=lambda k: fits(k, target_length))  # first of equals: recording order
+    names = [n for n, (w, _) in combined.items() if (w.shape[0], w.shape[2]) == best]
+    lengths = [combined[n][0].shape[1] for n in names]
+    if len(set(lengths)) > 1 and (
+        target_length in lengths or any(_square_grid(n) is None for n in lengths)
+    ):
+        keep = target_length if target_length in lengths else max(lengths, key=lengths.count)
+        names = [n for n, length in zip(names, lengths) if length == keep]
+    return names
+
+
 def _capture_to_array(
     maps: Mapping[str, Any],
     *,
@@ -176,40 +242,42 @@ def _capture_to_array(
     step: int | str | None,
     layers: Sequence[str] | None,
     grid: tuple[int, int] | None,
+    source_length: int | None = None,
+    target_length: int | None = None,
 ) -> tuple[np.ndarray, list[str], bool, tuple[int, int] | None]:
-    names = list(maps.keys()) if layers is None else list(layers)
-    missing = [n for n in names if n not in maps]
-    if missing:
-        raise ValueError(f"layers {missing} are not in the capture; it has {list(maps.keys())}")
-    if not names:
+    if not maps:
         raise ValueError("the capture holds no maps: record at least one call first")
-    per_layer: list[np.ndarray] = []
-    head_mean = True
-    for name in names:
-        calls = maps[name]
-        if hasattr(calls, "shape"):
-            calls = [calls]
-        if len(calls) == 0:
-            raise ValueError(f"layer {name!r} of the capture recorded no calls")
-        chosen = []
-        for i, call in enumerate(calls):
-            arr = to_numpy(call, f"capture map {name!r}[{i}]")
-            if arr.ndim == 3:  # (B, L, S) head mean
-                arr = arr[:, None]  # (B, 1, L, S)
-            elif arr.ndim == 4:  # (B, heads, L, S)
-                head_mean = False
-            else:
-                raise ValueError(
-                    f"capture map {name!r}[{i}] must be (B, L, S) or (B, heads, L, S), got shape "
-                    f"{tuple(arr.shape)}"
-                )
-            if not -arr.shape[0] <= batch < arr.shape[0]:
-                raise ValueError(
-                    f"batch={batch} is out of range: capture map {name!r}[{i}] has batch size "
-                    f"{arr.shape[0]}"
-                )
-            chosen.append(arr[batch])  # (heads, L, S)
-        per_layer.append(_combine_calls(name, chosen, step))
+    if layers is not None:
+        names = list(layers)
+        missing = [n for n in names if n not in maps]
+        if missing:
+            raise ValueError(f"layers {missing} are not in the capture; it has {list(maps.keys())}")
+        if not names:
+            raise ValueError("layers=[] chooses no layer; leave it None for every layer")
+        combined = {n: _layer_map(n, maps[n], batch, step) for n in names}
+    else:
+        # Every layer that makes a map; those that cannot be drawn with the others (the
+        # self-attention layers of a model, other resolutions) are left out, with a warning.
+        combined, errors = {}, {}
+        for n in maps:
+            try:
+                combined[n] = _layer_map(n, maps[n], batch, step)
+            except ValueError as err:
+                errors[n] = err
+        if not combined:
+            raise next(iter(errors.values()))
+        names = _pick_layers(combined, source_length, target_length)
+        left_out = [n for n in maps if n not in names]
+        if left_out:
+            warnings.warn(
+                f"showing {len(names)} layers of the capture ({names[0]!r}...); left out "
+                f"{left_out}, whose maps do not match theirs in heads, source length or "
+                "target length (self-attention?). Choose with layers=[...]",
+                stacklevel=4,
+            )
+        combined = {n: combined[n] for n in names}
+    per_layer = [combined[n][0] for n in names]
+    head_mean = all(combined[n][1] for n in names)
     heads = {w.shape[0] for w in per_layer}
     if len(heads) != 1:
         raise ValueError(
@@ -398,8 +466,17 @@ def as_record(
             image = meta["image"]
             if grid is None and meta.get("grid") is not None:
                 grid = tuple(meta["grid"])  # type: ignore[assignment]
+        meta_src, meta_tgt = _meta_tokens(meta, batch)
+        src_known = source_tokens if source_tokens is not None else meta_src
+        tgt_known = target_tokens if target_tokens is not None else meta_tgt
         arr, names, head_mean, grid = _capture_to_array(
-            maps, batch=batch, step=step, layers=layers, grid=grid
+            maps,
+            batch=batch,
+            step=step,
+            layers=layers,
+            grid=grid,
+            source_length=None if src_known is None else len(src_known),
+            target_length=None if tgt_known is None else len(tgt_known),
         )
         if layer_names is not None:
             raise ValueError("layer_names applies to tensors; a capture names its own layers")
