@@ -372,3 +372,18 @@ def test_processor_upcast_in_bfloat16_is_at_least_as_accurate():
     err = (ours.double() - exact).abs().max().item()
     base = (default.double() - exact).abs().max().item()
     assert 0 < err <= 2 * base, (err, base)
+
+
+def test_processor_grouped_kv_heads_match_the_converted_layer():
+    """diffusers' default processor cannot run kv_heads < heads; ours groups heads like
+    CrossAttention (query head h reads key/value head h // (heads / kv_heads))."""
+    attn = Attention(32, cross_attention_dim=16, heads=4, kv_heads=2, dim_head=8).double().eval()
+    _randomise(attn, seed=23)
+    attn.set_processor(CrossAttnProcessor())
+    hidden, context = _seq(2, 5, 32, dtype=torch.float64), _seq(2, 3, 16, dtype=torch.float64)
+    keep = torch.tensor([[True, True, True], [True, False, False]])
+    bias = ((~keep).double() * -10000.0)[:, None, :]
+    with torch.no_grad():
+        got = attn(hidden, context, attention_mask=bias)
+        want = CrossAttention.from_diffusers(attn)(hidden, context, context_mask=keep)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
