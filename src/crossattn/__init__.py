@@ -15,16 +15,48 @@ context tokens; an attention mask is boolean or additive float, broadcastable to
 """
 
 from .backends import available_backends, register_backend, use_backend
-from .functional import cross_attention
-from .layers import CrossAttention, PreparedContext
+from .functional import bidirectional_attention, cross_attention
+from .layers import (
+    BidirectionalCrossAttention,
+    CrossAttention,
+    FiLM,
+    GatedCrossAttentionBlock,
+    GatedFusion,
+    HierarchicalCrossAttention,
+    PerceiverDecoder,
+    PerceiverEncoder,
+    PerceiverIO,
+    PreparedContext,
+    RetrievalCrossAttention,
+    SelfDocAttention,
+    TransformerDecoderLayer,
+    TransformerEncoderLayer,
+    TwoWayAttentionBlock,
+    TwoWayTransformer,
+)
 from .masks import causal_mask, from_key_padding_mask, lengths_to_key_mask
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BidirectionalCrossAttention",
     "CrossAttention",
+    "FiLM",
+    "GatedCrossAttentionBlock",
+    "GatedFusion",
+    "HierarchicalCrossAttention",
+    "PerceiverDecoder",
+    "PerceiverEncoder",
+    "PerceiverIO",
     "PreparedContext",
+    "RetrievalCrossAttention",
+    "SelfDocAttention",
+    "TransformerDecoderLayer",
+    "TransformerEncoderLayer",
+    "TwoWayAttentionBlock",
+    "TwoWayTransformer",
     "available_backends",
+    "bidirectional_attention",
     "causal_mask",
     "cross_attention",
     "from_key_padding_mask",
