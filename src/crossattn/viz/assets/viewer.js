@@ -360,10 +360,10 @@
         if (!a) return false;
         return a.side === "target" ? k[0] === a.i : k[1] === a.i;
       }
-      function line(k, cls) {
+      function line(k, cls, shift) {
         var s = srcEls[k[1]].getBoundingClientRect(), t = tgtEls[k[0]].getBoundingClientRect();
-        var x1 = s.left + s.width / 2 - box.left, y1 = s.bottom - box.top;
-        var x2 = t.left + t.width / 2 - box.left, y2 = t.top - box.top;
+        var x1 = s.left + s.width / 2 - box.left + shift, y1 = s.bottom - box.top;
+        var x2 = t.left + t.width / 2 - box.left + shift, y2 = t.top - box.top;
         var p = document.createElementNS("http://www.w3.org/2000/svg", "path");
         var my = (y1 + y2) / 2;
         p.setAttribute("d", "M" + x1 + "," + y1 + " C" + x1 + "," + my + " " + x2 + "," + my +
@@ -371,8 +371,12 @@
         p.setAttribute("class", cls);
         linkSvg.appendChild(p);
       }
-      data.links.forEach(function (k) { if (keep(k)) line(k, k[2] ? "ca-link-sure" : "ca-link-possible"); });
-      data.predicted.forEach(function (k) { if (keep(k)) line(k, "ca-link-pred"); });
+      // Gold and predicted links side by side, so that a link in both shows both.
+      var both = data.links.length > 0 && data.predicted.length > 0;
+      data.links.forEach(function (k) {
+        if (keep(k)) line(k, k[2] ? "ca-link-sure" : "ca-link-possible", both ? -2 : 0);
+      });
+      data.predicted.forEach(function (k) { if (keep(k)) line(k, "ca-link-pred", both ? 2 : 0); });
     }
 
     function drawLegend() {
