@@ -376,3 +376,24 @@ def test_screenshot(session):
     session.page.screenshot(path=str(path), full_page=True)
     assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 10_000
     session.check_clean()
+
+
+def test_two_notebook_outputs_on_one_page(session):
+    """Jupyter shows `_repr_html_` fragments side by side: each mounts and works on its own."""
+    from crossattn.viz import view
+
+    w = _weights(8, (1, 1, len(TGT), len(SRC)))
+    first = view(w, SRC, TGT)._repr_html_()
+    second = view(w.flip(-1), SRC, TGT)._repr_html_()
+    session.open(f"<!DOCTYPE html><html><body>{first}<hr>{second}</body></html>", "nb.html")
+    page = session.page
+    page.wait_for_function("document.querySelectorAll('.ca-viewer[data-ready]').length === 2")
+    page.hover(".ca-viewer >> nth=1 >> .ca-tok[data-side=target][data-i='0']")
+    lit = page.evaluate(
+        "() => Array.from(document.querySelectorAll('.ca-viewer')).map(v =>"
+        " Array.from(v.querySelectorAll('.ca-tok[data-side=source]')).map(e => e.dataset.w != null))"
+    )
+    flipped = _view(w.flip(-1), 0, -1)[0]
+    assert lit[0] == [False] * len(SRC)  # the other viewer is untouched
+    assert lit[1] == [bool(v >= THRESHOLD) for v in flipped] and any(lit[1])
+    session.check_clean()
