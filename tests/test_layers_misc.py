@@ -304,11 +304,20 @@ def test_hierarchical_matches_explicit_selection_and_masked_reference(gen):
     assert (out - ref).abs().max().item() <= tol64(ref, 29)
 
 
-@pytest.mark.parametrize("query_block_size", [1, 4, 64])
-def test_hierarchical_all_blocks_equals_full_attention(gen, query_block_size):
+@pytest.mark.parametrize(
+    "query_block_size,backend", [(1, None), (4, "sdpa"), (4, "chunked"), (64, "reference")]
+)
+def test_hierarchical_all_blocks_equals_full_attention(gen, query_block_size, backend):
     torch.manual_seed(4)
     layer = HierarchicalCrossAttention(
-        8, 6, heads=2, dim_head=4, block_size=5, top_k=6, query_block_size=query_block_size
+        8,
+        6,
+        heads=2,
+        dim_head=4,
+        block_size=5,
+        top_k=6,
+        query_block_size=query_block_size,
+        backend=backend,
     ).double()  # ceil(29 / 5) = 6 blocks: all selected
     queries, context, mask = hierarchical_inputs(gen)
     out = layer(queries, context, context_mask=mask)
@@ -336,3 +345,31 @@ def test_hierarchical_gradients_and_errors(gen):
         layer(queries, context, context_mask=torch.ones(2, 20, dtype=torch.bool))
     with pytest.raises(ValueError, match="top_k must be a positive int, got 0"):
         HierarchicalCrossAttention(8, top_k=0)
+    other = HierarchicalCrossAttention(8, 6, heads=2, dim_head=4)
+    with pytest.raises(ValueError, match="this PreparedContext was made by another layer"):
+        layer(queries, other.attn.prepare_context(context))
+
+
+def test_hierarchical_large_coarse_path_selects_the_same_blocks(gen, monkeypatch):
+    import crossattn.layers.hierarchical as hierarchical
+
+    layer = HierarchicalCrossAttention(
+        8, 6, heads=2, dim_head=4, block_size=5, top_k=2, query_block_size=3
+    ).double()
+    queries, context, mask = hierarchical_inputs(gen)
+    out, selection = layer(queries, context, context_mask=mask, return_selection=True)
+    monkeypatch.setattr(hierarchical, "COARSE_MAX_ELEMENTS", 0)  # memory-bounded dispatch
+    out2, selection2 = layer(queries, context, context_mask=mask, return_selection=True)
+    assert torch.equal(selection, selection2)
+    assert (out - out2).abs().max().item() <= tol64(out, 29)
+
+
+def test_hierarchical_prepared_context_equals_raw_context(gen):
+    layer = HierarchicalCrossAttention(
+        8, 6, heads=2, dim_head=4, block_size=5, top_k=2, query_block_size=3
+    ).double()
+    queries, context, mask = hierarchical_inputs(gen)
+    prepared = layer.attn.prepare_context(context, context_mask=mask)
+    assert torch.equal(layer(queries, prepared), layer(queries, context, context_mask=mask))
+    with pytest.raises(ValueError, match="context_mask was given with a PreparedContext"):
+        layer(queries, prepared, context_mask=mask)

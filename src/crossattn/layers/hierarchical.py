@@ -23,7 +23,10 @@ from torch import Tensor, nn
 
 from ..functional import cross_attention
 from ._common import check_features, check_mask, check_positive
-from .attention import CrossAttention
+from .attention import CrossAttention, PreparedContext
+
+COARSE_MAX_ELEMENTS = 1 << 24
+"""Coarse weights up to this many elements (64 MiB in float32) use the "reference" backend."""
 
 
 class HierarchicalCrossAttention(nn.Module):
@@ -38,9 +41,12 @@ class HierarchicalCrossAttention(nn.Module):
         query_block_size: queries that share one selection (1 = per query; larger blocks
             gather fewer copies of the keys and run faster).
         bias: biases on the q/k/v projections.
-        backend: backend of the fine `cross_attention` (None: dispatch).
+        backend: backend of the fine `cross_attention` (None: dispatch). The coarse weights
+            use "reference" while they are small, then dispatch (which picks a backend that
+            returns weights).
 
-    Shapes: forward(queries (B, L, query_dim), context (B, S, context_dim), *,
+    Shapes: forward(queries (B, L, query_dim), context (B, S, context_dim) or a
+    `PreparedContext` from ``layer.attn.prepare_context`` (keys and values projected once), *,
     context_mask (B, S) bool or None, True = valid token) -> (B, L, query_dim); with
     return_selection=True also the selected blocks (B, heads, ceil(L / query_block_size), k),
     k = min(top_k, ceil(S / block_size)), block j covering keys [j * block_size, (j + 1) *
@@ -87,24 +93,38 @@ class HierarchicalCrossAttention(nn.Module):
     ) -> Tensor | tuple[Tensor, Tensor]:
         attn = self.attn
         check_features("queries", queries, attn.query_dim, "(B, L, query_dim)")
-        check_features("context", context, attn.context_dim, "(B, S, context_dim)")
         b, length, _ = queries.shape
-        if context.shape[0] != b:
+        if isinstance(context, PreparedContext):
+            if context.layer_id != id(attn):
+                raise ValueError(
+                    "this PreparedContext was made by another layer; use "
+                    "layer.attn.prepare_context(context, context_mask=...) of this layer"
+                )
+            if context_mask is not None:
+                raise ValueError(
+                    "context_mask was given with a PreparedContext, which carries its own mask"
+                )
+            prepared = context
+            s = prepared.length
+        else:
+            check_features("context", context, attn.context_dim, "(B, S, context_dim)")
+            s = context.shape[1]
+            check_mask("context_mask", context_mask, (context.shape[0], s), "(B, S)")
+            prepared = attn.prepare_context(context, context_mask=context_mask)
+        if prepared.batch_size != b:
             raise ValueError(
-                f"queries have B={b} but context has B={context.shape[0]}: queries "
-                f"{tuple(queries.shape)}, context {tuple(context.shape)}"
+                f"queries have B={b} but context has B={prepared.batch_size}: queries "
+                f"{tuple(queries.shape)}, context {tuple(prepared.key.shape)} (B, heads, S, D)"
             )
-        s = context.shape[1]
-        check_mask("context_mask", context_mask, (b, s), "(B, S)")
+        context_mask = prepared.key_mask
         h, d = attn.heads, attn.dim_head
         bs, qbs = self.block_size, self.query_block_size
         nb, nq = -(-s // bs), -(-length // qbs)
         k_sel = min(self.top_k, nb)
 
-        prepared = attn.prepare_context(context)  # key, value (B, H, S, D)
-        key, value = prepared.key, prepared.value
+        key, value = prepared.key, prepared.value  # (B, H, S, D)
         valid = (
-            torch.ones(b, s, dtype=torch.bool, device=context.device)
+            torch.ones(b, s, dtype=torch.bool, device=key.device)
             if context_mask is None
             else context_mask
         )
@@ -113,8 +133,9 @@ class HierarchicalCrossAttention(nn.Module):
             key = torch.cat([key, key.new_zeros(b, h, pad, d)], dim=2)  # (B, H, nb*bs, D)
             value = torch.cat([value, value.new_zeros(b, h, pad, d)], dim=2)
             valid = torch.cat([valid, valid.new_zeros(b, pad)], dim=1)  # (B, nb*bs)
-        key = key.masked_fill(~valid[:, None, :, None], 0.0)  # NaN padding cannot leak
-        value = value.masked_fill(~valid[:, None, :, None], 0.0)
+        if not bool(valid.all()):
+            key = key.masked_fill(~valid[:, None, :, None], 0.0)  # NaN padding cannot leak
+            value = value.masked_fill(~valid[:, None, :, None], 0.0)
 
         q = attn.to_q(queries).view(b, length, h, d).transpose(1, 2)  # (B, H, L, D)
         q = attn.q_norm(q)
@@ -125,10 +146,18 @@ class HierarchicalCrossAttention(nn.Module):
             count = valid_b.sum(dim=-1)  # (B, nb)
             pooled = key.view(b, h, nb, bs, d).sum(dim=3)  # (B, H, nb, D)
             pooled = pooled / count.clamp(min=1)[:, None, :, None].to(pooled.dtype)
+            block_ok = count > 0  # (B, nb)
+            # The coarse weights (B, H, L, nb) are small: the plain einsum backend is the
+            # fastest way to get them; past COARSE_MAX_ELEMENTS, a memory-bounded dispatch.
+            small = b * h * length * nb <= COARSE_MAX_ELEMENTS
             _, coarse = cross_attention(
-                q.detach(), pooled, pooled, key_mask=count > 0, backend=self.backend,
+                q.detach(),
+                pooled,
+                pooled,
+                key_mask=None if bool(block_ok.all()) else block_ok,
+                backend="reference" if small else None,
                 return_weights=True,
-            )  # fmt: skip
+            )
             # coarse (B, H, L, nb); pad L with zero rows, sum per query block
             if nq * qbs != length:
                 coarse = torch.cat([coarse, coarse.new_zeros(b, h, nq * qbs - length, nb)], 2)
@@ -148,6 +177,8 @@ class HierarchicalCrossAttention(nn.Module):
         if nq * qbs != length:
             q = torch.cat([q, q.new_zeros(b, h, nq * qbs - length, d)], dim=2)  # (B, H, nq*qbs, D)
         q_blocks = q.reshape(n, 1, qbs, d)  # (B*H*nq, 1, qbs, D)
+        if bool(m_blocks.all()):
+            m_blocks = None  # nothing padded: let the backend run without a mask
         out = cross_attention(
             q_blocks, k_blocks, v_blocks, key_mask=m_blocks, backend=self.backend
         )  # (B*H*nq, 1, qbs, D)

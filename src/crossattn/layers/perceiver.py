@@ -94,12 +94,21 @@ class LatentCrossAttendBlock(nn.Module):
         """Keys and values (B, heads, S, dim_head) of the normalised inputs, `chunk_size` at a time."""
         attn = self.attn_latents_to_inputs
         b, s, _ = inputs.shape
+        padded = input_mask is not None and not bool(input_mask.all())
+
+        def project(start: int, end: int) -> PreparedContext:
+            part = inputs[:, start:end]  # (B, c, input_dim)
+            if padded:  # padded tokens may hold NaN: zero them before the LayerNorm
+                part = part.masked_fill(~input_mask[:, start:end, None], 0.0)
+            return attn.prepare_context(self.norm_inputs(part))  # key, value (B, Hk, c, D)
+
         if s <= chunk_size:
-            return attn.prepare_context(self.norm_inputs(inputs), context_mask=input_mask)
+            whole = project(0, s)
+            return PreparedContext(whole.key, whole.value, input_mask, layer_id=id(attn))
         key = value = None
         for start in range(0, s, chunk_size):
             end = min(start + chunk_size, s)
-            part = attn.prepare_context(self.norm_inputs(inputs[:, start:end]))  # (B, Hk, c, D)
+            part = project(start, end)
             if key is None:
                 shape = (b, attn.kv_heads, s, attn.dim_head)  # (B, Hk, S, D)
                 key = part.key.new_empty(shape)
@@ -228,9 +237,6 @@ class PerceiverEncoder(nn.Module):
         check_features("inputs", inputs, self.input_dim, "(B, S, input_dim)")
         b, s, _ = inputs.shape
         check_mask("input_mask", input_mask, (b, s), "(B, S)")
-        if input_mask is not None and not bool(input_mask.all()):
-            # Padded inputs are never attended to; zero them so LayerNorm cannot make NaN.
-            inputs = inputs.masked_fill(~input_mask[..., None], 0.0)
         latents = self.latents.to(inputs.dtype).expand(b, -1, -1)  # (B, N, latent_dim)
         auto = self.input_backend == "auto" and inputs.device.type == "cpu"
         prepared: PreparedContext | None = None
