@@ -16,13 +16,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad-lines", action="store_true",
                         help="print an empty line for malformed pairs instead of failing")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: 1 when the cores are already busy, else all)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from ..align import extract_alignment
     from ..data.parallel import read_parallel
     from ..models import Translator
-    from ..train import Encoded, attention_for_pairs
+    from ..train import Encoded, attention_for_pairs, choose_threads
+
+    choose_threads(args.threads)
 
     tr = Translator.load(args.model)
     data = read_parallel(args.data, skip_bad_lines=args.skip_bad_lines)

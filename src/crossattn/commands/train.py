@@ -60,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-seconds", type=float, default=d.eval_seconds)
     g.add_argument("--save-seconds", type=float, default=d.save_seconds)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: 1 when the cores are already busy, else all)",
+    )
 
 
 def options_from_args(args: argparse.Namespace):
@@ -78,7 +83,9 @@ def options_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..train import train
+    from ..train import choose_threads, train
+
+    choose_threads(args.threads)
 
     if args.guided_alignment and not args.alignments:
         raise SystemExit("crossattn train: --guided-alignment needs --alignments FILE")

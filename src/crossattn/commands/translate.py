@@ -17,12 +17,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beam", type=int, default=4, help="beam size (1: greedy)")
     parser.add_argument("--length-penalty", type=float, default=0.6)
     parser.add_argument("--json", action="store_true", help="one JSON object per sentence")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: 1 when the cores are already busy, else all)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
     from ..models import Translator
+    from ..train import choose_threads
+
+    choose_threads(args.threads)
 
     if args.beam < 1:
         raise SystemExit(f"crossattn translate: --beam must be >= 1, got {args.beam}")
