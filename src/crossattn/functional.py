@@ -127,7 +127,11 @@ def cross_attention(
         dropout_p=float(dropout_p),
         return_weights=backend_weights,
     )
-    out, weights = select_backend(inputs, backend).forward(inputs)
+    chosen = select_backend(inputs, backend)  # a pinned backend is checked even when empty
+    if b == 0 or length == 0:
+        out, weights = _empty_result(inputs)
+    else:
+        out, weights = chosen.forward(inputs)
 
     if row_ok is not None:
         out = out.masked_fill(~row_ok, 0.0)
@@ -138,6 +142,23 @@ def cross_attention(
     if return_weights:
         return out, weights
     return out
+
+
+def _empty_result(inputs: AttentionInputs) -> tuple[Tensor, Tensor | None]:
+    """An empty batch (B = 0) or no queries (L = 0): empty results that stay in the graph."""
+    q, k, v = inputs.query, inputs.key, inputs.value
+    b, h, length, _ = q.shape
+    # Joins the autograd graph so that every input gets a (zero) gradient; the results are
+    # empty, so a NaN in key or value cannot show.
+    link = (q.sum() + k.sum() + v.sum()) * 0
+    out = q.new_zeros(b, h, length, v.shape[-1]) + link  # (B, H, L, Ev), empty
+    weights = None
+    if inputs.return_weights:
+        shape = (
+            (b, h, length, k.shape[2]) if inputs.return_weights is True else (b, length, k.shape[2])
+        )
+        weights = q.new_zeros(shape) + link
+    return out, weights
 
 
 def _is_mean(return_weights: object) -> bool:

@@ -7,10 +7,18 @@ from torch import Tensor
 
 
 def lengths_to_key_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
-    """Key mask (B, S) from valid lengths (B,): True for the first ``lengths[b]`` positions."""
+    """Key mask (B, S) from valid lengths (B,): True for the first ``lengths[b]`` positions.
+
+    ``max_len`` is S; it defaults to the longest length.
+    """
+    if not isinstance(lengths, Tensor):
+        raise TypeError(f"lengths must be a tensor (B,), got {type(lengths).__name__}")
     if lengths.dim() != 1:
         raise ValueError(f"lengths must be 1-D (B,), got shape {tuple(lengths.shape)}")
-    size = int(lengths.max().item()) if max_len is None else int(max_len)
+    if max_len is None:
+        size = int(lengths.max().item()) if lengths.numel() else 0
+    else:
+        size = int(max_len)
     positions = torch.arange(size, device=lengths.device)
     return positions[None, :] < lengths[:, None]  # (B, S)
 
@@ -18,11 +26,20 @@ def lengths_to_key_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
 def from_key_padding_mask(key_padding_mask: Tensor) -> Tensor:
     """Convert torch.nn.MultiheadAttention's ``key_padding_mask`` (True = ignore) to a key mask.
 
-    A float padding mask (additive, -inf = ignore) is accepted too.
+    A float padding mask (additive, -inf = ignore) is accepted too. Shape (B, S) is kept.
     """
+    if not isinstance(key_padding_mask, Tensor):
+        raise TypeError(
+            f"key_padding_mask must be a tensor (B, S), got {type(key_padding_mask).__name__}"
+        )
     if key_padding_mask.dtype == torch.bool:
         return ~key_padding_mask
-    return key_padding_mask > float("-inf")
+    if key_padding_mask.is_floating_point():
+        return key_padding_mask > float("-inf")
+    raise TypeError(
+        "key_padding_mask must be bool (True = ignore) or additive float (-inf = ignore), got "
+        f"{key_padding_mask.dtype}; for a 0/1 mask with 1 = ignore use key_padding_mask.bool()"
+    )
 
 
 def causal_mask(q_len: int, kv_len: int | None = None, *, device=None) -> Tensor:
