@@ -16,10 +16,13 @@ TOL = 1e-10  # float64 end to end
 def _copy_attention(mine, theirs: nn.MultiheadAttention) -> None:
     wq, wk, wv = theirs.in_proj_weight.chunk(3, dim=0)
     bq, bk, bv = theirs.in_proj_bias.chunk(3, dim=0)
+    assert mine.to_k.bias is None  # a key bias only shifts every score of a row: left out
     with torch.no_grad():
-        for lin, w, b in ((mine.to_q, wq, bq), (mine.to_k, wk, bk), (mine.to_v, wv, bv)):
+        bk.normal_()  # theirs keeps one: it must not change their output either
+        for lin, w, b in ((mine.to_q, wq, bq), (mine.to_k, wk, None), (mine.to_v, wv, bv)):
             lin.weight.copy_(w)
-            lin.bias.copy_(b)
+            if b is not None:
+                lin.bias.copy_(b)
         mine.to_out.weight.copy_(theirs.out_proj.weight)
         mine.to_out.bias.copy_(theirs.out_proj.bias)
 

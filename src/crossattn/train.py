@@ -56,7 +56,9 @@ class TrainOptions:
     tie_embeddings (see `Seq2SeqConfig`). Optimisation: AdamW with ``lr`` peak, linear warm-up
     over ``warmup`` steps then cosine decay to ``lr * min_lr_ratio`` at the end of the run (the
     end is ``steps`` or ``minutes``, whichever comes first), gradient clipping at ``clip``,
-    label smoothing. ``batch_tokens`` bounds source + target tokens per batch.
+    label smoothing. ``batch_tokens`` bounds source + target tokens per batch. ``stop_after``
+    ends this run after that many steps without changing the schedule (a later ``resume``
+    continues exactly as if the run had not stopped).
 
     Attention losses (on the cross-attention of decoder layer ``attention_layer``, negative
     indices from the top): ``guided_weight`` times the guided-alignment cross-entropy of head
@@ -73,6 +75,7 @@ class TrainOptions:
     steps: int | None = None
     minutes: float | None = None
     resume: bool = False
+    stop_after: int | None = None
     seed: int = 0
     # model
     d_model: int = 256
@@ -300,8 +303,12 @@ def batch_norm(batch: Batch) -> dict[str, float]:
 # --------------------------------------------------------------------------------------- files
 def _atomic(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -658,8 +665,10 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
     dev_metrics: dict[str, float] = dict(state.get("dev", {}))
     while True:
         elapsed = time.perf_counter() - loop_start
-        stop = (opts.steps is not None and step >= opts.steps) or (
-            budget is not None and elapsed >= budget
+        stop = (
+            (opts.steps is not None and step >= opts.steps)
+            or (budget is not None and elapsed >= budget)
+            or (opts.stop_after is not None and step - start_step >= opts.stop_after)
         )
         if dist.any(stop):
             break

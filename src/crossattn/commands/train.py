@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--minutes", type=float, help="wall-clock bound of the training loop (default 4)"
     )
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--stop-after", type=int, help="end this run after N steps (schedule kept)")
     p.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("model")
     g.add_argument("--d-model", type=int, default=d.d_model)

@@ -45,6 +45,13 @@ class FeedForward(nn.Module):
         return self.linear_out(self.dropout(torch.relu(self.linear_in(tokens))))
 
 
+def _drop_key_bias(attn: CrossAttention) -> CrossAttention:
+    """Remove the key projection's bias: it adds the same q.b to every score of a query row, which
+    softmax ignores, so its gradient is pure rounding noise (that Adam would amplify)."""
+    attn.to_k.register_parameter("bias", None)
+    return attn
+
+
 class _Residual(nn.Module):
     """One sub-layer's residual wrapper, pre-norm (x + f(norm(x))) or post-norm (norm(x + f(x)))."""
 
@@ -89,10 +96,10 @@ class TransformerEncoderLayer(nn.Module):
         super().__init__()
         _check_dims(d_model, heads, dim_ff, dropout)
         self.d_model = d_model
-        self.self_attn = CrossAttention(
+        self.self_attn = _drop_key_bias(CrossAttention(
             d_model, heads=heads, dim_head=d_model // heads, bias=True, dropout=dropout,
             backend=backend,
-        )  # fmt: skip
+        ))  # fmt: skip
         self.ffn = FeedForward(d_model, dim_ff, dropout)
         self.attn_block = _Residual(d_model, dropout, norm_first, norm_eps)
         self.ffn_block = _Residual(d_model, dropout, norm_first, norm_eps)
@@ -158,13 +165,13 @@ class TransformerDecoderLayer(nn.Module):
         _check_dims(d_model, heads, dim_ff, dropout)
         self.d_model = d_model
         dim_head = d_model // heads
-        self.self_attn = CrossAttention(
+        self.self_attn = _drop_key_bias(CrossAttention(
             d_model, heads=heads, dim_head=dim_head, bias=True, dropout=dropout, backend=backend
-        )
-        self.cross_attn_target_to_source = CrossAttention(
+        ))  # fmt: skip
+        self.cross_attn_target_to_source = _drop_key_bias(CrossAttention(
             d_model, context_dim, heads=heads, dim_head=dim_head, bias=True, dropout=dropout,
             backend=backend,
-        )  # fmt: skip
+        ))  # fmt: skip
         self.ffn = FeedForward(d_model, dim_ff, dropout)
         self.self_block = _Residual(d_model, dropout, norm_first, norm_eps)
         self.cross_block = _Residual(d_model, dropout, norm_first, norm_eps)

@@ -1,0 +1,247 @@
+"""`crossattn train`, `align` and `translate` end to end on a tiny toy corpus, the losses, resume,
+atomic writes, and 2-process DDP against a single process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from crossattn.cli import main
+from crossattn.train import Batch, TrainOptions, _atomic, batch_loss, batch_norm, collate, train
+
+TINY = ["--d-model", "16", "--heads", "2", "--dim-ff", "24", "--encoder-layers", "1",
+        "--decoder-layers", "2", "--batch-tokens", "300", "--warmup", "2", "--dev-size", "20",
+        "--no-progress", "--threads", "1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    from crossattn.data.toy_translation import generate_corpus, write_corpus
+
+    c = generate_corpus(5, n_train=200, n_dev=0, n_test=12, max_len=10)
+    return write_corpus(c, tmp_path_factory.mktemp("toy"))
+
+
+def _train(corpus, out, *extra) -> dict:
+    args = ["train", "--data", str(corpus["train"]), "--alignments", str(corpus["train_align"])]
+    return main([*args, "--out", str(out), *TINY, *extra])
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def model_dir(corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("model")
+    assert _train(corpus, out, "--steps", "6", "--guided-alignment", "--entropy-weight", "0.01",
+                  "--coverage-weight", "0.01") == 0  # fmt: skip
+    return out
+
+
+@pytest.mark.slow
+def test_train_writes_a_complete_model_dir(model_dir, corpus, capsys):
+    names = sorted(p.name for p in model_dir.iterdir())
+    assert names == sorted(
+        [
+            "config.json",
+            "model.safetensors",
+            "source_vocab.json",
+            "target_vocab.json",
+            "extraction.json",
+            "train_state.json",
+            "optimizer.safetensors",
+        ]
+    )  # fmt: skip  (no temporary file is left behind)
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["model"]["d_model"] == 16 and config["train"]["guided_alignment"] is True
+    state = json.loads((model_dir / "train_state.json").read_text())
+    assert state["step"] == 6 and set(state["dev"]) == {"loss", "ppl", "accuracy"}
+    from crossattn.align import ExtractionConfig
+
+    extraction = ExtractionConfig.from_dict(json.loads((model_dir / "extraction.json").read_text()))
+    assert extraction.dev_aer is not None  # chosen on the held-out split, which has gold
+
+
+@pytest.mark.slow
+def test_train_prints_its_result_on_stdout(corpus, tmp_path, capsys):
+    assert _train(corpus, tmp_path / "m", "--steps", "2") == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    assert result["steps"] == 2 and result["out"] == str(tmp_path / "m")
+    assert "training pairs" in captured.err  # logs go to stderr
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(corpus, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert _train(corpus, straight, "--steps", "6", "--dropout", "0.1") == 0
+    assert _train(corpus, resumed, "--steps", "6", "--stop-after", "3", "--dropout", "0.1") == 0
+    half = _weights(resumed)
+    assert _train(corpus, resumed, "--steps", "6", "--dropout", "0.1", "--resume") == 0
+    a, b = _weights(straight), _weights(resumed)
+    assert any(not torch.equal(half[k], b[k]) for k in b)  # it did train further
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0)
+    assert json.loads((resumed / "train_state.json").read_text())["step"] == 6
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "config.json"
+    target.write_text("old")
+
+    def broken(path):
+        path.write_text("half a fi")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        _atomic(target, broken)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+@pytest.mark.slow
+def test_align_prints_one_pharaoh_line_per_pair(model_dir, corpus, capsys):
+    assert main(["align", "--model", str(model_dir), "--data", str(corpus["test"]),
+                 "--threads", "1"]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    pairs = [line.split(" ||| ") for line in corpus["test"].read_text().splitlines()]
+    assert len(lines) == len(pairs) == 12
+    for line, (src, tgt) in zip(lines, pairs):
+        for link in line.split():
+            m = re.fullmatch(r"(\d+)-(\d+)", link)
+            assert m, line
+            assert int(m[1]) < len(src.split()) and int(m[2]) < len(tgt.split())
+        assert line.split(), "every target word gets a link (argmax rules) or at least one"
+
+
+@pytest.mark.slow
+def test_translate_prints_translation_and_alignment(model_dir, capsys):
+    assert main(["translate", "--model", str(model_dir), "the red car", "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    n_words = len(lines[0].split())
+    for link in lines[1].split():
+        i, j = map(int, link.split("-"))
+        assert i < 3 and j < n_words
+    assert main(["translate", "--model", str(model_dir), "--json", "--beam", "1", "the cat"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["source"] == ["the", "cat"] and isinstance(data["alignment"], list)
+
+
+@pytest.mark.slow
+def test_translator_api(model_dir):
+    from crossattn.models import Translator
+
+    tr = Translator.load(model_dir)
+    r = tr.translate("the red car", beam=2)
+    layers, heads = 2, 2
+    assert r.weights.shape == (layers, heads, len(r.target_tokens), 3)
+    assert r.decoder_attention.shape[2] == len(r.target_tokens) + 1
+    forced = tr.align("the red car", r.target_tokens)
+    assert forced.target_tokens == r.target_tokens
+    if r.target_tokens:
+        torch.testing.assert_close(forced.weights, r.weights, atol=1e-5, rtol=0)
+        assert forced.alignment == r.alignment
+    with pytest.raises(ValueError, match="cannot translate an empty sentence"):
+        tr.translate("   ")
+
+
+def _encoded_batch() -> Batch:
+    from crossattn.train import Encoded
+
+    examples = [
+        Encoded((4, 5, 6), (4, 5), frozenset({(0, 0), (2, 0), (1, 1)})),
+        Encoded((7,), (6, 7, 8), frozenset({(0, 2)})),
+    ]
+    return collate(examples, with_align=True)
+
+
+def test_collate_and_guided_alignment_target():
+    batch = _encoded_batch()
+    assert batch.source.tolist() == [[4, 5, 6], [7, 0, 0]]
+    assert batch.target_in.tolist() == [[1, 4, 5, 0], [1, 6, 7, 8]]
+    assert batch.target_out.tolist() == [[4, 5, 2, 0], [6, 7, 8, 2]]
+    # row j (which predicts target word j) spreads evenly over the source words linked to j
+    assert batch.align[0, 0].tolist() == [0.5, 0.0, 0.5]
+    assert batch.align[0, 1].tolist() == [0.0, 1.0, 0.0]
+    assert batch.align[1, 2].tolist() == [1.0, 0.0, 0.0]
+    assert batch.align[1, :2].sum() == 0 and batch.align[0, 2:].sum() == 0
+    assert batch_norm(batch) == {"tokens": 7.0, "align_rows": 3.0, "source_tokens": 4.0}
+
+
+@pytest.mark.parametrize("term", ["guided", "entropy", "coverage"])
+def test_attention_losses_equal_their_definitions(term):
+    from crossattn.models import Seq2SeqConfig, Seq2SeqTransformer
+
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(Seq2SeqConfig(10, 10, d_model=8, heads=2, encoder_layers=1,
+                                             decoder_layers=2, dim_ff=8, dropout=0.0)).double()  # fmt: skip
+    batch = _encoded_batch()
+    norm = batch_norm(batch)
+    base = TrainOptions(data="", out="", label_smoothing=0.0)
+    opts = TrainOptions(data="", out="", label_smoothing=0.0, attention_layer=-1, attention_head=1,
+                        guided_alignment=term == "guided", guided_weight=0.5,
+                        entropy_weight=0.3 * (term == "entropy"),
+                        coverage_weight=0.2 * (term == "coverage"))  # fmt: skip
+    extra = batch_loss(model, batch, opts, norm).total - batch_loss(model, batch, base, norm).total
+    w = model(batch.source, batch.source_mask, batch.target_in, attention_layers=[1])
+    w = w.cross_weights[1].detach()  # (B, H, T, S)
+    valid = (batch.target_out != 0).double()  # (B, T)
+    if term == "guided":
+        expected = (
+            0.5 * -(batch.align * torch.log(w[:, 1].clamp_min(1e-9))).sum() / norm["align_rows"]
+        )
+    elif term == "entropy":
+        ent = -(w * torch.log(w.clamp_min(1e-9))).sum(-1).mean(1)  # (B, T), mean over heads
+        expected = 0.3 * (ent * valid).sum() / norm["tokens"]
+    else:
+        cov = (w * valid[:, None, :, None]).sum(2)  # (B, H, S)
+        miss = ((cov - 1) ** 2 * batch.source_mask[:, None]).sum() / w.shape[1]
+        expected = 0.2 * miss / norm["source_tokens"]
+    assert extra.item() == pytest.approx(expected.item(), rel=1e-9)
+    if term == "guided":  # the guided loss trains the attention through the weights
+        model.zero_grad()
+        batch_loss(model, batch, opts, norm).total.backward()
+        assert model.decoder[1].cross_attn_target_to_source.to_q.weight.grad.abs().sum() > 0
+
+
+def test_train_errors(corpus, tmp_path):
+    with pytest.raises(ValueError, match="give steps or minutes"):
+        train(TrainOptions(data=str(corpus["train"]), out=str(tmp_path)))
+    with pytest.raises(ValueError, match="guided alignment needs --alignments FILE"):
+        train(TrainOptions(data=str(corpus["train"]), out=str(tmp_path), steps=1,
+                           guided_alignment=True))  # fmt: skip
+    with pytest.raises(ValueError, match="steps must be positive, got 0"):
+        train(TrainOptions(data=str(corpus["train"]), out=str(tmp_path), steps=0))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+                    reason="torchrun is not installed")  # fmt: skip
+def test_ddp_two_processes_match_one(corpus, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    common = ["train", "--data", str(corpus["train"]), "--alignments", str(corpus["train_align"]),
+              *TINY, "--steps", "3", "--dropout", "0", "--guided-alignment"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "crossattn", *common,
+         "--out", str(tmp_path / "ddp")],
+        capture_output=True, text=True, env=env, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es)" in done.stderr
+    assert main([*common, "--out", str(tmp_path / "single")]) == 0
+    a, b = _weights(tmp_path / "ddp"), _weights(tmp_path / "single")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
