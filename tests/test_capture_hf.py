@@ -47,8 +47,10 @@ def tiny_seq2seq(family: str, init_std: float | None = None):
         )  # fmt: skip
         model = transformers.T5ForConditionalGeneration(config)
     model.eval()
-    eager = copy.deepcopy(model)
-    eager.set_attn_implementation("eager")
+    eager = type(model)._from_config(copy.deepcopy(model.config), attn_implementation="eager")
+    eager.load_state_dict(model.state_dict())
+    eager.eval()
+    assert eager.config._attn_implementation == "eager"
     return model, eager
 
 

@@ -154,6 +154,7 @@ def from_topk_parts(values: Tensor, cols: Tensor, size: Sequence[int]) -> Tensor
     crow = crow.expand(*lead, length + 1).contiguous()  # (..., L + 1)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly")
         return torch.sparse_csr_tensor(
             crow,
             cols.to(torch.int32).reshape(*lead, length * k),
