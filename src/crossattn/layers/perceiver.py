@@ -146,8 +146,9 @@ class PerceiverEncoder(nn.Module):
         input_chunk_size: input tokens normalised and projected at a time.
         backend: backend of the latent self-attention (None: dispatch).
         input_backend: backend of the latents-to-inputs attention; "auto" (default) runs the
-            memory-bounded "chunked" backend on the CPU and dispatches elsewhere; None
-            dispatches; a name pins it.
+            memory-bounded "chunked" backend on the CPU (even inside an outer `use_backend`)
+            and dispatches elsewhere; None dispatches (and follows `use_backend`); a name pins
+            it.
 
     Shapes: forward(inputs (B, S, input_dim), input_mask (B, S) bool or None, True = valid
     token) -> latents (B, num_latents, latent_dim).
