@@ -573,3 +573,14 @@ def test_storage_dtype_and_device_none():
         layer(queries, context)
     (m,) = rec.maps["CrossAttention"]
     assert m.dtype == torch.float16 and rec.nbytes == m.numel() * 2
+
+
+def test_hook_point_adds_no_compile_graph_break_when_nothing_records():
+    layer = CrossAttention(12, 10, heads=2, dim_head=3).eval()
+    queries, context, _ = make_inputs(poison=False)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(layer)(queries, context)
+    for reason in explanation.break_reasons:
+        frames = [f"{f.filename}:{f.lineno}" for f in reason.user_stack]
+        assert not any("capture" in f for f in frames), frames
+    torch._dynamo.reset()

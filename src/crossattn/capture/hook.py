@@ -1,7 +1,8 @@
 """The hook point inside `CrossAttention.forward`: which active recorders want this call.
 
-`CrossAttention.forward` asks `layer_call(self)` once per call. With no recorder active (the
-common case) that is one context-variable read and the answer is None. Otherwise it returns a
+`CrossAttention.forward` asks `layer_call(self)` once per call. With no recorder open (the
+common case) that is one read of a module-level int, which torch.compile traces without a graph
+break, and the answer is None. Otherwise it returns a
 `LayerCall`: the layer then asks the op for the weights the recorders need (combined with what
 its caller asked for, so nothing is computed twice) and hands them over with
 `LayerCall.hand_over`, which gives back what the caller asked for.
@@ -11,6 +12,7 @@ This module imports nothing from crossattn, so the layer can import it at start-
 
 from __future__ import annotations
 
+import threading
 from contextvars import ContextVar, Token
 from typing import Any, Literal
 
@@ -20,15 +22,25 @@ WeightsArg = bool | Literal["mean"]
 
 # The recorders whose `with` block is open in this thread / task, innermost last.
 _ACTIVE: ContextVar[tuple[Any, ...]] = ContextVar("crossattn_active_recorders", default=())
+# Open recorders in all threads: a plain int read first, so that a layer with no recorder open
+# anywhere never touches the context variable (which torch.compile cannot trace).
+_OPEN = 0
+_OPEN_LOCK = threading.Lock()
 
 
 def activate(recorder: Any) -> Token:
     """Make `recorder` see every `CrossAttention` call in this context (until `deactivate`)."""
+    global _OPEN
+    with _OPEN_LOCK:
+        _OPEN += 1
     return _ACTIVE.set(_ACTIVE.get() + (recorder,))
 
 
 def deactivate(token: Token) -> None:
+    global _OPEN
     _ACTIVE.reset(token)
+    with _OPEN_LOCK:
+        _OPEN -= 1
 
 
 def _stronger(a: WeightsArg, b: WeightsArg) -> WeightsArg:
@@ -77,6 +89,8 @@ class LayerCall:
 
 def layer_call(layer: Any) -> LayerCall | None:
     """None unless an active recorder wants the weights of this call of `layer`."""
+    if not _OPEN:
+        return None
     recorders = _ACTIVE.get()
     if not recorders:
         return None

@@ -367,6 +367,9 @@ class AttentionRecorder:
                 -1 after the sequence ended.
             layers: names to follow (default: every recorded layer).
 
+        The maps of calls 0..T-1 of each layer are used: record one generation per recorder
+        (or `clear` between generations).
+
         Returns:
             Layer name -> (N, T, S) (head mean) or (N, T, heads, S): at step t, the map of the
             last query position of row ``beam_indices[i, t]``; zeros where the index is -1.
