@@ -19,9 +19,11 @@ hypothesis link, sure or possible. `aer` reproduces the published figures on the
   ignored.
 
 `ExtractionConfig` says how a map becomes links: which layers and heads to average, which of the
-two rows speaks for target word ``j`` (``shift``: ``"feed"`` is row ``j + 1``, the attention
-while the decoder reads ``w_j``, as in shift-att (Chen et al. 2020); ``"predict"`` is row ``j``;
-``"average"`` their mean), and the decision rule. After selecting the rows and the word columns,
+two rows speaks for target word ``j`` (``shift``: ``"predict"`` is row ``j``, the attention
+while the decoder predicts ``w_j``; ``"feed"`` is row ``j + 1``, while it reads ``w_j``, which
+shift-att (Chen et al. 2020) found better for large models; ``"average"`` their mean), and the
+decision rule. On the small translators of ``crossattn train``, ``"predict"`` is far better
+(about 2% AER against over 90% for ``"feed"``, which is off by one word). After selecting the rows and the word columns,
 each row is renormalised to sum to 1 over the source words (attention to EOS is dropped).
 
 `select_extraction` grid-searches the config on a dev split with gold alignments; without gold,
@@ -169,8 +171,8 @@ class ExtractionConfig:
 
     layers: tuple[int, ...] | None = None
     heads: tuple[int, ...] | None = None
-    shift: str = "feed"
-    method: str = "threshold"
+    shift: str = "predict"
+    method: str = "bidirectional"
     threshold: float = 0.3
     dev_aer: float | None = None
 
@@ -233,11 +235,12 @@ class ExtractionConfig:
         return f"layers {layers}, heads {heads}, shift {self.shift}, {rule}"
 
 
-#: Works without gold: the mean over all layers and heads, the row where the decoder reads the
-#: target word, each target word linked to its most attended source word and to every other
-#: source word with at least 0.3 of its attention.
+#: Works without gold: the mean over all layers and heads of the row that predicts the target
+#: word, a link where the target word gives the source word at least 0.3 of its attention *and*
+#: the source word gives the target word at least 0.3 of the attention it receives. On the toy
+#: languages it beats the one-way thresholded mean and the argmax (see docs/alignment.md).
 DEFAULT_EXTRACTION = ExtractionConfig(
-    layers=None, heads=None, shift="feed", method="argmax_threshold", threshold=0.3
+    layers=None, heads=None, shift="predict", method="bidirectional", threshold=0.3
 )
 
 
@@ -400,7 +403,7 @@ def extract_alignment(
 # ----------------------------------------------------------------------------------------------
 # Selection on a dev split
 
-_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7)
+_THRESHOLDS = tuple(round(0.05 + 0.025 * k, 3) for k in range(35))  # 0.05 .. 0.9
 
 
 def _unit_grid(
@@ -505,7 +508,9 @@ def select_extraction(
         n_sure += len(g_sure)
     if not torch.isfinite(padded).all():
         raise ValueError("weights_list holds NaN or inf at the positions of real words")
+    thr = torch.tensor(thresholds, dtype=torch.float32)
     best: tuple[float, ExtractionConfig] | None = None
+    sure_v, poss_v = sure[valid], poss[valid]  # (M,) flags of the real word pairs
     for layers, heads in units if units is not None else _unit_grid(n_layers, n_heads):
         li = _resolve(layers, n_layers, "layers")
         hi = _resolve(heads, n_heads, "heads")
@@ -521,17 +526,60 @@ def select_extraction(
             total = rows.sum(dim=-1, keepdim=True)
             scores = torch.where(total > 0, rows / total.clamp_min(1e-30), torch.zeros_like(rows))
             for method in methods:
-                grid = (0.0,) if method == "argmax" else thresholds
-                for thr in grid:
-                    links = _decide(scores, valid, method, thr)
-                    n_a = int(links.sum())
-                    hit_s = int((links & sure).sum())
-                    hit_p = int((links & poss).sum())
+                if method == "argmax":
+                    links = _decide(scores, valid, "argmax", 0.0)[valid]
+                    counts = _counts_fixed(links, sure_v, poss_v)
+                    candidates = [(0.0, *counts)]
+                elif method == "argmax_threshold":
+                    always = _decide(scores, valid, "argmax", 0.0)[valid]
+                    fixed = _counts_fixed(always, sure_v, poss_v)
+                    rest = _counts_above(
+                        scores[valid][~always], sure_v[~always], poss_v[~always], thr
+                    )
+                    candidates = [
+                        (t, fixed[0] + a, fixed[1] + b, fixed[2] + c) for t, a, b, c in rest
+                    ]
+                elif method == "threshold":
+                    candidates = _counts_above(scores[valid], sure_v, poss_v, thr)
+                else:  # bidirectional: a link needs both normalisations >= t
+                    col_total = scores.sum(dim=-2, keepdim=True)
+                    cols = torch.where(
+                        col_total > 0, scores / col_total.clamp_min(1e-30), torch.zeros_like(scores)
+                    )
+                    both = torch.minimum(scores, cols)[valid]
+                    candidates = _counts_above(both, sure_v, poss_v, thr)
+                for t, n_a, hit_s, hit_p in candidates:
                     err = 1.0 - (hit_s + hit_p) / (n_a + n_sure) if n_a + n_sure else 0.0
                     if best is None or err < best[0] - 1e-12:
-                        config = ExtractionConfig(
-                            layers, heads, shift, method, thr if method != "argmax" else 0.0
-                        )
-                        best = (err, config)
+                        best = (err, ExtractionConfig(layers, heads, shift, method, float(t)))
     assert best is not None
     return replace(best[1], dev_aer=round(best[0], 6))
+
+
+def _counts_fixed(
+    links: torch.Tensor, sure: torch.Tensor, poss: torch.Tensor
+) -> tuple[int, int, int]:
+    return int(links.sum()), int((links & sure).sum()), int((links & poss).sum())
+
+
+def _counts_above(
+    values: torch.Tensor, sure: torch.Tensor, poss: torch.Tensor, thresholds: torch.Tensor
+) -> list[tuple[float, int, int, int]]:
+    """(t, |A|, |A ∩ S|, |A ∩ P|) for A = {values >= t}, for every t of the ascending grid."""
+    import torch
+
+    k = thresholds.numel()
+    # bucket b = how many thresholds are <= the value: the value is >= t_i exactly when b > i
+    bucket = torch.bucketize(values, thresholds.to(values.dtype), right=True)
+    per = torch.stack(
+        [
+            torch.bincount(bucket, minlength=k + 1),
+            torch.bincount(bucket[sure], minlength=k + 1),
+            torch.bincount(bucket[poss], minlength=k + 1),
+        ]
+    )  # (3, K + 1)
+    above = per.flip(1).cumsum(1).flip(1)[:, 1:]  # (3, K): counts with bucket > i
+    return [
+        (round(float(t), 4), int(a), int(b), int(c))
+        for t, (a, b, c) in zip(thresholds.tolist(), above.t().tolist())
+    ]
