@@ -87,6 +87,35 @@ def test_gradients_match_reference_float64(backend, shape, case, gen):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e3 * float64_floor(w), msg=name)
 
 
+@pytest.mark.parametrize(
+    "shape", [(2, 4, 3, 6), (2, 1, 3, 6), (2, 1, 1, 6), (1, 1, 1, 6), (3, 6), (6,), (1, 4, 3, 1)]
+)
+def test_float_mask_gradient_for_every_broadcast_shape(backend, shape, gen):
+    """The gradient of a broadcast float mask is summed back to the mask's own shape."""
+    b, h, hk, length, s, e, ev = SHAPES["gqa"]
+    q, k, v = _qkv(gen, b, h, hk, length, s, e, ev)
+    attn_mask = randn(*shape, generator=gen).requires_grad_()
+    grad_out = randn(b, h, length, ev, generator=gen)
+    leaves = [q, k, v, attn_mask]
+    got = _grads(cross_attention(q, k, v, attn_mask=attn_mask, backend=backend), leaves, grad_out)
+    want = _grads(reference(q, k, v, attn_mask=attn_mask), leaves, grad_out)
+    assert got[3].shape == attn_mask.shape
+    for name, g, w in zip(["query", "key", "value", "attn_mask"], got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e3 * float64_floor(w), msg=name)
+
+
+def test_float_key_mask_gradient_long_context(backend, gen):
+    """Grouped heads, a (B, 1, 1, S) float mask with gradients, S longer than one key block."""
+    q, k, v = _qkv(gen, 1, 2, 1, 3, 1100, 4, 4)
+    attn_mask = randn(1, 1, 1, 1100, generator=gen).requires_grad_()
+    leaves = [q, k, v, attn_mask]
+    grad_out = randn(1, 2, 3, 4, generator=gen)
+    got = _grads(cross_attention(q, k, v, attn_mask=attn_mask, backend=backend), leaves, grad_out)
+    want = _grads(reference(q, k, v, attn_mask=attn_mask), leaves, grad_out)
+    for name, g, w in zip(["query", "key", "value", "attn_mask"], got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e3 * float64_floor(w), msg=name)
+
+
 def test_gradients_of_weights_match_reference(gen):
     """Weights that carry gradients: the dispatched call (which must pick a backend that can)."""
     b, h, hk, length, s, e, ev = SHAPES["gqa"]
