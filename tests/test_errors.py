@@ -434,6 +434,18 @@ def test_prepared_context_errors():
         layer(queries, prepared, context)
     with raises(ValueError, "index must be 1-D (N,), got shape (2, 1)"):
         prepared.index_select(torch.zeros(2, 1, dtype=torch.long))
+    with raises(
+        TypeError,
+        "index must hold integer row numbers, got dtype torch.bool; for a bool row mask pass "
+        "mask.nonzero().squeeze(1)",
+    ):
+        prepared.index_select(torch.tensor([True, False]))
+    with raises(TypeError, "index must hold integer row numbers, got dtype torch.float32"):
+        prepared.index_select(torch.tensor([0.0, 1.0]))
+    assert prepared.index_select([1, 0]).batch_size == 2  # a list of row numbers is fine
+    for bad in (-1, 1.5, True):
+        with raises(ValueError, f"repeats must be a non-negative int, got {bad!r}"):
+            prepared.repeat_interleave(bad)
     with raises(ValueError, "queries have B=2 but the context has B=3"):
         layer(queries, prepared.index_select(torch.tensor([0, 1, 1])))
 

@@ -45,7 +45,18 @@ class PreparedContext:
         return self.key.shape[2]
 
     def index_select(self, index: Tensor) -> PreparedContext:
-        """Rows `index` (N,) of the batch, e.g. the source row of each beam; stored contiguous."""
+        """Rows `index` (N,) of the batch, e.g. the source row of each beam; stored contiguous.
+
+        `index` holds integer row numbers in [0, B); a boolean row mask is refused (select its
+        rows with ``mask.nonzero().squeeze(1)``).
+        """
+        if not isinstance(index, Tensor):
+            index = torch.as_tensor(index)
+        if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+            raise TypeError(
+                f"index must hold integer row numbers, got dtype {index.dtype}; for a bool row "
+                "mask pass mask.nonzero().squeeze(1)"
+            )
         index = index.to(device=self.key.device, dtype=torch.long)
         if index.dim() != 1:
             raise ValueError(f"index must be 1-D (N,), got shape {tuple(index.shape)}")
@@ -58,6 +69,8 @@ class PreparedContext:
 
     def repeat_interleave(self, repeats: int) -> PreparedContext:
         """Repeat each batch row `repeats` times in place: (B, ...) -> (B * repeats, ...)."""
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 0:
+            raise ValueError(f"repeats must be a non-negative int, got {repeats!r}")
         index = torch.arange(self.batch_size, device=self.key.device).repeat_interleave(repeats)
         return self.index_select(index)
 
