@@ -357,6 +357,8 @@ def test_layer_context_mask_shape():
     layer, queries, context = layer_and_inputs()
     with raises(ValueError, "context_mask must have shape (B, S) = (2, 5), got (2, 4)"):
         layer(queries, context, context_mask=torch.ones(2, 4, dtype=torch.bool))
+    with raises(ValueError, "context_mask is on meta but the context is on cpu"):
+        layer(queries, context, context_mask=torch.ones(2, 5, dtype=torch.bool, device="meta"))
 
 
 @pytest.mark.parametrize(

@@ -203,6 +203,11 @@ class CrossAttention(nn.Module):
                     f"context_mask must have shape (B, S) = ({b}, {s}), got "
                     f"{tuple(context_mask.shape)}"
                 )
+            if context_mask.device != context.device:
+                raise ValueError(
+                    f"context_mask is on {context_mask.device} but the context is on "
+                    f"{context.device}"
+                )
         hk, d = self.kv_heads, self.dim_head
         key = self.to_k(context).view(b, s, hk, d).transpose(1, 2)  # (B, Hk, S, D)
         key = self.k_norm(key).contiguous()
