@@ -224,6 +224,8 @@ def test_unet_per_timestep_maps_equal_manual_recomputation(text_mask):
     for name in rec.layer_names:
         assert rec.sources[name] == "diffusers"
         assert rec.timesteps[name] == [float(t) for t in timesteps]
+        h, w = rec.query_grid[name]
+        assert (h, w) in ((8, 6), (4, 3)) and h * w == rec.maps[name][0].shape[-2]
         module = unet.get_submodule(name)
         for t, (hidden, context, mask) in enumerate(seen[name]):
             assert context is text
@@ -238,7 +240,7 @@ def test_unet_per_timestep_maps_equal_manual_recomputation(text_mask):
                 assert torch.equal(got[1, ..., 4:], torch.zeros_like(got[1, ..., 4:]))
 
 
-def test_unet_grid_and_timestep_selection():
+def test_unet_grid_and_timestep_selection(tmp_path):
     unet = tiny_unet()
     sample, text = torch.randn(1, 4, 8, 6), torch.randn(1, 7, 12)
     with torch.no_grad():
@@ -248,7 +250,12 @@ def test_unet_grid_and_timestep_selection():
         with AttentionRecorder(unet, grid=(4, 3), timesteps=[500]) as rec:
             for t in (999, 500):
                 unet(sample, t, encoder_hidden_states=text)
+    path = tmp_path / "unet.safetensors"
+    rec.save(path)
+    back = AttentionRecorder.load(path)
+    assert back.query_grid == rec.query_grid and back.timesteps == rec.timesteps
     for name in rec.layer_names:
+        assert rec.query_grid[name] == (4, 3)
         assert rec.timesteps[name] == [500.0] and rec.steps[name] == [1]
         (got,) = rec.maps[name]
         assert got.shape == (1, 12, 7)

@@ -96,6 +96,9 @@ class AttentionRecorder:
         steps: layer name -> the call index of each recorded map.
         timesteps: layer name -> the diffusion timestep of each recorded map (None if unknown).
         sources: layer name -> the kind of module it is.
+        query_grid: layer name -> (h, w) of its query positions when they form an image (the
+            `grid`, or the size found from the hidden states, `image_size` or the model's
+            ``sample``); row-major, h * w == L.
         metadata: dict saved with the maps (tokens, image size, anything JSON-serialisable).
         nbytes: bytes held by the recorded maps.
     """
@@ -155,6 +158,7 @@ class AttentionRecorder:
         self.steps: dict[str, list[int]] = {}
         self.timesteps: dict[str, list[float | None]] = {}
         self.sources: dict[str, str] = {}
+        self.query_grid: dict[str, tuple[int, int]] = {}
         self.nbytes = 0
         self._calls: dict[str, int] = {}
         self._names: dict[int, str] = {}
@@ -314,6 +318,14 @@ class AttentionRecorder:
         if self.grid is not None:
             hw = image_hw or infer_hw(w.shape[-2], self.image_size or self._sample_hw, name)
             w = to_grid(w, self.grid, hw)
+            self.query_grid[name] = self.grid
+        elif image_hw is not None or self.image_size or self._sample_hw:
+            try:
+                hw = image_hw or infer_hw(w.shape[-2], self.image_size or self._sample_hw, name)
+            except ValueError:
+                hw = None
+            if hw is not None:
+                self.query_grid[name] = hw
         if self.dtype is not None:
             w = w.to(self.dtype)
         if self.top_k is not None:
@@ -390,6 +402,7 @@ class AttentionRecorder:
     def clear(self) -> None:
         """Forget the recorded maps (and the call counts)."""
         self.maps.clear()
+        self.query_grid.clear()
         self.steps.clear()
         self.timesteps.clear()
         self._calls.clear()

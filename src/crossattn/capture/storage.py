@@ -13,6 +13,7 @@ and whose ``__metadata__["crossattn.capture"]`` is a JSON object::
      "heads": "mean" | "all" | [ints], "top_k": k | null, "grid": [gh, gw] | null,
      "layers": [names, in recording order],
      "sources": {name: module kind},
+     "query_grid": {name: [h, w]} for layers whose queries are image positions,
      "maps": {name: [{"key": tensor name, "step": i, "timestep": t | null,
                       "shape": [...], "dtype": "float32", "layout": "dense" | "topk"}]},
      "metadata": {"source_tokens": [...], "target_tokens": [...], ...},
@@ -77,6 +78,7 @@ def save(rec: Any, path: str | PathLike[str]) -> None:
         "grid": None if rec.grid is None else list(rec.grid),
         "layers": list(rec.maps),
         "sources": dict(rec.sources),
+        "query_grid": {name: list(hw) for name, hw in rec.query_grid.items()},
         "maps": index,
         "metadata": rec.metadata,
         "image": image,
@@ -112,6 +114,7 @@ def load(cls: type, path: str | PathLike[str]) -> Any:
     grid = None if header["grid"] is None else tuple(header["grid"])
     rec = cls(heads=heads, top_k=header["top_k"], grid=grid, metadata=header["metadata"])
     rec.sources.update(header["sources"])
+    rec.query_grid.update({n: tuple(hw) for n, hw in header.get("query_grid", {}).items()})
     for name in header["layers"]:
         for entry in header["maps"][name]:
             key = entry["key"]
