@@ -7,7 +7,9 @@
   computed in float64 (or in the `dtype` asked for: the low-precision yardstick).
 - `expected(q, k, v, dtype, **kw)`: the float64 result for inputs rounded to `dtype`, and the
   tolerance derived from it (see `TOLERANCE_FACTOR`).
-- `assert_within(actual, exp, what)`: max abs error against an `Expected`, NaN-aware.
+- `assert_matches(actual, exp)`: an output, or an ``(out, weights)`` tuple, against an
+  `Expected`; `assert_within(actual, ref, tol)`: shapes equal, finite, max abs error <= tol.
+- `backend_reasons(name, q, k, v, ...)`: what a backend says against a call ([] = it runs it).
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ DTYPES: list[torch.dtype] = [torch.float32, torch.float64, torch.bfloat16, torch
 
 TOLERANCE_FACTOR = 3.0
 """k in ``|backend - exact| <= k * |plain math in dtype - exact| + rounding_floor`` (the rule of
-flash-attention's tests). The backends keep softmax statistics in float32 for low-precision inputs, so they are at
-least as accurate as plain math done entirely in the low dtype; k = 3 leaves room for a different
-summation order and for the final rounding of the output to the dtype. Measured: the largest
-ratio |backend - exact| / |plain math in dtype - exact| over every backend (tiny tiles included),
-float32 / bfloat16 / float16, masks and 5 seeds was 1.43 (float32, chunked)."""
+flash-attention's tests). The backends keep softmax statistics in float32 for low-precision
+inputs, so they are at least as accurate as plain math done entirely in the low dtype; k = 3
+leaves room for a different summation order and for the final rounding to the dtype. Measured:
+the largest ratio |backend - exact| / |plain math in dtype - exact| over every backend (tiny
+tiles included), float32, bfloat16 and float16, masks and 5 seeds was 1.43 (chunked, float32).
+"""
 
 
 def float64_floor(reference_value: Tensor) -> float:

@@ -136,7 +136,7 @@ def test_gradients_of_weights_match_reference(gen):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_low_precision_gradients_within_derived_tolerance(backend, dtype, gen):
-    """Gradients in low precision: within k times the error of plain math in that dtype (+ floor)."""
+    """Low-precision gradients: within k times the error of plain math in that dtype, + floor."""
     b, h, hk, length, s, e, ev = SHAPES["gqa"]
     q, k, v = (t.detach().to(dtype) for t in _qkv(gen, b, h, hk, length, s, e, ev))
     key_mask = torch.ones(b, s, dtype=torch.bool)

@@ -464,7 +464,8 @@ def test_mask_helper_errors():
         crossattn.from_key_padding_mask([[True]])
     with pytest.raises(
         TypeError,
-        match="key_padding_mask must be bool \\(True = ignore\\) or additive float \\(-inf = ignore\\), "
+        match="key_padding_mask must be bool \\(True = ignore\\) or additive float "
+        "\\(-inf = ignore\\), "
         "got torch.int64",
     ):
         crossattn.from_key_padding_mask(torch.tensor([[0, 1]]))

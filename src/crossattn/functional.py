@@ -264,8 +264,8 @@ def _check_attn_mask(
     expected = "(" + ", ".join(str(d) for d in full) + ")"
     if attn_mask.dim() > 4:
         raise ValueError(
-            f"attn_mask must be broadcastable to (B, H, L, S) = {expected}, got {attn_mask.dim()}-D "
-            f"shape {_shape(attn_mask)}"
+            f"attn_mask must be broadcastable to (B, H, L, S) = {expected}, got "
+            f"{attn_mask.dim()}-D shape {_shape(attn_mask)}"
         )
     mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
     for got, want in zip(mask.shape, full):
