@@ -47,13 +47,22 @@ def problems(draw):
     return dict(q=q, k=k, v=v, attn_mask=attn_mask, key_mask=key_mask, backend=backend)
 
 
+DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+
+
 @SETTINGS
-@given(problems())
-def test_matches_reference(p):
-    kw = dict(attn_mask=p["attn_mask"], key_mask=p["key_mask"])
+@given(problems(), st.sampled_from(DTYPES))
+def test_matches_reference(p, dtype):
+    """Within the tolerance derived for `dtype` (see conftest.expected)."""
+    attn_mask = p["attn_mask"]
+    if attn_mask is not None and attn_mask.is_floating_point():
+        attn_mask = attn_mask.to(dtype)
+    kw = dict(attn_mask=attn_mask, key_mask=p["key_mask"])
+    q, k, v = (p[name].to(dtype) for name in "qkv")
     with backend_case(p["backend"]) as backend:
-        out = cross_attention(p["q"], p["k"], p["v"], backend=backend, **kw)
-    assert_matches(out, expected(p["q"], p["k"], p["v"], torch.float64, **kw))
+        out = cross_attention(q, k, v, backend=backend, **kw)
+    assert out.dtype == dtype
+    assert_matches(out, expected(q, k, v, dtype, **kw))
 
 
 @SETTINGS
