@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .parallel import ParallelExample
@@ -56,7 +56,9 @@ __all__ = [
     "ToyCorpus",
     "generate_corpus",
     "in_vocabulary",
+    "language_rules",
     "vocabulary",
+    "word_classes",
     "write_corpus",
 ]
 
@@ -537,11 +539,11 @@ def _noun_phrase(
     if relative:
         that = b.add(lex.src["that"])
         out.append([lex.tgt["qui"], [(that, True)]])
-        out += _verb_phrase(b, number_, gender)
+        out += _verb_phrase(b, number_, gender)[0]
     return out, number_, gender
 
 
-def _verb_phrase(b: _Builder, number: str, gender: str) -> list[_Tok]:
+def _verb_phrase(b: _Builder, number: str, gender: str) -> tuple[list[_Tok], str]:
     """Verb group with its object and negation, in target order (agreeing with the subject)."""
     rng, lex = b.rng, b.lex
     rules, src, tgt = lex.rules, lex.src, lex.tgt
@@ -577,7 +579,8 @@ def _verb_phrase(b: _Builder, number: str, gender: str) -> list[_Tok]:
         if kind == "intr":
             v = rng.choice(lex.intransitive)
             vi = b.add(v[1] if base or not sg else v[0])
-            verb_toks = [[w, [(vi, True)]] for w in (v[2] if sg else v[3]).split()]
+            words = (v[2] if sg else v[3]).split()  # "se repose": the clitic "se" is possible
+            verb_toks = [[w, [(vi, k == len(words) - 1)]] for k, w in enumerate(words)]
         else:
             v = rng.choice(lex.transitive)
             vi = b.add(v[1] if base or not sg else v[0])
@@ -611,7 +614,7 @@ def _verb_phrase(b: _Builder, number: str, gender: str) -> list[_Tok]:
     else:
         core = neg_before + verb_toks + neg_after + clitic
     core = core + freq if rules.freq_after_verb else freq + core
-    return obj + core if rules.verb_final else core + obj
+    return (obj + core if rules.verb_final else core + obj), kind
 
 
 def _clause(b: _Builder) -> list[_Tok]:
@@ -621,7 +624,8 @@ def _clause(b: _Builder) -> list[_Tok]:
         subject = [[fr, [(b.add(en), True)]]]
     else:
         subject, number, gender = _noun_phrase(b, animate=True, relative=rng.random() < 0.08)
-    out = subject + _verb_phrase(b, number, gender)
+    verb, kind = _verb_phrase(b, number, gender)
+    out = subject + verb
     r = rng.random()
     if r < 0.35:
         entry = rng.choice(lex.prepositions)
@@ -632,7 +636,8 @@ def _clause(b: _Builder) -> list[_Tok]:
         for k, m in links:
             prep[m][1].append((prep_idx[k], True))
         out += (np_ + prep) if lex.rules.postpositions else (prep + np_)
-    if r > 0.75 or (r < 0.1 and rng.random() < 0.5):
+    # intransitive verbs take a clause-final adverb ("the cat sits here") more often
+    if r > (0.6 if kind == "intr" else 0.75) or (r < 0.1 and rng.random() < 0.5):
         out += _phrase(b, rng.choice(lex.end_adverbs))
     return out
 
@@ -815,3 +820,37 @@ def in_vocabulary(sentence: str | list[str] | tuple[str, ...], language: int = 0
     words = sentence.split(" ") if isinstance(sentence, str) else list(sentence)
     src, _ = vocabulary(language)
     return all(w in src for w in words if w)
+
+
+def word_classes(language: int = 0) -> dict[str, frozenset[str]]:
+    """Source words of ``language`` by grammatical class, for tests and analysis.
+
+    Keys: ``masculine_nouns``, ``feminine_nouns`` (singular forms, by the target's gender),
+    ``plural_nouns``, ``adjectives_before``, ``adjectives_after`` (where the target places them),
+    ``intransitive_verbs``, ``transitive_verbs`` (both verb forms).
+    """
+    lex = _lexicon(language)
+    nouns = lex.animate + lex.inanimate
+    rules = lex.rules
+
+    def before(pre: bool) -> bool:
+        if rules.adjectives == "lexical":
+            return pre
+        if rules.adjectives == "flipped":
+            return not pre
+        return rules.adjectives == "all_pre"
+
+    return {
+        "masculine_nouns": frozenset(n[0] for n in nouns if n[4] == "m"),
+        "feminine_nouns": frozenset(n[0] for n in nouns if n[4] == "f"),
+        "plural_nouns": frozenset(n[1] for n in nouns),
+        "adjectives_before": frozenset(a[0] for a in lex.adjectives if before(a[2])),
+        "adjectives_after": frozenset(a[0] for a in lex.adjectives if not before(a[2])),
+        "intransitive_verbs": frozenset(w for v in lex.intransitive for w in v[:2]),
+        "transitive_verbs": frozenset(w for v in lex.transitive for w in v[:2]),
+    }
+
+
+def language_rules(language: int = 0) -> dict[str, object]:
+    """The target word-order rules of ``language`` (language 0: French-like), as a dict."""
+    return asdict(_lexicon(language).rules)
