@@ -617,3 +617,40 @@ def test_recording_in_training_with_gradients():
     ):
         err = (want.detach().double() - ref).abs().max().item()
         assert_within(got, ref.detach(), 3 * err + float64_floor(ref), what)
+
+
+def module_weights(decoder, tgt, memory, causal, padding):
+    """Each decoder layer's cross-attention weights, asked of its own MultiheadAttention."""
+    x, weights = tgt, []
+    for mod in decoder.layers:
+        sa = mod.self_attn(x, x, x, attn_mask=causal, need_weights=False)[0]
+        h = mod.norm1(x + sa)
+        _, w = mod.multihead_attn(
+            h, memory, memory, key_padding_mask=padding, average_attn_weights=False
+        )
+        weights.append(w)
+        x = mod(x, memory, tgt_mask=causal, memory_key_padding_mask=padding)
+    return weights
+
+
+def test_torch_transformer_decoder_records_only_its_cross_attention():
+    torch.manual_seed(6)
+    layer = nn.TransformerDecoderLayer(16, 4, dim_feedforward=32, dropout=0.0, batch_first=True)
+    decoder = nn.TransformerDecoder(layer, num_layers=2).eval()
+    tgt, memory = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    padding = torch.tensor([[False] * 7, [False] * 4 + [True] * 3])  # True = ignore
+    causal = nn.Transformer.generate_square_subsequent_mask(5)
+    with torch.no_grad():
+        plain = decoder(tgt, memory, tgt_mask=causal, memory_key_padding_mask=padding)
+        with AttentionRecorder(decoder, heads="all") as rec:
+            out = decoder(tgt, memory, tgt_mask=causal, memory_key_padding_mask=padding)
+        wants = module_weights(decoder, tgt, memory, causal, padding)
+        exact = module_weights(
+            copy.deepcopy(decoder).double(), tgt.double(), memory.double(), causal.double(), padding
+        )
+    assert torch.equal(plain, out)
+    assert rec.layer_names == ["layers.0.multihead_attn", "layers.1.multihead_attn"]
+    for name, want, want64 in zip(rec.layer_names, wants, exact):
+        err = (want.double() - want64).abs().max().item()
+        assert_within(rec.maps[name][0], want, 4 * err + float64_floor(want64), name)
+        assert torch.equal(rec.maps[name][0][1, :, :, 4:], torch.zeros(4, 5, 3))
