@@ -56,8 +56,6 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    import torch
-
     from ..align import DEFAULT_EXTRACTION, aer, alignment_scores, extract_alignment
     from ..data.toy_translation import generate_corpus, write_corpus
     from ..models import Translator
@@ -109,7 +107,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"training for at most {minutes:.2f} min (guided alignment: {args.guided_alignment})")
     result = train(opts)
     tr = Translator.load(out / "model")
-    torch.set_grad_enabled(False)
 
     # ---- dev / test: exact match and BLEU (greedy), AER of force-decoded gold pairs ----
     metrics: dict[str, object] = {}
@@ -209,8 +206,11 @@ def _pictures(out, shown) -> str:
     except ImportError:
         print("the HTML viewer (crossattn.viz.to_html) is not available; skipped", file=sys.stderr)
         return f"{len(written)} heatmaps"
-    if shown:
-        _, r, _ = shown[0]
+    nonempty = [r for _, r, scores in shown if scores is not None]
+    if not nonempty:
+        print("no sentence was translated to any word: no viewer written", file=sys.stderr)
+    else:
+        r = nonempty[0]
         to_html(r.weights, list(r.source_tokens), list(r.target_tokens),
                 path=out / "viewer.html", title="crossattn demo",
                 caption=f"{' '.join(r.source_tokens)} -> {r.translation}",
