@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 from torch import nn
 
+from conftest import TOLERANCE_FACTOR
 from crossattn import CrossAttention, PreparedContext
 
 
@@ -339,3 +341,21 @@ def test_from_torch_keeps_dtype_and_dropout():
     assert layer.to_q.weight.dtype == torch.float64
     assert layer.dropout == 0.25
     assert layer.to_out.bias is not None
+
+
+def test_layer_under_autocast(gen):
+    """bfloat16 autocast: inputs and parameters may differ in dtype there; the error stays within
+    k times the error of the whole layer cast to bfloat16 (both against float64)."""
+    layer = build("kv_heads=2", gen)
+    queries, context, _ = inputs(layer, gen)
+    mask = context_mask_for(gen, 2, 7)
+    exact, _ = manual(layer, queries, context, context_mask=mask)
+    layer32 = layer.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer32(queries.float(), context.float(), context_mask=mask)
+    assert out.dtype == torch.bfloat16
+    low = copy.deepcopy(layer32).bfloat16()(
+        queries.bfloat16(), context.bfloat16(), context_mask=mask
+    )
+    yardstick = (low.double() - exact).abs().max().item()
+    assert (out.double() - exact).abs().max().item() <= TOLERANCE_FACTOR * yardstick
