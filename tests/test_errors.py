@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import crossattn
 from crossattn import CrossAttention, cross_attention
 
 
@@ -463,3 +464,38 @@ def test_from_torch_errors():
         ValueError, "from_torch: add_bias_kv and add_zero_attn have no CrossAttention equivalent"
     ):
         CrossAttention.from_torch(nn.MultiheadAttention(8, 2, add_zero_attn=True))
+
+
+# --- registry -------------------------------------------------------------------------------
+
+
+def test_register_backend_errors():
+    from crossattn.backends import Backend, get_backend, register_backend
+
+    class Nameless(Backend):
+        pass
+
+    with raises(ValueError, "register_backend: the backend has no `name`"):
+        register_backend(Nameless())
+    name = crossattn.available_backends()[0]
+    with raises(
+        ValueError,
+        f"register_backend: a backend named {name!r} is already registered; pass replace=True "
+        "to override it",
+    ):
+        register_backend(get_backend(name))
+
+
+def test_when_no_backend_fits_every_reason_is_listed(monkeypatch):
+    """Dispatch over backends that all refuse the call lists each of them with its reasons."""
+    from crossattn.backends import registry
+
+    if "sdpa" not in crossattn.available_backends():
+        pytest.skip("needs the sdpa backend")
+    monkeypatch.setattr(registry, "preference", lambda inputs: ["sdpa"])
+    q, k, v = qkv()
+    with raises(
+        ValueError,
+        "no backend can run this call:\n  sdpa: SDPA returns no attention weights",
+    ):
+        cross_attention(q, k, v, return_weights=True)
