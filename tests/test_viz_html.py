@@ -203,6 +203,19 @@ def test_capture_in_place_of_weights(tmp_path):
     assert again["data"] == data["data"] and again["source"] == SRC
 
 
+def test_top_k_capture_shows_its_dense_map():
+    capture = pytest.importorskip("crossattn.capture")
+    torch.manual_seed(0)
+    model = _Decoder()
+    with capture.AttentionRecorder(model, top_k=2, source_tokens=SRC, target_tokens=TGT) as rec:
+        with torch.no_grad():
+            model(torch.randn(2, 7, 16), torch.randn(2, 5, 12))
+    data = _data(to_html(rec, batch=1))
+    dense = torch.stack([capture.to_dense(rec.maps[n][0])[1] for n in ("first", "second")])
+    assert int((dense[0] > 0).sum(-1).max()) == 2  # only the top 2 keys per query survive
+    assert np.abs(_weights(data)[:, 0] - dense.numpy()).max() <= 1.0 / 65535 * 1.01
+
+
 def test_capture_steps():
     rec = _record(steps=3, length=1, tokens=False)  # three one-token decoding steps
     record = as_record(rec)

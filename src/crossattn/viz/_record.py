@@ -71,7 +71,7 @@ def to_numpy(x: Any, name: str) -> np.ndarray:
     """A tensor, array or nested list as a float32 numpy array (on the CPU, detached)."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
         x = x.detach().cpu()
-        if getattr(x, "is_sparse", False):  # a top-k map of a capture
+        if str(getattr(x, "layout", "torch.strided")) != "torch.strided":  # top-k map (CSR)
             x = x.to_dense()
         if hasattr(x, "float") and x.dtype.is_floating_point and x.dtype.itemsize < 4:
             x = x.float()
