@@ -1,45 +1,86 @@
-"""The chunked backend: online softmax over blocks of queries and keys, in PyTorch.
+"""The chunked backend: online softmax over tiles of queries and keys, in PyTorch.
 
-Its peak extra memory is bounded by the block size, never by L x S: it never holds more than a
-(B, Hk, q_block, k_block) tile of scores. Statistics (running max, sum, accumulator) are kept in
-float32 for float32 and lower-precision inputs, and in float64 for float64 inputs. It returns
-weights, or their head mean, by recomputing them tile by tile from the row log-sum-exp; its
-backward recomputes tiles the same way, so training is memory-bounded too.
+Its peak extra memory is bounded by the tile size, never by L x S: it holds one tile of scores
+(``TILE_ELEMENTS`` of them, a few MiB) and reuses the same buffers for every tile. Statistics
+(running max, sum, accumulator) are kept in float32 for float32 and lower-precision inputs, and
+in float64 for float64 inputs. It returns weights, or their head mean, by recomputing them tile
+by tile from the row log-sum-exp; its backward recomputes tiles the same way, so training is
+memory-bounded too.
 
-Two choices make it fast on the CPU:
-- softmax in base 2: log2(e) is folded into the scale and `exp2` replaces `exp` (fp32 `exp` goes
-  through slow vector maths on some processors);
+What makes it fast on the CPU (see ``benchmarks/RESULTS.md``):
+
+- softmax in base 2: log2(e) is folded into the matmul's scale and `exp2` replaces `exp` (fp32
+  `exp` goes through slow vector maths on some processors);
+- one set of tile buffers per call, written with ``out=``: a fresh large allocation costs a page
+  fault per 4 KiB, more than the arithmetic on it;
+- bfloat16 matmuls (2.6x the float32 rate) with float32 statistics: scores come out of the
+  matmul in bfloat16, are shifted by the row max into float32, exponentiated and summed there,
+  and the normalised probabilities go back to bfloat16 for the value matmul;
 - when the whole context fits one key block (text conditioning, decode steps) there is no online
-  rescaling at all: one matmul, one softmax, one matmul per query block.
+  rescaling: one matmul, one softmax, one matmul per tile, over as many (batch, head) pairs at
+  once as the tile holds (all of them for a decode step);
+- the query heads that share a K/V head are folded into the query length when the mask allows.
+
+float16 matmuls are not used (their scores overflow at 65504): float16 tiles are upcast to
+float32.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .base import LOG2E, AttentionInputs, Backend, grouped_mask, reduce_grad_to
+from .base import LOG2E, AttentionInputs, Backend
 from .reference import compute_dtype
 
-# A score tile holds at most this many elements (4 MiB of float32 statistics per tile).
+# A score tile holds at most about this many elements; every buffer is sized from it.
 TILE_ELEMENTS = 1 << 20
-MAX_K_BLOCK = 1024
-MIN_Q_BLOCK = 16
+# Contexts up to this length are one key block (plain softmax, no online rescaling).
+MAX_SINGLE_BLOCK = 1024
+# Key block of the online softmax for longer contexts.
+K_BLOCK = 1024
+MIN_ROWS = 16
+# Kept for callers that read it: the longest context handled as one key block.
+MAX_K_BLOCK = MAX_SINGLE_BLOCK
+
+
+@dataclass(frozen=True)
+class _Tile:
+    """One tile: K/V batch entries [i0, i1) of B*Hk, a query group (or None), rows [r0, r1)."""
+
+    index: int
+    i0: int
+    i1: int
+    group: int | None  # None: query heads are folded into the rows (rows = G*L)
+    r0: int
+    r1: int
 
 
 @dataclass(frozen=True)
 class _Plan:
-    """How the rows (B, Hk, G*L) and the keys S are cut into tiles."""
+    """How the (B*Hk, rows, S) problem is cut into tiles."""
 
-    groups: int
-    q_len: int
-    kv_len: int
-    q_block: int
+    batch: int  # B
+    kv_heads: int  # Hk
+    groups: int  # G = H / Hk
+    q_len: int  # L
+    kv_len: int  # S
+    fold: bool  # rows are the G*L queries of a K/V head; else one group's L queries at a time
+    batch_block: int
+    row_block: int
     k_block: int
-    per_group: bool  # rows of different query heads in a group must stay in separate tiles
+
+    @property
+    def entries(self) -> int:
+        return self.batch * self.kv_heads
+
+    @property
+    def rows(self) -> int:
+        return self.groups * self.q_len if self.fold else self.q_len
 
     def k_slices(self) -> list[slice]:
         return [
@@ -47,200 +88,310 @@ class _Plan:
             for j in range(0, self.kv_len, self.k_block)
         ]
 
-    def row_tiles(self) -> Iterator[tuple[int | None, slice, slice]]:
-        """Yield (group index or None, rows in (G*L), query positions in L)."""
-        if not self.per_group:
-            total = self.groups * self.q_len
-            for r in range(0, total, self.q_block):
-                yield None, slice(r, min(r + self.q_block, total)), slice(None)
-            return
-        for g in range(self.groups):
-            base = g * self.q_len
-            for r in range(0, self.q_len, self.q_block):
-                end = min(r + self.q_block, self.q_len)
-                yield g, slice(base + r, base + end), slice(r, end)
+    def tiles(self) -> Iterator[_Tile]:
+        groups: list[int | None] = [None] if self.fold else list(range(self.groups))
+        index = 0
+        for g in groups:
+            for i0 in range(0, self.entries, self.batch_block):
+                i1 = min(i0 + self.batch_block, self.entries)
+                for r0 in range(0, self.rows, self.row_block):
+                    yield _Tile(index, i0, i1, g, r0, min(r0 + self.row_block, self.rows))
+                    index += 1
 
 
-def plan(inputs: AttentionInputs, q_block: int | None, k_block: int | None) -> _Plan:
-    b, hk, s = inputs.batch, inputs.kv_heads, inputs.kv_len
-    g, length = inputs.groups, inputs.q_len
-    kb = k_block or min(s, MAX_K_BLOCK)
-    qb = q_block or max(MIN_Q_BLOCK, TILE_ELEMENTS // max(1, b * hk * kb))
+def plan(
+    inputs: AttentionInputs,
+    tile_elements: int = TILE_ELEMENTS,
+    k_block: int | None = None,
+    single_block: int = MAX_SINGLE_BLOCK,
+) -> _Plan:
+    """Choose the tiling: whole rows of several heads for short contexts, row blocks otherwise."""
+    b, hk, g, length, s = (
+        inputs.batch,
+        inputs.kv_heads,
+        inputs.groups,
+        inputs.q_len,
+        inputs.kv_len,
+    )
     mask = inputs.mask
-    mask_varies = mask is not None and (mask.shape[1] > 1 or mask.shape[2] > 1)
-    per_group = g > 1 and (mask_varies or bool(inputs.return_weights))
-    return _Plan(g, length, s, qb, kb, per_group)
+    # Folding G query heads into the rows needs a mask that is the same for every head and query.
+    fold = g == 1 or mask is None or (mask.shape[1] == 1 and mask.shape[2] == 1)
+    rows = g * length if fold else length
+    if k_block is None:
+        k_block = s if s <= single_block else K_BLOCK
+    kb = min(k_block, s)
+    if rows * kb <= tile_elements:
+        row_block = rows
+        batch_block = max(1, min(b * hk, tile_elements // (rows * kb)))
+    else:
+        batch_block = 1
+        row_block = max(MIN_ROWS, tile_elements // kb)
+        row_block = -(-rows // -(-rows // row_block))  # even tiles, no small last one
+    return _Plan(b, hk, g, length, s, fold, batch_block, row_block, kb)
 
 
-def _mask_tile(mask5: Tensor | None, g: int | None, qpos: slice, ks: slice) -> Tensor | None:
-    """The (B|1, Hk|1, rows|1, sk) slice of a grouped mask (B|1, Hk|1, G|1, L|1, S|1)."""
-    if mask5 is None:
-        return None
-    m = mask5[:, :, 0 if (g is None or mask5.shape[2] == 1) else g]  # (B|1, Hk|1, L|1, S|1)
-    if m.shape[2] > 1:
-        m = m[:, :, qpos]
-    if m.shape[3] > 1:
-        m = m[:, :, :, ks]
-    return m
+def _buffer(flat: Tensor, *shape: int) -> Tensor:
+    """A contiguous view of the first prod(shape) elements of a reusable flat buffer."""
+    return flat[: math.prod(shape)].view(shape)
+
+
+class _Operands:
+    """Per-call state: flattened (B*Hk) operands, scale in log2 units, mask access."""
+
+    def __init__(self, inputs: AttentionInputs, plan_: _Plan):
+        self.inputs = inputs
+        self.plan = plan_
+        self.acc = compute_dtype(inputs.dtype)
+        # Matmul dtype: bfloat16 runs its own matmuls; float16 is upcast (its scores overflow).
+        self.mm = torch.float32 if inputs.dtype == torch.float16 else inputs.dtype
+        self.low = self.mm != self.acc
+        b, h, length, e = inputs.query.shape
+        hk, g, n = inputs.kv_heads, plan_.groups, plan_.entries
+        ev = inputs.value.shape[-1]
+        self.ev = ev
+        q5 = inputs.query.reshape(b, hk, g, length, e)  # (B, Hk, G, L, E)
+        if plan_.fold:
+            self.q_groups = [q5.reshape(n, g * length, e)]  # (B*Hk, G*L, E)
+        else:
+            self.q_groups = [q5[:, :, gi].reshape(n, length, e) for gi in range(g)]  # (B*Hk, L, E)
+        self.key_t = inputs.key.reshape(n, -1, e).transpose(1, 2)  # (B*Hk, E, S)
+        self.value = inputs.value.reshape(n, -1, ev)  # (B*Hk, S, Ev)
+        self.scale2 = inputs.scale * LOG2E  # scores in log2 units
+        mask = inputs.mask
+        self.mask = mask  # (B|1, H|1, L|1, S|1)
+        self.mask_is_bool = mask is not None and mask.dtype == torch.bool
+        self.floor = -torch.finfo(self.acc).max
+
+    def q_rows(self, t: _Tile) -> Tensor:
+        rows = self.q_groups[0 if t.group is None else t.group]
+        return rows[t.i0 : t.i1, t.r0 : t.r1]  # (n, rows, E)
+
+    def mask_tile(self, t: _Tile, ks: slice) -> Tensor | None:
+        """The mask of one tile, broadcastable to (n, rows, sk)."""
+        mask = self.mask
+        if mask is None:
+            return None
+        p = self.plan
+        bm, hm, lm, sm = mask.shape
+        lsl = slice(t.r0, t.r1) if lm > 1 else slice(None)  # rows are queries when lm > 1
+        ksl = ks if sm > 1 else slice(None)
+        g = 0 if t.group is None else t.group
+        b0, b1 = t.i0 // p.kv_heads, (t.i1 - 1) // p.kv_heads
+        if bm == 1 and hm == 1:
+            return mask[0, 0, lsl, ksl].unsqueeze(0)  # (1, rows|1, sk|1)
+        if b0 == b1:
+            h0 = (t.i0 % p.kv_heads) * p.groups + g
+            h1 = ((t.i1 - 1) % p.kv_heads) * p.groups + g + 1
+            hsl = slice(h0, h1, p.groups) if hm > 1 else slice(None)
+            return mask[b0 if bm > 1 else 0, hsl, lsl, ksl]  # (n|1, rows|1, sk|1)
+        entries = torch.arange(t.i0, t.i1, device=mask.device)
+        b_idx = entries // p.kv_heads if bm > 1 else torch.zeros_like(entries)
+        h_idx = (entries % p.kv_heads) * p.groups + g if hm > 1 else torch.zeros_like(entries)
+        return mask[:, :, lsl, ksl][b_idx, h_idx]  # (n, rows|1, sk|1)
+
+    def scores(self, t: _Tile, ks: slice, raw: Tensor, shifted: Tensor) -> Tensor:
+        """Masked scores of one tile in log2 units into `raw` (matmul dtype): (n, rows, sk).
+
+        For a float mask on low-precision inputs the masked scores land in `shifted` (float32)
+        instead, so that the mask is added in float32; the returned tensor says which.
+        """
+        q = self.q_rows(t)
+        k = self.key_t[t.i0 : t.i1, :, ks]
+        if self.mm != q.dtype:
+            q, k = q.to(self.mm), k.to(self.mm)
+        s = torch.baddbmm(raw, q, k, beta=0.0, alpha=self.scale2, out=raw)
+        m = self.mask_tile(t, ks)
+        if m is None:
+            return s
+        if self.mask_is_bool:
+            return s.masked_fill_(~m, float("-inf"))
+        if self.low:
+            shifted.copy_(s)
+            s = shifted
+        s.add_(m, alpha=LOG2E)
+        # A mask of finfo.min times log2(e) overflows to -inf; keep such scores finite, as the
+        # reference does, so that a row masked this way everywhere stays a uniform softmax.
+        return s.clamp_(min=self.floor)
+
+    def values(self, t: _Tile, ks: slice) -> Tensor:
+        v = self.value[t.i0 : t.i1, ks]  # (n, sk, Ev)
+        return v.to(self.mm) if v.dtype != self.mm else v
 
 
 def _keep_tile(seed: int, index: int, shape: torch.Size, p: float, device: torch.device) -> Tensor:
-    """The dropout keep-mask of one tile, regenerated identically in the backward pass."""
+    """The dropout keep-mask of one tile and key block, regenerated identically in backward."""
     gen = torch.Generator(device=device)
     gen.manual_seed((seed + 7919 * index) % (1 << 62))
     return torch.rand(shape, generator=gen, device=device) >= p
 
 
-class _Tiles:
-    """Shared per-call state: grouped tensors, scaled queries, log2-domain mask."""
+class _Weights:
+    """Where the weights go: per head (B, H, L, S), or a float32 head sum (B, L, S)."""
 
-    def __init__(self, inputs: AttentionInputs, plan_: _Plan, seed: int):
-        self.inputs = inputs
+    def __init__(self, inputs: AttentionInputs, plan_: _Plan):
+        self.mode = inputs.return_weights
         self.plan = plan_
-        self.seed = seed
-        self.acc = compute_dtype(inputs.dtype)
-        b, h, length, e = inputs.query.shape
-        hk = inputs.kv_heads
-        self.rows_q = inputs.query.reshape(b, hk, plan_.groups * length, e)  # (B, Hk, G*L, E)
-        self.scale2 = inputs.scale * LOG2E  # scores in log2 units
-        self.key_t = inputs.key.transpose(-1, -2)  # (B, Hk, E, S)
-        mask5 = grouped_mask(inputs.mask, h, plan_.groups)  # (B|1, Hk|1, G|1, L|1, S|1)
-        self.mask_is_bool = mask5 is not None and mask5.dtype == torch.bool
-        if mask5 is not None:
-            # Bool: positions to block. Float: the additive mask in log2 units, statistics dtype.
-            mask5 = ~mask5 if self.mask_is_bool else mask5.detach().to(self.acc) * LOG2E
-        self.mask5 = mask5
-
-    def scores(self, q_tile: Tensor, g: int | None, qpos: slice, ks: slice) -> Tensor:
-        """Scores of one tile in log2 units, statistics dtype: (B, Hk, rows, sk)."""
-        s = torch.matmul(q_tile, self.key_t[..., ks])
-        s = s.to(self.acc) if s.dtype != self.acc else s
-        s.mul_(self.scale2)
-        m = _mask_tile(self.mask5, g, qpos, ks)
-        if m is not None:
-            if self.mask_is_bool:
-                s.masked_fill_(m, float("-inf"))
+        b, h, length, s = plan_.batch, inputs.heads, plan_.q_len, plan_.kv_len
+        if self.mode == "mean":
+            acc = compute_dtype(inputs.dtype)
+            self.sum = torch.zeros(b, length, s, dtype=acc, device=inputs.device)
+        elif self.mode:
+            self.full = torch.empty(b, h, length, s, dtype=inputs.dtype, device=inputs.device)
+            hk, g = plan_.kv_heads, plan_.groups
+            w5 = self.full.view(b, hk, g, length, s)  # (B, Hk, G, L, S)
+            if plan_.fold:
+                self.rows = [w5.view(b * hk, g * length, s)]  # (B*Hk, G*L, S)
             else:
-                s.add_(m)
-        return s
+                self.rows = [w5[:, :, gi].view(b * hk, length, s) for gi in range(g)]
+        self.heads = h
 
-    def keep(self, tile_index: int, shape: torch.Size) -> Tensor | None:
-        p = self.inputs.dropout_p
-        if p <= 0.0:
-            return None
-        return _keep_tile(self.seed, tile_index, shape, p, self.inputs.device)
+    def store(self, t: _Tile, ks: slice, probs: Tensor) -> None:
+        """Write one tile of normalised probabilities (n, rows, sk)."""
+        if self.mode != "mean":
+            self.rows[0 if t.group is None else t.group][t.i0 : t.i1, t.r0 : t.r1, ks] = probs
+            return
+        p, length = self.plan, self.plan.q_len
+        for b in range(t.i0 // p.kv_heads, (t.i1 - 1) // p.kv_heads + 1):
+            lo, hi = max(t.i0, b * p.kv_heads), min(t.i1, (b + 1) * p.kv_heads)
+            head_sum = probs[lo - t.i0 : hi - t.i0].sum(dim=0)  # (rows, sk)
+            if t.group is not None or p.groups == 1:
+                self.sum[b, t.r0 : t.r1, ks] += head_sum
+                continue
+            # Folded rows r = g * L + l: add each group's segment at its query positions.
+            for g in range(t.r0 // length, (t.r1 - 1) // length + 1):
+                a, z = max(t.r0, g * length), min(t.r1, (g + 1) * length)
+                self.sum[b, a - g * length : z - g * length, ks] += head_sum[a - t.r0 : z - t.r0]
 
-
-def _neg_inf_to_zero(m: Tensor) -> Tensor:
-    return torch.where(m == float("-inf"), torch.zeros_like(m), m)
+    def result(self, dtype: torch.dtype) -> Tensor | None:
+        if self.mode == "mean":
+            return self.sum.div_(self.heads).to(dtype)  # (B, L, S)
+        if self.mode:
+            return self.full  # (B, H, L, S)
+        return None
 
 
 def chunked_forward(
     inputs: AttentionInputs, plan_: _Plan, seed: int, need_lse: bool
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Returns out (B, H, L, Ev), weights (as asked, or None), lse2 (B, Hk, G*L) or None."""
-    t = _Tiles(inputs, plan_, seed)
+    """Returns out (B, H, L, Ev), weights (as asked, or None), lse2 (B*Hk, rows...) or None.
+
+    lse2 is the row log2-sum-exp2 of the scaled scores, one (B*Hk, rows) tensor per query
+    group (a single one when the groups are folded), in the statistics dtype.
+    """
+    ops = _Operands(inputs, plan_)
+    acc, dev = ops.acc, inputs.device
     b, h, length, _ = inputs.query.shape
-    hk, ev, acc_dtype = inputs.kv_heads, inputs.value.shape[-1], t.acc
-    rows_total = plan_.groups * length
-    v = inputs.value
-    out = torch.empty(b, hk, rows_total, ev, dtype=inputs.dtype, device=inputs.device)
-    lse2 = (
-        torch.empty(b, hk, rows_total, dtype=acc_dtype, device=inputs.device) if need_lse else None
-    )
-    mode = inputs.return_weights
-    if mode == "mean":
-        weights = torch.zeros(b, length, plan_.kv_len, dtype=acc_dtype, device=inputs.device)
-    elif mode:
-        weights = torch.empty(
-            b, hk, plan_.groups, length, plan_.kv_len, dtype=inputs.dtype, device=inputs.device
-        )
+    n_all, hk, g, ev = plan_.entries, plan_.kv_heads, plan_.groups, ops.ev
+    out = torch.empty(b, hk, g, length, ev, dtype=inputs.dtype, device=dev)  # (B, Hk, G, L, Ev)
+    if plan_.fold:
+        out_rows = [out.view(n_all, g * length, ev)]  # (B*Hk, G*L, Ev)
     else:
-        weights = None
+        out_rows = [out[:, :, gi].view(n_all, length, ev) for gi in range(g)]  # strided views
+    lse2 = None
+    if need_lse:
+        lse2 = [
+            torch.empty(n_all, plan_.rows, dtype=acc, device=dev)
+            for _ in range(1 if plan_.fold else g)
+        ]
+    weights = _Weights(inputs, plan_)
     k_slices = plan_.k_slices()
     single = len(k_slices) == 1
-    low_precision = v.dtype != acc_dtype
-    drop_scale = 1.0 / (1.0 - inputs.dropout_p) if inputs.dropout_p > 0 else 1.0
-    tile_index = 0
-    for g, rows, qpos in plan_.row_tiles():
-        q_tile = t.rows_q[:, :, rows]  # (B, Hk, rows, E)
+    n_k = len(k_slices)
+    p_drop = inputs.dropout_p
+    keep_frac = 1.0 - p_drop
+
+    # One set of buffers for every tile.
+    tile_max = plan_.batch_block * plan_.row_block
+    tile_elems = tile_max * plan_.k_block
+    shifted_flat = torch.empty(tile_elems, dtype=acc, device=dev)  # float32/64 probabilities
+    raw_flat = torch.empty(tile_elems, dtype=ops.mm, device=dev) if ops.low else shifted_flat
+    stat_flat = torch.empty(3 * tile_max, dtype=acc, device=dev)
+    acc_flat = None if single else torch.empty(tile_max * ev, dtype=acc, device=dev)
+    pv_flat = torch.empty(tile_max * ev, dtype=ops.mm, device=dev) if ops.low else None
+
+    for t in plan_.tiles():
+        n, rows = t.i1 - t.i0, t.r1 - t.r0
+        gi = 0 if t.group is None else t.group
+        dst = out_rows[gi][t.i0 : t.i1, t.r0 : t.r1]  # (n, rows, Ev)
         if single:
             ks = k_slices[0]
-            p = t.scores(q_tile, g, qpos, ks)  # (B, Hk, rows, S)
-            m = p.amax(dim=-1, keepdim=True)
-            p.sub_(m)
-            torch.exp2(p, out=p)
-            denom = p.sum(dim=-1, keepdim=True)  # (B, Hk, rows, 1)
-            if weights is not None:
-                _store_weights(weights, mode, p / denom, g, qpos, rows, length, plan_)
-            keep = t.keep(tile_index, p.shape)
-            tile_index += 1
-            pv = p.to(v.dtype) if low_precision else p
-            if keep is not None:
-                pv = pv * keep * drop_scale
-            o = torch.matmul(pv, v)  # (B, Hk, rows, Ev)
-            if low_precision:
-                o = o.to(acc_dtype)
-            o.div_(denom)
-            out[:, :, rows] = o
+            sk = ks.stop - ks.start
+            raw = _buffer(raw_flat, n, rows, sk)
+            shifted = _buffer(shifted_flat, n, rows, sk)
+            s = ops.scores(t, ks, raw, shifted)
+            row_max = torch.amax(s, dim=-1, keepdim=True)  # (n, rows, 1)
+            row_max = row_max.to(acc).clamp_(min=ops.floor)
+            torch.sub(s, row_max, out=shifted)
+            torch.exp2(shifted, out=shifted)
+            denom = torch.sum(shifted, dim=-1, keepdim=True, out=_buffer(stat_flat, n, rows, 1))
             if lse2 is not None:
-                lse2[:, :, rows] = (m + torch.log2(denom)).squeeze(-1)
+                lse2[gi][t.i0 : t.i1, t.r0 : t.r1] = (row_max + torch.log2(denom)).squeeze(-1)
+            if weights.mode:
+                shifted.div_(denom)
+                weights.store(t, ks, shifted)
+                denom = None
+            if p_drop > 0.0:
+                shifted.mul_(_keep_tile(seed, t.index * n_k, shifted.shape, p_drop, dev))
+                denom = keep_frac if denom is None else denom.mul_(keep_frac)
+            if ops.low:
+                # probabilities back to the matmul dtype, normalised on the way when not yet
+                probs = raw  # the raw scores are no longer needed: reuse their buffer
+                if denom is None:
+                    probs.copy_(shifted)
+                else:
+                    torch.div(shifted, denom, out=probs)
+            else:
+                probs = shifted if denom is None else shifted.div_(denom)
+            v = ops.values(t, ks)
+            if dst.dtype == probs.dtype and dst.is_contiguous():
+                torch.bmm(probs, v, out=dst)
+            else:
+                dst.copy_(torch.bmm(probs, v))
             continue
-        n = rows.stop - rows.start
-        run_max = torch.full((b, hk, n, 1), float("-inf"), dtype=acc_dtype, device=inputs.device)
-        run_sum = torch.zeros(b, hk, n, 1, dtype=acc_dtype, device=inputs.device)
-        acc = torch.zeros(b, hk, n, ev, dtype=acc_dtype, device=inputs.device)
-        for ks in k_slices:
-            p = t.scores(q_tile, g, qpos, ks)  # (B, Hk, rows, sk)
-            new_max = torch.maximum(run_max, p.amax(dim=-1, keepdim=True))
-            safe_max = _neg_inf_to_zero(new_max)
-            p.sub_(safe_max)
-            torch.exp2(p, out=p)
-            alpha = torch.exp2(run_max - safe_max)
-            run_sum.mul_(alpha).add_(p.sum(dim=-1, keepdim=True))
-            keep = t.keep(tile_index, p.shape)
-            tile_index += 1
-            pv = p.to(v.dtype) if low_precision else p
-            if keep is not None:
-                pv = pv * keep * drop_scale
-            acc.mul_(alpha).add_(torch.matmul(pv, v[:, :, ks]))
-            run_max = new_max
-        row_lse2 = run_max + torch.log2(run_sum)  # (B, Hk, rows, 1)
-        out[:, :, rows] = acc.div_(run_sum)
+
+        # Online softmax over key blocks.
+        run_max = _buffer(stat_flat, n, rows, 1).fill_(float("-inf"))
+        run_sum = _buffer(stat_flat[tile_max:], n, rows, 1).zero_()
+        safe_max = _buffer(stat_flat[2 * tile_max :], n, rows, 1)
+        acc_o = _buffer(acc_flat, n, rows, ev).zero_()
+        for j, ks in enumerate(k_slices):
+            sk = ks.stop - ks.start
+            raw = _buffer(raw_flat, n, rows, sk)
+            shifted = _buffer(shifted_flat, n, rows, sk)
+            s = ops.scores(t, ks, raw, shifted)
+            new_max = torch.maximum(run_max, torch.amax(s, dim=-1, keepdim=True).to(acc))
+            torch.clamp(new_max, min=ops.floor, out=safe_max)
+            torch.sub(s, safe_max, out=shifted)
+            torch.exp2(shifted, out=shifted)
+            alpha = torch.exp2(run_max.sub_(safe_max))  # rescales what came before
+            run_sum.mul_(alpha).add_(shifted.sum(dim=-1, keepdim=True))
+            if p_drop > 0.0:
+                shifted.mul_(_keep_tile(seed, t.index * n_k + j, shifted.shape, p_drop, dev))
+            acc_o.mul_(alpha)
+            v = ops.values(t, ks)
+            if ops.low:
+                probs = raw.copy_(shifted)
+                acc_o.add_(torch.bmm(probs, v, out=_buffer(pv_flat, n, rows, ev)))
+            else:
+                torch.baddbmm(acc_o, shifted, v, out=acc_o)
+            run_max.copy_(new_max)
+        denom = run_sum if p_drop == 0.0 else run_sum * keep_frac
+        dst.copy_(acc_o.div_(denom))
+        if lse2 is None and not weights.mode:
+            continue
+        row_lse2 = safe_max.copy_(run_max).clamp_(min=ops.floor).add_(torch.log2(run_sum))
         if lse2 is not None:
-            lse2[:, :, rows] = row_lse2.squeeze(-1)
-        if weights is not None:
+            lse2[gi][t.i0 : t.i1, t.r0 : t.r1] = row_lse2.squeeze(-1)
+        if weights.mode:
             for ks in k_slices:
-                p = t.scores(q_tile, g, qpos, ks)
-                p.sub_(row_lse2)
-                torch.exp2(p, out=p)
-                _store_weights(weights, mode, p, g, qpos, rows, length, plan_, ks)
+                sk = ks.stop - ks.start
+                raw = _buffer(raw_flat, n, rows, sk)
+                shifted = _buffer(shifted_flat, n, rows, sk)
+                s = ops.scores(t, ks, raw, shifted)
+                torch.sub(s, row_lse2, out=shifted)
+                weights.store(t, ks, torch.exp2(shifted, out=shifted))
     out = out.view(b, h, length, ev)  # (B, H, L, Ev)
-    if mode == "mean":
-        weights = weights.div_(h).to(inputs.dtype)  # (B, L, S)
-    elif mode:
-        weights = weights.view(b, h, length, plan_.kv_len)  # (B, H, L, S)
-    return out, weights, lse2
-
-
-def _store_weights(
-    weights: Tensor,
-    mode: object,
-    probs: Tensor,
-    g: int | None,
-    qpos: slice,
-    rows: slice,
-    length: int,
-    plan_: _Plan,
-    ks: slice = slice(None),
-) -> None:
-    """Write one tile of normalised probabilities (B, Hk, rows, sk) into the weights."""
-    if g is None:  # a single query head per K/V head: rows are query positions
-        g, qpos = 0, rows
-    if mode == "mean":
-        weights[:, qpos, ks] += probs.sum(dim=1)  # (B, rows, sk): sum over heads, / H later
-    else:
-        weights[:, :, g, qpos, ks] = probs
+    return out, weights.result(inputs.dtype), lse2
 
 
 class _ChunkedAttention(torch.autograd.Function):
@@ -249,13 +400,13 @@ class _ChunkedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, mask, inputs, plan_, seed):  # type: ignore[override]
         out, _, lse2 = chunked_forward(inputs, plan_, seed, need_lse=True)
-        ctx.save_for_backward(query, key, value, mask, out, lse2)
+        ctx.save_for_backward(query, key, value, mask, out, *lse2)
         ctx.meta = (inputs, plan_, seed)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        query, key, value, mask, out, lse2 = ctx.saved_tensors
+        query, key, value, mask, out, *lse2 = ctx.saved_tensors
         inputs, plan_, seed = ctx.meta
         grads = chunked_backward(inputs, plan_, seed, out, lse2, grad_out, ctx.needs_input_grad)
         return (*grads, None, None, None)
@@ -266,83 +417,118 @@ def chunked_backward(
     plan_: _Plan,
     seed: int,
     out: Tensor,
-    lse2: Tensor,
+    lse2: list[Tensor],
     grad_out: Tensor,
     needs: tuple[bool, ...],
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
-    t = _Tiles(inputs, plan_, seed)
-    acc_dtype = t.acc
+    """Gradients of query, key, value and a float mask, tile by tile, in the statistics dtype."""
+    ops = _Operands(inputs, plan_)
+    acc = ops.acc
     b, h, length, e = inputs.query.shape
-    hk = inputs.kv_heads
-    rows_total = plan_.groups * length
-    q_rows = t.rows_q.to(acc_dtype)  # (B, Hk, G*L, E)
-    k = inputs.key.to(acc_dtype)  # (B, Hk, S, E)
-    v = inputs.value.to(acc_dtype)  # (B, Hk, S, Ev)
-    d_out = grad_out.reshape(b, hk, rows_total, -1).to(acc_dtype)  # (B, Hk, G*L, Ev)
-    o = out.reshape(b, hk, rows_total, -1).to(acc_dtype)
-    delta = (d_out * o).sum(dim=-1, keepdim=True)  # (B, Hk, G*L, 1)
-    dq = torch.zeros_like(q_rows)
+    hk, g, n_all, ev = plan_.kv_heads, plan_.groups, plan_.entries, ops.ev
+    k = inputs.key.reshape(n_all, -1, e).to(acc)  # (B*Hk, S, E)
+    v = inputs.value.reshape(n_all, -1, ev).to(acc)  # (B*Hk, S, Ev)
+    d_out5 = grad_out.reshape(b, hk, g, length, ev).to(acc)  # (B, Hk, G, L, Ev)
+    o5 = out.reshape(b, hk, g, length, ev).to(acc)
+    if plan_.fold:
+        d_out = [d_out5.reshape(n_all, g * length, ev)]  # (B*Hk, G*L, Ev)
+        o_rows = [o5.reshape(n_all, g * length, ev)]
+    else:
+        d_out = [d_out5[:, :, gi].reshape(n_all, length, ev) for gi in range(g)]
+        o_rows = [o5[:, :, gi].reshape(n_all, length, ev) for gi in range(g)]
+    delta = [(do * o).sum(dim=-1, keepdim=True) for do, o in zip(d_out, o_rows)]  # (N, rows, 1)
+    dq5 = torch.zeros(b, hk, g, length, e, dtype=acc, device=inputs.device)
+    dq_rows = (
+        [dq5.view(n_all, g * length, e)]
+        if plan_.fold
+        else [dq5[:, :, gi].view(n_all, length, e) for gi in range(g)]
+    )
     dk = torch.zeros_like(k)
     dv = torch.zeros_like(v)
-    mask5 = t.mask5
-    dmask5 = torch.zeros_like(mask5) if (needs[3] and mask5 is not None) else None
-    drop_scale = 1.0 / (1.0 - inputs.dropout_p) if inputs.dropout_p > 0 else 1.0
-    scale = inputs.scale
+    mask = inputs.mask
+    d_mask = None
+    if needs[3] and mask is not None and mask.is_floating_point():
+        d_mask = torch.zeros(mask.shape, dtype=acc, device=inputs.device)
+    p_drop = inputs.dropout_p
+    drop_scale = 1.0 / (1.0 - p_drop) if p_drop > 0 else 1.0
     k_slices = plan_.k_slices()
-    tile_index = 0
-    for g, rows, qpos in plan_.row_tiles():
-        q_tile = t.rows_q[:, :, rows]
-        qf = q_rows[:, :, rows]
-        do = d_out[:, :, rows]
-        row_lse2 = lse2[:, :, rows].unsqueeze(-1)
-        row_delta = delta[:, :, rows]
-        for ks in k_slices:
-            p = t.scores(q_tile, g, qpos, ks)
-            p.sub_(row_lse2)
-            torch.exp2(p, out=p)  # probabilities (B, Hk, rows, sk)
-            keep = t.keep(tile_index, p.shape)
-            tile_index += 1
+    n_k = len(k_slices)
+    for t in plan_.tiles():
+        gi = 0 if t.group is None else t.group
+        n, rows = t.i1 - t.i0, t.r1 - t.r0
+        qf = ops.q_rows(t).to(acc)  # (n, rows, E)
+        do = d_out[gi][t.i0 : t.i1, t.r0 : t.r1]  # (n, rows, Ev)
+        row_lse2 = lse2[gi][t.i0 : t.i1, t.r0 : t.r1].unsqueeze(-1)  # (n, rows, 1)
+        row_delta = delta[gi][t.i0 : t.i1, t.r0 : t.r1]
+        for j, ks in enumerate(k_slices):
+            sk = ks.stop - ks.start
+            raw = torch.empty(n, rows, sk, dtype=ops.mm, device=inputs.device)
+            shifted = raw if not ops.low else torch.empty(n, rows, sk, dtype=acc, device=raw.device)
+            s = ops.scores(t, ks, raw, shifted)
+            p = torch.sub(s, row_lse2, out=shifted) if s is not shifted else s.sub_(row_lse2)
+            torch.exp2(p, out=p)  # probabilities (n, rows, sk)
+            keep = None
+            if p_drop > 0.0:
+                keep = _keep_tile(seed, t.index * n_k + j, p.shape, p_drop, inputs.device)
             pd = p if keep is None else p * keep * drop_scale
-            dv[:, :, ks] += torch.matmul(pd.transpose(-1, -2), do)
-            dp = torch.matmul(do, v[:, :, ks].transpose(-1, -2))  # (B, Hk, rows, sk)
+            dv[t.i0 : t.i1, ks] += torch.bmm(pd.transpose(1, 2), do)
+            dp = torch.bmm(do, v[t.i0 : t.i1, ks].transpose(1, 2))  # (n, rows, sk)
             if keep is not None:
                 dp = dp * keep * drop_scale
             ds = p.mul_(dp.sub_(row_delta))  # gradient of the natural-log scores
-            if dmask5 is not None:
-                _accumulate_mask_grad(dmask5, ds, g, qpos, rows, ks)
-            dq[:, :, rows] += torch.matmul(ds, k[:, :, ks]).mul_(scale)
-            dk[:, :, ks] += torch.matmul(ds.transpose(-1, -2), qf).mul_(scale)
-    d_query = dq.reshape(b, h, length, e).to(inputs.dtype) if needs[0] else None
-    d_key = dk.to(inputs.dtype) if needs[1] else None
-    d_value = dv.to(inputs.dtype) if needs[2] else None
-    d_mask = None
-    if dmask5 is not None:
-        d_mask = dmask5.reshape(inputs.mask.shape).to(inputs.mask.dtype)
+            if d_mask is not None:
+                _accumulate_mask_grad(d_mask, ds, t, ks, plan_)
+            dq_rows[gi][t.i0 : t.i1, t.r0 : t.r1] += torch.bmm(ds, k[t.i0 : t.i1, ks]).mul_(
+                inputs.scale
+            )
+            dk[t.i0 : t.i1, ks] += torch.bmm(ds.transpose(1, 2), qf).mul_(inputs.scale)
+    d_query = dq5.view(b, h, length, e).to(inputs.dtype) if needs[0] else None
+    d_key = dk.view(inputs.key.shape).to(inputs.dtype) if needs[1] else None
+    d_value = dv.view(inputs.value.shape).to(inputs.dtype) if needs[2] else None
+    if d_mask is not None:
+        d_mask = d_mask.to(mask.dtype)
     return d_query, d_key, d_value, d_mask
 
 
-def _accumulate_mask_grad(
-    dmask5: Tensor, ds: Tensor, g: int | None, qpos: slice, rows: slice, ks: slice
-) -> None:
-    """Add one tile's score gradient (B, Hk, rows, sk) into the grouped mask gradient."""
-    gi = 0 if (g is None or dmask5.shape[2] == 1) else g
-    target = dmask5[:, :, gi]  # (B|1, Hk|1, L|1, S|1)
-    if g is None and dmask5.shape[2] == 1:
-        qpos = rows
-    if target.shape[2] > 1:
-        target = target[:, :, qpos]
-    if target.shape[3] > 1:
-        target = target[:, :, :, ks]
-    target += reduce_grad_to(ds, target.shape)
+def _accumulate_mask_grad(d_mask: Tensor, ds: Tensor, t: _Tile, ks: slice, p: _Plan) -> None:
+    """Add one tile's score gradient (n, rows, sk) into the gradient of a (Bm, Hm, Lm, Sm) mask."""
+    bm, hm, lm, sm = d_mask.shape
+    g = 0 if t.group is None else t.group
+    ksl = ks if sm > 1 else slice(None)
+    if sm == 1:
+        ds = ds.sum(dim=-1, keepdim=True)
+    for i in range(t.i0, t.i1):
+        bi, hi = i // p.kv_heads, i % p.kv_heads
+        part = ds[i - t.i0]  # (rows, sk|1)
+        if t.group is None and p.groups > 1:
+            # Folded rows: the mask is the same for every head and query (lm == hm == 1).
+            target = d_mask[bi if bm > 1 else 0, 0]  # (1, Sm)
+            target[:, ksl] += part.sum(dim=0, keepdim=True)
+            continue
+        h_idx = hi * p.groups + g
+        target = d_mask[bi if bm > 1 else 0, h_idx if hm > 1 else 0]  # (Lm, Sm)
+        if lm > 1:
+            target[t.r0 : t.r1, ksl] += part
+        else:
+            target[:, ksl] += part.sum(dim=0, keepdim=True)
 
 
 class ChunkedBackend(Backend):
-    name = "chunked"
-    description = "online softmax over query/key blocks; memory bounded by the block size"
+    """Online-softmax tiles in PyTorch; ``tile_elements``, ``k_block`` and ``single_block``
+    override the tiling (``k_block`` forces the online path when shorter than the context)."""
 
-    def __init__(self, q_block: int | None = None, k_block: int | None = None):
-        self.q_block = q_block
+    name = "chunked"
+    description = "online softmax over query/key tiles; memory bounded by the tile size"
+
+    def __init__(
+        self,
+        tile_elements: int = TILE_ELEMENTS,
+        k_block: int | None = None,
+        single_block: int = MAX_SINGLE_BLOCK,
+    ):
+        self.tile_elements = tile_elements
         self.k_block = k_block
+        self.single_block = single_block
 
     def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
         reasons = []
@@ -353,7 +539,7 @@ class ChunkedBackend(Backend):
         return reasons
 
     def forward(self, inputs: AttentionInputs) -> tuple[Tensor, Tensor | None]:
-        plan_ = plan(inputs, self.q_block, self.k_block)
+        plan_ = plan(inputs, self.tile_elements, self.k_block, self.single_block)
         seed = 0
         if inputs.dropout_p > 0:
             seed = int(torch.randint(0, 1 << 62, (), dtype=torch.int64).item())
