@@ -38,7 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from .data.parallel import Link, ParallelExample, read_alignment_file
+from .data.parallel import Link, read_alignment_file
 
 if TYPE_CHECKING:
     import torch
@@ -470,7 +470,7 @@ def select_extraction(
     n_src = list(n_source_words) if n_source_words is not None else None
     n_tgt = list(n_target_words) if n_target_words is not None else None
     if n_src is None or n_tgt is None:
-        if not all(isinstance(g, ParallelExample) for g in gold_list):
+        if not all(hasattr(g, "source") and hasattr(g, "target") for g in gold_list):
             raise ValueError(
                 "give n_source_words and n_target_words, or gold_list as ParallelExample "
                 "objects whose source and target give the word counts"
