@@ -1,13 +1,25 @@
 """Parallel data: the toy translation corpus with gold alignments, and readers for users' files."""
 
-from .parallel import ParallelData, ParallelExample, read_parallel
+from .parallel import (
+    ParallelData,
+    ParallelExample,
+    ParallelFormatError,
+    format_pharaoh,
+    read_alignment_file,
+    read_parallel,
+    tokenize,
+)
 from .toy_translation import ToyCorpus, generate_corpus, write_corpus
 
 __all__ = [
     "ParallelData",
     "ParallelExample",
+    "ParallelFormatError",
     "ToyCorpus",
+    "format_pharaoh",
     "generate_corpus",
+    "read_alignment_file",
     "read_parallel",
+    "tokenize",
     "write_corpus",
 ]

@@ -34,6 +34,7 @@ __all__ = [
     "ParallelData",
     "ParallelExample",
     "ParallelFormatError",
+    "format_pharaoh",
     "parse_pharaoh",
     "read_alignment_file",
     "read_parallel",
