@@ -19,6 +19,7 @@ from crossattn.align import (
     extract_alignment,
     read_alignments,
     select_extraction,
+    word_links_from_subwords,
 )
 from crossattn.cli import main
 from crossattn.data import ParallelExample
@@ -407,3 +408,11 @@ def test_read_alignments_reports_line(tmp_path):
     path.write_text("0-0\n0-0 x\n", encoding="utf-8")
     with pytest.raises(ValueError, match=re.escape(f"{path}:2: bad alignment link 'x'")):
         read_alignments(path)
+
+
+def test_subword_links_map_back_to_words():
+    # source "un ##able cat" (words 0 0 1), target "in ##capable chat" (words 0 0 1)
+    links = {(0, 0), (1, 1), (1, 0), (2, 2)}
+    assert word_links_from_subwords(links, [0, 0, 1], [0, 0, 1]) == {(0, 0), (1, 1)}
+    with pytest.raises(ValueError, match=r"subword link \(3, 0\) is out of range for 3 source"):
+        word_links_from_subwords({(3, 0)}, [0, 0, 1], [0, 0, 1])

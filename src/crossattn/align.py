@@ -53,6 +53,7 @@ __all__ = [
     "extract_alignment",
     "read_alignments",
     "select_extraction",
+    "word_links_from_subwords",
 ]
 
 SHIFTS = ("feed", "predict", "average")
@@ -417,6 +418,27 @@ def extract_alignment(
         valid = torch.ones_like(scores, dtype=torch.bool)
         links = _decide(scores, valid, config.method, float(config.threshold))
         return {(int(i), int(j)) for j, i in links.nonzero().tolist()}
+
+
+def word_links_from_subwords(
+    links: Iterable[Link], source_word_of: Sequence[int], target_word_of: Sequence[int]
+) -> set[Link]:
+    """Map links between subword positions back to links between words.
+
+    Words ``(a, b)`` are linked when any subword of ``a`` is linked to any subword of ``b`` (the
+    convention of awesome-align). ``source_word_of[k]`` is the word index of source subword
+    ``k`` (e.g. ``[0, 0, 1]`` for ``un ##able cat``); ``target_word_of`` likewise.
+    """
+    out: set[Link] = set()
+    n_src, n_tgt = len(source_word_of), len(target_word_of)
+    for i, j in links:
+        if not (0 <= i < n_src and 0 <= j < n_tgt):
+            raise ValueError(
+                f"subword link ({i}, {j}) is out of range for {n_src} source and {n_tgt} target "
+                "subwords (len(source_word_of), len(target_word_of))"
+            )
+        out.add((source_word_of[i], target_word_of[j]))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
