@@ -24,7 +24,8 @@ and is linked only to the words it goes with: English do-support ("does" -> the 
 its negation particles), verb particles with no French counterpart ("looks at" -> "regarde": at
 is possible to "regarde"), French articles with no English counterpart ("cats" -> "des chats":
 "des" is possible to "cats") and prepositions a French verb requires ("enters the house" ->
-"entre dans la maison": "dans" is possible to "enters"). ``ParallelExample.sure`` and
+"entre dans la maison": "dans" is possible to "enters"), and the reflexive "se" ("rests" ->
+"se repose": "se" is possible to "rests"). ``ParallelExample.sure`` and
 ``ParallelExample.possible`` are disjoint; the P of AER is their union. Every word on both sides
 has at least one link.
 
