@@ -78,19 +78,19 @@ class TrainOptions:
     stop_after: int | None = None
     seed: int = 0
     # model
-    d_model: int = 256
+    d_model: int = 128
     heads: int = 4
-    encoder_layers: int = 3
-    decoder_layers: int = 3
-    dim_ff: int = 512
-    dropout: float = 0.1
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    dim_ff: int = 256
+    dropout: float = 0.0
     norm_first: bool = True
     max_len: int = 128
     tie_embeddings: bool = True
     # optimisation
-    batch_tokens: int = 3000
-    lr: float = 1e-3
-    warmup: int = 200
+    batch_tokens: int = 1500
+    lr: float = 3e-3
+    warmup: int = 50
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.01
     clip: float = 1.0

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     # Reserve time for evaluation, pictures and saving after the training loop.
-    reserve = 15.0 if args.tiny else 50.0
+    reserve = 15.0 if args.tiny else 25.0
     minutes = max(0.05, (budget - (time.perf_counter() - t_start) - reserve) / 60.0)
     opts = TrainOptions(
         data=str(paths["train"]),
