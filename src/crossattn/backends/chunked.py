@@ -37,12 +37,15 @@ from torch import Tensor
 from .base import LOG2E, AttentionInputs, Backend
 from .reference import compute_dtype
 
-# A score tile holds at most about this many elements; every buffer is sized from it.
-TILE_ELEMENTS = 1 << 20
 # Contexts up to this length are one key block (plain softmax, no online rescaling).
 MAX_SINGLE_BLOCK = 1024
+# A score tile holds at most about this many elements; every buffer is sized from it. Tiles are
+# large on purpose: on a CPU shared with other jobs every PyTorch op is a parallel region whose
+# threads must all be scheduled, so fewer, larger ops are faster than many cache-sized ones.
+TILE_ELEMENTS = 1 << 22  # one key block: 8 MiB of bfloat16 or 16 MiB of float32 scores
+ONLINE_TILE_ELEMENTS = 1 << 22  # online softmax: float32 scores plus a 16-bit copy, 24 MiB
 # Key block of the online softmax for longer contexts.
-K_BLOCK = 1024
+K_BLOCK = 2048
 MIN_ROWS = 16
 # Kept for callers that read it: the longest context handled as one key block.
 MAX_K_BLOCK = MAX_SINGLE_BLOCK
@@ -101,7 +104,7 @@ class _Plan:
 
 def plan(
     inputs: AttentionInputs,
-    tile_elements: int = TILE_ELEMENTS,
+    tile_elements: int | None = None,
     k_block: int | None = None,
     single_block: int = MAX_SINGLE_BLOCK,
 ) -> _Plan:
@@ -120,9 +123,12 @@ def plan(
     if k_block is None:
         k_block = s if s <= single_block else K_BLOCK
     kb = min(k_block, s)
+    if tile_elements is None:
+        tile_elements = TILE_ELEMENTS if kb == s else ONLINE_TILE_ELEMENTS
     if rows * kb <= tile_elements:
         row_block = rows
         batch_block = max(1, min(b * hk, tile_elements // (rows * kb)))
+        batch_block = -(-(b * hk) // -(-(b * hk) // batch_block))  # even tiles
     else:
         batch_block = 1
         row_block = max(MIN_ROWS, tile_elements // kb)
@@ -189,8 +195,12 @@ class _Operands:
         h_idx = (entries % p.kv_heads) * p.groups + g if hm > 1 else torch.zeros_like(entries)
         return mask[:, :, lsl, ksl][b_idx, h_idx]  # (n, rows|1, sk|1)
 
-    def scores(self, t: _Tile, ks: slice, raw: Tensor, shifted: Tensor) -> Tensor:
-        """Masked scores of one tile in log2 units into `raw` (matmul dtype): (n, rows, sk).
+    def scores(
+        self, t: _Tile, ks: slice, raw: Tensor, shifted: Tensor | None, log2: bool = True
+    ) -> Tensor:
+        """Masked scores of one tile into `raw` (matmul dtype): (n, rows, sk).
+
+        In log2 units (for `exp2`) by default, in natural units (for `softmax`) with log2=False.
 
         For a float mask on low-precision inputs the masked scores land in `shifted` (float32)
         instead, so that the mask is added in float32; the returned tensor says which.
@@ -199,7 +209,8 @@ class _Operands:
         k = self.key_t[t.i0 : t.i1, :, ks]
         if self.mm != q.dtype:
             q, k = q.to(self.mm), k.to(self.mm)
-        s = torch.baddbmm(raw, q, k, beta=0.0, alpha=self.scale2, out=raw)
+        unit = LOG2E if log2 else 1.0
+        s = torch.baddbmm(raw, q, k, beta=0.0, alpha=self.inputs.scale * unit, out=raw)
         m = self.mask_tile(t, ks)
         if m is None:
             return s
@@ -208,7 +219,7 @@ class _Operands:
         if self.low:
             shifted.copy_(s)
             s = shifted
-        s.add_(m, alpha=LOG2E)
+        s.add_(m, alpha=unit)
         # A mask of finfo.min times log2(e) overflows to -inf; keep such scores finite, as the
         # reference does, so that a row masked this way everywhere stays a uniform softmax.
         return s.clamp_(min=self.floor)
@@ -253,7 +264,7 @@ class _Weights:
         p, length = self.plan, self.plan.q_len
         for b in range(t.i0 // p.kv_heads, (t.i1 - 1) // p.kv_heads + 1):
             lo, hi = max(t.i0, b * p.kv_heads), min(t.i1, (b + 1) * p.kv_heads)
-            head_sum = probs[lo - t.i0 : hi - t.i0].sum(dim=0)  # (rows, sk)
+            head_sum = probs[lo - t.i0 : hi - t.i0].sum(dim=0, dtype=self.sum.dtype)  # (rows, sk)
             if t.group is not None or p.groups == 1:
                 self.sum[b, t.r0 : t.r1, ks] += head_sum
                 continue
@@ -303,8 +314,14 @@ def chunked_forward(
     # One set of buffers for every tile.
     tile_max = plan_.batch_block * plan_.row_block
     tile_elems = tile_max * plan_.k_block
-    shifted_flat = torch.empty(tile_elems, dtype=acc, device=dev)  # float32/64 probabilities
-    raw_flat = torch.empty(tile_elems, dtype=ops.mm, device=dev) if ops.low else shifted_flat
+    # The fused-softmax path of a single key block needs no float32 copy of low-precision scores
+    # unless a float mask is added (in float32) or the log-sum-exp is kept for the backward.
+    fused = single and not need_lse
+    float_mask = inputs.mask is not None and inputs.mask.is_floating_point()
+    raw_flat = torch.empty(tile_elems, dtype=ops.mm, device=dev)
+    shifted_flat = raw_flat
+    if ops.low and (float_mask or not fused):
+        shifted_flat = torch.empty(tile_elems, dtype=acc, device=dev)  # float32 statistics
     stat_flat = torch.empty(3 * tile_max, dtype=acc, device=dev)
     acc_flat = None if single else torch.empty(tile_max * ev, dtype=acc, device=dev)
     pv_flat = torch.empty(tile_max * ev, dtype=ops.mm, device=dev) if ops.low else None
@@ -313,6 +330,22 @@ def chunked_forward(
         n, rows = t.i1 - t.i0, t.r1 - t.r0
         gi = 0 if t.group is None else t.group
         dst = out_rows[gi][t.i0 : t.i1, t.r0 : t.r1]  # (n, rows, Ev)
+        if fused:
+            # One key block, no log-sum-exp kept: PyTorch's fused softmax (float32 inside for
+            # 16-bit inputs) in place, then the value matmul.
+            ks = k_slices[0]
+            raw = _buffer(raw_flat, n, rows, plan_.kv_len)
+            shifted = _buffer(shifted_flat, n, rows, plan_.kv_len)
+            s = ops.scores(t, ks, raw, shifted, log2=False)
+            _softmax_(s)
+            probs = raw.copy_(s) if s is not raw else raw
+            if weights.mode:
+                weights.store(t, ks, probs)
+            if p_drop > 0.0:
+                probs.mul_(_keep_tile(seed, t.index * n_k, probs.shape, p_drop, dev))
+                probs.div_(keep_frac)
+            _matmul_into(dst, probs, ops.values(t, ks))
+            continue
         if single:
             ks = k_slices[0]
             sk = ks.stop - ks.start
@@ -342,11 +375,7 @@ def chunked_forward(
                     torch.div(shifted, denom, out=probs)
             else:
                 probs = shifted if denom is None else shifted.div_(denom)
-            v = ops.values(t, ks)
-            if dst.dtype == probs.dtype and dst.is_contiguous():
-                torch.bmm(probs, v, out=dst)
-            else:
-                dst.copy_(torch.bmm(probs, v))
+            _matmul_into(dst, probs, ops.values(t, ks))
             continue
 
         # Online softmax over key blocks.
@@ -392,6 +421,19 @@ def chunked_forward(
                 weights.store(t, ks, torch.exp2(shifted, out=shifted))
     out = out.view(b, h, length, ev)  # (B, H, L, Ev)
     return out, weights.result(inputs.dtype), lse2
+
+
+def _softmax_(scores: Tensor) -> Tensor:
+    """Softmax over the last dimension, in place (16-bit inputs are computed in float32)."""
+    return torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+
+
+def _matmul_into(dst: Tensor, probs: Tensor, value: Tensor) -> None:
+    """dst (n, rows, Ev) = probs (n, rows, sk) @ value (n, sk, Ev), without a temporary."""
+    if dst.dtype == probs.dtype and dst.is_contiguous():
+        torch.bmm(probs, value, out=dst)
+    else:
+        dst.copy_(torch.bmm(probs, value))
 
 
 class _ChunkedAttention(torch.autograd.Function):
@@ -522,7 +564,7 @@ class ChunkedBackend(Backend):
 
     def __init__(
         self,
-        tile_elements: int = TILE_ELEMENTS,
+        tile_elements: int | None = None,
         k_block: int | None = None,
         single_block: int = MAX_SINGLE_BLOCK,
     ):

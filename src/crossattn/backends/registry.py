@@ -5,17 +5,20 @@ pinned backend (``backend="name"`` or `use_backend`) runs on it or raises ValueE
 reasons; a call with ``backend=None`` walks `preference(inputs)` and takes the first backend that
 supports it. When none fits, the error lists every backend and its reasons.
 
-The dispatch rule (measured by ``benchmarks/bench_op.py`` on a 2-core CPU, table in
-``benchmarks/RESULTS.md``):
+The dispatch rule, derived from ``benchmarks/bench_op.py`` on a shared 2-core CPU (AVX-512 with
+bfloat16, no AMX; table and command in ``benchmarks/RESULTS.md``):
 
 - CUDA and other accelerators: ``sdpa`` (PyTorch's flash, memory-efficient and cuDNN kernels),
   then ``reference``; a Python block loop is never chosen unless pinned.
-- CPU, attention weights asked for: ``chunked`` (weights recomputed tile by tile, memory bounded),
-  then ``reference`` (weights that need gradients).
-- CPU, bfloat16 or float16: ``chunked`` when the whole context fits one key block
-  (S <= 1024: text conditioning, decode steps), where SDPA's low-precision CPU kernel is slow;
-  ``sdpa`` for longer contexts.
-- CPU, float32 and float64: ``sdpa``.
+- CPU, attention weights asked for: ``chunked`` (weights recomputed tile by tile, memory
+  bounded), then ``reference`` (weights that need gradients).
+- CPU, bfloat16, a short context (S <= 256: text conditioning) or a decode step (L <= 16 with
+  S <= 1024): ``chunked``. SDPA's bfloat16 CPU kernel is slow there (1.6x at
+  (2, 8, 4096, 77, 64), 2-2.5x at a (8, 8, 1, 1024, 64) decode step); chunked's bfloat16 matmuls
+  with PyTorch's fused softmax in between are not.
+- CPU, everything else (float32, float64, float16; bfloat16 with longer contexts and queries):
+  ``sdpa``. Its flash CPU kernel is within a few percent of chunked at long contexts in bfloat16
+  (S = 8k-65k) and ahead of it at S = 512 and in float32.
 """
 
 from __future__ import annotations
@@ -27,10 +30,14 @@ from contextvars import ContextVar
 import torch
 
 from .base import AttentionInputs, Backend
-from .chunked import MAX_K_BLOCK
+from .chunked import MAX_SINGLE_BLOCK
 
 _REGISTRY: dict[str, Backend] = {}
 _DEFAULT: ContextVar[str | None] = ContextVar("crossattn_default_backend", default=None)
+
+# Dispatch thresholds on the CPU (see the module docstring).
+SHORT_CONTEXT = 256
+DECODE_QUERIES = 16
 
 
 def register_backend(backend: Backend, *, replace: bool = False) -> Backend:
@@ -92,7 +99,10 @@ def preference(inputs: AttentionInputs) -> list[str]:
         return ["sdpa", "reference"]
     if inputs.return_weights:
         return ["chunked", "reference"]
-    if inputs.dtype in (torch.bfloat16, torch.float16) and inputs.kv_len <= MAX_K_BLOCK:
+    if inputs.dtype == torch.bfloat16 and (
+        inputs.kv_len <= SHORT_CONTEXT
+        or (inputs.q_len <= DECODE_QUERIES and inputs.kv_len <= MAX_SINGLE_BLOCK)
+    ):
         return ["chunked", "sdpa", "reference"]
     return ["sdpa", "chunked", "reference"]
 
