@@ -654,3 +654,23 @@ def test_torch_transformer_decoder_records_only_its_cross_attention():
         err = (want.double() - want64).abs().max().item()
         assert_within(rec.maps[name][0], want, 4 * err + float64_floor(want64), name)
         assert torch.equal(rec.maps[name][0][1, :, :, 4:], torch.zeros(4, 5, 3))
+
+
+def test_self_attention_layers_are_left_out_unless_selected():
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict(
+        {"self_attn": CrossAttention(16, heads=2, dim_head=8), "cross": CrossAttention(16, 12)}
+    )
+    model["self_attn"].role = "self"
+    tokens, context = torch.randn(1, 5, 16), torch.randn(1, 7, 12)
+
+    def run(recorder):
+        with recorder as rec, torch.no_grad():
+            model["self_attn"](tokens, tokens)
+            model["cross"](tokens, context)
+        return rec
+
+    assert set(run(AttentionRecorder(model)).maps) == {"cross"}
+    assert set(run(AttentionRecorder()).maps) == {"CrossAttention_0"}  # the cross layer only
+    assert set(run(AttentionRecorder(model, layers=["self_attn"])).maps) == {"self_attn"}
+    assert set(run(AttentionRecorder(model, layers="attn|cross")).maps) == {"self_attn", "cross"}

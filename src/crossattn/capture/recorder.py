@@ -55,7 +55,8 @@ class AttentionRecorder:
         rec.maps["decoder.layers.0.cross_attn"][0]  # (B, L, S) head mean of the first call
 
     Sources: every `crossattn.CrossAttention` called inside the block (of `model` when given,
-    of any model when `model` is None), and, inside `model`, `torch.nn.MultiheadAttention`
+    of any model when `model` is None; layers whose ``role`` is "self", the self-attention of
+    crossattn's transformer layers, only when ``layers=`` selects them), and, inside `model`, `torch.nn.MultiheadAttention`
     (cross-attention calls: query is not key), transformers encoder-decoder cross-attention
     (BART-like and T5-like modules, `generate()` included) and diffusers ``Attention`` modules
     called with ``encoder_hidden_states``. The model's outputs are not changed: crossattn
@@ -129,6 +130,8 @@ class AttentionRecorder:
         self.heads = check_heads(heads)
         self.layers = layers
         self._layer_ok, self._layer_names = layer_selector(layers)
+        # Layers that serve as self-attention (role "self") are recorded only when selected.
+        self._explicit_layers = layers is not None
         self._step_ok = step_selector(steps)
         self._timestep_ok = timestep_selector(timesteps)
         if top_k is not None and (
@@ -183,7 +186,8 @@ class AttentionRecorder:
                 name = name or type(module).__name__  # the model itself
                 if isinstance(module, CrossAttention):
                     found[name] = CROSSATTN
-                    if self._layer_ok(name):
+                    wanted = module.role != "self" or self._explicit_layers
+                    if self._layer_ok(name) and wanted:
                         self._names[id(module)] = name
                     continue
                 for source in _HOOKED_SOURCES:
@@ -264,7 +268,7 @@ class AttentionRecorder:
         """Called by `CrossAttention.forward` (see `crossattn.capture.hook`)."""
         name = self._names.get(id(layer))
         if name is None:
-            if self.model is not None:
+            if self.model is not None or (layer.role == "self" and not self._explicit_layers):
                 return None
             if not any(m is layer for m in self._anonymous):
                 self._anonymous.append(layer)

@@ -97,7 +97,15 @@ class CrossAttention(nn.Module):
         qk_norm: None, "layer_norm" or "rms_norm": normalise queries and keys per head.
         norm_eps: epsilon of the q/k normalisation.
         backend: pin a backend of `crossattn.cross_attention` for this layer (None: dispatch).
+
+    Attributes:
+        role: "cross" (the default) or "self". A model that uses this layer as self-attention
+            (queries and context from one sequence) sets ``layer.role = "self"``;
+            `crossattn.capture.AttentionRecorder` then leaves it out unless it is named in
+            ``layers=``.
     """
+
+    role: str = "cross"
 
     def __init__(
         self,
