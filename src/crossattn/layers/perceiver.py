@@ -52,6 +52,7 @@ class LatentSelfAttentionBlock(nn.Module):
         self.attn_latents_to_latents = CrossAttention(
             dim, heads=heads, dim_head=dim_head, dropout=dropout, backend=backend
         )
+        self.attn_latents_to_latents.role = "self"
         self.norm_ff = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, ff_mult, dropout)
 

@@ -92,6 +92,7 @@ class TwoWayAttentionBlock(nn.Module):
         _check_sizes(embedding_dim, num_heads, mlp_dim, attention_downsample_rate)
         self.embedding_dim = embedding_dim
         self.self_attn = _sam_attention(embedding_dim, num_heads, 1, backend)
+        self.self_attn.role = "self"
         self.norm1 = nn.LayerNorm(embedding_dim)
         self.cross_attn_token_to_image = _sam_attention(
             embedding_dim, num_heads, attention_downsample_rate, backend
