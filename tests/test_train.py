@@ -122,7 +122,6 @@ def test_align_prints_one_pharaoh_line_per_pair(model_dir, corpus, capsys):
             m = re.fullmatch(r"(\d+)-(\d+)", link)
             assert m, line
             assert int(m[1]) < len(src.split()) and int(m[2]) < len(tgt.split())
-        assert line.split(), "every target word gets a link (argmax rules) or at least one"
 
 
 @pytest.mark.slow
@@ -148,11 +147,16 @@ def test_translator_api(model_dir):
     layers, heads = 2, 2
     assert r.weights.shape == (layers, heads, len(r.target_tokens), 3)
     assert r.decoder_attention.shape[2] == len(r.target_tokens) + 1
-    forced = tr.align("the red car", r.target_tokens)
-    assert forced.target_tokens == r.target_tokens
-    if r.target_tokens:
+    if r.target_tokens:  # force-decoding the model's own translation gives the same maps
+        forced = tr.align("the red car", r.target_tokens)
+        assert forced.target_tokens == r.target_tokens
         torch.testing.assert_close(forced.weights, r.weights, atol=1e-5, rtol=0)
         assert forced.alignment == r.alignment
+    forced = tr.align("the red car", "la voiture rouge")
+    assert forced.weights.shape == (layers, heads, 3, 3)
+    assert all(i < 3 and j < 3 for i, j in forced.alignment)
+    with pytest.raises(ValueError, match="target is empty: nothing to align"):
+        tr.align("the red car", "")
     with pytest.raises(ValueError, match="cannot translate an empty sentence"):
         tr.translate("   ")
 

@@ -708,14 +708,16 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
                                 lr=f"{optimizer.param_groups[0]['lr']:.1e}", refresh=False)  # fmt: skip
         if dist.main and dev_set and now - last_eval >= opts.eval_seconds:
             dev_metrics = evaluate_loss(model, dev_set, opts.batch_tokens, dist.device)
-            last_eval = time.perf_counter()
+            last_eval = tok_time = time.perf_counter()  # tokens/s counts training only
+            tok_count = 0
             msg = f"step {step}: dev loss {dev_metrics['loss']:.3f} accuracy {dev_metrics['accuracy']:.3f}"
             (bar.write(msg, file=sys.stderr) if bar is not None else _log(msg))
         if dist.main and now - last_save >= opts.save_seconds:
             _checkpoint(
                 out, model, optimizer, step, state, time.perf_counter() - loop_start, dev_metrics
             )
-            last_save = time.perf_counter()
+            last_save = tok_time = time.perf_counter()
+            tok_count = 0
     if bar is not None:
         bar.close()
     loop_seconds = time.perf_counter() - loop_start
