@@ -42,7 +42,7 @@ MAX_SINGLE_BLOCK = 1024
 # A score tile holds at most about this many elements; every buffer is sized from it. Tiles are
 # large on purpose: on a CPU shared with other jobs every PyTorch op is a parallel region whose
 # threads must all be scheduled, so fewer, larger ops are faster than many cache-sized ones.
-TILE_ELEMENTS = 1 << 22  # one key block: 8 MiB of bfloat16 or 16 MiB of float32 scores
+TILE_ELEMENTS = 1 << 23  # one key block: 16 MiB of bfloat16 or 32 MiB of float32 scores
 ONLINE_TILE_ELEMENTS = 1 << 22  # online softmax: float32 scores plus a 16-bit copy, 24 MiB
 # Key block of the online softmax for longer contexts.
 K_BLOCK = 2048
@@ -243,7 +243,12 @@ class _Weights:
         self.mode = inputs.return_weights
         self.plan = plan_
         b, h, length, s = plan_.batch, inputs.heads, plan_.q_len, plan_.kv_len
-        if self.mode == "mean":
+        # One query head per K/V head and tiles of whole batch rows: each tile holds every head
+        # of its batch rows, so the head mean is one reduction straight into the result.
+        self.direct = plan_.groups == 1 and plan_.batch_block % plan_.kv_heads == 0
+        if self.mode == "mean" and self.direct:
+            self.mean = torch.empty(b, length, s, dtype=inputs.dtype, device=inputs.device)
+        elif self.mode == "mean":
             acc = compute_dtype(inputs.dtype)
             self.sum = torch.zeros(b, length, s, dtype=acc, device=inputs.device)
         elif self.mode:
@@ -262,6 +267,15 @@ class _Weights:
             self.rows[0 if t.group is None else t.group][t.i0 : t.i1, t.r0 : t.r1, ks] = probs
             return
         p, length = self.plan, self.plan.q_len
+        if self.direct:
+            b0, b1 = t.i0 // p.kv_heads, t.i1 // p.kv_heads
+            heads = probs.view(b1 - b0, p.kv_heads, *probs.shape[1:])  # (b, Hk, rows, sk)
+            dst = self.mean[b0:b1, t.r0 : t.r1, ks]
+            if dst.is_contiguous():
+                torch.mean(heads, dim=1, out=dst)  # accumulates in float32 for 16-bit inputs
+            else:
+                dst.copy_(heads.mean(dim=1))
+            return
         for b in range(t.i0 // p.kv_heads, (t.i1 - 1) // p.kv_heads + 1):
             lo, hi = max(t.i0, b * p.kv_heads), min(t.i1, (b + 1) * p.kv_heads)
             head_sum = probs[lo - t.i0 : hi - t.i0].sum(dim=0, dtype=self.sum.dtype)  # (rows, sk)
@@ -274,6 +288,8 @@ class _Weights:
                 self.sum[b, a - g * length : z - g * length, ks] += head_sum[a - t.r0 : z - t.r0]
 
     def result(self, dtype: torch.dtype) -> Tensor | None:
+        if self.mode == "mean" and self.direct:
+            return self.mean  # (B, L, S)
         if self.mode == "mean":
             return self.sum.div_(self.heads).to(dtype)  # (B, L, S)
         if self.mode:
