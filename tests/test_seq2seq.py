@@ -284,3 +284,20 @@ def test_vocabulary_roundtrip_and_errors(tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="bad.json: not a vocabulary file"):
         Vocabulary.load(tmp_path / "bad.json")
+
+
+def test_recorder_keeps_only_the_cross_attention_of_the_model():
+    from crossattn.capture import AttentionRecorder
+
+    torch.manual_seed(0)
+    cfg = Seq2SeqConfig(source_vocab_size=11, target_vocab_size=13, d_model=16, heads=2,
+                        encoder_layers=2, decoder_layers=2, dim_ff=32, dropout=0.0)  # fmt: skip
+    model = Seq2SeqTransformer(cfg).eval()
+    source = torch.randint(3, 11, (2, 6))
+    target = torch.randint(3, 13, (2, 5))
+    with AttentionRecorder(model) as rec, torch.no_grad():
+        model(source, None, target)
+    names = sorted(rec.maps)
+    assert len(names) == cfg.decoder_layers
+    assert all("cross_attn" in n for n in names), names
+    assert all(m[0].shape == (2, 5, 6) for m in rec.maps.values())

@@ -100,6 +100,7 @@ class TransformerEncoderLayer(nn.Module):
             d_model, heads=heads, dim_head=d_model // heads, bias=True, dropout=dropout,
             backend=backend,
         ))  # fmt: skip
+        self.self_attn.role = "self"
         self.ffn = FeedForward(d_model, dim_ff, dropout)
         self.attn_block = _Residual(d_model, dropout, norm_first, norm_eps)
         self.ffn_block = _Residual(d_model, dropout, norm_first, norm_eps)
@@ -168,6 +169,7 @@ class TransformerDecoderLayer(nn.Module):
         self.self_attn = _drop_key_bias(CrossAttention(
             d_model, heads=heads, dim_head=dim_head, bias=True, dropout=dropout, backend=backend
         ))  # fmt: skip
+        self.self_attn.role = "self"
         self.cross_attn_target_to_source = _drop_key_bias(CrossAttention(
             d_model, context_dim, heads=heads, dim_head=dim_head, bias=True, dropout=dropout,
             backend=backend,
