@@ -218,7 +218,7 @@ def run(args) -> dict:
     for d in dtypes:
         if d not in ("float32", "bfloat16"):
             raise SystemExit(f"--dtypes: unknown dtype {d!r}; choose from float32,bfloat16")
-    min_reps, max_reps, budget = (3, 5, 1.5) if args.quick else (5, 15, 6.0)
+    min_reps, max_reps, budget = (3, 5, 1.5) if args.quick else (5, 40, 5.0)
     do_weights = "A" in shapes
     total_steps = 0
     for s in shapes:

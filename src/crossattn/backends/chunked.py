@@ -246,6 +246,7 @@ class _Weights:
         # One query head per K/V head and tiles of whole batch rows: each tile holds every head
         # of its batch rows, so the head mean is one reduction straight into the result.
         self.direct = plan_.groups == 1 and plan_.batch_block % plan_.kv_heads == 0
+        self.summed = inputs.dtype in (torch.bfloat16, torch.float16)
         if self.mode == "mean" and self.direct:
             self.mean = torch.empty(b, length, s, dtype=inputs.dtype, device=inputs.device)
         elif self.mode == "mean":
@@ -271,10 +272,13 @@ class _Weights:
             b0, b1 = t.i0 // p.kv_heads, t.i1 // p.kv_heads
             heads = probs.view(b1 - b0, p.kv_heads, *probs.shape[1:])  # (b, Hk, rows, sk)
             dst = self.mean[b0:b1, t.r0 : t.r1, ks]
-            if dst.is_contiguous():
-                torch.mean(heads, dim=1, out=dst)  # accumulates in float32 for 16-bit inputs
+            # A float32 mean of 16-bit inputs would first copy the whole tile to float32; their
+            # sum accumulates in float32 without the copy, and is divided once at the end.
+            reduce = torch.sum if self.summed else torch.mean
+            if dst.is_contiguous() and probs.dtype == dst.dtype:
+                reduce(heads, dim=1, out=dst)
             else:
-                dst.copy_(heads.mean(dim=1))
+                dst.copy_(reduce(heads, dim=1))
             return
         for b in range(t.i0 // p.kv_heads, (t.i1 - 1) // p.kv_heads + 1):
             lo, hi = max(t.i0, b * p.kv_heads), min(t.i1, (b + 1) * p.kv_heads)
@@ -289,7 +293,7 @@ class _Weights:
 
     def result(self, dtype: torch.dtype) -> Tensor | None:
         if self.mode == "mean" and self.direct:
-            return self.mean  # (B, L, S)
+            return self.mean.div_(self.heads) if self.summed else self.mean  # (B, L, S)
         if self.mode == "mean":
             return self.sum.div_(self.heads).to(dtype)  # (B, L, S)
         if self.mode:
