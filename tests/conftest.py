@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -266,3 +267,44 @@ def backend_reasons(
         return_weights=return_weights,
     )
     return get_backend(name).not_supported_reasons(inputs)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny shapes: one intra-op thread avoids thread wake-ups on a busy machine.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium through playwright; the test skips, saying how to enable it, without."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(
+            f"headless Chromium not found at {CHROMIUM}; enable the browser tests with "
+            "`apt-get install -y chromium` (make test installs it when run as root)"
+        )
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="install playwright (pip install 'crossattn[browser]')"
+    )
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

@@ -20,13 +20,7 @@ def tol64(ref: Tensor, reduction: int) -> float:
     return 16 * reduction * EPS64 * (1.0 + ref.detach().abs().max().item())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny shapes: one intra-op thread avoids thread wake-ups on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -88,13 +88,7 @@ def poisoned_inputs(gen: torch.Generator, b: int = 3, s: int = 37, dim: int = 10
     return inputs, mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny shapes: one intra-op thread avoids thread wake-ups on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -26,16 +26,6 @@ from crossattn.viz.server import MAX_BODY_BYTES, make_server
 SOURCE_WORDS = "le la un une chat chien noir blanc dort mange sur tapis rouge petit".split()
 TARGET_WORDS = "the a cat dog black white sleeps eats on mat red little".split()
 MAX_LEN = 24
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -190,48 +180,40 @@ def test_serve_command(model_dir, tmp_path):
 
 
 @pytest.mark.browser
-def test_page_translates_a_typed_sentence(server, translator):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(
-            f"headless Chromium not found at {CHROMIUM}; enable the browser tests with "
-            "`apt-get install -y chromium`"
-        )
-    sync_api = pytest.importorskip("playwright.sync_api")
+def test_page_translates_a_typed_sentence(server, translator, browser):
     sentence = "le petit chien mange"
     direct = translator.translate(sentence, beam=1)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            requests: list[str] = []
-            errors: list[str] = []
-            page.on("request", lambda r: requests.append(r.url))
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server.url)
-            page.fill("#ca-sentence", sentence)
-            page.press("#ca-sentence", "Enter")
-            page.wait_for_selector("#ca-live[data-ready]", timeout=20_000)
-            targets = page.eval_on_selector_all(
-                "#ca-live .ca-tok[data-side=target]", "es => es.map(e => e.textContent)"
-            )
-            assert targets == list(direct.target_tokens)
-            sources = page.eval_on_selector_all(
-                "#ca-live .ca-tok[data-side=source]", "es => es.map(e => e.textContent)"
-            )
-            assert sources == sentence.split()
-            # Hovering a target word lights the source words it attends to (layer 0, head mean).
-            page.hover("#ca-live .ca-tok[data-side=target][data-i='0']")
-            row = direct.weights[0].mean(0)[0].numpy()
-            lit = page.eval_on_selector_all(
-                "#ca-live .ca-tok[data-side=source]", "es => es.map(e => e.dataset.w != null)"
-            )
-            assert lit == [bool(v >= 0.1) for v in row] or np.any(np.abs(row - 0.1) < 1e-3)
-            # A sentence over the limit: the page says why.
-            page.fill("#ca-sentence", " ".join(["chat"] * 12))
-            page.press("#ca-sentence", "Enter")
-            page.wait_for_selector(".ca-status.ca-error", timeout=10_000)
-            assert page.text_content(".ca-status") == "the sentence has 12 words; the limit is 10"
-            assert errors == []
-            assert all(u.startswith(server.url) for u in requests), requests
-        finally:
-            browser.close()
+    page = browser.new_page()
+    try:
+        requests: list[str] = []
+        errors: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url)
+        page.fill("#ca-sentence", sentence)
+        page.press("#ca-sentence", "Enter")
+        page.wait_for_selector("#ca-live[data-ready]", timeout=20_000)
+        targets = page.eval_on_selector_all(
+            "#ca-live .ca-tok[data-side=target]", "es => es.map(e => e.textContent)"
+        )
+        assert targets == list(direct.target_tokens)
+        sources = page.eval_on_selector_all(
+            "#ca-live .ca-tok[data-side=source]", "es => es.map(e => e.textContent)"
+        )
+        assert sources == sentence.split()
+        # Hovering a target word lights the source words it attends to (layer 0, head mean).
+        page.hover("#ca-live .ca-tok[data-side=target][data-i='0']")
+        row = direct.weights[0].mean(0)[0].numpy()
+        lit = page.eval_on_selector_all(
+            "#ca-live .ca-tok[data-side=source]", "es => es.map(e => e.dataset.w != null)"
+        )
+        assert lit == [bool(v >= 0.1) for v in row] or np.any(np.abs(row - 0.1) < 1e-3)
+        # A sentence over the limit: the page says why.
+        page.fill("#ca-sentence", " ".join(["chat"] * 12))
+        page.press("#ca-sentence", "Enter")
+        page.wait_for_selector(".ca-status.ca-error", timeout=10_000)
+        assert page.text_content(".ca-status") == "the sentence has 12 words; the limit is 10"
+        assert errors == []
+        assert all(u.startswith(server.url) for u in requests), requests
+    finally:
+        page.close()
