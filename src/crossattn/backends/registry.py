@@ -12,13 +12,15 @@ bfloat16, no AMX; table and command in ``benchmarks/RESULTS.md``):
   then ``reference``; a Python block loop is never chosen unless pinned.
 - CPU, attention weights asked for: ``chunked`` (weights recomputed tile by tile, memory
   bounded), then ``reference`` (weights that need gradients).
-- CPU, bfloat16, a short context (S <= 256: text conditioning) or a decode step (L <= 16 with
-  S <= 1024): ``chunked``. SDPA's bfloat16 CPU kernel is slow there (1.6x at
-  (2, 8, 4096, 77, 64), 2-2.5x at a (8, 8, 1, 1024, 64) decode step); chunked's bfloat16 matmuls
-  with PyTorch's fused softmax in between are not.
-- CPU, everything else (float32, float64, float16; bfloat16 with longer contexts and queries):
-  ``sdpa``. Its flash CPU kernel is within a few percent of chunked at long contexts in bfloat16
-  (S = 8k-65k) and ahead of it at S = 512 and in float32.
+- CPU, bfloat16, the whole context in one key block (S <= 1024: text conditioning, encoder
+  contexts, decode steps): ``chunked``. SDPA's bfloat16 CPU kernel is slow there (on a quiet
+  machine 1.6x at (2, 8, 4096, 77, 64), 1.4x at (8, 8, 512, 512, 64) with a key mask, 3x at a
+  (8, 8, 1, 1024, 64) decode step); chunked's bfloat16 matmuls around PyTorch's fused softmax
+  are not. Under heavy load from other processes the gap closes and can reverse at S = 512 and
+  at decode steps: chunked runs three parallel regions per tile where SDPA runs one.
+- CPU, everything else (float32, float64, float16; bfloat16 with longer contexts): ``sdpa``. Its
+  flash CPU kernel ties chunked at long bfloat16 contexts (S = 8k-65k) and is ahead of or level
+  with it in float32.
 """
 
 from __future__ import annotations
@@ -34,10 +36,6 @@ from .chunked import MAX_SINGLE_BLOCK
 
 _REGISTRY: dict[str, Backend] = {}
 _DEFAULT: ContextVar[str | None] = ContextVar("crossattn_default_backend", default=None)
-
-# Dispatch thresholds on the CPU (see the module docstring).
-SHORT_CONTEXT = 256
-DECODE_QUERIES = 16
 
 
 def register_backend(backend: Backend, *, replace: bool = False) -> Backend:
@@ -99,10 +97,7 @@ def preference(inputs: AttentionInputs) -> list[str]:
         return ["sdpa", "reference"]
     if inputs.return_weights:
         return ["chunked", "reference"]
-    if inputs.dtype == torch.bfloat16 and (
-        inputs.kv_len <= SHORT_CONTEXT
-        or (inputs.q_len <= DECODE_QUERIES and inputs.kv_len <= MAX_SINGLE_BLOCK)
-    ):
+    if inputs.dtype == torch.bfloat16 and inputs.kv_len <= MAX_SINGLE_BLOCK:
         return ["chunked", "sdpa", "reference"]
     return ["sdpa", "chunked", "reference"]
 
