@@ -44,6 +44,8 @@ MAX_SINGLE_BLOCK = 1024
 # threads must all be scheduled, so fewer, larger ops are faster than many cache-sized ones.
 TILE_ELEMENTS = 1 << 23  # one key block: 16 MiB of bfloat16 or 32 MiB of float32 scores
 ONLINE_TILE_ELEMENTS = 1 << 22  # online softmax: float32 scores plus a 16-bit copy, 24 MiB
+# Contexts up to this length take the keys-first score layout on the single-block path.
+KEYS_FIRST_MAX_S = 256
 # Key block of the online softmax for longer contexts.
 K_BLOCK = 2048
 MIN_ROWS = 16
@@ -224,6 +226,23 @@ class _Operands:
         # reference does, so that a row masked this way everywhere stays a uniform softmax.
         return s.clamp_(min=self.floor)
 
+    def scores_keys_first(self, t: _Tile, ks: slice, raw: Tensor) -> Tensor:
+        """Masked scores of one tile in natural units, laid out keys-first in `raw`.
+
+        Returns the (n, rows, sk) view of a contiguous (n, sk, rows) tensor: a softmax over a
+        short context then reduces across contiguous rows of queries, which vectorises far
+        better than a reduction along a short, odd-length last dimension. Bool masks only.
+        """
+        q_t = self.q_rows(t).transpose(1, 2)  # (n, E, rows)
+        k = self.key_t[t.i0 : t.i1, :, ks].transpose(1, 2)  # (n, sk, E)
+        if self.mm != q_t.dtype:
+            q_t, k = q_t.to(self.mm), k.to(self.mm)
+        s_t = torch.baddbmm(raw, k, q_t, beta=0.0, alpha=self.inputs.scale, out=raw)
+        m = self.mask_tile(t, ks)
+        if m is not None:
+            s_t.masked_fill_(~m.transpose(-1, -2), float("-inf"))
+        return s_t.transpose(1, 2)  # (n, rows, sk)
+
     def values(self, t: _Tile, ks: slice) -> Tensor:
         v = self.value[t.i0 : t.i1, ks]  # (n, sk, Ev)
         return v.to(self.mm) if v.dtype != self.mm else v
@@ -338,6 +357,9 @@ def chunked_forward(
     # unless a float mask is added (in float32) or the log-sum-exp is kept for the backward.
     fused = single and not need_lse
     float_mask = inputs.mask is not None and inputs.mask.is_floating_point()
+    # Short contexts: lay the scores out keys-first, so the softmax reduces across contiguous
+    # query rows (see `scores_keys_first`).
+    keys_first = fused and not float_mask and plan_.kv_len <= KEYS_FIRST_MAX_S
     raw_flat = torch.empty(tile_elems, dtype=ops.mm, device=dev)
     shifted_flat = raw_flat
     if ops.low and (float_mask or not fused):
@@ -354,11 +376,16 @@ def chunked_forward(
             # One key block, no log-sum-exp kept: PyTorch's fused softmax (float32 inside for
             # 16-bit inputs) in place, then the value matmul.
             ks = k_slices[0]
-            raw = _buffer(raw_flat, n, rows, plan_.kv_len)
-            shifted = _buffer(shifted_flat, n, rows, plan_.kv_len)
-            s = ops.scores(t, ks, raw, shifted, log2=False)
-            _softmax_(s)
-            probs = raw.copy_(s) if s is not raw else raw
+            if keys_first:
+                s_t = ops.scores_keys_first(t, ks, _buffer(raw_flat, n, plan_.kv_len, rows))
+                torch.ops.aten._softmax.out(s_t.transpose(1, 2), 1, False, out=s_t.transpose(1, 2))
+                probs = s_t  # (n, rows, S), keys-first in memory
+            else:
+                raw = _buffer(raw_flat, n, rows, plan_.kv_len)
+                shifted = _buffer(shifted_flat, n, rows, plan_.kv_len)
+                s = ops.scores(t, ks, raw, shifted, log2=False)
+                _softmax_(s)
+                probs = raw.copy_(s) if s is not raw else raw
             if weights.mode:
                 weights.store(t, ks, probs)
             if p_drop > 0.0:
