@@ -358,8 +358,9 @@ def chunked_forward(
     fused = single and not need_lse
     float_mask = inputs.mask is not None and inputs.mask.is_floating_point()
     # Short contexts: lay the scores out keys-first, so the softmax reduces across contiguous
-    # query rows (see `scores_keys_first`).
-    keys_first = fused and not float_mask and plan_.kv_len <= KEYS_FIRST_MAX_S
+    # query rows (see `scores_keys_first`). Not when weights are stored: their (L, S) layout
+    # wants query-first tiles.
+    keys_first = fused and not float_mask and not weights.mode and plan_.kv_len <= KEYS_FIRST_MAX_S
     raw_flat = torch.empty(tile_elems, dtype=ops.mm, device=dev)
     shifted_flat = raw_flat
     if ops.low and (float_mask or not fused):
