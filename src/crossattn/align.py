@@ -6,7 +6,7 @@
 
 with S the sure gold links, P the sure and possible gold links (``sure | possible``) and A every
 hypothesis link, sure or possible. `aer` reproduces the published figures on the shared gold sets
-(see ``docs/alignment.md``).
+(see the README, "Word alignment").
 
 **Extraction** from a force-decoded sentence pair's decoder-to-encoder attention
 ``weights (layers, heads, T, S)``. Layout of the positions:
@@ -240,7 +240,7 @@ class ExtractionConfig:
 #: Works without gold: the mean over all layers and heads of the row that predicts the target
 #: word, a link where the target word gives the source word at least 0.3 of its attention *and*
 #: the source word gives the target word at least 0.3 of the attention it receives. On the toy
-#: languages it beats the one-way thresholded mean and the argmax (see docs/alignment.md).
+#: languages it beats the one-way thresholded mean and the argmax (see the README, "Word alignment").
 DEFAULT_EXTRACTION = ExtractionConfig(
     layers=None, heads=None, shift="predict", method="bidirectional", threshold=0.3
 )
