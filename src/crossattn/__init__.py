@@ -14,27 +14,81 @@ Mask convention, everywhere: boolean True means "may attend". A key mask (B, S) 
 context tokens; an attention mask is boolean or additive float, broadcastable to (B, H, L, S).
 """
 
-from .backends import available_backends, register_backend, use_backend
-from .functional import bidirectional_attention, cross_attention
-from .layers import (
-    BidirectionalCrossAttention,
-    CrossAttention,
-    FiLM,
-    GatedCrossAttentionBlock,
-    GatedFusion,
-    HierarchicalCrossAttention,
-    PerceiverDecoder,
-    PerceiverEncoder,
-    PerceiverIO,
-    PreparedContext,
-    RetrievalCrossAttention,
-    SelfDocAttention,
-    TransformerDecoderLayer,
-    TransformerEncoderLayer,
-    TwoWayAttentionBlock,
-    TwoWayTransformer,
-)
-from .masks import causal_mask, from_key_padding_mask, lengths_to_key_mask
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .backends import available_backends, register_backend, use_backend
+    from .functional import bidirectional_attention, cross_attention
+    from .layers import (
+        BidirectionalCrossAttention,
+        CrossAttention,
+        FiLM,
+        GatedCrossAttentionBlock,
+        GatedFusion,
+        HierarchicalCrossAttention,
+        PerceiverDecoder,
+        PerceiverEncoder,
+        PerceiverIO,
+        PreparedContext,
+        RetrievalCrossAttention,
+        SelfDocAttention,
+        TransformerDecoderLayer,
+        TransformerEncoderLayer,
+        TwoWayAttentionBlock,
+        TwoWayTransformer,
+    )
+    from .masks import causal_mask, from_key_padding_mask, lengths_to_key_mask
+
+# Public names and the submodule that defines each. They are imported on first use, so that
+# `import crossattn` (and the `crossattn` command line) starts without importing torch.
+_EXPORTS = {
+    "available_backends": "backends",
+    "register_backend": "backends",
+    "use_backend": "backends",
+    "bidirectional_attention": "functional",
+    "cross_attention": "functional",
+    "causal_mask": "masks",
+    "from_key_padding_mask": "masks",
+    "lengths_to_key_mask": "masks",
+    **dict.fromkeys(
+        [
+            "BidirectionalCrossAttention",
+            "CrossAttention",
+            "FiLM",
+            "GatedCrossAttentionBlock",
+            "GatedFusion",
+            "HierarchicalCrossAttention",
+            "PerceiverDecoder",
+            "PerceiverEncoder",
+            "PerceiverIO",
+            "PreparedContext",
+            "RetrievalCrossAttention",
+            "SelfDocAttention",
+            "TransformerDecoderLayer",
+            "TransformerEncoderLayer",
+            "TwoWayAttentionBlock",
+            "TwoWayTransformer",
+        ],
+        "layers",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'crossattn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __version__ = "0.1.0"
 

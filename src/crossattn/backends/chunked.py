@@ -294,7 +294,11 @@ class _Weights:
             # A float32 mean of 16-bit inputs would first copy the whole tile to float32; their
             # sum accumulates in float32 without the copy, and is divided once at the end.
             reduce = torch.sum if self.summed else torch.mean
-            if dst.is_contiguous() and probs.dtype == dst.dtype:
+            if probs.stride(-1) != 1:
+                # A keys-first tile: reduce the heads in its own layout, transpose once.
+                kf = probs.transpose(1, 2).view(b1 - b0, p.kv_heads, probs.shape[2], -1)
+                dst.copy_(reduce(kf, dim=1).transpose(1, 2))  # (b, rows, sk)
+            elif dst.is_contiguous() and probs.dtype == dst.dtype:
                 reduce(heads, dim=1, out=dst)
             else:
                 dst.copy_(reduce(heads, dim=1))
@@ -358,9 +362,9 @@ def chunked_forward(
     fused = single and not need_lse
     float_mask = inputs.mask is not None and inputs.mask.is_floating_point()
     # Short contexts: lay the scores out keys-first, so the softmax reduces across contiguous
-    # query rows (see `scores_keys_first`). Not when weights are stored: their (L, S) layout
-    # wants query-first tiles.
-    keys_first = fused and not float_mask and not weights.mode and plan_.kv_len <= KEYS_FIRST_MAX_S
+    # query rows (see `scores_keys_first`); with or without weights, so that asking for them
+    # never changes the output.
+    keys_first = fused and not float_mask and plan_.kv_len <= KEYS_FIRST_MAX_S
     raw_flat = torch.empty(tile_elems, dtype=ops.mm, device=dev)
     shifted_flat = raw_flat
     if ops.low and (float_mask or not fused):
