@@ -67,7 +67,7 @@ def _explicit(t: TwoWayTransformer, image, pe, points, point_mask=None):
         queries = blk.norm2(
             queries + _attend(blk.cross_attn_token_to_image, queries + points, keys + key_pe, keys)
         )
-        queries = blk.norm3(queries + blk.mlp.lin2(blk.mlp.act(blk.mlp.lin1(queries))))
+        queries = blk.norm3(queries + blk.mlp.linear_out(blk.mlp.act(blk.mlp.linear_in(queries))))
         attn_out = _attend(
             blk.cross_attn_image_to_token, keys + key_pe, queries + points, queries, point_mask
         )

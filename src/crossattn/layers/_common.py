@@ -43,17 +43,27 @@ def check_mask(name: str, mask: object, shape: tuple[int, ...], legend: str) -> 
 
 
 class FeedForward(nn.Module):
-    """LayerNorm-free GELU MLP: (..., dim) -> (..., dim * mult) -> (..., dim)."""
+    """Position-wise MLP, no norm: linear_out(dropout(act(linear_in(x)))).
 
-    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
+    (..., dim) -> (..., hidden_dim) -> (..., dim). The one feed-forward of every layer here:
+    GELU in Perceiver and Flamingo, ReLU in the Transformer layers, Segment Anything's choice in
+    the two-way transformer.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        *,
+        activation: type[nn.Module] = nn.GELU,
+        dropout: float = 0.0,
+    ):
         super().__init__()
-        check_positive(dim=dim, mult=mult)
-        self.net = nn.Sequential(
-            nn.Linear(dim, dim * mult),
-            nn.GELU(),
-            nn.Dropout(dropout),
-            nn.Linear(dim * mult, dim),
-        )
+        check_positive(dim=dim, hidden_dim=hidden_dim)
+        self.linear_in = nn.Linear(dim, hidden_dim)
+        self.act = activation()
+        self.dropout = nn.Dropout(dropout)
+        self.linear_out = nn.Linear(hidden_dim, dim)
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.net(features)
+        return self.linear_out(self.dropout(self.act(self.linear_in(features))))

@@ -83,7 +83,7 @@ class GatedCrossAttentionBlock(nn.Module):
         )
         self.attn_gate = nn.Parameter(torch.zeros(1))
         self.norm_ff = nn.LayerNorm(dim)
-        self.ff = FeedForward(dim, ff_mult, dropout)
+        self.ff = FeedForward(dim, dim * ff_mult, dropout=dropout)
         self.ff_gate = nn.Parameter(torch.zeros(1))
 
     def forward(

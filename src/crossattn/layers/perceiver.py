@@ -54,7 +54,7 @@ class LatentSelfAttentionBlock(nn.Module):
         )
         self.attn_latents_to_latents.role = "self"
         self.norm_ff = nn.LayerNorm(dim)
-        self.ff = FeedForward(dim, ff_mult, dropout)
+        self.ff = FeedForward(dim, dim * ff_mult, dropout=dropout)
 
     def forward(self, latents: Tensor) -> Tensor:
         normed = self.norm_attn(latents)
@@ -87,7 +87,7 @@ class LatentCrossAttendBlock(nn.Module):
             latent_dim, input_dim, heads=heads, dim_head=dim_head, dropout=dropout, backend=backend
         )
         self.norm_ff = nn.LayerNorm(latent_dim)
-        self.ff = FeedForward(latent_dim, ff_mult, dropout)
+        self.ff = FeedForward(latent_dim, latent_dim * ff_mult, dropout=dropout)
 
     def prepare(
         self, inputs: Tensor, input_mask: Tensor | None, chunk_size: int
@@ -298,7 +298,7 @@ class PerceiverDecoder(nn.Module):
             query_dim, latent_dim, heads=heads, dim_head=dim_head, dropout=dropout, backend=backend
         )
         self.norm_ff = nn.LayerNorm(query_dim)
-        self.ff = FeedForward(query_dim, ff_mult, dropout)
+        self.ff = FeedForward(query_dim, query_dim * ff_mult, dropout=dropout)
         self.to_out = nn.Identity() if out_dim is None else nn.Linear(query_dim, out_dim)
 
     def forward(

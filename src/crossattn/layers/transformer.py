@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..masks import causal_mask
+from ._common import FeedForward
 from .attention import CrossAttention, PreparedContext, WeightsArg
 
 
@@ -29,20 +30,6 @@ def _check_dims(d_model: int, heads: int, dim_ff: int, dropout: float) -> None:
         raise ValueError(f"d_model={d_model} must be divisible by heads={heads}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-
-
-class FeedForward(nn.Module):
-    """Position-wise feed-forward block: Linear(d_model, dim_ff) -> ReLU -> dropout -> Linear."""
-
-    def __init__(self, d_model: int, dim_ff: int, dropout: float = 0.0):
-        super().__init__()
-        self.linear_in = nn.Linear(d_model, dim_ff)
-        self.linear_out = nn.Linear(dim_ff, d_model)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        """tokens (..., d_model) -> (..., d_model)."""
-        return self.linear_out(self.dropout(torch.relu(self.linear_in(tokens))))
 
 
 def _drop_key_bias(attn: CrossAttention) -> CrossAttention:
@@ -101,7 +88,7 @@ class TransformerEncoderLayer(nn.Module):
             backend=backend,
         ))  # fmt: skip
         self.self_attn.role = "self"
-        self.ffn = FeedForward(d_model, dim_ff, dropout)
+        self.ffn = FeedForward(d_model, dim_ff, activation=nn.ReLU, dropout=dropout)
         self.attn_block = _Residual(d_model, dropout, norm_first, norm_eps)
         self.ffn_block = _Residual(d_model, dropout, norm_first, norm_eps)
 
@@ -174,7 +161,7 @@ class TransformerDecoderLayer(nn.Module):
             d_model, context_dim, heads=heads, dim_head=dim_head, bias=True, dropout=dropout,
             backend=backend,
         ))  # fmt: skip
-        self.ffn = FeedForward(d_model, dim_ff, dropout)
+        self.ffn = FeedForward(d_model, dim_ff, activation=nn.ReLU, dropout=dropout)
         self.self_block = _Residual(d_model, dropout, norm_first, norm_eps)
         self.cross_block = _Residual(d_model, dropout, norm_first, norm_eps)
         self.ffn_block = _Residual(d_model, dropout, norm_first, norm_eps)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._common import FeedForward
 from .attention import CrossAttention
 
 
@@ -45,19 +46,6 @@ def _sam_attention(
         out_bias=True,
         backend=backend,
     )
-
-
-class _MLPBlock(nn.Module):
-    """lin2(act(lin1(x))): (..., embedding_dim) -> (..., embedding_dim)."""
-
-    def __init__(self, embedding_dim: int, mlp_dim: int, activation: type[nn.Module]):
-        super().__init__()
-        self.lin1 = nn.Linear(embedding_dim, mlp_dim)
-        self.act = activation()
-        self.lin2 = nn.Linear(mlp_dim, embedding_dim)
-
-    def forward(self, features: Tensor) -> Tensor:
-        return self.lin2(self.act(self.lin1(features)))
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -98,7 +86,7 @@ class TwoWayAttentionBlock(nn.Module):
             embedding_dim, num_heads, attention_downsample_rate, backend
         )
         self.norm2 = nn.LayerNorm(embedding_dim)
-        self.mlp = _MLPBlock(embedding_dim, mlp_dim, activation)
+        self.mlp = FeedForward(embedding_dim, mlp_dim, activation=activation)
         self.norm3 = nn.LayerNorm(embedding_dim)
         self.norm4 = nn.LayerNorm(embedding_dim)
         self.cross_attn_image_to_token = _sam_attention(
@@ -336,8 +324,8 @@ class TwoWayTransformer(nn.Module):
                     _copy_sam_attention(getattr(ours, name), getattr(theirs, name))
                 for name in ("norm1", "norm2", "norm3", "norm4"):
                     _copy_layer_norm(getattr(ours, name), getattr(theirs, name))
-                _copy_linear(ours.mlp.lin1, theirs.mlp.lin1)
-                _copy_linear(ours.mlp.lin2, theirs.mlp.lin2)
+                _copy_linear(ours.mlp.linear_in, theirs.mlp.lin1)
+                _copy_linear(ours.mlp.linear_out, theirs.mlp.lin2)
                 ours.mlp.act = copy.deepcopy(theirs.mlp.act)
             _copy_sam_attention(layer.final_attn_token_to_image, final)
             _copy_layer_norm(layer.norm_final_attn, module.norm_final_attn)
