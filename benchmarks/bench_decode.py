@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from crossattn.models import Seq2SeqConfig, Seq2SeqTransformer, beam_search
+from results_md import write_section
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Decode benchmark"
@@ -105,15 +106,7 @@ def write(rows: list[dict], command: str) -> None:
             f"| {r['speedup']:.2f}x |"
         )
     section = "\n".join(lines) + "\n"
-    md = HERE / "RESULTS.md"
-    text = md.read_text() if md.exists() else ""
-    if SECTION in text:  # replace our section only, up to the next "## " heading
-        start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("" if nxt < 0 else text[nxt + 1 :])
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section
-    md.write_text(text)
+    write_section(HERE / "RESULTS.md", section)
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import statistics
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 
 from crossattn import cross_attention
 from crossattn.layers import HierarchicalCrossAttention
+from results_md import write_section
 
 HERE = Path(__file__).resolve().parent
 SECTION = "## Hierarchical attention"
@@ -204,17 +204,6 @@ def markdown(result: dict) -> str:
                 f"{r['speedup']:.2f} | {r['attn_time_s'] * 1e3:.1f} | {r['attn_speedup']:.2f} |"
             )
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    """Add or replace this script's section of RESULTS.md, leaving the others as they are."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 def main() -> None:

@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from results_md import write_section
+
 HERE = Path(__file__).resolve().parent
 RESULTS_MD = HERE / "RESULTS.md"
 RESULTS_DIR = HERE / "results"
@@ -452,20 +454,6 @@ def targets(result: dict) -> list[str]:
     return out
 
 
-def write_section(text: str) -> None:
-    """Replace the `## Op benchmark` section of RESULTS.md, keeping every other section."""
-    old = RESULTS_MD.read_text() if RESULTS_MD.exists() else ""
-    start = old.find(SECTION)
-    if start < 0:
-        head = old if old.strip() else "# Benchmark results\n\n"
-        new = head.rstrip("\n") + "\n\n" + text if old.strip() else head + text
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        tail = old[nxt + 1 :] if nxt >= 0 else ""
-        new = old[:start] + text + ("\n" + tail if tail else "")
-    RESULTS_MD.write_text(new)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -500,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS_DIR / name).write_text(json.dumps(result, indent=1) + "\n")
     text = markdown(result, command)
     if full:
-        write_section(text)
+        write_section(RESULTS_MD, text)
     print(text)
     return 0
 

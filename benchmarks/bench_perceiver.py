@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from results_md import write_section
+
 HERE = Path(__file__).resolve().parent
 MIB = 1 << 20
 SECTION = "## Perceiver memory"
@@ -158,17 +160,6 @@ def markdown(result: dict) -> str:
             f"{r['inputs_mib']:.0f} | {r['params_mib']:.0f} | {r['forward_s']:.2f} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    """Add or replace this script's section of RESULTS.md, leaving the others as they are."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 def main() -> None:
