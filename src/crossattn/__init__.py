@@ -42,9 +42,10 @@ if TYPE_CHECKING:
     )
     from .masks import causal_mask, from_key_padding_mask, lengths_to_key_mask
 
-# Public names and the submodule that defines each. They are imported on first use, so that
-# `import crossattn` (and the `crossattn` command line) starts without importing torch.
-_EXPORTS = {
+# Public names are imported on first use, so that `import crossattn` (and the `crossattn`
+# command line) starts without importing torch. Every name of `__all__` comes from `layers`
+# except these.
+_NOT_FROM_LAYERS = {
     "available_backends": "backends",
     "register_backend": "backends",
     "use_backend": "backends",
@@ -53,41 +54,20 @@ _EXPORTS = {
     "causal_mask": "masks",
     "from_key_padding_mask": "masks",
     "lengths_to_key_mask": "masks",
-    **dict.fromkeys(
-        [
-            "BidirectionalCrossAttention",
-            "CrossAttention",
-            "FiLM",
-            "GatedCrossAttentionBlock",
-            "GatedFusion",
-            "HierarchicalCrossAttention",
-            "PerceiverDecoder",
-            "PerceiverEncoder",
-            "PerceiverIO",
-            "PreparedContext",
-            "RetrievalCrossAttention",
-            "SelfDocAttention",
-            "TransformerDecoderLayer",
-            "TransformerEncoderLayer",
-            "TwoWayAttentionBlock",
-            "TwoWayTransformer",
-        ],
-        "layers",
-    ),
 }
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
+    if name not in __all__:
         raise AttributeError(f"module 'crossattn' has no attribute {name!r}")
+    module = _NOT_FROM_LAYERS.get(name, "layers")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(__all__))
 
 
 __version__ = "0.1.0"

@@ -229,10 +229,7 @@ class Viewer:
 
     def save(self, path: str | os.PathLike) -> str:
         """Write the page to `path` (UTF-8) and return the path as a string."""
-        text = self.html
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-        return os.fspath(path)
+        return _write(path, self.html)
 
     def _repr_html_(self) -> str:
         text = _fragment(self.data)
@@ -365,6 +362,11 @@ def to_html(
     )
     text = v.html
     if path is not None:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
+        _write(path, text)
     return text
+
+
+def _write(path: str | os.PathLike, text: str) -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return os.fspath(path)
