@@ -14,9 +14,9 @@ bfloat16, no AMX; table and command in ``benchmarks/RESULTS.md``):
   bounded), then ``reference`` (weights that need gradients).
 - CPU, bfloat16, the whole context in one key block (S <= 1024: text conditioning, encoder
   contexts, decode steps): ``chunked``. SDPA's bfloat16 CPU kernel is slow there (in the
-  recorded run, dispatch to chunked is 1.8x faster at (2, 8, 4096, 77, 64), 1.2x at
-  (8, 8, 512, 512, 64) with a key mask, 4.3x at a (8, 8, 1, 1024, 64) decode step); chunked's bfloat16 matmuls around PyTorch's fused softmax
-  are not. Under heavy load from other processes the gap closes and can reverse at S = 512 and
+  recorded run, dispatch to chunked is 2.1x faster at (2, 8, 4096, 77, 64), 1.3x at
+  (8, 8, 512, 512, 64) with a key mask, 3.2x at a (8, 8, 1, 1024, 64) decode step);
+  chunked's bfloat16 matmuls around PyTorch's fused softmax are not. Under heavy load from other processes the gap closes and can reverse at S = 512 and
   at decode steps: chunked runs three parallel regions per tile where SDPA runs one.
 - CPU, everything else (float32, float64, float16; bfloat16 with longer contexts): ``sdpa``. Its
   flash CPU kernel ties chunked at long bfloat16 contexts (S = 8k-65k) and is ahead of or level
