@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import assert_within, expected
 from crossattn.capture import AttentionRecorder
+from crossattn.viz._record import as_record
 
 transformers = pytest.importorskip("transformers")
 
@@ -134,6 +136,12 @@ def test_beam_search_maps_per_step_and_following_the_returned_beams():
         valid = beam_indices >= 0
         assert_within(got[valid], want[valid], TOL, f"{name} followed beams")
         assert torch.equal(got[~valid], torch.zeros_like(got[~valid]))
+    # The viewer takes the followed maps as a capture: batch=i is returned sequence i.
+    for i in range(n):
+        record = as_record(followed, batch=i)
+        assert record.layer_names == rec.layer_names
+        for j, name in enumerate(rec.layer_names):
+            assert np.array_equal(record.weights[j, 0], followed[name][i].numpy())
 
 
 @pytest.mark.gpu
