@@ -375,7 +375,12 @@ def test_bad_weights_raise():
         extract_alignment(w, DEFAULT_EXTRACTION, 7, 4)
     with pytest.raises(ValueError, match=r"T=5 decoder positions but shift='feed' .* needs 6"):
         extract_alignment(w, ExtractionConfig(shift="feed"), 4, 5)
-    assert extract_alignment(w, ExtractionConfig(shift="predict"), 4, 5) is not None
+    # T = 5 fits "predict" (row j speaks for target word j): one-hot rows give their links
+    peaked = torch.zeros(2, 3, 5, 6)
+    for j, i in enumerate([1, 0, 3, 2, 2]):
+        peaked[:, :, j, i] = 1.0
+    links = extract_alignment(peaked, ExtractionConfig(shift="predict"), 4, 5)
+    assert links == {(1, 0), (0, 1), (3, 2), (2, 3), (2, 4)}
     with pytest.raises(
         ValueError, match="ExtractionConfig.layers has 2 but the weights have 2 layers"
     ):

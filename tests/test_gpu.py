@@ -83,7 +83,8 @@ def test_weights_and_gradients_on_cuda():
         qn, kn, vn = (t.double().cuda().requires_grad_() for t in (q, k, v))
         o = cross_attention(qn, kn, vn, key_mask=key_mask.cuda(), backend=name)
         (o * o).sum().backward()
-        torch.testing.assert_close(qn.grad.cpu(), qr.grad, rtol=1e-9, atol=1e-11)
+        for a, b in ((qn, qr), (kn, kr), (vn, vr)):
+            torch.testing.assert_close(a.grad.cpu(), b.grad, rtol=1e-9, atol=1e-11)
 
 
 def test_layer_on_cuda_prepared_context_is_exact():
@@ -96,4 +97,4 @@ def test_layer_on_cuda_prepared_context_is_exact():
         direct = layer(queries, context, context_mask=mask)
         prepared = layer(queries, layer.prepare_context(context, context_mask=mask))
     assert torch.equal(direct, prepared)
-    assert crossattn.available_backends()
+    assert "sdpa" in crossattn.available_backends()

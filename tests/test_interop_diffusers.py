@@ -355,9 +355,10 @@ def test_processor_gradients_match_default():
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-10)
 
 
-def test_processor_upcast_in_bfloat16_is_at_least_as_accurate():
-    """With upcast_attention the kernel runs in float32; the error against float64 is at most
-    the default processor's (which computes in bfloat16)."""
+def test_processor_upcast_in_bfloat16_is_as_accurate_as_the_default():
+    """With upcast_attention the kernel runs in float32. Both processors share the bfloat16
+    projections, whose rounding dominates the error against float64; ours stays within the
+    default processor's error plus one bfloat16 rounding of the output."""
     attn = Attention(32, cross_attention_dim=16, heads=4, dim_head=8, upcast_attention=True)
     _randomise(attn.eval(), seed=20)
     hidden, context = _seq(2, 9, 32, seed=21), _seq(2, 13, 16, seed=22)
@@ -371,7 +372,8 @@ def test_processor_upcast_in_bfloat16_is_at_least_as_accurate():
     assert ours.dtype == torch.bfloat16
     err = (ours.double() - exact).abs().max().item()
     base = (default.double() - exact).abs().max().item()
-    assert 0 < err <= 2 * base, (err, base)
+    rounding = torch.finfo(torch.bfloat16).eps * exact.abs().max().item()
+    assert 0 < err <= base + rounding, (err, base, rounding)
 
 
 def test_processor_grouped_kv_heads_match_the_converted_layer():

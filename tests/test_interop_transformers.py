@@ -108,11 +108,11 @@ def test_from_transformers_accepts_the_bare_attention():
     model = _bert(dtype=torch.float64)
     core = model.encoder.layer[0].crossattention.self
     layer = CrossAttention.from_transformers(core)
-    hidden, context = _seq(2, 3, 32, dtype=torch.float64), _seq(2, 1, 32, dtype=torch.float64)
+    hidden, context = _seq(2, 3, 32, dtype=torch.float64), _seq(2, 5, 32, dtype=torch.float64)
     with torch.no_grad():
         want, _ = core(hidden, encoder_hidden_states=context)
         got = layer(hidden, context)
-    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_from_transformers_gradients_match():

@@ -136,15 +136,19 @@ def test_functional_errors(gen):
         bidirectional_attention(a_q[0, 0], b_k, a_v, b_v)
 
 
-def ref_attention(layer: CrossAttention, queries, context, *, context_mask=None):
+def ref_attention(layer: CrossAttention, queries, context, *, context_mask=None, weights=False):
+    """The layer's output (B, L, out) in float64 reference math; with weights, also (B, H, L, S)."""
     b, length, _ = queries.shape
     s = context.shape[1]
     h, d = layer.heads, layer.dim_head
     q = layer.to_q(queries).view(b, length, h, d).transpose(1, 2)
     k = layer.to_k(context).view(b, s, h, d).transpose(1, 2)
     v = layer.to_v(context).view(b, s, h, d).transpose(1, 2)
-    out = cross_attention(q, k, v, key_mask=context_mask, backend="reference")
-    return layer.to_out(out.transpose(1, 2).reshape(b, length, h * d))
+    out, w = cross_attention(
+        q, k, v, key_mask=context_mask, backend="reference", return_weights=True
+    )
+    out = layer.to_out(out.transpose(1, 2).reshape(b, length, h * d))
+    return (out, w) if weights else out
 
 
 def layer_inputs(gen):
@@ -166,8 +170,8 @@ def test_layer_two_matches_explicit(gen, out_dim):
     a, b, a_mask, b_mask = layer_inputs(gen)
     a_out, b_out, w_ab, w_ba = layer(a, b, a_mask=a_mask, b_mask=b_mask, return_weights=True)
     ca, cb = a.nan_to_num(), b.nan_to_num()
-    ref_a = ref_attention(layer.attn_a_to_b, ca, cb, context_mask=b_mask)
-    ref_b = ref_attention(layer.attn_b_to_a, cb, ca, context_mask=a_mask)
+    ref_a, ref_w_ab = ref_attention(layer.attn_a_to_b, ca, cb, context_mask=b_mask, weights=True)
+    ref_b, ref_w_ba = ref_attention(layer.attn_b_to_a, cb, ca, context_mask=a_mask, weights=True)
     ref_a = ref_a * a_mask[..., None]
     ref_b = ref_b * b_mask[..., None]
     assert a_out.shape == (3, 7, out_dim or 10) and b_out.shape == (3, 5, out_dim or 6)
@@ -175,7 +179,11 @@ def test_layer_two_matches_explicit(gen, out_dim):
     assert (b_out - ref_b).abs().max().item() <= tol64(ref_b, 10)
     assert w_ab.shape == (3, 2, 7, 5) and w_ba.shape == (3, 2, 5, 7)
     assert w_ab.transpose(1, 2)[~a_mask].abs().max() == 0  # padded A rows: weights exactly 0
-    assert torch.isfinite(w_ab).all() and torch.isfinite(w_ba).all()
+    assert w_ba.transpose(1, 2)[~b_mask].abs().max() == 0  # padded B rows likewise
+    ref_w_ab = ref_w_ab * a_mask[:, None, :, None]
+    ref_w_ba = ref_w_ba * b_mask[:, None, :, None]
+    assert (w_ab - ref_w_ab).abs().max().item() <= tol64(ref_w_ab, 10)
+    assert (w_ba - ref_w_ba).abs().max().item() <= tol64(ref_w_ba, 10)
 
 
 def test_layer_shared_matches_explicit(gen):

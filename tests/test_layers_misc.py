@@ -3,6 +3,8 @@ explicit float64 computations through the reference op."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import Tensor
@@ -220,6 +222,30 @@ def test_retrieval_weights_gradients_and_float32(gen):
     assert (out.double() - ref).abs().max().item() < 1e-5
 
 
+@pytest.mark.parametrize("length", [8, 2])  # 2: no token reaches a chunk (causal offset 2)
+def test_retrieval_per_head_weights(gen, length):
+    torch.manual_seed(3)
+    layer = RetrievalCrossAttention(6, 5, chunk_size=3, heads=2, dim_head=3).double()
+    chunks = -(-length // 3)
+    tokens = torch.randn(2, length, 6, generator=gen, dtype=torch.float64)
+    neighbours = torch.randn(2, chunks, 2, 4, 5, generator=gen, dtype=torch.float64)
+    out, weights = layer(tokens, neighbours, return_weights=True)  # (B, C', heads, m, K * R)
+    out_mean, mean = layer(tokens, neighbours, return_weights="mean")  # (B, C', m, K * R)
+    attending = -(-(length - 2) // 3) if length > 2 else 0
+    assert weights.shape == (2, attending, 2, 3, 8)
+    assert mean.shape == (2, attending, 3, 8)
+    assert torch.equal(out, out_mean)
+    if attending:
+        assert (weights.mean(2) - mean).abs().max().item() <= 1e-12
+        assert torch.allclose(weights.sum(-1), torch.ones(2, attending, 2, 3, dtype=torch.float64))
+        # Chunk 0 of row 0, head 1: the softmax of its queries against its neighbours' keys.
+        attn = layer.attn_chunks_to_neighbours
+        q = heads(attn, attn.to_q, tokens[:1, 2:5])  # tokens 2..4 attend to chunk 0
+        kv = heads(attn, attn.to_k, neighbours[:1, 0].reshape(1, 8, 5))
+        _, want = cross_attention(q, kv, kv, backend="reference", return_weights=True)
+        assert (weights[0, 0, 1] - want[0, 1]).abs().max().item() <= 1e-12
+
+
 def test_retrieval_errors():
     layer = RetrievalCrossAttention(6, 5, chunk_size=4, heads=2, dim_head=3)
     tokens = torch.zeros(2, 9, 6)
@@ -324,13 +350,33 @@ def test_hierarchical_all_blocks_equals_full_attention(gen, query_block_size, ba
 
 def test_hierarchical_gradients_and_errors(gen):
     torch.manual_seed(5)
-    layer = HierarchicalCrossAttention(8, 6, heads=2, dim_head=4, block_size=4, top_k=2)
-    queries = torch.randn(2, 7, 8, generator=gen, requires_grad=True)
-    context = torch.randn(2, 21, 6, generator=gen, requires_grad=True)
-    layer(queries, context).sum().backward()
-    assert queries.grad.abs().sum() > 0 and context.grad.abs().sum() > 0
-    for name, p in layer.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    layer = HierarchicalCrossAttention(
+        8, 6, heads=2, dim_head=4, block_size=4, top_k=2, query_block_size=3
+    ).double()
+    queries = torch.randn(2, 7, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    context = torch.randn(2, 21, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    out, selection = layer(queries, context, return_selection=True)  # selection: (B, H, nq, k)
+    probe = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    (out * probe).sum().backward()
+    got = [queries.grad, context.grad] + [p.grad for p in layer.parameters()]
+    # The selection is discrete (no gradient); through the selected blocks the gradients are
+    # those of the reference op masked to them.
+    allowed = torch.zeros(2, 2, 7, 21, dtype=torch.bool)
+    for row, hh, i in itertools.product(range(2), range(2), range(7)):
+        for j in selection[row, hh, i // 3].tolist():
+            allowed[row, hh, i, j * 4 : (j + 1) * 4] = True
+    q2, c2 = queries.detach().requires_grad_(), context.detach().requires_grad_()
+    layer.zero_grad()
+    attn = layer.attn
+    q, k, v = heads(attn, attn.to_q, q2), heads(attn, attn.to_k, c2), heads(attn, attn.to_v, c2)
+    ref = merge(attn, cross_attention(q, k, v, attn_mask=allowed, backend="reference"))
+    (ref * probe).sum().backward()
+    want = [q2.grad, c2.grad] + [p.grad for p in layer.parameters()]
+    for g, w in zip(got, want, strict=True):
+        assert g is not None and g.abs().sum() > 0
+        assert (g - w).abs().max().item() <= tol64(w, 21)
+    queries, context = queries.float().detach(), context.float().detach()
+    layer.float()
     with pytest.raises(ValueError, match=r"queries have B=2 but context has B=1"):
         layer(queries, context[:1])
     with pytest.raises(ValueError, match=r"context must have shape \(B, S, context_dim\) with last dim 6"):  # fmt: skip

@@ -13,7 +13,9 @@ import pytest
 import torch
 from torch import Tensor
 
+import crossattn
 from crossattn import CrossAttention, cross_attention
+from crossattn.backends import get_backend
 from crossattn.layers import PerceiverDecoder, PerceiverEncoder, PerceiverIO
 
 EPS64 = torch.finfo(torch.float64).eps
@@ -243,7 +245,40 @@ def test_perceiver_io_learned_and_given_queries(gen):
     assert out.shape == (3, 3, 2)
     assert torch.allclose(out, io.decoder(io.output_queries, latents), rtol=0, atol=1e-12)
     given = torch.randn(3, 5, 6, generator=gen, dtype=torch.float64)
-    assert io(inputs, given, input_mask=mask).shape == (3, 5, 2)
+    out_given = io(inputs, given, input_mask=mask)
+    assert out_given.shape == (3, 5, 2)
+    assert torch.allclose(out_given, io.decoder(given, latents), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("input_backend", "outer", "want_cross"),
+    [("auto", None, "chunked"), ("auto", "reference", "chunked"), (None, "reference", "reference"),
+     ("reference", "sdpa", "reference")],
+)  # fmt: skip
+def test_input_backend_picks_the_cross_attention_backend(
+    gen, monkeypatch, input_backend, outer, want_cross
+):
+    """The latents-to-inputs calls (S = input length) run on the backend input_backend says;
+    the latent self-attention (S = num_latents) follows the outer default."""
+    calls: list[tuple[str, int]] = []
+    for name in crossattn.available_backends():
+        backend = get_backend(name)
+
+        def spy(inputs, _name=name, _forward=backend.forward):
+            calls.append((_name, inputs.kv_len))
+            return _forward(inputs)
+
+        monkeypatch.setattr(backend, "forward", spy)
+    enc = make_encoder(input_backend=input_backend)
+    inputs, mask = poisoned_inputs(gen)
+    with crossattn.use_backend(outer):
+        enc(inputs, mask)
+    cross = {name for name, s in calls if s == inputs.shape[1]}
+    latent = {name for name, s in calls if s == enc.num_latents}
+    assert cross == {want_cross}
+    assert latent, "the latent self-attention ran"
+    if outer is not None:
+        assert latent == {outer}
 
 
 def test_errors():

@@ -136,11 +136,19 @@ def test_concurrent_requests(server, translator):
         "une chat mange",
         "sur",
     ]
-    expected = {s: " ".join(translator.translate(s, beam=1).target_tokens) for s in sentences}
+    expected = {s: translator.translate(s, beam=1) for s in sentences}
     with ThreadPoolExecutor(max_workers=len(sentences)) as pool:
         answers = list(pool.map(lambda s: _post(server.url, {"sentence": s}), sentences))
     assert [status for status, _ in answers] == [200] * len(sentences)
-    assert [a["translation"] for _, a in answers] == [expected[s] for s in sentences]
+    # Every answer belongs to its own request: the sentences differ in their source words and
+    # (as the model translates several alike) in their score and alignment.
+    for s, (_, a) in zip(sentences, answers, strict=True):
+        want = expected[s]
+        assert a["source"] == s.split()
+        assert a["translation"] == " ".join(want.target_tokens)
+        assert a["alignment"] == " ".join(f"{i}-{j}" for i, j in want.alignment)
+        assert a["score"] == pytest.approx(want.score, abs=1e-5)
+    assert len({a["score"] for _, a in answers}) == len(sentences)
 
 
 def test_the_model_limit_caps_max_words(translator):

@@ -7,6 +7,7 @@ import pytest
 from crossattn.data import read_parallel
 from crossattn.data.toy_translation import (
     ParallelExample,
+    _lexicon,
     generate_corpus,
     in_vocabulary,
     language_rules,
@@ -136,21 +137,27 @@ def test_determiners_agree_with_gender_and_number(examples):
 
 
 def test_adjectives_agree_with_the_noun():
-    """A feminine plural noun takes the feminine plural adjective: les voitures rouges."""
+    """An adjective takes its noun's gender and number: les voitures vertes, le livre vert."""
+    lex = _lexicon(0)
+    nouns = {}  # english noun -> (gender, number)
+    for en_sg, en_pl, _, _, gender in lex.animate + lex.inanimate:
+        if en_sg != en_pl:  # not "sheep", whose number the English word does not show
+            nouns[en_sg], nouns[en_pl] = (gender, "sg"), (gender, "pl")
+    index = {("m", "sg"): 0, ("f", "sg"): 1, ("m", "pl"): 2, ("f", "pl"): 3}
+    # adjectives after the noun (no elision), with four distinct forms: "vert"/"verte"/...
+    forms = {en: f for en, f, pre in lex.adjectives if not pre and len(set(f)) == 4}
     c = generate_corpus(0, n_train=20000, n_dev=0, n_test=0)
-    hits = 0
+    hits = dict.fromkeys(index, 0)
     for e in c.train:
-        for i in range(len(e.source) - 2):
-            if e.source[i : i + 3] in (("the", "red", "cars"), ("the", "green", "cars")):
-                assert e.target[_links_of(e, i + 1)[0][0]] in ("rouges", "vertes")
-                hits += 1
-            if (
-                e.source[i : i + 2] == ("the", "white")
-                and e.source[i + 2] in word_classes()["feminine_nouns"]
-            ):
-                assert e.target[_links_of(e, i + 1)[0][0]] == "blanche"
-                hits += 1
-    assert hits > 0
+        for i in range(len(e.source) - 1):
+            adjective, noun = e.source[i], e.source[i + 1]
+            if adjective in forms and noun in nouns:
+                sure, _ = _links_of(e, i)
+                assert (
+                    len(sure) == 1 and e.target[sure[0]] == forms[adjective][index[nouns[noun]]]
+                ), (e, i)
+                hits[nouns[noun]] += 1
+    assert min(hits.values()) > 20, hits
 
 
 def test_most_adjectives_move_after_the_noun_and_some_stay_before(examples):

@@ -153,9 +153,10 @@ def test_two_way_point_mask_ignores_nan_padding():
     assert torch.isfinite(got_k).all()
     # and the mask is equivalent to the explicit masked computation
     want_q, want_k = _explicit(t, image, pe, points, mask)
-    torch.testing.assert_close(
-        t(image, pe, points, point_mask=mask)[1], want_k, rtol=1e-12, atol=1e-12
-    )
+    clean_q, clean_k = t(image, pe, points, point_mask=mask)
+    torch.testing.assert_close(clean_k, want_k, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(clean_q[mask], want_q[mask], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_q[mask], want_q[mask], rtol=1e-12, atol=1e-12)
 
 
 def test_two_way_depth_zero_is_final_attention_only():

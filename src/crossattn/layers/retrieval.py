@@ -121,7 +121,8 @@ class RetrievalCrossAttention(nn.Module):
         out = tokens.new_zeros(b, length, self.attn_chunks_to_neighbours.out_dim)
         if n_att == 0:
             if return_weights:
-                shape = (b, 0, m, k * r) if return_weights == "mean" else (b, 0, 1, m, k * r)
+                heads = self.attn_chunks_to_neighbours.heads
+                shape = (b, 0, m, k * r) if return_weights == "mean" else (b, 0, heads, m, k * r)
                 return out, tokens.new_zeros(shape)
             return out
         pad = n_att * m - attending.shape[1]
