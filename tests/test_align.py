@@ -60,6 +60,9 @@ def test_aer_by_hand():
     assert aer(tuples, [(frozenset({(0, 0)}), frozenset({(2, 1), (2, 2)}))]) == result
     # reversed hypothesis
     assert aer(gold, [{(0, 0), (1, 2), (2, 2)}], reverse=True) == result
+    # Pharaoh lines (0-indexed), on either side
+    assert aer(["0-0 1-1 2p1"], ["0-0 2-1 2p2"]) == result
+    assert aer(["0-1"], ["1-0"]).aer == 1.0
 
 
 def test_aer_pools_links_instead_of_averaging_sentences():
@@ -75,6 +78,12 @@ def test_aer_edge_cases_and_errors():
     assert aer([set()], [set()]).aer == 0.0
     with pytest.raises(ValueError, match="gold has 2 sentences but hypothesis has 1"):
         aer([set(), set()], [set()])
+    with pytest.raises(TypeError, match=r"hypothesis\[0\] holds '0-1'; a link is a \(source"):
+        aer([{(0, 1)}], [{"0-1"}])
+    with pytest.raises(TypeError, match=r"gold\[1\] must be a set of \(i, j\) links.*got int"):
+        aer([set(), 5], [set(), set()])
+    with pytest.raises(ValueError, match=r"gold\[0\]: bad alignment link '0-x'"):
+        aer(["0-x"], ["0-0"])
 
 
 @needs_gold

@@ -135,6 +135,9 @@ def test_caller_weights_unchanged_and_computed_once(caller, heads, monkeypatch):
     queries, context, key_mask = make_inputs(length=5, s=4)
     with torch.no_grad():
         out0, w0 = layer(queries, context, context_mask=key_mask, return_weights=caller)
+        # Every head, asked of the layer in a separate call without a recorder.
+        _, w_heads = layer(queries, context, context_mask=key_mask, return_weights=True)
+        q, k, v = heads_split(layer, queries, context)
         calls = []
         original = crossattn.layers.attention.cross_attention
 
@@ -149,17 +152,20 @@ def test_caller_weights_unchanged_and_computed_once(caller, heads, monkeypatch):
     assert torch.equal(out0, out1)
     assert w1.shape == w0.shape
     # "mean" from every head's weights differs from the op's own mean only by rounding.
-    assert_within(w1, w0, 4 * torch.finfo(torch.float32).eps, "caller weights")
+    mean_tol = 4 * torch.finfo(torch.float32).eps
+    assert_within(w1, w0, mean_tol, "caller weights")
     (m,) = rec.maps["CrossAttention"]
-    full = w1 if caller is True else None
+    exp = expected(q, k, v, torch.float32, key_mask=key_mask,
+                   return_weights="mean" if heads == "mean" else True)  # fmt: skip
+    assert_within(m, exp.weights, exp.weights_tol, "recorded map vs float64 reference")
     if heads == "mean":
         assert m.shape == (2, 5, 4)
-        if full is not None:
-            assert_within(m, full.mean(dim=1), 1e-7, "mean map")
+        assert_within(m, w_heads.mean(dim=1), mean_tol, "mean map")
     else:
         assert m.shape == (2, 3, 5, 4)
-        if full is not None:
-            assert torch.equal(m, full)
+        # The op was asked for every head (the recorder's need covers the caller's "mean"),
+        # by the same backend on the same inputs as the separate call: bit for bit.
+        assert torch.equal(m, w_heads)
 
 
 def test_no_model_records_every_layer_in_context_and_steps():
@@ -167,19 +173,61 @@ def test_no_model_records_every_layer_in_context_and_steps():
     second = CrossAttention(12, 10, heads=2, dim_head=3)
     queries, context, _ = make_inputs(poison=False)
     prepared = second.prepare_context(context)
-    outside = first(queries, context)  # before the block: not recorded
-    with torch.no_grad(), AttentionRecorder(steps=[0, 2]) as rec:
+    with torch.no_grad():
+        # What the recorder must keep: each layer's head mean, asked of the layer itself.
+        _, w_first = first(queries, context, return_weights="mean")  # (2, 7, 5)
+        _, w_second = second(queries[:, :1], prepared, return_weights="mean")  # (2, 1, 5)
+    rec = AttentionRecorder(steps=[0, 2])
+    # Between making the recorder and entering it: neither recorded nor counted as a step.
+    outside = first(queries[:, :3], context)
+    with torch.no_grad(), rec:
         for _ in range(3):  # three decode-like calls of each layer
             first(queries, context)
             second(queries[:, :1], prepared)
-    assert outside is not None
     assert rec.layer_names == ["CrossAttention_0", "CrossAttention_1"]
     assert rec.steps == {"CrossAttention_0": [0, 2], "CrossAttention_1": [0, 2]}
+    # Had the outside call counted, step 0 would be its (2, 3, 5) map.
+    assert [m.shape for m in rec.maps["CrossAttention_0"]] == [(2, 7, 5)] * 2
     assert [m.shape for m in rec.maps["CrossAttention_1"]] == [(2, 1, 5)] * 2
-    # After the block nothing is recorded any more.
-    first(queries, context)
+    # The same op call ("mean", dispatch) on the same inputs: bit for bit.
+    for m in rec.maps["CrossAttention_0"]:
+        assert torch.equal(m, w_first)
+    for m in rec.maps["CrossAttention_1"]:
+        assert torch.equal(m, w_second)
+    # After the block nothing is recorded any more, and the layer computes what it did before.
+    after = first(queries[:, :3], context)
+    assert torch.equal(after, outside) and outside.shape == (2, 3, 12)
     assert len(rec.maps["CrossAttention_0"]) == 2
-    assert rec.concat_steps("CrossAttention_1").shape == (2, 2, 5)
+    assert torch.equal(rec.concat_steps("CrossAttention_1"), torch.cat([w_second] * 2, dim=1))
+
+
+def test_clear_forgets_maps_and_restarts_call_counts():
+    torch.manual_seed(7)
+    layer = CrossAttention(12, 10, heads=2, dim_head=3).eval()
+    first_queries = torch.randn(2, 4 * 6, 12)  # a 4 x 6 image, row-major
+    second_queries = torch.randn(2, 4 * 6, 12)
+    context = torch.randn(2, 5, 10)
+    with torch.no_grad():
+        q, k, v = heads_split(layer, second_queries, context)
+        exp = expected(q, k, v, torch.float32, return_weights="mean")
+        rec = AttentionRecorder(layer, steps=[0], image_size=(40, 60))
+        with rec:
+            layer(first_queries, context)
+            layer(first_queries, context)  # step 1: not kept
+            assert rec.steps == {"CrossAttention": [0]} and rec.nbytes == 2 * 24 * 5 * 4
+            assert rec.query_grid == {"CrossAttention": (4, 6)}
+            (before,) = rec.maps["CrossAttention"]
+            rec.clear()
+            assert rec.maps == {} and rec.steps == {} and rec.timesteps == {}
+            assert rec.query_grid == {} and rec.nbytes == 0 and rec.layer_names == []
+            # The call count restarts: this call is step 0 again, so it is kept.
+            layer(second_queries, context)
+    (m,) = rec.maps["CrossAttention"]
+    assert rec.steps == {"CrossAttention": [0]} and rec.timesteps == {"CrossAttention": [None]}
+    assert rec.nbytes == m.nbytes == 2 * 24 * 5 * 4
+    assert rec.query_grid == {"CrossAttention": (4, 6)}
+    assert_within(m, exp.weights, exp.weights_tol, "map recorded after clear()")
+    assert (before.double() - exp.weights).abs().max() > exp.weights_tol  # not the old map
 
 
 def test_nested_recorders_both_record():
@@ -423,6 +471,19 @@ def test_top_k_sparse_maps(heads, tmp_path):
     assert back.top_k == 3
 
 
+def bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) float64 weights of bilinear resampling along one axis, half-pixel
+    centres (align_corners=False), source positions clamped to the edges."""
+    a = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        src = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+        i0 = int(src)
+        i1 = min(i0 + 1, n_in - 1)
+        a[i, i0] += 1 - (src - i0)
+        a[i, i1] += src - i0
+    return a
+
+
 def test_grid_downsamples_and_upsamples_image_queries():
     torch.manual_seed(4)
     layer = CrossAttention(12, 10, heads=2, dim_head=3).eval()
@@ -441,6 +502,15 @@ def test_grid_downsamples_and_upsamples_image_queries():
     assert_within(down.maps["CrossAttention"][0], pooled, 1e-6, "2x2 average")
     upsampled = up.maps["CrossAttention"][0]
     assert upsampled.shape == (2, 64, 5)
+    assert down.query_grid == {"CrossAttention": (2, 3)}
+    assert up.query_grid == {"CrossAttention": (8, 8)}
+    # Upsampling is documented as bilinear: resample the dense map by hand, in float64.
+    want = bilinear_matrix(4, 8) @ image.double() @ bilinear_matrix(6, 8).T  # (B, S, 8, 8)
+    want = want.permute(0, 2, 3, 1).reshape(2, 64, 5)
+    # Two separable passes, each a convex combination of 2 float32 values rounded to float32:
+    # a few ulps of the largest weight.
+    tol = 4 * torch.finfo(torch.float32).eps * want.abs().max().item() + float64_floor(want)
+    assert_within(upsampled, want, tol, "bilinear 4x6 -> 8x8")
     assert_within(upsampled.sum(-1), torch.ones(2, 64), 1e-5, "rows stay distributions")
 
 
@@ -559,7 +629,31 @@ def test_timesteps_need_a_timestep_argument():
             layer(queries, context)
 
 
-def test_heads_kept_need_head_weights_error_and_follow_beams_errors():
+@pytest.mark.parametrize("heads", ["all", [1]], ids=str)
+def test_heads_kept_need_head_weights_error(heads):
+    # A layer that hands the recorder head-mean weights (B, L, S) through the hook protocol
+    # (`crossattn.capture.hook`), while the recorder keeps heads: refused, not stored.
+    from crossattn.capture.hook import layer_call
+
+    layer = CrossAttention(12, 10, heads=2, dim_head=3)
+    queries, context, _ = make_inputs(poison=False)
+    with torch.no_grad():
+        _, mean = layer(queries, context, return_weights="mean")  # (2, 7, 5)
+    with AttentionRecorder(layer, heads=heads) as rec:
+        call = layer_call(layer)
+        assert call is not None and call.weights is True  # it asks the layer for every head
+        with pytest.raises(
+            ValueError,
+            match=re.escape(
+                f"heads={rec.heads!r} keeps heads, but layer 'CrossAttention' gave head-mean "
+                "weights of shape (2, 7, 5); expected (B, heads, L, S)"
+            ),
+        ):
+            call.hand_over(mean, False)
+    assert rec.maps == {} and rec.nbytes == 0
+
+
+def test_follow_beams_errors():
     layer = CrossAttention(12, 10, heads=2, dim_head=3)
     queries, context, _ = make_inputs(poison=False)
     with torch.no_grad(), AttentionRecorder(layer, steps=[1]) as rec:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_within, expected
+from conftest import assert_within, expected, float64_floor
 from crossattn.capture import AttentionRecorder
 from crossattn.viz._record import as_record
 
@@ -106,9 +106,11 @@ def test_beam_search_maps_per_step_and_following_the_returned_beams():
     kw = dict(**source_batch(), max_new_tokens=6, num_beams=3, num_return_sequences=2,
               do_sample=False, return_dict_in_generate=True, output_scores=True)  # fmt: skip
     plain = model.generate(**kw)
-    with AttentionRecorder(model) as rec:
+    # Two recorders on the same run: the head mean and every head.
+    with AttentionRecorder(model) as rec, AttentionRecorder(model, heads="all") as rec_all:
         out = model.generate(**kw)
     assert torch.equal(plain.sequences, out.sequences)
+    assert rec_all.layer_names == rec.layer_names
     ref = eager.generate(**kw, output_attentions=True)
     assert torch.equal(ref.sequences, out.sequences)
     beam_indices = out.beam_indices  # (N, T)
@@ -122,7 +124,11 @@ def test_beam_search_maps_per_step_and_following_the_returned_beams():
         for t, step_map in enumerate(rec.maps[name]):
             assert step_map.shape == (6, 1, 6)
             assert_within(step_map, ref.cross_attentions[t][layer].mean(1), TOL, f"step {t}")
+            heads_map = rec_all.maps[name][t]  # (rows, heads, 1, S)
+            assert heads_map.shape == (6, 4, 1, 6)
+            assert_within(heads_map, ref.cross_attentions[t][layer], TOL, f"step {t} heads")
     followed = rec.follow_beams(beam_indices)
+    followed_all = rec_all.follow_beams(beam_indices)
     # Teacher-forced eager run of the returned sequences: its cross-attention at position t is
     # the map of the beam row that produced token t + 1.
     n, steps = beam_indices.shape
@@ -136,6 +142,12 @@ def test_beam_search_maps_per_step_and_following_the_returned_beams():
         valid = beam_indices >= 0
         assert_within(got[valid], want[valid], TOL, f"{name} followed beams")
         assert torch.equal(got[~valid], torch.zeros_like(got[~valid]))
+        # Every head: (N, T, heads, S) against the forced run's (N, heads, T, S).
+        got_all = followed_all[name]
+        assert got_all.shape == (n, steps, 4, 6)
+        want_all = forced.cross_attentions[decoder_layer_index(name)].transpose(1, 2)
+        assert_within(got_all[valid], want_all[valid], TOL, f"{name} followed beams, per head")
+        assert torch.equal(got_all[~valid], torch.zeros_like(got_all[~valid]))
     # The viewer takes the followed maps as a capture: batch=i is returned sequence i.
     for i in range(n):
         record = as_record(followed, batch=i)
@@ -262,14 +274,28 @@ def test_unet_grid_and_timestep_selection(tmp_path):
     rec.save(path)
     back = AttentionRecorder.load(path)
     assert back.query_grid == rec.query_grid and back.timesteps == rec.timesteps
+    assert sorted(rec.layer_names) == sorted(full.layer_names)
+    eps = torch.finfo(torch.float32).eps
     for name in rec.layer_names:
+        assert full.timesteps[name] == [999.0, 500.0] and full.steps[name] == [0, 1]
         assert rec.query_grid[name] == (4, 3)
+        # Timestep selection keeps the second call (t = 500), counted as step 1.
         assert rec.timesteps[name] == [500.0] and rec.steps[name] == [1]
         (got,) = rec.maps[name]
         assert got.shape == (1, 12, 7)
-        dense = full.maps[name][1]  # (1, h*w, 7)
-        h = {48: 8, 12: 4}[dense.shape[1]]
-        w = dense.shape[1] // h
-        image = dense.view(1, h, w, 7).permute(0, 3, 1, 2)  # (1, S, h, w)
-        pooled = torch.nn.functional.adaptive_avg_pool2d(image, (4, 3))
-        assert_within(got, pooled.permute(0, 2, 3, 1).reshape(1, 12, 7), 1e-6, name)
+        assert torch.equal(back.maps[name][0], got)
+        h, w = full.query_grid[name]  # the layer's resolution of the 8 x 6 sample
+        assert (h, w) in ((8, 6), (4, 3))
+
+        def on_grid(dense, h=h, w=w):
+            # Downsampling is documented as averaging areas: each of the 4 x 3 cells is the
+            # mean of an (h/4) x (w/3) block of image positions (row-major), in float64.
+            blocks = dense.double().view(1, 4, h // 4, 3, w // 3, 7)
+            return blocks.mean(dim=(2, 4)).reshape(1, 12, 7)
+
+        want = on_grid(full.maps[name][1])
+        # A mean of at most 4 float32 weights rounded to float32: a few ulps of the largest.
+        tol = 4 * eps * want.abs().max().item() + float64_floor(want)
+        assert_within(got, want, tol, f"{name} on the 4 x 3 grid")
+        # The map of the other timestep (t = 999) is told apart at that tolerance.
+        assert (got.double() - on_grid(full.maps[name][0])).abs().max().item() > tol

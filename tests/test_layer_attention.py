@@ -335,12 +335,19 @@ def test_from_torch_matches_multihead_attention(layout, batch_first, bias, paddi
     torch.testing.assert_close(got_w, want_w, rtol=0, atol=1e-5)
 
 
-def test_from_torch_keeps_dtype_and_dropout():
+def test_from_torch_keeps_dtype_dropout_and_mode():
     mha = nn.MultiheadAttention(8, 2, dropout=0.25).double()
     layer = CrossAttention.from_torch(mha)
     assert layer.to_q.weight.dtype == torch.float64
-    assert layer.dropout == 0.25
+    assert layer.dropout == 0.25 and layer.training
     assert layer.to_out.bias is not None
+    # an MHA in eval mode gives a layer in eval mode: no dropout, the same output
+    mha.eval()
+    layer = CrossAttention.from_torch(mha)
+    assert not layer.training
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    want, _ = mha(x.transpose(0, 1), x.transpose(0, 1), x.transpose(0, 1))
+    torch.testing.assert_close(layer(x, x), want.transpose(0, 1), rtol=1e-12, atol=1e-12)
 
 
 def test_layer_under_autocast(gen):

@@ -239,7 +239,17 @@ def test_capture_maps_dict_at_several_resolutions():
     maps = {"down": [torch.rand(1, 16, 3)], "mid": [torch.rand(1, 4, 3)]}
     record = as_record(maps, ["a", "b", "c"], image=np.zeros((8, 8, 3), np.uint8))
     assert record.shape == (2, 1, 16, 3) and record.grid == (4, 4)
+    assert record.layer_names == ["down", "mid"]
     assert np.allclose(record.weights[0, 0], maps["down"][0][0].numpy())
+    # The 2 x 2 layer is resampled bilinearly (half-pixel centres, edges clamped) to 4 x 4:
+    # along each axis the rows are r0, 3/4 r0 + 1/4 r1, 1/4 r0 + 3/4 r1, r1. By hand, float64.
+    axis = np.array([[1.0, 0.0], [0.75, 0.25], [0.25, 0.75], [0.0, 1.0]])  # (4, 2)
+    mid = maps["mid"][0][0].double().numpy().reshape(2, 2, 3)  # (h, w, S)
+    want = np.einsum("ia,jb,abs->ijs", axis, axis, mid).reshape(16, 3)
+    # Two passes, each a convex combination of 2 float32 values rounded to float32.
+    tol = 4 * np.finfo(np.float32).eps * np.abs(want).max()
+    assert record.weights.shape[2:] == want.shape
+    assert np.abs(record.weights[1, 0] - want).max() <= tol
     heads = {"a": [torch.rand(1, 2, 4, 3)], "b": [torch.rand(1, 3, 4, 3)]}
     with pytest.raises(ValueError, match="keep different numbers of heads"):
         as_record(heads, layers=["a", "b"])

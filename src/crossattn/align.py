@@ -37,9 +37,10 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
+from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
-from .data.parallel import Link, read_alignment_file
+from .data.parallel import Link, parse_pharaoh, read_alignment_file
 
 if TYPE_CHECKING:
     import torch
@@ -93,20 +94,48 @@ def read_alignments(
     return read_alignment_file(path, one_indexed=one_indexed)
 
 
-def _gold_sets(item: Any) -> tuple[frozenset[Link], frozenset[Link]]:
+def _gold_sets(
+    item: Any, name: str = "gold", k: int = 0
+) -> tuple[frozenset[Link], frozenset[Link]]:
+    """(sure, possible) of one sentence's alignment in any of the forms `aer` takes."""
+    if isinstance(item, str):  # a Pharaoh line, 0-indexed
+        return parse_pharaoh(item, path=f"{name}[{k}]")
     if hasattr(item, "sure") and hasattr(item, "possible"):
-        return frozenset(item.sure), frozenset(item.possible)
-    if (
+        sure, possible = item.sure, item.possible
+    elif (
         isinstance(item, tuple)
         and len(item) == 2
         and all(isinstance(x, (set, frozenset)) for x in item)
     ):
-        return frozenset(item[0]), frozenset(item[1])
-    return frozenset(item), frozenset()
+        sure, possible = item
+    else:
+        sure, possible = item, ()
+    out = []
+    for links in (sure, possible):
+        try:
+            links = frozenset(links)
+        except TypeError:
+            raise TypeError(
+                f"{name}[{k}] must be a set of (i, j) links, a (sure, possible) pair of sets, "
+                f"an object with .sure and .possible, or a Pharaoh line; got "
+                f"{type(item).__name__}"
+            ) from None
+        for link in links:
+            if not (
+                isinstance(link, tuple)
+                and len(link) == 2
+                and all(isinstance(x, Integral) and not isinstance(x, bool) for x in link)
+            ):
+                raise TypeError(
+                    f"{name}[{k}] holds {link!r}; a link is a (source index, target index) "
+                    "tuple of two ints (or write the sentence as a Pharaoh line such as '0-1 2-3')"
+                )
+        out.append(links)
+    return out[0], out[1]
 
 
-def _hyp_set(item: Any) -> frozenset[Link]:
-    sure, possible = _gold_sets(item)
+def _hyp_set(item: Any, k: int) -> frozenset[Link]:
+    sure, possible = _gold_sets(item, "hypothesis", k)
     return sure | possible
 
 
@@ -116,7 +145,8 @@ def aer(gold: Sequence[Any], hypothesis: Sequence[Any], *, reverse: bool = False
     Args:
         gold: one item per sentence: a `ParallelExample`, an object with ``sure`` and
             ``possible`` link sets, a ``(sure, possible)`` tuple of sets (as `read_alignments`
-            returns), or a plain set of ``(i, j)`` links (all sure).
+            returns), a plain set of ``(i, j)`` links (all sure), or a 0-indexed Pharaoh line
+            such as ``"0-0 1-2 2p1"``.
         hypothesis: one item per sentence, in the same forms; every link counts, sure or
             possible.
         reverse: swap ``(i, j)`` to ``(j, i)`` in the hypothesis (for a hypothesis written
@@ -131,9 +161,9 @@ def aer(gold: Sequence[Any], hypothesis: Sequence[Any], *, reverse: bool = False
             "they need one alignment per sentence pair, in the same order"
         )
     n_a = n_s = hit_s = hit_p = 0
-    for g, h in zip(gold, hypothesis):
-        sure, possible = _gold_sets(g)
-        links = _hyp_set(h)
+    for k, (g, h) in enumerate(zip(gold, hypothesis)):
+        sure, possible = _gold_sets(g, "gold", k)
+        links = _hyp_set(h, k)
         if reverse:
             links = frozenset((j, i) for i, j in links)
         n_a += len(links)

@@ -301,7 +301,8 @@ class CrossAttention(nn.Module):
         kdim/vdim differ) are handled. The new layer is batch-first whatever ``mha.batch_first``
         was: feed it (B, L, D). torch's ``key_padding_mask`` uses True for "ignore"; pass
         ``context_mask=~key_padding_mask`` (or `crossattn.masks.from_key_padding_mask`).
-        Head-mean weights (``return_weights="mean"``) match MHA's averaged weights.
+        Head-mean weights (``return_weights="mean"``) match MHA's averaged weights. The new
+        layer is on ``mha``'s device, in its dtype and in its train/eval mode.
         """
         if not isinstance(mha, nn.MultiheadAttention):
             raise TypeError(
@@ -341,7 +342,7 @@ class CrossAttention(nn.Module):
             layer.to_out.weight.copy_(mha.out_proj.weight)
             if mha.out_proj.bias is not None:
                 layer.to_out.bias.copy_(mha.out_proj.bias)
-        return layer
+        return layer.train(mha.training)
 
     @classmethod
     def from_diffusers(cls, attn: nn.Module) -> CrossAttention:
