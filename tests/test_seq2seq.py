@@ -13,11 +13,13 @@ from crossattn.layers.attention import PreparedContext
 from crossattn.models import (
     Seq2SeqConfig,
     Seq2SeqTransformer,
+    Translator,
     Vocabulary,
     beam_search,
     force_decode_attention,
     greedy_decode,
 )
+from crossattn.models.seq2seq import UNK_ID
 
 LAYERS, HEADS = 3, 2
 
@@ -212,6 +214,54 @@ def test_attention_maps_per_layer_and_head(decode, trained):
     assert all(h.attention is None for h in fn(model, ids, mask, max_len=5))
 
 
+@pytest.mark.parametrize("decode", ["greedy", "beam"])
+def test_left_padded_sources_keep_their_attention_columns(decode, trained):
+    ids, mask = _source()
+    left_ids, left_mask = ids.clone(), mask.clone()
+    for r in range(len(ids)):  # the same rows with their padding in front
+        n = int(mask[r].sum())
+        left_ids[r] = torch.cat([ids[r, n:], ids[r, :n]])
+        left_mask[r] = torch.cat([mask[r, n:], mask[r, :n]])
+    fn = greedy_decode if decode == "greedy" else beam_search
+    hyps = fn(trained, left_ids, left_mask, max_len=12, return_attention=True)
+    for row, h in enumerate(hyps):
+        n = int(left_mask[row].sum())
+        steps = len(h.tokens) + (1 if h.finished else 0)
+        assert h.attention.shape == (LAYERS, HEADS, steps, n)
+        sums = h.attention.sum(-1)
+        torch.testing.assert_close(sums, torch.ones_like(sums), atol=1e-5, rtol=0)
+        # a teacher-forced pass over the padded row: its valid columns, in order
+        bos = torch.tensor([[trained.config.bos_id]])
+        target_in = torch.cat([bos, torch.tensor([h.tokens], dtype=torch.long)], 1)
+        with torch.no_grad():
+            out = trained(left_ids[row : row + 1], left_mask[row : row + 1], target_in,
+                          attention_layers=list(range(LAYERS)))  # fmt: skip
+        full = torch.stack([out.cross_weights[i][0] for i in range(LAYERS)])  # (layers, H, T, S)
+        want = full[:, :, :steps][..., left_mask[row]]
+        torch.testing.assert_close(h.attention, want, atol=1e-5, rtol=0)
+    forced = force_decode_attention(
+        trained, left_ids, left_mask, torch.full((4, 2), 4), torch.tensor([2, 1, 0, 2])
+    )
+    for row, w in enumerate(forced):
+        assert w.shape[-1] == int(left_mask[row].sum())
+        torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]), atol=1e-5, rtol=0)
+
+
+def test_force_decode_attention_checks_target_lengths(trained):
+    ids, mask = _source()
+    target = torch.full((4, 3), 4)
+    with pytest.raises(ValueError, match=r"target_lengths must lie in 0..T = 0..3.*\[1, 4, 0, 2\]"):
+        force_decode_attention(trained, ids, mask, target, torch.tensor([1, 4, 0, 2]))
+    with pytest.raises(ValueError, match=r"target_lengths must lie in 0..T"):
+        force_decode_attention(trained, ids, mask, target, torch.tensor([1, -1, 0, 2]))
+    with pytest.raises(
+        TypeError, match="target_lengths must be a \\(B,\\) integer tensor, got list"
+    ):
+        force_decode_attention(trained, ids, mask, target, [1, 1, 1, 1])
+    with pytest.raises(ValueError, match=r"source_ids has B=4 rows: .* got \(4, 3\) and \(3,\)"):
+        force_decode_attention(trained, ids, mask, target, torch.tensor([1, 1, 1]))
+
+
 def test_float64_model_matches_its_float32_self():
     m32, m64 = _model(), _model(torch.float64)
     ids, mask = _source()
@@ -302,3 +352,55 @@ def test_recorder_keeps_only_the_cross_attention_of_the_model():
     assert len(names) == cfg.decoder_layers
     assert all("cross_attn" in n for n in names), names
     assert all(m[0].shape == (2, 5, 6) for m in rec.maps.values())
+
+
+def _translator() -> Translator:
+    words = "a b c d e f g h i".split()
+    src, tgt = Vocabulary.build([words]), Vocabulary.build([words[:7]])
+    model = _model(seed=5)  # 13 source and 11 target ids: 4 specials + 9 and 7 words
+    return Translator(model, src, tgt)
+
+
+def test_words_spelled_like_specials_are_unknown_words():
+    vocab = Vocabulary.build([["the", "cat"]])
+    assert vocab.encode(["<pad>", "<s>", "</s>", "<unk>", "the"]) == [UNK_ID] * 4 + [
+        vocab.index["the"]
+    ]
+    tr = _translator()
+    plain = tr.translate("a zzz c", beam=2)
+    special = tr.translate("a <pad> c", beam=2)  # the same ids: an unknown word in the middle
+    assert special.weights.shape[-1] == 3
+    assert special.target_tokens == plain.target_tokens
+    torch.testing.assert_close(special.weights, plain.weights)
+    assert tr.align("a </s> c", "a b").weights.shape[-1] == 3
+
+
+def test_translator_input_errors():
+    tr = _translator()
+    with pytest.raises(TypeError, match=r"translate_batch takes a list of sentences, got one"):
+        tr.translate_batch("a b")
+    assert tr.translate_batch([]) == []
+    with pytest.raises(
+        TypeError, match="a sentence is a string or a sequence of word strings, got int"
+    ):
+        tr.translate(123)
+    with pytest.raises(TypeError, match="got list holding non-strings"):
+        tr.translate(["a", 1])
+    with pytest.raises(ValueError, match="beam must be a positive int \\(1 = greedy\\), got 0"):
+        tr.translate("a b", beam=0)
+    with pytest.raises(ValueError, match="length_penalty must be a finite number, got nan"):
+        tr.translate("a b", length_penalty=float("nan"))
+    with pytest.raises(ValueError, match="cannot translate an empty sentence"):
+        tr.translate("   ")
+
+
+def test_decoding_warns_in_training_mode_and_refuses_an_empty_batch():
+    model = _model().train()
+    ids, mask = _source()
+    with pytest.warns(UserWarning, match="decoding a model in training mode"):
+        greedy_decode(model, ids, mask, max_len=3)
+    model.eval()
+    with pytest.raises(
+        ValueError, match=r"source_ids must be a non-empty \(B, S\) long tensor, got \(0, 7\)"
+    ):
+        beam_search(model, ids[:0], mask[:0], max_len=3)

@@ -10,6 +10,7 @@ Shapes: source_ids (B, S) long, source_mask (B, S) bool with True = valid token.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,15 @@ class Hypothesis:
 def _prepare(
     model: Seq2SeqTransformer, source_ids: Tensor, source_mask: Tensor | None
 ) -> tuple[Tensor, Tensor, list[PreparedContext]]:
+    if model.training:
+        warnings.warn(
+            "decoding a model in training mode: dropout is active, so the result changes from "
+            "call to call; call model.eval() first",
+            stacklevel=3,
+        )
+    if not isinstance(source_ids, Tensor) or source_ids.dim() != 2 or 0 in source_ids.shape:
+        got = tuple(source_ids.shape) if isinstance(source_ids, Tensor) else type(source_ids)
+        raise ValueError(f"source_ids must be a non-empty (B, S) long tensor, got {got}")
     if source_mask is None:
         source_mask = torch.ones_like(source_ids, dtype=torch.bool)
     if source_mask.dtype != torch.bool or tuple(source_mask.shape) != tuple(source_ids.shape):
@@ -150,7 +160,6 @@ def greedy_decode(
         if bool(done.all()):
             break
     out = []
-    valid = source_mask.sum(1).tolist()
     for i in range(b):
         n = int(lengths[i])
         seq = prefix[i, 1 : n + 1].tolist()
@@ -158,7 +167,8 @@ def greedy_decode(
         tokens = seq[:-1] if finished else seq
         att = None
         if attns:
-            att = torch.stack([a[i] for a in attns[:n]], 2)[..., : valid[i]]  # (layers, H, T, S)
+            att = torch.stack([a[i] for a in attns[:n]], 2)  # (layers, H, T, S)
+            att = _valid_columns(att, source_mask[i])  # (layers, H, T, S_i)
         out.append(Hypothesis(tokens, float(scores[i]), finished, att))
     return out
 
@@ -293,12 +303,11 @@ def beam_search(
                 finished[i].append(
                     (s / _length_penalty(len(seq), length_penalty), s, seq, att, False)
                 )
-    valid = source_mask.sum(1).tolist()
     out = []
     for i in range(b):
         _, s, seq, att, ended = max(finished[i], key=lambda h: h[0])
         if att is not None:
-            att = att.permute(1, 2, 0, 3)[..., : valid[i]].contiguous()  # (layers, heads, T, S)
+            att = _valid_columns(att.permute(1, 2, 0, 3), source_mask[i])  # (layers, H, T, S_i)
         out.append(Hypothesis(seq, s, ended, att))
     return out
 
@@ -327,11 +336,44 @@ def force_decode_attention(
     b = source_ids.shape[0]
     if source_mask is None:
         source_mask = torch.ones_like(source_ids, dtype=torch.bool)
+    if not isinstance(target_ids, Tensor) or target_ids.dim() != 2:
+        raise TypeError(
+            "target_ids must be a (B, T) long tensor, got "
+            + (
+                f"shape {tuple(target_ids.shape)}"
+                if isinstance(target_ids, Tensor)
+                else type(target_ids).__name__
+            )
+        )
+    if not isinstance(target_lengths, Tensor) or target_lengths.dtype.is_floating_point:
+        raise TypeError(
+            f"target_lengths must be a (B,) integer tensor, got {type(target_lengths).__name__}"
+            + (f" of {target_lengths.dtype}" if isinstance(target_lengths, Tensor) else "")
+        )
+    t = target_ids.shape[1]
+    if target_lengths.shape != (b,) or target_ids.shape[0] != b:
+        raise ValueError(
+            f"source_ids has B={b} rows: target_ids must be (B, T) and target_lengths (B,), got "
+            f"{tuple(target_ids.shape)} and {tuple(target_lengths.shape)}"
+        )
+    if bool(((target_lengths < 0) | (target_lengths > t)).any()):
+        raise ValueError(
+            f"target_lengths must lie in 0..T = 0..{t} (the width of target_ids), got "
+            f"{target_lengths.tolist()}"
+        )
     bos = torch.full((b, 1), cfg.bos_id, dtype=torch.long, device=source_ids.device)
     target_in = torch.cat([bos, target_ids], 1)  # (B, T + 1): BOS y1 .. yT
     layers = list(range(len(model.decoder)))
     out = model(source_ids, source_mask, target_in, attention_layers=layers)
     weights = torch.stack([out.cross_weights[i] for i in layers], 1)  # (B, layers, H, T+1, S)
-    valid = source_mask.sum(1).tolist()
     lengths = target_lengths.tolist()
-    return [weights[i, :, :, : lengths[i] + 1, : valid[i]].float() for i in range(b)]
+    return [
+        _valid_columns(weights[i, :, :, : lengths[i] + 1], source_mask[i]).float() for i in range(b)
+    ]
+
+
+def _valid_columns(att: Tensor, valid: Tensor) -> Tensor:
+    """The columns of the valid source tokens, wherever the padding is: (..., S) -> (..., S_i)."""
+    if bool(valid.all()):
+        return att.contiguous()
+    return att.index_select(-1, valid.nonzero().squeeze(1))

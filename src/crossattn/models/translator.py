@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,7 +106,15 @@ class Translator:
         """Words of a sentence: stripped, then split on runs of ASCII spaces."""
         from ..data.parallel import tokenize
 
-        return tuple(sentence) if not isinstance(sentence, str) else tokenize(sentence)
+        if isinstance(sentence, str):
+            return tokenize(sentence)
+        if not isinstance(sentence, Sequence) or not all(isinstance(w, str) for w in sentence):
+            raise TypeError(
+                "a sentence is a string or a sequence of word strings, got "
+                f"{type(sentence).__name__}"
+                + ("" if not isinstance(sentence, Sequence) else " holding non-strings")
+            )
+        return tuple(sentence)
 
     def _source(self, words: Sequence[tuple[str, ...]]) -> tuple[Tensor, Tensor]:
         limit = self.model.config.max_len
@@ -148,7 +157,18 @@ class Translator:
         max_len: int | None = None,
     ) -> list[TranslationResult]:
         """Translate sentences (strings or word lists); see `translate`."""
+        if isinstance(sentences, str):
+            raise TypeError(
+                "translate_batch takes a list of sentences, got one string; use "
+                "translate(sentence) for one sentence, or translate_batch([sentence])"
+            )
+        if not isinstance(beam, int) or isinstance(beam, bool) or beam < 1:
+            raise ValueError(f"beam must be a positive int (1 = greedy), got {beam!r}")
+        if not math.isfinite(length_penalty):
+            raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
         words = [self.tokenize(s) for s in sentences]
+        if not words:
+            return []
         ids, mask = self._source(words)
         if beam == 1:
             hyps = greedy_decode(self.model, ids, mask, max_len=max_len, return_attention=True)

@@ -50,8 +50,13 @@ class Vocabulary:
         return token in self.index
 
     def encode(self, tokens: Sequence[str]) -> list[int]:
-        """Ids of the tokens; unknown tokens get ``UNK_ID``."""
-        return [self.index.get(t, UNK_ID) for t in tokens]
+        """Ids of the tokens; unknown tokens get ``UNK_ID``.
+
+        Text never holds the specials: a word spelled ``<pad>``, ``<s>`` or ``</s>`` is an
+        unknown word, not padding or a sentence boundary.
+        """
+        ids = [self.index.get(t, UNK_ID) for t in tokens]
+        return [UNK_ID if i in (PAD_ID, BOS_ID, EOS_ID) else i for i in ids]
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         """Tokens of the ids (specials included as their names)."""
