@@ -127,6 +127,29 @@ def test_empty_context():
         cross_attention(q, k, v)
 
 
+def test_no_heads_or_no_features():
+    q, k, v = qkv(h=0)
+    with raises(ValueError, "query has H=0 heads (shape (2, 0, 3, 8)): give it at least one"):
+        cross_attention(q, k, v)
+    q, k, v = qkv(e=0)
+    with raises(ValueError, "query has head dim E=0 (shape (2, 4, 3, 0)): queries and keys"):
+        cross_attention(q, k, v)
+
+
+def test_values_without_features():
+    """Ev = 0 gives an empty output (and the weights) on every backend that runs it; chunked
+    declines it, and dispatch goes elsewhere."""
+    q, k, v = qkv(ev=0)
+    for backend in (None, "reference", "sdpa"):
+        out = cross_attention(q, k, v, backend=backend)
+        assert out.shape == (2, 4, 3, 0)
+    out, w = cross_attention(q, k, v, return_weights=True)
+    assert out.shape == (2, 4, 3, 0) and w.shape == (2, 4, 3, 5)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 3))
+    with raises(ValueError, "value has Ev=0 features"):
+        cross_attention(q, k, v, backend="chunked")
+
+
 # --- scalar arguments ----------------------------------------------------------------------
 
 
@@ -499,3 +522,27 @@ def test_when_no_backend_fits_every_reason_is_listed(monkeypatch):
         "no backend can run this call:\n  sdpa: SDPA returns no attention weights",
     ):
         cross_attention(q, k, v, return_weights=True)
+
+
+# --- mask helpers ---------------------------------------------------------------------------
+
+
+def test_mask_helpers_check_their_arguments():
+    lengths = torch.tensor([3, 1])
+    assert crossattn.lengths_to_key_mask(lengths, 4).tolist() == [
+        [True, True, True, False],
+        [True, False, False, False],
+    ]
+    with raises(ValueError, "lengths must be >= 0, got [3, -1]"):
+        crossattn.lengths_to_key_mask(torch.tensor([3, -1]), 4)
+    with raises(TypeError, "lengths must be an integer tensor (B,), got torch.float32"):
+        crossattn.lengths_to_key_mask(torch.tensor([3.0, 1.0]), 4)
+    with raises(ValueError, "lengths must be <= max_len = 2, got a length of 3: [3, 1]"):
+        crossattn.lengths_to_key_mask(lengths, 2)
+    with raises(ValueError, "max_len must be an int >= 0, got -1"):
+        crossattn.lengths_to_key_mask(lengths, -1)
+    assert crossattn.causal_mask(2, 3).tolist() == [[True, True, False], [True, True, True]]
+    with raises(ValueError, "q_len must be an int >= 0, got -1"):
+        crossattn.causal_mask(-1)
+    with raises(ValueError, "kv_len must be an int >= 0, got 2.5"):
+        crossattn.causal_mask(2, 2.5)

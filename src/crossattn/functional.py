@@ -68,7 +68,10 @@ def cross_attention(
         key: (B, Hk, S, E). H must be divisible by Hk; query head h uses K/V head h // (H / Hk).
         value: (B, Hk, S, Ev). Ev may differ from E.
         attn_mask: boolean (True = may attend) or additive float mask, broadcastable to
-            (B, H, L, S). A float mask must have the query's dtype.
+            (B, H, L, S). A float mask must have the query's dtype and hold no NaN or +inf.
+            It blocks attention, not values: a NaN or Inf in a key or value that only
+            ``attn_mask`` blocks still reaches the output (0 x NaN); mark padding with
+            ``key_mask``.
         key_mask: boolean (B, S), True marks the valid context tokens. Keys and values at
             padded positions never reach the output, even when they hold NaN.
         scale: multiplier of the scores; defaults to 1 / sqrt(E).
@@ -193,6 +196,13 @@ def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
             f"{value.device}"
         )
     b, h, _, e = query.shape
+    if h == 0:
+        raise ValueError(f"query has H=0 heads (shape {_shape(query)}): give it at least one head")
+    if e == 0:
+        raise ValueError(
+            f"query has head dim E=0 (shape {_shape(query)}): queries and keys need features "
+            "to score each other"
+        )
     if key.shape[0] != b or value.shape[0] != b:
         raise ValueError(
             f"batch sizes differ: query {_shape(query)}, key {_shape(key)}, value {_shape(value)}; "

@@ -630,6 +630,8 @@ class ChunkedBackend(Backend):
             reasons.append(
                 "its weights carry no gradient; weights that need gradients come from 'reference'"
             )
+        if inputs.value.shape[-1] == 0:
+            reasons.append("value has Ev=0 features: there is no output to compute in blocks")
         return reasons
 
     def forward(self, inputs: AttentionInputs) -> tuple[Tensor, Tensor | None]:
