@@ -296,6 +296,16 @@ def test_config_roundtrip_and_errors():
         Seq2SeqConfig(10, 10, max_len=0)
     with pytest.raises(TypeError, match="config must be a Seq2SeqConfig, got dict"):
         Seq2SeqTransformer(cfg.to_dict())
+    with pytest.raises(ValueError, match="source_vocab_size must be a positive int, got True"):
+        Seq2SeqConfig(True, 10)
+    with pytest.raises(ValueError, match="target_vocab_size=3 must be at least 4: the special"):
+        Seq2SeqConfig(10, 3)
+    with pytest.raises(ValueError, match="source_vocab_size=10 must be at least 21"):
+        Seq2SeqConfig(10, 30, pad_id=20)
+    with pytest.raises(ValueError, match="pad_id, bos_id and eos_id must differ"):
+        Seq2SeqConfig(10, 10, bos_id=2)
+    with pytest.raises(ValueError, match="bos_id must be an int >= 0, got -1"):
+        Seq2SeqConfig(10, 10, bos_id=-1)
 
 
 def test_input_errors():
@@ -311,6 +321,15 @@ def test_input_errors():
         model(ids, mask, torch.full((4, 41), 4))
     with pytest.raises(ValueError, match="attention_layers holds 3, but the decoder has 3 layers"):
         model(ids, mask, torch.full((4, 2), 4), attention_layers=[3])
+    with pytest.raises(TypeError, match="attention_layers must be a collection of layer indices"):
+        model(ids, mask, torch.full((4, 2), 4), attention_layers="0")
+    with pytest.raises(ValueError, match=r"source_ids holds ids from 0 to 13; this vocabulary has ids 0..12"):  # fmt: skip
+        model(ids.masked_fill(ids == 5, 13), mask, torch.full((4, 2), 4))
+    with pytest.raises(ValueError, match=r"target_ids holds ids from -1 to 4; .* ids 0..10"):
+        model(ids, mask, torch.tensor([[4, -1]] * 4))
+    contexts = model.prepare_contexts(model.encode(ids, mask), mask)
+    with pytest.raises(ValueError, match=r"target_ids has B=3 rows but the prepared contexts hold B=\[4\]"):  # fmt: skip
+        model.decode(torch.full((3, 2), 4), contexts)
     with pytest.raises(ValueError, match="beam_size must be a positive int, got 0"):
         beam_search(model, ids, mask, beam_size=0)
     with pytest.raises(ValueError, match=r"source_mask must be bool with the shape of source_ids"):

@@ -64,8 +64,23 @@ class Seq2SeqConfig:
             "decoder_layers", "dim_ff", "max_len",
         ):  # fmt: skip
             val = getattr(self, name)
-            if not isinstance(val, int) or val <= 0:
+            if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
                 raise ValueError(f"Seq2SeqConfig.{name} must be a positive int, got {val!r}")
+        specials = {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id}
+        for name, val in specials.items():
+            if not isinstance(val, int) or isinstance(val, bool) or val < 0:
+                raise ValueError(f"Seq2SeqConfig.{name} must be an int >= 0, got {val!r}")
+        if len(set(specials.values())) != 3:
+            raise ValueError(
+                f"Seq2SeqConfig: pad_id, bos_id and eos_id must differ, got {specials}"
+            )
+        need = max(max(specials.values()), UNK_ID) + 1  # every special id, <unk> included
+        for name in ("source_vocab_size", "target_vocab_size"):
+            if getattr(self, name) < need:
+                raise ValueError(
+                    f"Seq2SeqConfig.{name}={getattr(self, name)} must be at least {need}: the "
+                    f"special ids {specials} and <unk> = {UNK_ID} need their own rows"
+                )
         if self.d_model % self.heads != 0:
             raise ValueError(
                 f"Seq2SeqConfig.d_model={self.d_model} must be divisible by heads={self.heads}"
@@ -116,7 +131,7 @@ class Seq2SeqTransformer(nn.Module):
 
         config = Seq2SeqConfig(source_vocab_size=100, target_vocab_size=120, d_model=64)
         model = Seq2SeqTransformer(config)
-        logits = model(source_ids, source_mask, target_in)  # (B, T, 120)
+        logits = model(source_ids, source_mask, target_in).logits  # (B, T, 120)
         out = crossattn.models.greedy_decode(model, source_ids, source_mask, max_len=30)
     """
 
@@ -163,6 +178,11 @@ class Seq2SeqTransformer(nn.Module):
                 f"{getattr(ids, 'dtype', type(ids).__name__)} {tuple(getattr(ids, 'shape', ()))}"
             )
         length = ids.shape[1]
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= table.num_embeddings):
+            raise ValueError(
+                f"{name} holds ids from {int(ids.min())} to {int(ids.max())}; this vocabulary "
+                f"has ids 0..{table.num_embeddings - 1}"
+            )
         if offset + length > self.config.max_len:
             raise ValueError(
                 f"{name} reaches position {offset + length} but the model's max_len is "
@@ -232,9 +252,23 @@ class Seq2SeqTransformer(nn.Module):
                 raise ValueError(f"contexts must hold one PreparedContext per layer ({n})")
             if source_mask is not None:
                 raise ValueError("source_mask goes with a raw encoder output, not with contexts")
+            if isinstance(target_ids, Tensor) and target_ids.dim() == 2:
+                rows = {c.batch_size for c in per_layer}
+                if rows != {target_ids.shape[0]}:
+                    raise ValueError(
+                        f"target_ids has B={target_ids.shape[0]} rows but the prepared contexts "
+                        f"hold B={sorted(rows)}: decode one target row per source row"
+                    )
         if caches is not None and len(caches) != n:
             raise ValueError(
                 f"caches must hold one cache per decoder layer ({n}), got {len(caches)}"
+            )
+        if isinstance(attention_layers, (str, bytes)) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in attention_layers
+        ):
+            raise TypeError(
+                f"attention_layers must be a collection of layer indices (ints), got "
+                f"{attention_layers!r}"
             )
         for i in attention_layers:
             if not -n <= i < n:
