@@ -362,11 +362,14 @@ def test_default_extraction_needs_no_gold_and_round_trips_json():
         ({"threshold": 1.5}, r"ExtractionConfig.threshold must be in \[0, 1\], got 1.5"),
         ({"layers": ()}, "ExtractionConfig.layers must be None or a non-empty tuple of ints"),
         ({"heads": (0.5,)}, "ExtractionConfig.heads must be None or a non-empty tuple of ints"),
+        ({"layers": (True,)}, "ExtractionConfig.layers must be None or a non-empty tuple of ints"),
     ],
 )
 def test_bad_configs_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ExtractionConfig(**kwargs)
+    with pytest.raises(TypeError, match=r"ExtractionConfig.threshold must be a number in \[0, 1\], got 'x'"):  # fmt: skip
+        ExtractionConfig(threshold="x")
 
 
 def test_from_dict_names_unknown_keys():

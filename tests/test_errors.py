@@ -297,11 +297,25 @@ def test_pinned_backend_that_cannot_run_lists_reasons():
         ),
         ({"query_dim": 8, "dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
         ({"query_dim": 8, "dropout": -0.5}, "dropout must be in [0, 1), got -0.5"),
+        ({"query_dim": 8, "heads": True}, "heads must be a positive int, got True"),
+        ({"query_dim": 8, "out_dim": 0}, "out_dim must be a positive int, got 0"),
+        ({"query_dim": 8, "out_dim": -1}, "out_dim must be a positive int, got -1"),
+        ({"query_dim": 8, "norm_eps": -1}, "norm_eps must be a positive float, got -1"),
+        (
+            {"query_dim": 8, "backend": "flash"},
+            "backend='flash' is not an available backend; available: ",
+        ),
     ],
 )
 def test_layer_constructor_errors(kwargs, message):
     with raises(ValueError, message):
         CrossAttention(**kwargs)
+
+
+@pytest.mark.parametrize("bad", ["0.1", None, True], ids=repr)
+def test_layer_constructor_dropout_type(bad):
+    with raises(TypeError, f"dropout must be a float in [0, 1), got {bad!r}"):
+        CrossAttention(8, dropout=bad)
 
 
 def layer_and_inputs(**kw):
@@ -460,6 +474,10 @@ def test_prepared_context_errors():
         layer(queries, prepared, context)
     with raises(ValueError, "index must be 1-D (N,), got shape (2, 1)"):
         prepared.index_select(torch.zeros(2, 1, dtype=torch.long))
+    with raises(ValueError, f"index holds rows 0..{prepared.batch_size}, but this context has"):
+        prepared.index_select(torch.tensor([0, prepared.batch_size]))
+    with raises(ValueError, "index holds rows -1..0, but this context has"):
+        prepared.index_select(torch.tensor([0, -1]))
     with raises(
         TypeError,
         "index must hold integer row numbers, got dtype torch.bool; for a bool row mask pass "

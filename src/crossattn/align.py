@@ -213,7 +213,9 @@ class ExtractionConfig:
             value = getattr(self, name)
             if value is not None:
                 value = tuple(value)
-                if not value or not all(isinstance(v, int) for v in value):
+                if not value or not all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in value
+                ):
                     raise ValueError(
                         f"ExtractionConfig.{name} must be None or a non-empty tuple of ints, got {value!r}"
                     )
@@ -223,6 +225,10 @@ class ExtractionConfig:
         if self.method not in METHODS:
             raise ValueError(
                 f"ExtractionConfig.method must be one of {METHODS}, got {self.method!r}"
+            )
+        if not isinstance(self.threshold, (int, float)) or isinstance(self.threshold, bool):
+            raise TypeError(
+                f"ExtractionConfig.threshold must be a number in [0, 1], got {self.threshold!r}"
             )
         if not 0.0 <= float(self.threshold) <= 1.0:
             raise ValueError(

@@ -60,6 +60,12 @@ class PreparedContext:
         index = index.to(device=self.key.device, dtype=torch.long)
         if index.dim() != 1:
             raise ValueError(f"index must be 1-D (N,), got shape {tuple(index.shape)}")
+        b = self.batch_size
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= b):
+            raise ValueError(
+                f"index holds rows {int(index.min())}..{int(index.max())}, but this context has "
+                f"B={b} rows (0..{b - 1})"
+            )
         return replace(
             self,
             key=self.key.index_select(0, index),  # (N, Hk, S, D)
@@ -135,15 +141,26 @@ class CrossAttention(nn.Module):
             ("heads", heads),
             ("dim_head", dim_head),
             ("kv_heads", kv_heads),
+            ("out_dim", query_dim if out_dim is None else out_dim),
         ):
-            if not isinstance(val, int) or val <= 0:
+            if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
                 raise ValueError(f"{name} must be a positive int, got {val!r}")
         if heads % kv_heads != 0:
             raise ValueError(f"heads={heads} must be a multiple of kv_heads={kv_heads}")
         if qk_norm not in (None, "layer_norm", "rms_norm"):
             raise ValueError(f"qk_norm must be None, 'layer_norm' or 'rms_norm', got {qk_norm!r}")
+        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool):
+            raise TypeError(f"dropout must be a float in [0, 1), got {dropout!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if not isinstance(norm_eps, (int, float)) or isinstance(norm_eps, bool) or norm_eps <= 0:
+            raise ValueError(f"norm_eps must be a positive float, got {norm_eps!r}")
+        if backend is not None:
+            from ..backends import get_backend
+
+            if not isinstance(backend, str):
+                raise TypeError(f"backend must be a backend name or None, got {backend!r}")
+            get_backend(backend)  # an unknown name raises, listing the available ones
         self.query_dim, self.context_dim, self.value_dim = query_dim, context_dim, value_dim
         self.heads, self.kv_heads, self.dim_head = heads, kv_heads, dim_head
         self.out_dim = query_dim if out_dim is None else out_dim
