@@ -564,3 +564,13 @@ def test_mask_helpers_check_their_arguments():
         crossattn.causal_mask(-1)
     with raises(ValueError, "kv_len must be an int >= 0, got 2.5"):
         crossattn.causal_mask(2, 2.5)
+
+
+def test_layer_empty_context_names_the_argument():
+    layer, queries, context = layer_and_inputs()
+    with raises(ValueError, "context has S=0 tokens (shape (2, 0, 6)): there is nothing to attend"):
+        layer(queries, context[:, :0])
+    # an empty PreparedContext is allowed (an empty cache); attending to it is not
+    empty = layer.prepare_context(context[:, :0])
+    with raises(ValueError, "context has S=0 tokens (shape (2, 2, 0, 4))"):
+        layer(queries, empty)

@@ -65,10 +65,13 @@ def test_selfdoc_matches_explicit(gen):
         q, k, v, key_mask=mask, backend="reference", return_weights=True
     )
     ref = merge(attn, ref_out) * mask[..., None]
+    ref_w = ref_w * mask[:, None, :, None]  # a padded query's row of weights is exactly 0
     assert out.shape == (3, 6, 8) and weights.shape == (3, 2, 6, 6)
     assert torch.isfinite(out).all()
     assert (out - ref).abs().max().item() <= tol64(ref, 8)
     assert (weights - ref_w).abs().max().item() <= tol64(ref_w, 8)
+    padded_rows = weights.transpose(1, 2)[~mask]  # (padded tokens, heads, L)
+    assert padded_rows.numel() > 0 and torch.equal(padded_rows, torch.zeros_like(padded_rows))
     # keys come from b: changing b changes the weights, values come from a only
     assert not torch.allclose(layer(a, b.flip(1)), layer(a, b))
     # unmasked call through the default backend
@@ -145,7 +148,7 @@ def test_film_errors():
         film(features, torch.zeros(2, 3))
     with pytest.raises(ValueError, match=r"condition has B=3 but features have B=2"):
         film(features, torch.zeros(3, 4))
-    with pytest.raises(ValueError, match=r"features must have shape \(B, L, dim\) with dim=6"):
+    with pytest.raises(ValueError, match=r"features must have shape \(B, L, dim\) with last dim 6"):
         film(torch.zeros(2, 5), torch.zeros(2, 4))
     with pytest.raises(ValueError, match=r"condition_mask must have shape \(B, M\) = \(2, 3\)"):
         film(features, torch.zeros(2, 3, 4), torch.ones(2, 2, dtype=torch.bool))

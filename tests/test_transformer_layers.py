@@ -175,7 +175,8 @@ def test_errors():
     other = TransformerDecoderLayer(8, heads=2, dim_ff=8)
     source = torch.randn(2, 3, 8)
     with pytest.raises(
-        ValueError, match=r"tokens must have shape \(B, T, d_model=8\), got \(2, 3, 5\)"
+        ValueError,
+        match=r"tokens must have shape \(B, T, d_model\) with last dim 8, got \(2, 3, 5\)",
     ):
         layer(torch.randn(2, 3, 5), source)
     cache = other(torch.randn(2, 1, 8), source, use_cache=True).cache
@@ -188,5 +189,5 @@ def test_errors():
     with pytest.raises(ValueError, match="source_mask was given with a PreparedContext"):
         layer(torch.randn(2, 1, 8), prepared, source_mask=torch.ones(2, 3, dtype=torch.bool))
     enc = TransformerEncoderLayer(8, heads=2, dim_ff=8)
-    with pytest.raises(ValueError, match=r"context_mask must have shape \(B, S\) = \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"token_mask must have shape \(B, S\) = \(2, 3\)"):
         enc(source, token_mask=torch.ones(2, 4, dtype=torch.bool))

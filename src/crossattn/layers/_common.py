@@ -13,8 +13,14 @@ def check_positive(**values: object) -> None:
             raise ValueError(f"{name} must be a positive int, got {val!r}")
 
 
-def check_features(name: str, t: object, dim: int, legend: str) -> Tensor:
-    """A floating (B, N, dim) tensor, or TypeError/ValueError naming `name` and the shapes."""
+def check_features(
+    name: str, t: object, dim: int, legend: str, *, like: Tensor | None = None
+) -> Tensor:
+    """A floating (B, N, dim) tensor, or TypeError/ValueError naming `name` and the shapes.
+
+    With `like` (a parameter of the layer), `t` must also have its dtype and device
+    (see `check_like_params`).
+    """
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor {legend}, got {type(t).__name__}")
     if t.dim() != 3 or t.shape[-1] != dim:
@@ -23,7 +29,51 @@ def check_features(name: str, t: object, dim: int, legend: str) -> Tensor:
         )
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if like is not None:
+        check_like_params(name, t, like)
     return t
+
+
+def _verb(name: str, singular: str, plural: str) -> str:
+    """`plural` for argument names that read as plurals (queries, tokens, media, ...)."""
+    return plural if name.endswith("s") or name == "media" else singular
+
+
+def check_like_params(name: str, t: Tensor, param: Tensor) -> None:
+    """`t` must have the dtype (outside autocast) and the device of the layer's `param`.
+
+    The same rule, and the same wording, as `CrossAttention`: a TypeError for the dtype, a
+    ValueError for the device, each naming the argument and saying how to fix the call.
+    """
+    if t.dtype != param.dtype and not torch.is_autocast_enabled(t.device.type):
+        raise TypeError(
+            f"{name} {_verb(name, 'has', 'have')} dtype {t.dtype} but the layer's parameters "
+            f"are {param.dtype}; cast the input ({name}.to({param.dtype})) or the layer "
+            f"(layer.to({t.dtype}))"
+        )
+    if t.device != param.device:
+        raise ValueError(
+            f"{name} {_verb(name, 'is', 'are')} on {t.device} but the layer's parameters are "
+            f"on {param.device}; move one of them (.to(device))"
+        )
+
+
+def check_nonempty(name: str, count: int, shape: tuple[int, ...], what: str, hint: str) -> None:
+    """ValueError naming `name` (given with `shape`) when `count` == 0: an attention needs
+    something to attend to. `what` names the empty axis ("S=0 tokens"); `hint` says how to fix
+    the call."""
+    if count == 0:
+        raise ValueError(
+            f"{name} {_verb(name, 'has', 'have')} {what} (shape {tuple(shape)}): there is "
+            f"nothing to attend to; {hint}"
+        )
+
+
+def check_nonnegative(**values: object) -> None:
+    """ValueError naming the first argument that is not an int >= 0 (bool refused)."""
+    for name, val in values.items():
+        if not isinstance(val, int) or isinstance(val, bool) or val < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {val!r}")
 
 
 def check_mask(name: str, mask: object, shape: tuple[int, ...], legend: str) -> Tensor | None:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..capture.hook import layer_call
 from ..functional import cross_attention
+from ._common import check_like_params, check_nonempty
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ class CrossAttention(nn.Module):
             context_mask: (B, S) bool, True = valid token; carried with the result.
         """
         _check_seq("context", context, self.context_dim, "(B, S, context_dim)")
-        _check_like_params("context", context, self.to_k.weight)
+        check_like_params("context", context, self.to_k.weight)
         b, s, _ = context.shape
         if values is None:
             if self.value_dim != self.context_dim:
@@ -211,7 +212,7 @@ class CrossAttention(nn.Module):
             values = context
         else:
             _check_seq("values", values, self.value_dim, "(B, S, value_dim)")
-            _check_like_params("values", values, self.to_v.weight)
+            check_like_params("values", values, self.to_v.weight)
             if values.shape[:2] != context.shape[:2]:
                 raise ValueError(
                     f"values (B, S) must match the context's: context {tuple(context.shape)}, "
@@ -265,7 +266,7 @@ class CrossAttention(nn.Module):
             (B, L, out_dim), or ``(out, weights)`` when weights are asked for.
         """
         _check_seq("queries", queries, self.query_dim, "(B, L, query_dim)")
-        _check_like_params("queries", queries, self.to_q.weight)
+        check_like_params("queries", queries, self.to_q.weight)
         if isinstance(context, PreparedContext):
             if context.layer_id != id(self):
                 raise ValueError(
@@ -288,6 +289,13 @@ class CrossAttention(nn.Module):
                 f"queries have B={b} but the context has B={prepared.batch_size}; "
                 "use PreparedContext.index_select to pick context rows"
             )
+        if length:
+            shape = context.shape if isinstance(context, Tensor) else prepared.key.shape
+            check_nonempty(
+                "context", prepared.length, shape, "S=0 tokens",
+                "pass at least one token (keep padding tokens and mark them False in "
+                "context_mask)",
+            )  # fmt: skip
         q = self.to_q(queries).view(b, length, self.heads, self.dim_head).transpose(1, 2)
         q = self.q_norm(q)  # (B, H, L, D)
         mask = _layer_attn_mask(attn_mask, b, self.heads, length, prepared.length)
@@ -411,22 +419,6 @@ def _check_seq(name: str, t: Tensor, dim: int, expected: str) -> None:
     if t.dim() != 3 or t.shape[-1] != dim:
         raise ValueError(
             f"{name} must have shape {expected} with last dim {dim}, got {tuple(t.shape)}"
-        )
-
-
-def _check_like_params(name: str, t: Tensor, weight: Tensor) -> None:
-    """`t` must have the dtype (outside autocast) and device of the layer's parameters."""
-    plural = name != "context"
-    if t.dtype != weight.dtype and not torch.is_autocast_enabled(t.device.type):
-        raise TypeError(
-            f"{name} {'have' if plural else 'has'} dtype {t.dtype} but the layer's parameters "
-            f"are {weight.dtype}; cast the input ({name}.to({weight.dtype})) or the layer "
-            f"(layer.to({t.dtype}))"
-        )
-    if t.device != weight.device:
-        raise ValueError(
-            f"{name} {'are' if plural else 'is'} on {t.device} but the layer's parameters are "
-            f"on {weight.device}; move one of them (.to(device))"
         )
 
 

@@ -19,7 +19,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from ..functional import bidirectional_attention
-from ._common import check_features, check_mask, check_positive
+from ._common import check_features, check_mask, check_nonempty, check_positive
 from .attention import CrossAttention
 
 Mode = Literal["two", "shared"]
@@ -93,14 +93,30 @@ class BidirectionalCrossAttention(nn.Module):
         return_weights: bool | Literal["mean"] = False,
     ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor]:
         """Args: a (B, La, dim_a); b (B, Lb, dim_b); a_mask (B, La) and b_mask (B, Lb) bool,
-        True = valid token; return_weights False, True or "mean". See the class docstring."""
-        check_features("a", a, self.dim_a, "(B, La, dim_a)")
-        check_features("b", b, self.dim_b, "(B, Lb, dim_b)")
+        True = valid token; return_weights False, True or "mean". See the class docstring.
+
+        a and b must have the dtype and device of the block's parameters, and at least one token
+        each (each side attends to the other)."""
+        if self.mode == "two":
+            like_a, like_b = self.attn_a_to_b.to_q.weight, self.attn_b_to_a.to_q.weight
+        else:
+            like_a, like_b = self.to_qk_a.weight, self.to_qk_b.weight
+        check_features("a", a, self.dim_a, "(B, La, dim_a)", like=like_a)
+        check_features("b", b, self.dim_b, "(B, Lb, dim_b)", like=like_b)
         if a.shape[0] != b.shape[0]:
             raise ValueError(
                 f"a and b must have one batch size: a {tuple(a.shape)}, b {tuple(b.shape)}"
             )
         batch, la, lb = a.shape[0], a.shape[1], b.shape[1]
+        for name, t, length, other in (("a", a, la, "b"), ("b", b, lb, "a")):
+            check_nonempty(
+                name,
+                length,
+                t.shape,
+                f"L{name}=0 tokens",
+                f"{other} attends to {name}, so {name} needs at least one token per row (keep "
+                f"padding tokens and mark them False in {name}_mask)",
+            )
         check_mask("a_mask", a_mask, (batch, la), "(B, La)")
         check_mask("b_mask", b_mask, (batch, lb), "(B, Lb)")
         if a_mask is not None:

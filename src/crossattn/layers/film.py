@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ._common import check_mask, check_positive
+from ._common import check_features, check_like_params, check_mask, check_positive
 
 
 class FiLM(nn.Module):
@@ -23,8 +23,9 @@ class FiLM(nn.Module):
 
     Shapes: forward(features (B, L, dim), condition (B, condition_dim) or (B, M, condition_dim),
     condition_mask (B, M) bool or None, True = valid token) -> (B, L, dim). A sequence is pooled
-    by the mean of its valid tokens (padding may hold NaN); a row with no valid token pools to
-    the zero vector, i.e. gamma = 1 + bias_g, beta = bias_b.
+    by the mean of its valid tokens (padding may hold NaN); a row with no valid token (all of its
+    mask False, or an empty sequence M = 0) pools to the zero vector, i.e. gamma = 1 + bias_g,
+    beta = bias_b.
     """
 
     def __init__(self, dim: int, condition_dim: int):
@@ -36,7 +37,11 @@ class FiLM(nn.Module):
         nn.init.zeros_(self.to_gamma_beta.bias)
 
     def pool(self, condition: Tensor, condition_mask: Tensor | None = None) -> Tensor:
-        """(B, condition_dim) from a condition (B, condition_dim) or (B, M, condition_dim)."""
+        """(B, condition_dim) from a condition (B, condition_dim) or (B, M, condition_dim).
+
+        A sequence pools to the mean of its valid tokens (condition_mask (B, M) bool, True =
+        valid token); a row with none, or an empty sequence (M = 0), pools to zeros.
+        """
         if not isinstance(condition, Tensor):
             raise TypeError(
                 f"condition must be a torch.Tensor (B, condition_dim) or (B, M, condition_dim), "
@@ -47,6 +52,11 @@ class FiLM(nn.Module):
                 f"condition must have shape (B, condition_dim) or (B, M, condition_dim) with "
                 f"condition_dim={self.condition_dim}, got {tuple(condition.shape)}"
             )
+        if not condition.is_floating_point():
+            raise TypeError(
+                f"condition must be a floating-point tensor, got dtype {condition.dtype}; "
+                "use condition.float()"
+            )
         if condition.dim() == 2:
             if condition_mask is not None:
                 raise ValueError(
@@ -55,9 +65,11 @@ class FiLM(nn.Module):
                 )
             return condition
         b, m, _ = condition.shape
+        check_mask("condition_mask", condition_mask, (b, m), "(B, M)")
+        if m == 0:  # no token at all: the zero pooling of a row with no valid token
+            return condition.new_zeros(b, self.condition_dim)
         if condition_mask is None:
             return condition.mean(dim=1)
-        check_mask("condition_mask", condition_mask, (b, m), "(B, M)")
         valid = condition_mask[..., None]  # (B, M, 1)
         total = condition.masked_fill(~valid, 0.0).sum(dim=1)  # (B, condition_dim)
         count = valid.sum(dim=1).clamp(min=1).to(condition.dtype)  # (B, 1)
@@ -66,16 +78,22 @@ class FiLM(nn.Module):
     def forward(
         self, features: Tensor, condition: Tensor, condition_mask: Tensor | None = None
     ) -> Tensor:
-        if (
-            not isinstance(features, Tensor)
-            or features.dim() != 3
-            or features.shape[-1] != self.dim
-        ):
-            raise ValueError(
-                f"features must have shape (B, L, dim) with dim={self.dim}, got "
-                f"{tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__}"
-            )
+        """Modulate `features` by the pooled condition.
+
+        Args:
+            features: (B, L, dim).
+            condition: (B, condition_dim), or a sequence (B, M, condition_dim) pooled by the
+                mean of its valid tokens (M = 0 allowed: it pools to zeros).
+            condition_mask: (B, M) bool, True = valid token (padding may hold NaN); only with a
+                sequence condition. A row with no valid token pools to zeros.
+
+        Returns:
+            (B, L, dim): features * (1 + delta_gamma) + beta.
+        """
+        weight = self.to_gamma_beta.weight
+        check_features("features", features, self.dim, "(B, L, dim)", like=weight)
         pooled = self.pool(condition, condition_mask)  # (B, condition_dim)
+        check_like_params("condition", condition, weight)
         if pooled.shape[0] != features.shape[0]:
             raise ValueError(
                 f"condition has B={pooled.shape[0]} but features have B={features.shape[0]}: "

@@ -36,8 +36,18 @@ class GatedFusion(nn.Module):
         return torch.sigmoid(self.to_gate(torch.cat([features, attended], dim=-1)))
 
     def forward(self, features: Tensor, attended: Tensor) -> Tensor:
-        check_features("features", features, self.dim, "(B, L, dim)")
-        check_features("attended", attended, self.dim, "(B, L, dim)")
+        """Blend `attended` into `features` through the gate.
+
+        Args:
+            features: (B, L, dim), the stream the attention was computed from.
+            attended: (B, L, dim), e.g. the output of a `CrossAttention` on `features`.
+
+        Returns:
+            (B, L, dim): g * attended + (1 - g) * features.
+        """
+        weight = self.to_gate.weight
+        check_features("features", features, self.dim, "(B, L, dim)", like=weight)
+        check_features("attended", attended, self.dim, "(B, L, dim)", like=weight)
         if features.shape != attended.shape:
             raise ValueError(
                 f"features and attended must have one shape (B, L, dim), got features "

@@ -19,7 +19,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._common import FeedForward, check_features, check_mask, check_positive
+from ._common import (
+    FeedForward,
+    check_features,
+    check_like_params,
+    check_mask,
+    check_nonempty,
+    check_positive,
+)
 from .attention import CrossAttention
 
 
@@ -74,7 +81,9 @@ class GatedCrossAttentionBlock(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        check_positive(dim=dim, context_dim=context_dim, heads=heads, dim_head=dim_head)
+        check_positive(
+            dim=dim, context_dim=context_dim, heads=heads, dim_head=dim_head, ff_mult=ff_mult
+        )
         self.dim, self.context_dim = dim, context_dim
         self.only_attend_immediate_media = only_attend_immediate_media
         self.norm_attn = nn.LayerNorm(dim)
@@ -105,10 +114,17 @@ class GatedCrossAttentionBlock(nn.Module):
 
         Returns:
             (B, L, dim).
+
+        Text and media must have the dtype and device of the block's parameters. Media must
+        hold at least one token (M > 0); a row without media takes a dummy item whose
+        media_mask is all False.
         """
-        check_features("text", text, self.dim, "(B, L, dim)")
+        check_features("text", text, self.dim, "(B, L, dim)", like=self.norm_attn.weight)
         b, length, _ = text.shape
+        given = media
+        empty = "M=0 tokens"
         if isinstance(media, Tensor) and media.dim() == 4:
+            empty = f"T={media.shape[1]} items of n={media.shape[2]} tokens"
             if tokens_per_media is not None and tokens_per_media != media.shape[2]:
                 raise ValueError(
                     f"tokens_per_media={tokens_per_media} contradicts media (B, T, n, "
@@ -120,6 +136,15 @@ class GatedCrossAttentionBlock(nn.Module):
             num_media = None
         check_features(
             "media", media, self.context_dim, "(B, M, context_dim) or (B, T, n, context_dim)"
+        )
+        check_like_params("media", media, self.attn_text_to_media.to_k.weight)
+        check_nonempty(
+            "media",
+            media.shape[1],
+            given.shape,
+            empty,
+            "pass at least one media token per row; for rows without media pass a dummy item "
+            "with media_mask False on its tokens (their text then gets an attention update of 0)",
         )
         if media.shape[0] != b:
             raise ValueError(

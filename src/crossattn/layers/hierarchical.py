@@ -22,7 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from ..functional import cross_attention
-from ._common import check_features, check_mask, check_positive
+from ._common import (
+    check_features,
+    check_mask,
+    check_nonempty,
+    check_positive,
+)
 from .attention import CrossAttention, PreparedContext
 
 COARSE_MAX_ELEMENTS = 1 << 24
@@ -91,9 +96,31 @@ class HierarchicalCrossAttention(nn.Module):
         context_mask: Tensor | None = None,
         return_selection: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
+        """Attend from `queries` to the top-k blocks of `context` that each query block selects.
+
+        Args:
+            queries: (B, L, query_dim). L = 0 gives an empty output (B, 0, query_dim).
+            context: (B, S, context_dim) with S > 0, or a `PreparedContext` made by
+                ``layer.attn.prepare_context`` (keys and values projected once).
+            context_mask: (B, S) bool, True = valid token (may be attended); only with a raw
+                context (a PreparedContext carries its own). Padding may hold NaN.
+            return_selection: also return the selected blocks.
+
+        Returns:
+            (B, L, query_dim); with return_selection also the selected block indices
+            (B, heads, ceil(L / query_block_size), min(top_k, ceil(S / block_size))), sorted.
+
+        Queries and context must have the dtype and device of the layer's parameters.
+        """
         attn = self.attn
-        check_features("queries", queries, attn.query_dim, "(B, L, query_dim)")
+        check_features(
+            "queries", queries, attn.query_dim, "(B, L, query_dim)", like=attn.to_q.weight
+        )
         b, length, _ = queries.shape
+        empty_hint = (
+            "pass at least one context token per row (keep padding tokens and mark them False "
+            "in context_mask)"
+        )
         if isinstance(context, PreparedContext):
             if context.layer_id != id(attn):
                 raise ValueError(
@@ -106,9 +133,19 @@ class HierarchicalCrossAttention(nn.Module):
                 )
             prepared = context
             s = prepared.length
+            check_nonempty(
+                "context",
+                s,
+                prepared.key.shape,
+                "S=0 tokens (a PreparedContext: keys (B, heads, S, dim_head))",
+                empty_hint,
+            )
         else:
-            check_features("context", context, attn.context_dim, "(B, S, context_dim)")
+            check_features(
+                "context", context, attn.context_dim, "(B, S, context_dim)", like=attn.to_k.weight
+            )
             s = context.shape[1]
+            check_nonempty("context", s, context.shape, "S=0 tokens", empty_hint)
             check_mask("context_mask", context_mask, (context.shape[0], s), "(B, S)")
             prepared = attn.prepare_context(context, context_mask=context_mask)
         if prepared.batch_size != b:

@@ -27,7 +27,13 @@ import torch
 from torch import Tensor, nn
 
 from ..backends import use_backend
-from ._common import FeedForward, check_features, check_mask, check_positive
+from ._common import (
+    FeedForward,
+    check_features,
+    check_mask,
+    check_nonempty,
+    check_positive,
+)
 from .attention import CrossAttention, PreparedContext
 
 
@@ -184,6 +190,7 @@ class PerceiverEncoder(nn.Module):
             cross_heads=cross_heads,
             cross_dim_head=cross_dim_head,
             num_cross_attends=num_cross_attends,
+            ff_mult=ff_mult,
             input_chunk_size=input_chunk_size,
         )
         if not isinstance(depth, int) or isinstance(depth, bool) or depth < 0:
@@ -235,9 +242,25 @@ class PerceiverEncoder(nn.Module):
         `input_mask`: (B, S) bool, True = valid input token (padding may hold anything, NaN
         included). In a row with no valid token the attention to the inputs is exactly 0
         before its output projection, so the latents receive only that projection's bias.
+        `inputs` must have the dtype and device of the encoder's parameters and at least one
+        token (S > 0).
         """
-        check_features("inputs", inputs, self.input_dim, "(B, S, input_dim)")
+        check_features(
+            "inputs",
+            inputs,
+            self.input_dim,
+            "(B, S, input_dim)",
+            like=self.stages[0]["cross"].norm_inputs.weight,
+        )
         b, s, _ = inputs.shape
+        check_nonempty(
+            "inputs",
+            s,
+            inputs.shape,
+            "S=0 tokens",
+            "pass at least one input token per row (padding stays in the sequence, marked False "
+            "in input_mask; a row with no valid token is allowed)",
+        )
         check_mask("input_mask", input_mask, (b, s), "(B, S)")
         latents = self.latents.to(inputs.dtype).expand(b, -1, -1)  # (B, N, latent_dim)
         auto = self.input_backend == "auto" and inputs.device.type == "cpu"
@@ -287,7 +310,13 @@ class PerceiverDecoder(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        check_positive(query_dim=query_dim, latent_dim=latent_dim, heads=heads, dim_head=dim_head)
+        check_positive(
+            query_dim=query_dim,
+            latent_dim=latent_dim,
+            heads=heads,
+            dim_head=dim_head,
+            ff_mult=ff_mult,
+        )
         if out_dim is not None:
             check_positive(out_dim=out_dim)
         self.query_dim, self.latent_dim = query_dim, latent_dim
@@ -304,11 +333,39 @@ class PerceiverDecoder(nn.Module):
     def forward(
         self, queries: Tensor, latents: Tensor, latent_mask: Tensor | None = None
     ) -> Tensor:
-        check_features("latents", latents, self.latent_dim, "(B, N, latent_dim)")
+        """Decode: the output queries cross-attend to the latents.
+
+        Args:
+            queries: (B, O, query_dim), or (O, query_dim) shared by every batch row. O = 0 gives
+                an empty output (B, 0, out_dim).
+            latents: (B, N, latent_dim), N > 0 (e.g. the output of `PerceiverEncoder`).
+            latent_mask: (B, N) bool, True = valid latent (may be attended); None: all valid.
+
+        Returns:
+            (B, O, out_dim).
+
+        Queries and latents must have the dtype and device of the decoder's parameters.
+        """
+        check_features(
+            "latents", latents, self.latent_dim, "(B, N, latent_dim)", like=self.norm_latents.weight
+        )
         b, n, _ = latents.shape
+        check_nonempty(
+            "latents",
+            n,
+            latents.shape,
+            "N=0 latents",
+            "pass at least one latent per row (mark padding False in latent_mask instead)",
+        )
         if isinstance(queries, Tensor) and queries.dim() == 2:
             queries = queries.expand(b, -1, -1)  # (O, query_dim) -> (B, O, query_dim)
-        check_features("queries", queries, self.query_dim, "(B, O, query_dim) or (O, query_dim)")
+        check_features(
+            "queries",
+            queries,
+            self.query_dim,
+            "(B, O, query_dim) or (O, query_dim)",
+            like=self.norm_queries.weight,
+        )
         if queries.shape[0] != b:
             raise ValueError(
                 f"queries have B={queries.shape[0]} but latents have B={b}: queries "
@@ -380,12 +437,26 @@ class PerceiverIO(nn.Module):
     def forward(
         self, inputs: Tensor, queries: Tensor | None = None, *, input_mask: Tensor | None = None
     ) -> Tensor:
-        if queries is None:
-            if self.output_queries is None:
-                raise ValueError(
-                    "queries=None needs learned output queries: build PerceiverIO with "
-                    "num_outputs=O, or pass queries (B, O, query_dim)"
-                )
-            queries = self.output_queries.to(inputs.dtype)  # (O, query_dim)
+        """Encode the inputs into latents, then decode them at the output queries.
+
+        Args:
+            inputs: (B, S, input_dim), S > 0.
+            queries: (B, O, query_dim), or (O, query_dim) shared by every batch row; None uses
+                the learned output queries (needs ``num_outputs``).
+            input_mask: (B, S) bool, True = valid input token (may be attended); None: all
+                valid. Padding may hold anything, NaN included.
+
+        Returns:
+            (B, O, out_dim).
+
+        Inputs and queries must have the dtype and device of the model's parameters.
+        """
+        if queries is None and self.output_queries is None:
+            raise ValueError(
+                "queries=None needs learned output queries: build PerceiverIO with "
+                "num_outputs=O, or pass queries (B, O, query_dim)"
+            )
         latents = self.encoder(inputs, input_mask)  # (B, N, latent_dim)
+        if queries is None:
+            queries = self.output_queries.to(inputs.dtype)  # (O, query_dim)
         return self.decoder(queries, latents)

@@ -28,7 +28,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ._common import check_features, check_positive
+from ._common import (
+    check_features,
+    check_like_params,
+    check_mask,
+    check_nonempty,
+    check_positive,
+)
 from .attention import CrossAttention
 
 
@@ -70,7 +76,9 @@ class RetrievalCrossAttention(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        check_positive(dim=dim, context_dim=context_dim, chunk_size=chunk_size)
+        check_positive(
+            dim=dim, context_dim=context_dim, chunk_size=chunk_size, heads=heads, dim_head=dim_head
+        )
         self.dim, self.context_dim, self.chunk_size = dim, context_dim, chunk_size
         self.causal_offset = causal_offset
         self.attn_chunks_to_neighbours = CrossAttention(
@@ -85,9 +93,25 @@ class RetrievalCrossAttention(nn.Module):
         neighbour_mask: Tensor | None = None,
         return_weights: bool | Literal["mean"] = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """With return_weights also the weights (B, C', heads, m, K * R) (head mean:
-        (B, C', m, K * R)) of the C' attending chunks, the shifted ones with causal_offset."""
-        check_features("tokens", tokens, self.dim, "(B, L, dim)")
+        """Each chunk of `tokens` attends to the neighbours retrieved for it.
+
+        Args:
+            tokens: (B, L, dim).
+            neighbours: (B, C, K, R, context_dim), C = ceil(L / chunk_size), K > 0 neighbours of
+                R > 0 tokens per chunk.
+            neighbour_mask: (B, C, K, R) bool, True = valid neighbour token (may be attended);
+                None: all valid. A token with no valid neighbour token gets exactly 0.
+            return_weights: False; True for per-head weights; "mean" for their head mean.
+
+        Returns:
+            (B, L, dim); with return_weights also the weights (B, C', heads, m, K * R) (head
+            mean: (B, C', m, K * R)) of the C' attending chunks, the shifted ones with
+            causal_offset.
+
+        Tokens and neighbours must have the dtype and device of the layer's parameters.
+        """
+        attn = self.attn_chunks_to_neighbours
+        check_features("tokens", tokens, self.dim, "(B, L, dim)", like=attn.to_q.weight)
         b, length, _ = tokens.shape
         m = self.chunk_size
         chunks = -(-length // m)
@@ -103,25 +127,28 @@ class RetrievalCrossAttention(nn.Module):
                 f"{self.context_dim}) for tokens {tuple(tokens.shape)} and chunk_size={m} "
                 f"(C = ceil(L / chunk_size)), got {tuple(neighbours.shape)}"
             )
+        if not neighbours.is_floating_point():
+            raise TypeError(
+                f"neighbours must be a floating-point tensor, got dtype {neighbours.dtype}"
+            )
+        check_like_params("neighbours", neighbours, attn.to_k.weight)
         k, r = neighbours.shape[2], neighbours.shape[3]
-        if neighbour_mask is not None:
-            if not isinstance(neighbour_mask, Tensor) or neighbour_mask.dtype != torch.bool:
-                raise TypeError(
-                    "neighbour_mask must be a bool tensor (B, C, K, R), True = valid token; got "
-                    f"{getattr(neighbour_mask, 'dtype', type(neighbour_mask).__name__)}"
-                )
-            if neighbour_mask.shape != neighbours.shape[:4]:
-                raise ValueError(
-                    f"neighbour_mask must have shape (B, C, K, R) = {tuple(neighbours.shape[:4])}, "
-                    f"got {tuple(neighbour_mask.shape)}"
-                )
+        check_nonempty(
+            "neighbours",
+            k * r,
+            neighbours.shape,
+            f"K={k} neighbours of R={r} tokens per chunk",
+            "pass at least one neighbour token per chunk; for chunks without neighbours pass a "
+            "dummy neighbour masked False in neighbour_mask (those tokens then get exactly 0)",
+        )
+        check_mask("neighbour_mask", neighbour_mask, tuple(neighbours.shape[:4]), "(B, C, K, R)")
         shift = m - 1 if self.causal_offset else 0
         attending = tokens[:, shift:]  # (B, L - shift, dim): token p -> chunk (p + shift) // m
         n_att = -(-attending.shape[1] // m)
-        out = tokens.new_zeros(b, length, self.attn_chunks_to_neighbours.out_dim)
+        out = tokens.new_zeros(b, length, attn.out_dim)
         if n_att == 0:
             if return_weights:
-                heads = self.attn_chunks_to_neighbours.heads
+                heads = attn.heads
                 shape = (b, 0, m, k * r) if return_weights == "mean" else (b, 0, heads, m, k * r)
                 return out, tokens.new_zeros(shape)
             return out
@@ -133,9 +160,7 @@ class RetrievalCrossAttention(nn.Module):
         mask = None
         if neighbour_mask is not None:
             mask = neighbour_mask[:, :n_att].reshape(b * n_att, k * r)  # (B*C', K*R)
-        res = self.attn_chunks_to_neighbours(
-            queries, context, context_mask=mask, return_weights=return_weights
-        )
+        res = attn(queries, context, context_mask=mask, return_weights=return_weights)
         att, weights = res if return_weights else (res, None)
         if mask is not None:
             att = att.masked_fill(~mask.any(dim=1)[:, None, None], 0.0)  # no valid neighbour

@@ -30,7 +30,9 @@ class SelfDocAttention(nn.Module):
     Shapes: forward(a (B, L, query_dim), b (B, L, context_dim), *, mask (B, L) bool or None,
     True = valid token; padded tokens may hold NaN and get output 0) -> (B, L, query_dim); with
     return_weights also (B, heads, L, L) or the head mean (B, L, L). A and B must have the same
-    length L.
+    length L; L = 0 gives empty outputs. A padded token is never attended to (its weight column
+    is 0) and attends to nothing (its weight row is exactly 0, as in
+    `BidirectionalCrossAttention`).
     """
 
     def __init__(
@@ -60,8 +62,26 @@ class SelfDocAttention(nn.Module):
         mask: Tensor | None = None,
         return_weights: bool | Literal["mean"] = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        check_features("a", a, self.query_dim, "(B, L, query_dim)")
-        check_features("b", b, self.context_dim, "(B, L, context_dim)")
+        """Token i of `a` attends to the keys of `b` and gathers the values of `a`.
+
+        Args:
+            a: (B, L, query_dim), the queries and values.
+            b: (B, L, context_dim), the keys; token i of b pairs with token i of a.
+            mask: (B, L) bool, True = valid token (may attend and be attended), shared by a and
+                b; None: all valid. Padded tokens may hold NaN.
+            return_weights: False; True for the weights (B, heads, L, L); "mean" for their head
+                mean (B, L, L).
+
+        Returns:
+            (B, L, query_dim), 0 at padded tokens; with return_weights also the weights, whose
+            rows and columns at padded tokens are exactly 0. L = 0 gives empty tensors of these
+            shapes.
+
+        a and b must have the dtype and device of the layer's parameters.
+        """
+        attn = self.attn
+        check_features("a", a, self.query_dim, "(B, L, query_dim)", like=attn.to_q.weight)
+        check_features("b", b, self.context_dim, "(B, L, context_dim)", like=attn.to_k.weight)
         if a.shape[:2] != b.shape[:2]:
             raise ValueError(
                 f"SelfDocAttention needs a and b of the same batch and length (token i of a pairs "
@@ -69,12 +89,21 @@ class SelfDocAttention(nn.Module):
                 f"{tuple(b.shape)}; expected b ({a.shape[0]}, {a.shape[1]}, {self.context_dim})"
             )
         check_mask("mask", mask, tuple(a.shape[:2]), "(B, L)")
+        batch, length = a.shape[:2]
+        if length == 0:  # nothing to attend from or to: empty outputs of the documented shapes
+            out = a.new_zeros(batch, 0, attn.out_dim)
+            if not return_weights:
+                return out
+            shape = (batch, 0, 0) if return_weights == "mean" else (batch, attn.heads, 0, 0)
+            return out, a.new_zeros(shape)
         if mask is None:
-            return self.attn(a, b, a, return_weights=return_weights)
-        # Padded tokens (NaN allowed) are zeroed on the way in and their outputs set to 0.
+            return attn(a, b, a, return_weights=return_weights)
+        # Padded tokens (NaN allowed) are zeroed on the way in and their outputs set to 0; their
+        # own rows are fully masked, so their weights are exactly 0 too.
         a = a.masked_fill(~mask[..., None], 0.0)
         b = b.masked_fill(~mask[..., None], 0.0)
-        res = self.attn(a, b, a, context_mask=mask, return_weights=return_weights)
+        rows = mask[:, :, None].expand(-1, -1, length)  # (B, L, L)
+        res = attn(a, b, a, context_mask=mask, attn_mask=rows, return_weights=return_weights)
         out = res[0] if return_weights else res
         out = out.masked_fill(~mask[..., None], 0.0)  # (B, L, query_dim)
         return (out, res[1]) if return_weights else out

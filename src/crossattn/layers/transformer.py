@@ -18,14 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from ..masks import causal_mask
-from ._common import FeedForward
+from ._common import FeedForward, check_features, check_mask, check_nonempty, check_positive
 from .attention import CrossAttention, PreparedContext, WeightsArg
 
 
 def _check_dims(d_model: int, heads: int, dim_ff: int, dropout: float) -> None:
-    for name, val in (("d_model", d_model), ("heads", heads), ("dim_ff", dim_ff)):
-        if not isinstance(val, int) or val <= 0:
-            raise ValueError(f"{name} must be a positive int, got {val!r}")
+    check_positive(d_model=d_model, heads=heads, dim_ff=dim_ff)
     if d_model % heads != 0:
         raise ValueError(f"d_model={d_model} must be divisible by heads={heads}")
     if not 0.0 <= dropout < 1.0:
@@ -100,8 +98,17 @@ class TransformerEncoderLayer(nn.Module):
             token_mask: (B, S) bool, True = valid token (padded keys are never attended to).
 
         Returns:
-            (B, S, d_model).
+            (B, S, d_model); S = 0 gives an empty output.
+
+        `tokens` must have the dtype and device of the layer's parameters.
         """
+        check_features(
+            "tokens", tokens, self.d_model, "(B, S, d_model)", like=self.self_attn.to_q.weight
+        )
+        b, s, _ = tokens.shape
+        check_mask("token_mask", token_mask, (b, s), "(B, S)")
+        if s == 0:  # no token: nothing to attend from or to
+            return tokens.new_zeros(b, 0, self.d_model)
         h = self.attn_block.inputs(tokens)
         tokens = self.attn_block.add(tokens, self.self_attn(h, h, context_mask=token_mask))
         return self.ffn_block.add(tokens, self.ffn(self.ffn_block.inputs(tokens)))
@@ -151,6 +158,8 @@ class TransformerDecoderLayer(nn.Module):
     ):
         super().__init__()
         _check_dims(d_model, heads, dim_ff, dropout)
+        if context_dim is not None:
+            check_positive(context_dim=context_dim)
         self.d_model = d_model
         dim_head = d_model // heads
         self.self_attn = _drop_key_bias(CrossAttention(
@@ -200,15 +209,48 @@ class TransformerDecoderLayer(nn.Module):
                 their head mean (B, T, S).
 
         Returns:
-            `DecoderLayerOutput` (tokens (B, T, d_model), cache, cross_weights).
+            `DecoderLayerOutput` (tokens (B, T, d_model), cache, cross_weights). T = 0 gives
+            empty tokens and weights (the cache, if asked for, is the one passed in, or an empty
+            one).
+
+        The source needs at least one token (S > 0); tokens and source must have the dtype and
+        device of the layer's parameters.
         """
-        if not isinstance(tokens, Tensor) or tokens.dim() != 3 or tokens.shape[-1] != self.d_model:
-            raise ValueError(
-                f"tokens must have shape (B, T, d_model={self.d_model}), got "
-                f"{tuple(getattr(tokens, 'shape', ()))}"
-            )
+        attn, cross = self.self_attn, self.cross_attn_target_to_source
+        check_features("tokens", tokens, self.d_model, "(B, T, d_model)", like=attn.to_q.weight)
         b, t, _ = tokens.shape
-        attn = self.self_attn
+        empty_source = (
+            "pass at least one source token per row (keep padding tokens and mark them False in "
+            "source_mask)"
+        )
+        if isinstance(source, PreparedContext):
+            if source_mask is not None:
+                raise ValueError(
+                    "source_mask was given with a PreparedContext, which carries its own mask"
+                )
+            check_nonempty(
+                "source",
+                source.length,
+                source.key.shape,
+                "S=0 tokens (a PreparedContext: keys (B, heads, S, dim_head))",
+                empty_source,
+            )
+        else:
+            check_features(
+                "source",
+                source,
+                cross.context_dim,
+                "(B, S, context_dim) or a PreparedContext from prepare_context",
+                like=cross.to_k.weight,
+            )
+            check_nonempty("source", source.shape[1], source.shape, "S=0 tokens", empty_source)
+            check_mask("source_mask", source_mask, tuple(source.shape[:2]), "(B, S)")
+        if cache is not None and not isinstance(cache, PreparedContext):
+            raise TypeError(
+                "cache must be the PreparedContext this layer returned as DecoderLayerOutput.cache "
+                f"(call it with use_cache=True), or None for the first step; got "
+                f"{type(cache).__name__}"
+            )
         # --- causal self-attention over the cached positions and the new ones ---
         h = self.self_block.inputs(tokens)
         new = attn.prepare_context(h)  # keys/values of the new positions: (B, H, T, D)
@@ -227,21 +269,16 @@ class TransformerDecoderLayer(nn.Module):
                 layer_id=id(attn),
             )
         total = new.length
-        # A single new position may see everything before it: no mask needed.
-        mask = None if t == 1 else causal_mask(t, total, device=tokens.device)  # (T, past + T)
-        tokens = self.self_block.add(tokens, attn(h, new, attn_mask=mask))
+        if t > 0:  # T = 0 new positions (an empty output): nothing attends, nothing to add
+            # A single new position may see everything before it: no mask needed.
+            mask = None if t == 1 else causal_mask(t, total, device=tokens.device)  # (T, past + T)
+            tokens = self.self_block.add(tokens, attn(h, new, attn_mask=mask))
         # --- cross-attention from the target to the source ---
         h = self.cross_block.inputs(tokens)
         if isinstance(source, PreparedContext):
-            if source_mask is not None:
-                raise ValueError(
-                    "source_mask was given with a PreparedContext, which carries its own mask"
-                )
-            res = self.cross_attn_target_to_source(h, source, return_weights=return_weights)
+            res = cross(h, source, return_weights=return_weights)
         else:
-            res = self.cross_attn_target_to_source(
-                h, source, context_mask=source_mask, return_weights=return_weights
-            )
+            res = cross(h, source, context_mask=source_mask, return_weights=return_weights)
         update, weights = res if return_weights else (res, None)
         tokens = self.cross_block.add(tokens, update)
         # --- feed-forward ---

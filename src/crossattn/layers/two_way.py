@@ -19,7 +19,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._common import FeedForward
+from ._common import (
+    FeedForward,
+    check_features,
+    check_like_params,
+    check_mask,
+    check_nonempty,
+    check_nonnegative,
+)
 from .attention import CrossAttention
 
 
@@ -115,7 +122,12 @@ class TwoWayAttentionBlock(nn.Module):
 
         Returns:
             ``(queries (B, N, C), keys (B, HW, C))``.
+
+        N and HW must be > 0 (tokens and image attend to each other); query_pe and key_pe may
+        have a batch size of 1 (shared by the batch). Every input must have the dtype and
+        device of the block's parameters.
         """
+        _check_block_inputs(self, queries, keys, query_pe, key_pe, query_mask)
         # Self-attention of the tokens
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries, context_mask=query_mask)
@@ -177,8 +189,7 @@ class TwoWayTransformer(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        if not isinstance(depth, int) or depth < 0:
-            raise ValueError(f"depth must be a non-negative int, got {depth!r}")
+        check_nonnegative(depth=depth)
         _check_sizes(embedding_dim, num_heads, mlp_dim, attention_downsample_rate)
         self.depth = depth
         self.embedding_dim = embedding_dim
@@ -230,6 +241,7 @@ class TwoWayTransformer(nn.Module):
             ``(queries (B, N, C), keys (B, H*W, C))``: the processed tokens and image tokens.
         """
         c = self.embedding_dim
+        weight = self.norm_final_attn.weight
         for name, t in (("image_embedding", image_embedding), ("image_pe", image_pe)):
             if not isinstance(t, Tensor):
                 raise TypeError(
@@ -240,12 +252,22 @@ class TwoWayTransformer(nn.Module):
                     f"{name} must have shape (B, C, H, W) with C = embedding_dim = {c}, got "
                     f"{tuple(t.shape)}"
                 )
+            if not t.is_floating_point():
+                raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+            check_like_params(name, t, weight)
         b, _, h, w = image_embedding.shape
         if image_pe.shape[0] not in (1, b) or image_pe.shape[2:] != image_embedding.shape[2:]:
             raise ValueError(
                 f"image_pe must have shape (B, C, H, W) = ({b}, {c}, {h}, {w}) or (1, {c}, {h}, "
                 f"{w}), got {tuple(image_pe.shape)}"
             )
+        check_nonempty(
+            "image_embedding",
+            h * w,
+            image_embedding.shape,
+            f"H*W = {h}*{w} = 0 positions",
+            "pass an image of at least one position",
+        )
         if not isinstance(point_embedding, Tensor):
             raise TypeError(
                 "point_embedding must be a torch.Tensor (B, N, C), got "
@@ -260,17 +282,17 @@ class TwoWayTransformer(nn.Module):
                 f"point_embedding must have shape (B, N, C) = ({b}, N, {c}), got "
                 f"{tuple(point_embedding.shape)}"
             )
+        check_features("point_embedding", point_embedding, c, "(B, N, C)", like=weight)
         n = point_embedding.shape[1]
-        if point_mask is not None:
-            if not isinstance(point_mask, Tensor) or point_mask.dtype != torch.bool:
-                raise TypeError(
-                    "point_mask must be a bool tensor (B, N), True = real token; got "
-                    f"{getattr(point_mask, 'dtype', type(point_mask).__name__)}"
-                )
-            if tuple(point_mask.shape) != (b, n):
-                raise ValueError(
-                    f"point_mask must have shape (B, N) = ({b}, {n}), got {tuple(point_mask.shape)}"
-                )
+        check_nonempty(
+            "point_embedding",
+            n,
+            point_embedding.shape,
+            "N=0 tokens",
+            "the image attends to the prompt tokens, so pass at least one per row (pad rows with "
+            "fewer prompts and mark the padding False in point_mask)",
+        )
+        check_mask("point_mask", point_mask, (b, n), "(B, N)")
 
         keys = image_embedding.flatten(2).transpose(1, 2)  # (B, H*W, C)
         key_pe = image_pe.flatten(2).transpose(1, 2).expand(b, h * w, c)  # (B, H*W, C)
@@ -330,6 +352,47 @@ class TwoWayTransformer(nn.Module):
             _copy_sam_attention(layer.final_attn_token_to_image, final)
             _copy_layer_norm(layer.norm_final_attn, module.norm_final_attn)
         return layer.train(module.training)
+
+
+def _check_block_inputs(
+    block: TwoWayAttentionBlock,
+    queries: Tensor,
+    keys: Tensor,
+    query_pe: Tensor,
+    key_pe: Tensor,
+    query_mask: Tensor | None,
+) -> None:
+    """The inputs of `TwoWayAttentionBlock.forward`, with errors naming the argument."""
+    c, weight = block.embedding_dim, block.norm1.weight
+    check_features("queries", queries, c, "(B, N, C)", like=weight)
+    check_features("keys", keys, c, "(B, HW, C)", like=weight)
+    b, n, hw = queries.shape[0], queries.shape[1], keys.shape[1]
+    if keys.shape[0] != b:
+        raise ValueError(
+            f"keys have B={keys.shape[0]} but queries have B={b}: queries "
+            f"{tuple(queries.shape)}, keys {tuple(keys.shape)}"
+        )
+    for name, pe, of, length, legend in (
+        ("query_pe", query_pe, "queries", n, "N"),
+        ("key_pe", key_pe, "keys", hw, "HW"),
+    ):
+        check_features(name, pe, c, f"(B, {legend}, C)", like=weight)
+        if pe.shape[0] not in (1, b) or pe.shape[1] != length:
+            shared = "" if b == 1 else f" or (1, {length}, {c}) for all rows"
+            raise ValueError(
+                f"{name} must hold one positional encoding per token of {of}: shape "
+                f"(B, {legend}, C) = ({b}, {length}, {c}){shared}, got {tuple(pe.shape)}"
+            )
+    check_nonempty(
+        "queries",
+        n,
+        queries.shape,
+        "N=0 tokens",
+        "the image attends to the tokens, so pass at least one per row (mark padding False "
+        "in query_mask)",
+    )
+    check_nonempty("keys", hw, keys.shape, "HW=0 tokens", "pass at least one image token")
+    check_mask("query_mask", query_mask, (b, n), "(B, N)")
 
 
 def _check_sizes(embedding_dim: Any, num_heads: Any, mlp_dim: Any, rate: Any) -> None:
