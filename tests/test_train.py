@@ -111,6 +111,22 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_align_into_a_closed_pipe_stops_quietly(model_dir, corpus, tmp_path):
+    """`crossattn align ... | head -1`: the reader goes away; no traceback, status 141."""
+    many = tmp_path / "many.txt"
+    many.write_text(corpus["test"].read_text() * 200)  # far more than one pipe buffer
+    cmd = [sys.executable, "-m", "crossattn", "align", "--model", str(model_dir), "--data",
+           str(many), "--threads", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # the reader leaves
+    _, err = proc.communicate(timeout=300)
+    assert re.fullmatch(rb"(\d+-\d+ ?)*\n", first)
+    assert proc.returncode == 141, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err
+
+
 def test_align_prints_one_pharaoh_line_per_pair(model_dir, corpus, capsys):
     assert main(["align", "--model", str(model_dir), "--data", str(corpus["test"]),
                  "--threads", "1"]) == 0  # fmt: skip

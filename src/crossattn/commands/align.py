@@ -9,37 +9,36 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli import CommandError, add_threads_argument, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model directory of crossattn train")
     parser.add_argument("--data", required=True, help="parallel text: 'source ||| target' or TSV")
     parser.add_argument("--skip-bad-lines", action="store_true",
                         help="print an empty line for malformed pairs instead of failing")  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        help="CPU threads (default: 1 when the cores are already busy, else all)",
-    )
+    parser.add_argument("--batch-size", type=positive_int, default=64,
+                        help="pairs force-decoded at once (default 64)")  # fmt: skip
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..align import extract_alignment
-    from ..data.parallel import read_parallel
-    from ..models import Translator
     from ..train import Encoded, attention_for_pairs, choose_threads
+    from ._common import load_translator, read_pairs
 
     choose_threads(args.threads)
 
-    tr = Translator.load(args.model)
-    data = read_parallel(args.data, skip_bad_lines=args.skip_bad_lines)
+    tr = load_translator(args.model)
+    data = read_pairs(args.data, skip_bad_lines=args.skip_bad_lines)
     limit = tr.model.config.max_len - 1
     pairs = []
     for k, ex in enumerate(data.examples):
         if len(ex.source) > tr.model.config.max_len or len(ex.target) > limit:
-            raise SystemExit(
-                f"{args.data}: pair {k + 1} has {len(ex.source)}/{len(ex.target)} words; the model "
-                f"takes at most {tr.model.config.max_len}/{limit}"
+            raise CommandError(
+                f"argument --data: {args.data}: pair {k + 1} has {len(ex.source)}/"
+                f"{len(ex.target)} source/target words; the model takes at most "
+                f"{tr.model.config.max_len}/{limit}"
             )
         pairs.append(Encoded(tuple(tr.source_vocab.encode(ex.source)),
                              tuple(tr.target_vocab.encode(ex.target)), frozenset()))  # fmt: skip

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..cli import add_threads_argument, positive_float, positive_int
+
 SENTENCES = (
     "the cat sits here",
     "the red car is near the house",
@@ -28,21 +30,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--budget-minutes",
-        type=float,
+        type=positive_float,
         default=4.0,
         help="wall-clock budget of the whole run, training included (default 4)",
     )
-    parser.add_argument("--train-pairs", type=int, default=20000, help="toy training pairs")
-    parser.add_argument("--eval-pairs", type=int, default=500, help="dev and test pairs each")
+    parser.add_argument(
+        "--train-pairs", type=positive_int, default=20000, help="toy training pairs"
+    )
+    parser.add_argument(
+        "--eval-pairs", type=positive_int, default=500, help="dev and test pairs each"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--tiny", action="store_true", help="a tiny model and corpus (a smoke test, not a result)"
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        help="CPU threads (default: 1 when the cores are already busy, else all)",
-    )
+    add_threads_argument(parser)
 
 
 def _bleu(hyps: list[str], refs: list[str]) -> float:
@@ -67,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
         train,
         write_json,
     )
+    from ._common import check_output_dir
 
+    check_output_dir(args.out)
     choose_threads(args.threads)
 
     budget = args.budget_minutes * 60.0

@@ -10,34 +10,36 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli import CommandError, port, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="DIR", help="a model directory")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any)")
-    parser.add_argument("--beam", type=int, default=4, help="beam size (default 4; 1 greedy)")
+    parser.add_argument("--port", type=port, default=8000, help="TCP port (default 8000; 0: any)")
     parser.add_argument(
-        "--max-words", type=int, default=64, help="longest sentence accepted (default 64)"
+        "--beam", type=positive_int, default=4, help="beam size (default 4; 1 greedy)"
+    )
+    parser.add_argument(
+        "--max-words", type=positive_int, default=64, help="longest sentence accepted (default 64)"
     )
     parser.add_argument("--open", action="store_true", help="open the page in the web browser")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import Translator
     from ..viz.server import make_server
+    from ._common import load_translator
 
-    try:
-        translator = Translator.load(args.model)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"crossattn serve: {err}", file=sys.stderr)
-        return 2
+    translator = load_translator(args.model)
     try:
         server = make_server(
             translator, args.host, args.port, max_words=args.max_words, beam=args.beam
         )
-    except (OSError, ValueError) as err:
-        print(f"crossattn serve: cannot serve on {args.host}:{args.port}: {err}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError, OverflowError) as err:
+        raise CommandError(
+            f"cannot serve on --host {args.host} --port {args.port}: {err}; choose another "
+            "--port (0: any free one) or --host"
+        ) from err
     host, port = server.server_address[:2]
     shown = f"[{host}]" if ":" in str(host) else host
     url = f"http://{shown}:{port}/"

@@ -1,9 +1,27 @@
-"""`crossattn train`: train an encoder-decoder translator on parallel text."""
+"""`crossattn train`: train an encoder-decoder translator on parallel text.
+
+Every option is checked before the corpus is read or anything is written: the ranges while
+parsing, then the model shape (``--d-model`` divisible by ``--heads``, ``--attention-layer`` and
+``--attention-head`` within the model), the paths and the corpus itself.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
+
+from ..cli import (
+    CommandError,
+    add_threads_argument,
+    float_range,
+    int_at_least,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,52 +38,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--skip-bad-lines", action="store_true", help="skip malformed lines, say how many"
     )
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--steps", type=int, help="total optimisation steps")
+    p.add_argument("--steps", type=positive_int, help="total optimisation steps")
     p.add_argument(
-        "--minutes", type=float, help="wall-clock bound of the training loop (default 4)"
+        "--minutes", type=positive_float, help="wall-clock bound of the training loop (default 4)"
     )
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    p.add_argument("--stop-after", type=int, help="end this run after N steps (schedule kept)")
+    p.add_argument(
+        "--stop-after", type=positive_int, help="end this run after N steps (schedule kept)"
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("model")
-    g.add_argument("--d-model", type=int, default=d.d_model)
-    g.add_argument("--heads", type=int, default=d.heads)
-    g.add_argument("--encoder-layers", type=int, default=d.encoder_layers)
-    g.add_argument("--decoder-layers", type=int, default=d.decoder_layers)
-    g.add_argument("--dim-ff", type=int, default=d.dim_ff)
-    g.add_argument("--dropout", type=float, default=d.dropout)
+    g.add_argument("--d-model", type=positive_int, default=d.d_model,
+                   help=f"model width, a multiple of --heads (default {d.d_model})")  # fmt: skip
+    g.add_argument("--heads", type=positive_int, default=d.heads)
+    g.add_argument("--encoder-layers", type=positive_int, default=d.encoder_layers)
+    g.add_argument("--decoder-layers", type=positive_int, default=d.decoder_layers)
+    g.add_argument("--dim-ff", type=positive_int, default=d.dim_ff)
+    g.add_argument("--dropout", type=float_range(0.0, 1.0, high_open=True), default=d.dropout)
     g.add_argument("--post-norm", action="store_true", help="post-norm layers (default pre-norm)")
-    g.add_argument("--max-len", type=int, default=d.max_len, help="longest sentence, in tokens")
+    g.add_argument("--max-len", type=int_at_least(2), default=d.max_len,
+                   help="longest sentence, in tokens (BOS or EOS included)")  # fmt: skip
     g.add_argument("--untied", action="store_true", help="do not tie target embedding and output")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-tokens", type=int, default=d.batch_tokens)
-    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of AdamW")
-    g.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clipping")
-    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    g.add_argument("--batch-tokens", type=positive_int, default=d.batch_tokens)
+    g.add_argument("--lr", type=positive_float, default=d.lr, help="peak learning rate of AdamW")
+    g.add_argument("--warmup", type=non_negative_int, default=d.warmup,
+                   help="linear warm-up steps")  # fmt: skip
+    g.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay)
+    g.add_argument("--clip", type=positive_float, default=d.clip, help="gradient-norm clipping")
+    g.add_argument(
+        "--label-smoothing", type=float_range(0.0, 1.0, high_open=True), default=d.label_smoothing
+    )
     g = p.add_argument_group("attention losses")
-    g.add_argument("--guided-alignment", action="store_true",
-                   help="supervise one cross-attention head with --alignments (Garg et al. 2019)")  # fmt: skip
-    g.add_argument("--guided-weight", type=float, default=d.guided_weight)
-    g.add_argument("--attention-layer", type=int, default=d.attention_layer,
-                   help="decoder layer of the attention losses (negative: from the top)")  # fmt: skip
+    g.add_argument(
+        "--guided-alignment",
+        action="store_true",
+        help="supervise one cross-attention head with --alignments (Garg et al. 2019)",
+    )
+    g.add_argument("--guided-weight", type=non_negative_float, default=d.guided_weight)
+    g.add_argument("--attention-layer", type=int, default=None,
+                   help="decoder layer of the attention losses, in -L..L-1 for L decoder layers "
+                   f"(negative: from the top; default {d.attention_layer}, or -1 with one "
+                   "layer)")  # fmt: skip
     g.add_argument("--attention-head", type=int, default=d.attention_head,
-                   help="head supervised by the guided-alignment loss")  # fmt: skip
-    g.add_argument("--entropy-weight", type=float, default=d.entropy_weight,
+                   help="head of the guided-alignment loss, in -H..H-1 for H heads")  # fmt: skip
+    g.add_argument("--entropy-weight", type=non_negative_float, default=d.entropy_weight,
                    help="weight of the attention-entropy regulariser (sharper maps)")  # fmt: skip
-    g.add_argument("--coverage-weight", type=float, default=d.coverage_weight,
+    g.add_argument("--coverage-weight", type=non_negative_float, default=d.coverage_weight,
                    help="weight of the coverage regulariser (every source word attended once)")  # fmt: skip
     g = p.add_argument_group("evaluation")
-    g.add_argument("--dev-size", type=int, default=d.dev_size, help="pairs held out for dev")
-    g.add_argument("--eval-seconds", type=float, default=d.eval_seconds)
-    g.add_argument("--save-seconds", type=float, default=d.save_seconds)
+    g.add_argument("--dev-size", type=non_negative_int, default=d.dev_size,
+                   help="pairs held out for dev")  # fmt: skip
+    g.add_argument("--eval-seconds", type=non_negative_float, default=d.eval_seconds)
+    g.add_argument("--save-seconds", type=non_negative_float, default=d.save_seconds)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--threads",
-        type=int,
-        help="CPU threads (default: 1 when the cores are already busy, else all)",
-    )
+    add_threads_argument(p)
 
 
 def options_from_args(args: argparse.Namespace):
@@ -78,20 +105,104 @@ def options_from_args(args: argparse.Namespace):
     kw["progress"] = not args.no_progress
     if args.steps is None and args.minutes is None:
         kw["minutes"] = 4.0
+    if kw.get("attention_layer") is None:
+        kw.pop("attention_layer", None)
     return TrainOptions(**kw)
 
 
-def run(args: argparse.Namespace) -> int:
-    import json
+def _model_shape(args: argparse.Namespace) -> tuple[str, dict]:
+    """Where the model shape comes from (the options, or the checkpoint when resuming), and it."""
+    from ..train import CONFIG_FILE, STATE_FILE
 
+    saved = os.path.join(args.out, CONFIG_FILE)
+    if args.resume and os.path.isfile(os.path.join(args.out, STATE_FILE)):
+        try:
+            with open(saved, encoding="utf-8") as f:
+                model = json.load(f)["model"]
+            shape = {k: int(model[k]) for k in ("d_model", "heads", "decoder_layers", "max_len")}
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CommandError(
+                f"argument --resume: cannot read the model shape from {saved!r} "
+                f"({type(err).__name__}: {err}); expected the checkpoint of crossattn train"
+            ) from err
+        return f"the checkpoint in {args.out!r}", shape
+    shape = {"d_model": args.d_model, "heads": args.heads, "decoder_layers": args.decoder_layers,
+             "max_len": args.max_len}  # fmt: skip
+    return "the model", shape
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Cross-option checks, before any file is read or written: `CommandError` on the first."""
+    from ..train import TrainOptions
+
+    if args.d_model % args.heads:
+        ok = [h for h in range(1, min(args.d_model, 16) + 1) if args.d_model % h == 0]
+        raise CommandError(
+            f"argument --heads: --d-model {args.d_model} must be divisible by --heads, got "
+            f"--heads {args.heads}; expected one of {ok}{' ...' if args.d_model > 16 else ''} "
+            "(or change --d-model)"
+        )
+    if args.guided_alignment and not args.alignments:
+        raise CommandError(
+            "argument --guided-alignment: needs --alignments FILE with the gold links of --data"
+        )
+    source, shape = _model_shape(args)
+    layers, heads = shape["decoder_layers"], shape["heads"]
+    if args.attention_layer is None:
+        # the default: the second layer from the top, or the only one
+        args.attention_layer = max(TrainOptions.attention_layer, -layers)
+    if not -layers <= args.attention_layer < layers:
+        raise CommandError(
+            f"argument --attention-layer: got {args.attention_layer}, but {source} has {layers} "
+            f"decoder layer(s); expected {-layers}..{layers - 1} (negative: from the top)"
+        )
+    if not -heads <= args.attention_head < heads:
+        raise CommandError(
+            f"argument --attention-head: got {args.attention_head}, but {source} has {heads} "
+            f"heads; expected {-heads}..{heads - 1}"
+        )
+    for option, path in (("--data", args.data), ("--alignments", args.alignments)):
+        if path is not None and not os.path.isfile(path):
+            what = "is a directory" if os.path.isdir(path) else "no such file"
+            raise CommandError(f"argument {option}: {what}: {path!r}; expected a text file")
+    from ._common import check_output_dir
+
+    check_output_dir(args.out)
+
+
+def read_examples(args: argparse.Namespace, opts) -> list:
+    """The corpus of `opts`; malformed or unusable text is a `CommandError`."""
+    from ..data.parallel import ParallelFormatError
+    from ..train import _read_examples
+
+    try:
+        examples = _read_examples(opts)
+    except ParallelFormatError as err:
+        option = (
+            "--alignments" if args.alignments and err.path == str(args.alignments) else "--data"
+        )
+        raise CommandError(f"argument {option}: {err}") from err
+    if not examples:
+        raise CommandError(f"argument --data: {args.data!r} holds no sentence pairs")
+    _, shape = _model_shape(args)
+    limit = shape["max_len"] - 1  # room for BOS / EOS
+    if not any(len(e.source) <= limit and len(e.target) <= limit for e in examples):
+        shortest = min(max(len(e.source), len(e.target)) for e in examples)
+        raise CommandError(
+            f"argument --data: every pair of {args.data!r} is longer than max_len - 1 = {limit} "
+            f"words (the shortest has {shortest}); raise --max-len to at least {shortest + 1}"
+        )
+    return examples
+
+
+def run(args: argparse.Namespace) -> int:
     from ..train import choose_threads, train
 
+    check_args(args)
     choose_threads(args.threads)
-
-    if args.guided_alignment and not args.alignments:
-        raise SystemExit("crossattn train: --guided-alignment needs --alignments FILE")
-    result = train(options_from_args(args))
-    import os
+    opts = options_from_args(args)
+    examples = read_examples(args, opts)
+    result = train(opts, examples)
 
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"out": str(result.out), "steps": result.steps,

@@ -10,32 +10,46 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli import CommandError, add_threads_argument, finite_float, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model directory of crossattn train")
     parser.add_argument("sentences", nargs="*", help="sentences to translate (default: stdin)")
-    parser.add_argument("--beam", type=int, default=4, help="beam size (1: greedy)")
-    parser.add_argument("--length-penalty", type=float, default=0.6)
+    parser.add_argument("--beam", type=positive_int, default=4, help="beam size (1: greedy)")
+    parser.add_argument("--length-penalty", type=finite_float, default=0.6)
     parser.add_argument("--json", action="store_true", help="one JSON object per sentence")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        help="CPU threads (default: 1 when the cores are already busy, else all)",
-    )
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..models import Translator
     from ..train import choose_threads
+    from ._common import load_translator
 
     choose_threads(args.threads)
 
-    if args.beam < 1:
-        raise SystemExit(f"crossattn translate: --beam must be >= 1, got {args.beam}")
-    tr = Translator.load(args.model)
-    sentences = args.sentences or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    for k, sentence in enumerate(args.sentences, 1):
+        if not sentence.strip(" "):
+            raise CommandError(
+                f"argument sentences: sentence {k} is empty ({sentence!r}); expected at least "
+                "one word"
+            )
+    tr = load_translator(args.model)
+    if args.sentences:
+        numbered = [(f"sentence {k}", s) for k, s in enumerate(args.sentences, 1)]
+    else:
+        numbered = [(f"stdin line {k}", line.rstrip("\n"))
+                    for k, line in enumerate(sys.stdin, 1) if line.strip()]  # fmt: skip
+    limit = tr.model.config.max_len
+    for where, sentence in numbered:
+        n = len(tr.tokenize(sentence))
+        if not 1 <= n <= limit:
+            raise CommandError(
+                f"{where} has {n} words ({sentence[:60]!r}); this model takes 1 to {limit} words"
+            )
+    sentences = [sentence for _, sentence in numbered]
     for sentence in sentences:
         r = tr.translate(sentence, beam=args.beam, length_penalty=args.length_penalty)
         if args.json:

@@ -18,8 +18,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Any
+
+from ..cli import CommandError, float_range
+
+STEP_WORDS = ("auto", "concat", "mean", "last")
+
+
+def step_argument(text: str) -> int | str | None:
+    """--step: an int, or one of STEP_WORDS ('auto' is None: decide from the shapes)."""
+    word = text.strip().lower()
+    if word in STEP_WORDS:
+        return None if word == "auto" else word
+    try:
+        return int(word)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer (a call index) or one of {', '.join(STEP_WORDS)}, got {text!r}"
+        ) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,20 +50,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=0, help="batch item of a capture (default 0)")
     parser.add_argument(
         "--step",
+        type=step_argument,
         default=None,
-        help="a capture's calls per layer: an index, 'concat', 'mean' or 'last' (default: auto)",
+        help="a capture's calls per layer: an index, 'concat', 'mean', 'last' or 'auto' "
+        "(default: auto)",
     )
     parser.add_argument(
-        "--threshold", type=float, default=0.1, help="initial highlight threshold (default 0.1)"
+        "--threshold",
+        type=float_range(0.0, 1.0),
+        default=0.1,
+        help="initial highlight threshold in [0, 1] (default 0.1)",
     )
+
+
+def _safetensors(path: str):
+    """`safe_open(path)`; a file that is no safetensors file is a clean error."""
+    from safetensors import SafetensorError, safe_open
+
+    from ._common import brief
+
+    try:
+        return safe_open(path, framework="pt")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CommandError(
+            f"argument FILE: cannot read {path!r} as a .safetensors file ({brief(err)}); "
+            "expected a capture saved by AttentionRecorder.save or a file written by safetensors"
+        ) from err
+
+
+def _torch_load(path: str) -> Any:
+    """`torch.load(path)` of tensors only; a corrupt or foreign file is a clean error."""
+    import pickle
+
+    import torch
+
+    from ._common import brief
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, ValueError, KeyError, EOFError, OSError,
+            IndexError) as err:  # fmt: skip
+        raise CommandError(
+            f"argument FILE: cannot read {path!r} as a torch.save file ({brief(err)}); expected "
+            "a tensor, or a dict of a tensor and token lists, written by torch.save"
+        ) from err
 
 
 def _is_capture(path: str) -> bool:
-    from safetensors import safe_open
-
     from ..capture.storage import META_KEY
 
-    with safe_open(path, framework="pt") as f:
+    with _safetensors(path) as f:
         return META_KEY in (f.metadata() or {})
 
 
@@ -55,9 +107,7 @@ def _load_plain(path: str) -> dict[str, Any]:
     """A .safetensors or .pt weights file as {"weights": ..., "source_tokens": ..., ...}."""
     ext = os.path.splitext(path)[1].lower()
     if ext == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt") as f:
+        with _safetensors(path) as f:
             if "weights" not in f.keys():
                 raise ValueError(
                     f"{path} has no tensor named 'weights' (it has {list(f.keys())}) and is not a "
@@ -67,14 +117,19 @@ def _load_plain(path: str) -> dict[str, Any]:
             out: dict[str, Any] = {"weights": f.get_tensor("weights")}
         for key in ("source_tokens", "target_tokens"):
             if key in meta:
-                out[key] = json.loads(meta[key])
+                try:
+                    out[key] = json.loads(meta[key])
+                except ValueError as err:
+                    raise ValueError(
+                        f"{path}: metadata {key!r} must be a JSON list of strings ({err})"
+                    ) from None
         if "links" in meta:
             out["links"] = meta["links"]
         return out
     if ext in (".pt", ".pth"):
         import torch
 
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _torch_load(path)
         if isinstance(obj, torch.Tensor):
             return {"weights": obj}
         if isinstance(obj, dict) and "weights" in obj:
@@ -91,20 +146,23 @@ def _load_plain(path: str) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from ..viz import to_html
+    from ._common import check_output_file
 
     path = args.file
     if not os.path.isfile(path):
-        print(f"crossattn view: no such file: {path}", file=sys.stderr)
-        return 2
-    step: int | str | None = args.step
-    if isinstance(step, str) and step.lstrip("-").isdigit():
-        step = int(step)
+        what = "is a directory" if os.path.isdir(path) else "no such file"
+        raise CommandError(
+            f"argument FILE: {what}: {path!r}; expected a saved capture, or a .safetensors, .pt "
+            "or .pth file of attention weights"
+        )
+    out = args.out or os.path.splitext(path)[0] + ".html"
+    check_output_file(out, "-o/--out")
     source = args.source.split() if args.source else None
     target = args.target.split() if args.target else None
     title = args.title or os.path.basename(path)
     try:
         if path.lower().endswith(".safetensors") and _is_capture(path):
-            kwargs: dict[str, Any] = {"weights": path, "layers": args.layers, "step": step}
+            kwargs: dict[str, Any] = {"weights": path, "layers": args.layers, "step": args.step}
             kwargs.update(batch=args.batch, links=args.links)
         else:
             loaded = _load_plain(path)
@@ -114,18 +172,20 @@ def run(args: argparse.Namespace) -> int:
             }
             source = source or loaded.get("source_tokens")
             target = target or loaded.get("target_tokens")
-        out = args.out or os.path.splitext(path)[0] + ".html"
-        to_html(
+        html = to_html(
             source_tokens=source,
             target_tokens=target,
-            path=out,
             title=title,
             threshold=args.threshold,
             **kwargs,
         )
-    except (ValueError, TypeError) as err:
-        print(f"crossattn view: {err}", file=sys.stderr)
-        return 2
+    except (ValueError, TypeError) as err:  # the library checking FILE and the options
+        raise CommandError(str(err)) from err
+    try:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(html)
+    except OSError as err:
+        raise CommandError(f"argument -o/--out: cannot write {out!r}: {err}") from err
     print(os.path.abspath(out))
     if args.open:
         import pathlib

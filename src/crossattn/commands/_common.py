@@ -1,0 +1,91 @@
+"""Checks shared by the commands: model directories, parallel text, output paths.
+
+Each raises `crossattn.cli.CommandError` with a message naming the option, what it received and
+what it expects. Heavy modules are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..cli import CommandError, input_errors
+
+
+def brief(err: BaseException, limit: int = 240) -> str:
+    """``Type: message`` of a third-party loader's error, on one line and at most ~limit chars."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:  # torch.load's long advice; keep the reason
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 3].rstrip() + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def load_translator(path: str, option: str = "--model") -> Any:
+    """`Translator.load(path)`; a missing, incomplete or corrupt directory is a clean error."""
+    if not os.path.exists(path):
+        raise CommandError(
+            f"argument {option}: no such directory: {path!r}; expected a model directory "
+            "written by crossattn train (or crossattn demo)"
+        )
+    if not os.path.isdir(path):
+        raise CommandError(
+            f"argument {option}: {path!r} is a file; expected a model directory written by "
+            "crossattn train (or crossattn demo)"
+        )
+    from safetensors import SafetensorError
+
+    from ..models import Translator
+
+    try:
+        return Translator.load(path)
+    except FileNotFoundError as err:  # says which file is missing
+        raise CommandError(f"argument {option}: {err}") from err
+    # malformed JSON or config, unreadable weights, weights of another shape
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
+        raise CommandError(
+            f"argument {option}: cannot load the model in {path!r} ({brief(err)}); expected an "
+            "intact model directory written by crossattn train"
+        ) from err
+
+
+def read_pairs(path: str, option: str = "--data", **kwargs: Any) -> Any:
+    """`read_parallel(path, **kwargs)`; a missing file or a malformed line is a clean error."""
+    from ..data.parallel import read_parallel
+
+    with input_errors(f"argument {option}"):
+        return read_parallel(path, **kwargs)
+
+
+def check_output_dir(path: str, option: str = "--out") -> None:
+    """`path` can be made (or already is) a directory: it is no file, nor below one."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CommandError(
+            f"argument {option}: {path!r} is an existing file; expected a directory (new or "
+            "existing): remove the file or choose another path"
+        )
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise CommandError(
+            f"argument {option}: cannot make the directory {path!r}: {parent!r} is a file"
+        )
+
+
+def check_output_file(path: str, option: str = "--out") -> None:
+    """`path` can be written as a file: it is no directory and its directory exists."""
+    if os.path.isdir(path):
+        raise CommandError(
+            f"argument {option}: {path!r} is a directory; expected a file path such as "
+            f"{os.path.join(path, 'attention.html')!r}"
+        )
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        what = "is not a directory" if os.path.exists(parent) else "does not exist"
+        raise CommandError(
+            f"argument {option}: cannot write {path!r}: the directory {parent!r} {what}; "
+            "create it first or choose another path"
+        )
