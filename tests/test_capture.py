@@ -768,3 +768,260 @@ def test_self_attention_layers_are_left_out_unless_selected():
     assert set(run(AttentionRecorder()).maps) == {"CrossAttention_0"}  # the cross layer only
     assert set(run(AttentionRecorder(model, layers=["self_attn"])).maps) == {"self_attn"}
     assert set(run(AttentionRecorder(model, layers="attn|cross")).maps) == {"self_attn", "cross"}
+
+
+# ---------------------------------------------------------------- review fixes
+
+
+def equal_with_nan(a, b):
+    """Bit for bit equal, NaN where the other has NaN."""
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
+
+
+def mha_float64_heads(mha, query, memory, **kw):
+    """MultiheadAttention's own per-head weights in float64, NaN (empty) rows set to 0."""
+    mha64 = copy.deepcopy(mha).double()
+    kw64 = {k: v.double() if v.is_floating_point() else v for k, v in kw.items()}
+    with torch.no_grad():
+        _, w = mha64(query.double(), memory.double(), memory.double(), **kw64,
+                     average_attn_weights=False)  # fmt: skip
+    return w.nan_to_num(0.0)  # (B, H, L, S)
+
+
+@pytest.mark.parametrize("need_weights", [True, False], ids=["returned", "recomputed"])
+@pytest.mark.parametrize("heads", ["mean", "all"])
+@pytest.mark.parametrize("mask_kind", ["bool", "float", "padding", "per-head"])
+def test_mha_rows_with_no_allowed_key_get_zeros(mask_kind, heads, need_weights):
+    torch.manual_seed(8)
+    mha = nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    x, mem = torch.randn(2, 4, 8), torch.randn(2, 3, 8)
+    kw = {}
+    if mask_kind == "bool":
+        am = torch.zeros(4, 3, dtype=torch.bool)
+        am[0] = True  # torch: True = not allowed; row 0 may attend nowhere
+        kw = {"attn_mask": am}
+    elif mask_kind == "float":
+        am = torch.randn(4, 3)
+        am[2] = float("-inf")
+        kw = {"attn_mask": am}
+    elif mask_kind == "padding":
+        kw = {"key_padding_mask": torch.tensor([[False] * 3, [True] * 3])}  # batch 1: no key
+    else:  # (B * H, L, S): row 1 of batch 0 is empty for head 1 only
+        am = torch.zeros(4, 4, 3, dtype=torch.bool)
+        am[1, 1] = True
+        kw = {"attn_mask": am}
+    with torch.no_grad():
+        plain, plain_w = mha(x, mem, mem, need_weights=need_weights, **kw)
+        with AttentionRecorder(mha, heads=heads) as rec:
+            out, w = mha(x, mem, mem, need_weights=need_weights, **kw)
+    # The module's output and its own weights are untouched (torch's NaN rows included).
+    assert equal_with_nan(out, plain)
+    if need_weights:
+        assert equal_with_nan(w, plain_w) and w.isnan().any()
+    want = mha_float64_heads(mha, x, mem, **kw)
+    empty = want.sum(dim=-1) == 0  # (B, H, L): rows with no allowed key
+    assert empty.any()
+    if heads == "mean":
+        want = want.mean(dim=1)
+        empty = empty.all(dim=1)
+    (got,) = rec.maps["MultiheadAttention"]
+    assert_within(got, want, 64 * torch.finfo(torch.float32).eps, f"{mask_kind} map")
+    assert torch.equal(got[empty], torch.zeros_like(got[empty]))  # exactly 0, never NaN
+
+
+def test_mha_unbatched_returned_weights_zero_empty_rows():
+    torch.manual_seed(9)
+    mha = nn.MultiheadAttention(8, 2).eval()
+    x, mem = torch.randn(4, 8), torch.randn(3, 8)
+    am = torch.zeros(4, 3, dtype=torch.bool)
+    am[3] = True
+    with torch.no_grad(), AttentionRecorder(mha, heads="all") as rec:
+        mha(x, mem, mem, attn_mask=am, average_attn_weights=False)
+    want = mha_float64_heads(mha, x[:, None], mem[:, None], attn_mask=am)  # (L, 1, E): B = 1
+    (got,) = rec.maps["MultiheadAttention"]
+    assert_within(got, want, 64 * torch.finfo(torch.float32).eps, "unbatched map")
+    assert torch.equal(got[0, :, 3], torch.zeros(2, 3))
+
+
+def layer_reference(layer, queries, context, key_mask, attn_mask, mode):
+    """float64 reference weights of a CrossAttention call, from its own projections."""
+    q, k, v = heads_split(layer, queries, context)
+    return expected(q, k, v, torch.float32, key_mask=key_mask, attn_mask=attn_mask,
+                    return_weights=mode)  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "chunked", "reference"])
+@pytest.mark.parametrize("heads", ["mean", "all"])
+@pytest.mark.parametrize("model_given", [True, False], ids=["model", "model=None"])
+def test_pinned_layer_is_recorded_with_its_output_unchanged(backend, heads, model_given):
+    layer = CrossAttention(12, 10, heads=3, dim_head=4, backend=backend).eval()
+    queries, context, key_mask = make_inputs(length=6, s=5)
+    attn_mask = torch.rand(6, 5, generator=torch.Generator().manual_seed(1)) < 0.7
+    attn_mask[2] = False  # query row 2 may attend nowhere: weights exactly 0
+    kw = dict(context_mask=key_mask, attn_mask=attn_mask)
+    with torch.no_grad():
+        plain = layer(queries, context, **kw)
+        prepared = layer.prepare_context(context, context_mask=key_mask)
+        with AttentionRecorder(layer if model_given else None, heads=heads) as rec:
+            recorded = layer(queries, context, **kw)
+            from_prepared = layer(queries, prepared, attn_mask=attn_mask)
+    assert torch.equal(recorded, plain)  # the pinned backend's own call, bit for bit
+    assert torch.equal(from_prepared, plain)
+    mode = "mean" if heads == "mean" else True
+    exp = layer_reference(layer, queries, context, key_mask, attn_mask, mode)
+    (name,) = rec.layer_names
+    assert rec.steps[name] == [0, 1]
+    for got in rec.maps[name]:
+        assert_within(got, exp.weights, exp.weights_tol, f"{backend} map")
+        assert torch.equal(got[..., 2, :], torch.zeros_like(got[..., 2, :]))
+
+
+def test_use_backend_default_and_caller_weights_with_a_pinned_layer():
+    model = TwoLayers().eval()
+    queries, context, key_mask = make_inputs(length=5, s=4)
+    with torch.no_grad(), crossattn.use_backend("sdpa"):
+        plain = model(queries, context, context_mask=key_mask)
+        with AttentionRecorder(model, heads="all") as rec:
+            recorded = model(queries, context, context_mask=key_mask)
+        hidden = model.first(queries, context, context_mask=key_mask)
+    assert torch.equal(recorded, plain)
+    for name, layer, layer_in in (
+        ("first", model.first, queries),
+        ("second.cross", model.second["cross"], hidden),
+    ):
+        exp = layer_reference(layer, layer_in, context, key_mask, None, True)
+        assert_within(rec.maps[name][0], exp.weights, exp.weights_tol, name)
+    # A caller that asks a pinned layer for weights still gets one call serving both.
+    layer = CrossAttention(12, 10, heads=3, dim_head=4, backend="reference").eval()
+    with torch.no_grad():
+        out0, w0 = layer(queries, context, context_mask=key_mask, return_weights="mean")
+        with AttentionRecorder(layer) as rec:
+            out1, w1 = layer(queries, context, context_mask=key_mask, return_weights="mean")
+    assert torch.equal(out0, out1) and torch.equal(w0, w1)
+    assert torch.equal(rec.maps["CrossAttention"][0], w1)
+
+
+def test_pinned_chunked_layer_recorded_in_training_with_gradients():
+    torch.manual_seed(5)
+    model = TwoLayers(backend="chunked").train()
+    queries, context, key_mask = make_inputs(length=5, s=4)
+    queries.requires_grad_(True)
+    plain = model(queries, context, context_mask=key_mask)
+    (grad_plain,) = torch.autograd.grad(plain.square().sum(), queries)
+    with AttentionRecorder(model) as rec:
+        recorded = model(queries, context, context_mask=key_mask)
+    (grad_recorded,) = torch.autograd.grad(recorded.square().sum(), queries)
+    assert torch.equal(recorded, plain) and torch.equal(grad_recorded, grad_plain)
+    assert not rec.maps["first"][0].requires_grad
+    with torch.no_grad():
+        exp = layer_reference(model.first, queries, context, key_mask, None, "mean")
+    assert_within(rec.maps["first"][0], exp.weights, exp.weights_tol, "map in training")
+
+
+def test_failed_save_changes_nothing(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    layer = CrossAttention(12, 10, heads=2, dim_head=3)
+    queries, context, _ = make_inputs(poison=False)
+    with torch.no_grad(), AttentionRecorder(layer, metadata={"note": "x"}) as rec:
+        layer(queries, context)
+    path = tmp_path / "maps.safetensors"
+    with pytest.raises(TypeError, match=r"save\(\.\.\., foo=\.\.\.\) is not: Object of type set"):
+        rec.save(path, foo={1, 2})
+    assert rec.metadata == {"note": "x"} and list(tmp_path.iterdir()) == []
+    rec.save(path, tokens=["a"])  # the recorder is not poisoned
+    assert rec.metadata == {"note": "x", "tokens": ["a"]}
+    before = path.read_bytes()
+    # A write that fails halfway leaves neither a partial file nor a changed old one.
+    original = safetensors.torch.save_file
+
+    def failing(tensors, filename, metadata=None):
+        original(tensors, filename, metadata=metadata)
+        with open(filename, "r+b") as f:
+            f.truncate(10)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", failing)
+    with pytest.raises(OSError, match="disk full"):
+        rec.save(path, more=1)
+    assert list(tmp_path.iterdir()) == [path] and path.read_bytes() == before
+    assert "more" not in rec.metadata
+    monkeypatch.undo()
+    back = AttentionRecorder.load(path)
+    assert back.metadata == {"note": "x", "tokens": ["a"]}
+    assert torch.equal(back.maps["CrossAttention"][0], rec.maps["CrossAttention"][0])
+
+
+def test_load_corrupt_file_names_it(tmp_path):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\xff" * 64)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(str(garbage)) + r" cannot be read: expected "
+        r"a crossattn capture written by AttentionRecorder\.save.*header too large",
+    ):
+        AttentionRecorder.load(garbage)  # fmt: skip
+    layer = CrossAttention(12, 10, heads=2, dim_head=3)
+    queries, context, _ = make_inputs(poison=False)
+    with torch.no_grad(), AttentionRecorder(layer) as rec:
+        layer(queries, context)
+    truncated = tmp_path / "truncated.safetensors"
+    rec.save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-16])  # tensor data cut short
+    for read in (AttentionRecorder.load, read_header):
+        with pytest.raises(ValueError, match=re.escape(str(truncated)) + " cannot be read"):
+            read(truncated)
+    with pytest.raises(FileNotFoundError):
+        AttentionRecorder.load(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize(
+    "steps, match",
+    [
+        (-1, r"steps=-1: steps are call indices counted from 0"),
+        ([0, -2], r"steps=\[0, -2\]: .*negative indices"),
+        (range(-1, 3), r"steps=range\(-1, 3\): .*negative indices"),
+        (slice(-2, None), r"negative indices"),
+        (slice(0, -1), r"negative indices"),
+        (slice(4, 0, -1), r"a slice of steps needs a positive step"),
+    ],
+    ids=["int", "list", "range", "open-slice", "slice-stop", "slice-step"],
+)
+def test_negative_steps_are_refused(steps, match):
+    with pytest.raises(ValueError, match=match):
+        AttentionRecorder(steps=steps)
+
+
+def test_closed_slice_of_steps():
+    layer = CrossAttention(12, 10, heads=2, dim_head=3)
+    queries, context, _ = make_inputs(poison=False)
+    with torch.no_grad(), AttentionRecorder(layer, steps=slice(1, 6, 2)) as rec:
+        for _ in range(4):
+            layer(queries, context)
+    assert rec.steps["CrossAttention"] == [1, 3]
+
+
+def test_follow_beams_needs_integer_indices():
+    layer = CrossAttention(12, 10, heads=2, dim_head=3)
+    queries, context, _ = make_inputs(b=2, poison=False)
+    with torch.no_grad(), AttentionRecorder(layer) as rec:
+        layer(queries[:, :1], context)
+        layer(queries[:, :2], context)
+    with pytest.raises(TypeError, match=r"beam_indices must be an integer tensor.*torch\.float32"):
+        rec.follow_beams(torch.zeros(2, 2))
+    with pytest.raises(TypeError, match=r"beam_indices must be an integer tensor.*torch\.bool"):
+        rec.follow_beams(torch.zeros(2, 2, dtype=torch.bool))
+    with pytest.raises(TypeError, match=r"beam_indices must be a \(N, T\) integer tensor.*list"):
+        rec.follow_beams([[0, 1], [1, 0]])
+    with pytest.raises(ValueError, match=r"beam_indices holds -2; row numbers are >= 0"):
+        rec.follow_beams(torch.tensor([[0, -2], [1, 0]]))
+    # int32 indices work: row i of step t, the last query position; -1 gives zeros.
+    got = rec.follow_beams(torch.tensor([[1, -1], [0, 1]], dtype=torch.int32))["CrossAttention"]
+    first, second = rec.maps["CrossAttention"]
+    want = torch.stack(
+        [
+            torch.stack([first[1, -1], torch.zeros(5)]),
+            torch.stack([first[0, -1], second[1, -1]]),
+        ]
+    )
+    assert torch.equal(got, want)

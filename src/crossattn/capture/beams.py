@@ -15,14 +15,31 @@ def follow_beams(maps: list[Tensor], steps: list[int], beam_indices: Tensor, lay
         maps: one map per decoder call: (rows, L, S) or (rows, heads, L, S), rows = batch *
             num_beams in that step's beam order.
         steps: the call index of each map; every call 0..T-1 must have been recorded.
-        beam_indices: (N, T) long; -1 marks steps after a sequence ended.
+        beam_indices: (N, T) integer (long); -1 marks steps after a sequence ended.
 
     Returns:
         (N, T, S) or (N, T, heads, S); zeros where ``beam_indices`` is -1.
     """
-    if not isinstance(beam_indices, Tensor) or beam_indices.dim() != 2:
-        shape = tuple(beam_indices.shape) if isinstance(beam_indices, Tensor) else None
-        raise ValueError(f"beam_indices must be a (N, T) tensor, got shape {shape}")
+    if not isinstance(beam_indices, Tensor):
+        raise TypeError(
+            "beam_indices must be a (N, T) integer tensor (generate()'s beam_indices), got "
+            f"{type(beam_indices).__name__}"
+        )
+    dtype = beam_indices.dtype
+    if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
+        raise TypeError(
+            f"beam_indices must be an integer tensor of row numbers (torch.long, as generate() "
+            f"returns it), got dtype {dtype}"
+        )
+    if beam_indices.dim() != 2:
+        raise ValueError(
+            f"beam_indices must be a (N, T) tensor, got shape {tuple(beam_indices.shape)}"
+        )
+    if beam_indices.numel() and int(beam_indices.min()) < -1:
+        raise ValueError(
+            f"beam_indices holds {int(beam_indices.min())}; row numbers are >= 0, and -1 marks "
+            "the steps after a sequence ended"
+        )
     n, t_len = beam_indices.shape
     if steps[: min(t_len, len(steps))] != list(range(min(t_len, len(steps)))) or len(steps) < t_len:
         raise ValueError(

@@ -7,12 +7,19 @@ break, and the answer is None. Otherwise it returns a
 its caller asked for, so nothing is computed twice) and hands them over with
 `LayerCall.hand_over`, which gives back what the caller asked for.
 
-This module imports nothing from crossattn, so the layer can import it at start-up.
+A layer whose backend is pinned (``backend=`` on the layer, or `crossattn.use_backend`) and
+whose caller asks for no weights keeps its op call exactly as it is: the pinned backend may
+return no weights at all (SDPA), and recording must never break or change the model. The layer
+then hands over a function that recomputes the maps from its projected queries, keys and mask
+(`crossattn.capture.recompute.recompute_weights`), and `LayerCall.hand_over` calls it.
+
+This module imports nothing from crossattn at start-up, so the layer can import it.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any, Literal
 
@@ -56,28 +63,49 @@ class LayerCall:
     Attributes:
         claims: ``(recorder, claim)`` pairs; `claim` is what the recorder's
             ``_claim_layer_call`` returned, with a ``.weights`` attribute ("mean" or True).
-        weights: what the op must return for the recorders: "mean" or True.
+        weights: what the recorders need: "mean" or True.
+        pinned: whether the call runs on a pinned backend (the layer's ``backend``, or the
+            `crossattn.use_backend` default). Its op call is then not changed to return weights
+            the caller did not ask for; the maps are recomputed after the forward instead.
     """
 
-    __slots__ = ("claims", "weights")
+    __slots__ = ("claims", "weights", "pinned")
 
-    def __init__(self, claims: list[tuple[Any, Any]]):
+    def __init__(self, claims: list[tuple[Any, Any]], pinned: bool = False):
         self.claims = claims
         mode: WeightsArg = False
         for _, claim in claims:
             mode = _stronger(mode, claim.weights)
         self.weights = mode
+        self.pinned = pinned
 
     def ask(self, caller: WeightsArg) -> WeightsArg:
-        """The `return_weights` to pass to the op: covers the caller's and the recorders'."""
+        """The `return_weights` to pass to the op: covers the caller's and the recorders'.
+
+        On a pinned backend, a caller that asks for no weights gets its call unchanged.
+        """
+        if self.pinned and not caller:
+            return caller
         return _stronger(caller, self.weights)
 
-    def hand_over(self, weights: Tensor, caller: WeightsArg) -> Tensor | None:
+    def hand_over(
+        self,
+        weights: Tensor | None,
+        caller: WeightsArg,
+        recompute: Callable[[WeightsArg], Tensor] | None = None,
+    ) -> Tensor | None:
         """Give `weights` ((B, H, L, S) or (B, L, S)) to the recorders; return the caller's.
 
         The caller gets None when it asked for no weights, the head mean (B, L, S) when it asked
         for "mean" and the recorders needed every head, and `weights` unchanged otherwise.
+        On a pinned backend with no weights asked by the caller (`ask` kept the call as it was,
+        and `weights` is None), ``recompute(mode)`` gives the maps: the layer's weights
+        recomputed from its queries, keys and mask ("mean": (B, L, S), True: (B, H, L, S)).
         """
+        if weights is None:  # a pinned call that returned none: recompute them
+            if recompute is None:
+                raise RuntimeError("a pinned layer call needs a recompute function")
+            weights = recompute(self.weights)
         for recorder, claim in self.claims:
             recorder._record_layer_weights(claim, weights)
         if not caller:
@@ -99,4 +127,9 @@ def layer_call(layer: Any) -> LayerCall | None:
         claim = recorder._claim_layer_call(layer)
         if claim is not None:
             claims.append((recorder, claim))
-    return LayerCall(claims) if claims else None
+    if not claims:
+        return None
+    from ..backends.registry import current_backend
+
+    pinned = getattr(layer, "backend", None) is not None or current_backend() is not None
+    return LayerCall(claims, pinned)

@@ -3,7 +3,9 @@
 The module runs as it always does (its fast path included); the hook takes the call's query,
 key, value and masks and recomputes the weights through the op with the module's own
 projection weights. When the call already returned weights that hold what is recorded (asked
-with ``need_weights=True``, in eval mode or without dropout) they are used as they are.
+with ``need_weights=True``, in eval mode or without dropout) they are used, with the rows that
+may attend to no key (NaN in torch's weights) set to 0; the module's own weights are not
+modified.
 
 Conventions: torch's masks use True = "ignore"; they are turned into crossattn's True = "may
 attend" here. A query row with no key it may attend to gets weights 0 (torch gives NaN).
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._signature import call_arguments
-from .recompute import recompute_weights
+from .recompute import mask_4d, recompute_weights
 
 KIND = "torch.nn.MultiheadAttention"
 
@@ -49,13 +51,46 @@ def _weights(
     unbatched = call["query"].dim() == 2
     if returned is not None and (not mha.training or mha.dropout == 0.0):
         averaged = bool(call["average_attn_weights"])
-        if averaged and heads == "mean":
+        if not averaged or heads == "mean":
             w = returned.detach()
-            return (w.unsqueeze(0) if unbatched else w), True  # (B, L, S)
-        if not averaged:
-            w = returned.detach()
-            return (w.unsqueeze(0) if unbatched else w), False  # (B, H, L, S)
+            w = w.unsqueeze(0) if unbatched else w  # (B, L, S) averaged, else (B, H, L, S)
+            empty = _empty_rows(mha, call, w.dtype)  # (B|1, H|1, L, 1) or None
+            if empty is None:
+                return w, averaged
+            if not averaged:
+                return w.masked_fill(empty, 0.0), False
+            if empty.shape[1] == 1:
+                return w.masked_fill(empty[:, 0], 0.0), True
+            # Head-dependent empty rows: torch's head mean is NaN over the whole row, where
+            # the convention is the mean of the heads' weights with the empty heads at 0.
     return _recompute(mha, call, heads), True
+
+
+def _empty_rows(
+    mha: nn.MultiheadAttention, call: dict[str, Any], dtype: torch.dtype
+) -> Tensor | None:
+    """(B|1, H|1, L, 1): True where a query row may attend to no key; None when none is."""
+    if mha.bias_k is not None or mha.add_zero_attn:
+        return None  # torch leaves the extra key open in every row
+    if call.get("key_padding_mask") is None and call.get("attn_mask") is None:
+        return None
+    query, key = call["query"], call["key"]
+    if query.dim() == 2:
+        b, length, s = 1, query.shape[0], key.shape[0]
+    elif mha.batch_first:
+        b, length, s = query.shape[0], query.shape[1], key.shape[1]
+    else:
+        b, length, s = query.shape[1], query.shape[0], key.shape[0]
+    attn_mask, key_mask = _masks(call, b, mha.num_heads, length, s, 0, dtype)
+    allowed = None
+    if attn_mask is not None:
+        allowed = attn_mask if attn_mask.dtype == torch.bool else attn_mask > float("-inf")
+        allowed = mask_4d(allowed)
+    if key_mask is not None:
+        km = key_mask[:, None, None, :]  # (B, 1, 1, S)
+        allowed = km if allowed is None else allowed & km
+    empty = ~allowed.any(dim=-1, keepdim=True)
+    return empty if bool(empty.any()) else None
 
 
 def _recompute(mha: nn.MultiheadAttention, call: dict[str, Any], heads) -> Tensor:

@@ -60,8 +60,10 @@ class AttentionRecorder:
     (cross-attention calls: query is not key), transformers encoder-decoder cross-attention
     (BART-like and T5-like modules, `generate()` included) and diffusers ``Attention`` modules
     called with ``encoder_hidden_states``. The model's outputs are not changed: crossattn
-    layers ask the op for weights on the call they make anyway, other modules keep their own
-    attention path and their maps are recomputed through the op, block by block.
+    layers ask the op for weights on the call they make anyway (a layer on a pinned backend
+    whose caller asks for no weights keeps its call, and its maps are recomputed from its
+    queries and keys), other modules keep their own attention path and their maps are
+    recomputed through the op, block by block.
 
     Args:
         model: the module whose layers are recorded (names from ``model.named_modules()``;
@@ -74,6 +76,7 @@ class AttentionRecorder:
             names (checked against the model's layers on entry); or a callable name -> bool.
         steps: which calls of each layer to keep (0-based per layer: the decode step, or the
             denoising step): None (all), an int, a range, a slice, ints, or a callable.
+            Negative indices are refused (ValueError): the number of calls is not known ahead.
         timesteps: for diffusion models, which timestep values to keep (a collection of
             numbers or a callable); the value is read from the model's ``timestep`` argument.
         top_k: keep only the k largest weights of each query row; maps become sparse
@@ -415,16 +418,23 @@ class AttentionRecorder:
     def save(self, path: str | PathLike[str], **metadata: Any) -> None:
         """Write the maps and metadata to one safetensors file (see `crossattn.capture.storage`).
 
-        Keyword arguments are added to `metadata` first (e.g. ``source_tokens=[...]``).
+        Keyword arguments are saved with `metadata` (e.g. ``source_tokens=[...]``) and added to
+        it once the file is written. Metadata that JSON cannot hold raises TypeError before
+        anything is written or added; a failed save leaves no partial file.
         """
-        from .storage import save
+        from .storage import check_metadata, save
 
+        merged = {**self.metadata, **metadata}
+        check_metadata(merged, metadata)
+        save(self, path, merged)
         self.metadata.update(metadata)
-        save(self, path)
 
     @classmethod
     def load(cls, path: str | PathLike[str]) -> AttentionRecorder:
-        """Read a file written by `save`: a recorder (not recording) holding its maps."""
+        """Read a file written by `save`: a recorder (not recording) holding its maps.
+
+        ValueError naming `path` when the file is not a capture `save` wrote.
+        """
         from .storage import load
 
         return load(cls, path)

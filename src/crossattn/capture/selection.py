@@ -37,8 +37,20 @@ def layer_selector(layers: LayersArg) -> tuple[Callable[[str], bool], frozenset[
     )
 
 
+def _negative(steps: object) -> ValueError:
+    return ValueError(
+        f"steps={steps!r}: steps are call indices counted from 0 (each layer's first call in "
+        "the block); negative indices, counted from the end, are not supported, since the "
+        "number of calls is not known while recording"
+    )
+
+
 def step_selector(steps: StepsArg) -> Callable[[int], bool] | None:
-    """Predicate on the 0-based call index of a layer, or None for every call."""
+    """Predicate on the 0-based call index of a layer, or None for every call.
+
+    Indices are non-negative: a negative int, a slice with a negative start, stop or step,
+    and ints or a range holding a negative value are refused (ValueError).
+    """
     if steps is None:
         return None
     if isinstance(steps, bool):
@@ -46,20 +58,29 @@ def step_selector(steps: StepsArg) -> Callable[[int], bool] | None:
             f"steps must be None, an int, a range, a slice, ints or a callable, got {steps!r}"
         )
     if isinstance(steps, int):
+        if steps < 0:
+            raise _negative(steps)
         return lambda i: i == steps
     if isinstance(steps, slice):
+        parts = (steps.start, steps.stop, steps.step)
+        if not all(p is None or (isinstance(p, int) and not isinstance(p, bool)) for p in parts):
+            raise TypeError(f"steps={steps!r}: a slice of steps needs int start, stop and step")
+        start, stride = steps.start or 0, 1 if steps.step is None else steps.step
+        if stride <= 0:
+            raise ValueError(f"steps={steps!r}: a slice of steps needs a positive step")
+        if start < 0 or (steps.stop is not None and steps.stop < 0):
+            raise _negative(steps)
         if steps.stop is None:
-            start, stride = steps.start or 0, steps.step or 1
-            if stride <= 0 or start < 0:
-                raise ValueError(f"steps={steps!r}: an open slice needs start >= 0 and step > 0")
             return lambda i: i >= start and (i - start) % stride == 0
-        return set(range(*steps.indices(steps.stop))).__contains__
+        return set(range(start, steps.stop, stride)).__contains__
     if callable(steps):
         return steps
     if isinstance(steps, (range, Collection)) and all(
         isinstance(i, int) and not isinstance(i, bool) for i in steps
     ):
         wanted = set(steps)
+        if any(i < 0 for i in wanted):
+            raise _negative(steps)
         return wanted.__contains__
     raise TypeError(
         f"steps must be None, an int, a range, a slice, ints or a callable, got {steps!r}"

@@ -23,6 +23,8 @@ and whose ``__metadata__["crossattn.capture"]`` is a JSON object::
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from os import PathLike
 from typing import Any
 
@@ -35,13 +37,31 @@ VERSION = 1
 META_KEY = "crossattn.capture"
 
 
-def save(rec: Any, path: str | PathLike[str]) -> None:
+def check_metadata(metadata: dict[str, Any], added: dict[str, Any]) -> None:
+    """TypeError naming the first entry of `metadata` that JSON cannot hold.
+
+    `added` holds the entries passed to ``save(path, **metadata)`` (named as such).
+    """
+    for key, value in metadata.items():
+        try:
+            json.dumps({key: value})
+        except (TypeError, ValueError) as err:
+            where = f"save(..., {key}=...)" if key in added else f"rec.metadata[{key!r}]"
+            raise TypeError(
+                f"rec.metadata must be JSON-serialisable to be saved, but {where} is not: "
+                f"{err}. Nothing was written, and rec.metadata is unchanged"
+            ) from err
+
+
+def save(rec: Any, path: str | PathLike[str], metadata: dict[str, Any] | None = None) -> None:
+    """Write `rec`'s maps with `metadata` (default: ``rec.metadata``), already validated.
+
+    The file is written next to `path` under a temporary name and moved into place, so a
+    failed save leaves no partial file (and an existing file at `path` as it was).
+    """
     from safetensors.torch import save_file
 
-    try:
-        json.dumps(rec.metadata)
-    except TypeError as err:
-        raise TypeError(f"rec.metadata must be JSON-serialisable to be saved: {err}") from err
+    metadata = rec.metadata if metadata is None else metadata
     tensors: dict[str, torch.Tensor] = {}
     index: dict[str, list[dict[str, Any]]] = {}
     for name, maps in rec.maps.items():
@@ -80,23 +100,48 @@ def save(rec: Any, path: str | PathLike[str]) -> None:
         "sources": dict(rec.sources),
         "query_grid": {name: list(hw) for name, hw in rec.query_grid.items()},
         "maps": index,
-        "metadata": rec.metadata,
+        "metadata": metadata,
         "image": image,
     }
-    save_file(tensors, str(path), metadata={META_KEY: json.dumps(header)})
+    text = json.dumps(header)
+    target = os.fspath(path)
+    folder, base = os.path.split(target)
+    tmp = os.path.join(folder, f".{base}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        save_file(tensors, tmp, metadata={META_KEY: text})
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+EXPECTED = "a crossattn capture written by AttentionRecorder.save (a safetensors file)"
 
 
 def read_header(path: str | PathLike[str]) -> dict[str, Any]:
-    """The JSON header of a saved capture, without reading its tensors."""
-    from safetensors import safe_open
+    """The JSON header of a saved capture, without reading its tensors.
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    ValueError naming `path` when it is not a readable capture (FileNotFoundError when there
+    is no such file).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except SafetensorError as err:
+        raise ValueError(f"{path} cannot be read: expected {EXPECTED}; safetensors: {err}") from err
     if META_KEY not in meta:
         raise ValueError(
             f"{path} is not a crossattn capture: its safetensors metadata has no {META_KEY!r}"
         )
-    header = json.loads(meta[META_KEY])
+    try:
+        header = json.loads(meta[META_KEY])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: its {META_KEY!r} header is not valid JSON ({err})") from err
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: its {META_KEY!r} header is not a JSON object")
     if header.get("format") != FORMAT or header.get("version") != VERSION:
         raise ValueError(
             f"{path}: unsupported capture format {header.get('format')!r} version "
@@ -106,10 +151,14 @@ def read_header(path: str | PathLike[str]) -> dict[str, Any]:
 
 
 def load(cls: type, path: str | PathLike[str]) -> Any:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     header = read_header(path)
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except SafetensorError as err:
+        raise ValueError(f"{path} cannot be read: expected {EXPECTED}; safetensors: {err}") from err
     heads = header["heads"] if isinstance(header["heads"], str) else list(header["heads"])
     grid = None if header["grid"] is None else tuple(header["grid"])
     rec = cls(heads=heads, top_k=header["top_k"], grid=grid, metadata=header["metadata"])

@@ -7,6 +7,7 @@ k and v (B, kv_heads, S, dim_head).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -313,7 +314,21 @@ class CrossAttention(nn.Module):
         )
         out, weights = res if asked else (res, None)
         if recording is not None:
-            weights = recording.hand_over(weights, return_weights)
+
+            def recompute(mode: WeightsArg) -> Tensor:
+                """The maps of a pinned call that returned none, from its q, keys and mask."""
+                from ..capture.recompute import recompute_weights
+
+                return recompute_weights(
+                    q,
+                    prepared.key,
+                    heads="mean" if mode == "mean" else "all",
+                    scale=1.0 / math.sqrt(self.dim_head),
+                    attn_mask=mask,
+                    key_mask=prepared.key_mask,
+                )
+
+            weights = recording.hand_over(weights, return_weights, recompute)
         out = out.transpose(1, 2).reshape(b, length, self.heads * self.dim_head)  # (B, L, H*D)
         out = self.to_out(out)  # (B, L, out_dim)
         return (out, weights) if return_weights else out
