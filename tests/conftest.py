@@ -308,3 +308,26 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+def write_tiny_translator(
+    directory, source_words: list[str], target_words: list[str], seed: int = 0, **config
+):
+    """A random Seq2SeqTransformer over these words, saved as `crossattn train` writes a model
+    directory (model.safetensors, config.json, both vocabularies). `config` overrides the tiny
+    Seq2SeqConfig defaults (d_model 16, 2 heads, 1 + 2 layers, dim_ff 32, no dropout)."""
+    import json
+
+    from crossattn.models import Seq2SeqConfig, Seq2SeqTransformer, Vocabulary
+    from crossattn.train import CONFIG_FILE, SOURCE_VOCAB_FILE, TARGET_VOCAB_FILE, save_model
+
+    src, tgt = Vocabulary.build([source_words]), Vocabulary.build([target_words])
+    options = dict(d_model=16, heads=2, encoder_layers=1, decoder_layers=2, dim_ff=32, dropout=0.0)
+    options.update(config)
+    cfg = Seq2SeqConfig(source_vocab_size=len(src), target_vocab_size=len(tgt), **options)
+    torch.manual_seed(seed)
+    save_model(directory, Seq2SeqTransformer(cfg))
+    (directory / CONFIG_FILE).write_text(json.dumps({"model": cfg.to_dict()}))
+    src.save(directory / SOURCE_VOCAB_FILE)
+    tgt.save(directory / TARGET_VOCAB_FILE)
+    return directory

@@ -687,9 +687,11 @@ def test_hook_point_adds_no_compile_graph_break_when_nothing_records():
     torch._dynamo.reset()
 
 
-def test_recording_in_training_with_gradients():
+def train_step_recorded(backend: str | None = None):
+    """A training step of TwoLayers, plain and recorded: the model, its inputs, both outputs and
+    both query gradients, and the recorder."""
     torch.manual_seed(5)
-    model = TwoLayers().train()
+    model = TwoLayers(backend=backend).train()
     queries, context, key_mask = make_inputs(length=5, s=4)
     queries.requires_grad_(True)
     plain = model(queries, context, context_mask=key_mask)
@@ -698,6 +700,13 @@ def test_recording_in_training_with_gradients():
         recorded = model(queries, context, context_mask=key_mask)
     (grad_recorded,) = torch.autograd.grad(recorded.square().sum(), queries)
     assert not rec.maps["first"][0].requires_grad
+    inputs = (queries, context, key_mask)
+    return model, inputs, plain, grad_plain, recorded, grad_recorded, rec
+
+
+def test_recording_in_training_with_gradients():
+    model, inputs, plain, grad_plain, recorded, grad_recorded, rec = train_step_recorded()
+    queries, context, key_mask = inputs
     # Dispatch computes the weights on the reference backend (weights with gradients), so the
     # output and its gradient differ from the unrecorded call only by rounding: within 3x the
     # unrecorded call's error, both measured against the float64 model.
@@ -902,17 +911,9 @@ def test_use_backend_default_and_caller_weights_with_a_pinned_layer():
 
 
 def test_pinned_chunked_layer_recorded_in_training_with_gradients():
-    torch.manual_seed(5)
-    model = TwoLayers(backend="chunked").train()
-    queries, context, key_mask = make_inputs(length=5, s=4)
-    queries.requires_grad_(True)
-    plain = model(queries, context, context_mask=key_mask)
-    (grad_plain,) = torch.autograd.grad(plain.square().sum(), queries)
-    with AttentionRecorder(model) as rec:
-        recorded = model(queries, context, context_mask=key_mask)
-    (grad_recorded,) = torch.autograd.grad(recorded.square().sum(), queries)
+    model, inputs, plain, grad_plain, recorded, grad_recorded, rec = train_step_recorded("chunked")
+    queries, context, key_mask = inputs
     assert torch.equal(recorded, plain) and torch.equal(grad_recorded, grad_plain)
-    assert not rec.maps["first"][0].requires_grad
     with torch.no_grad():
         exp = layer_reference(model.first, queries, context, key_mask, None, "mean")
     assert_within(rec.maps["first"][0], exp.weights, exp.weights_tol, "map in training")

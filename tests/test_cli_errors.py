@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import write_tiny_translator
 from crossattn import cli
 from crossattn.cli import CommandError, main
 
@@ -27,22 +28,13 @@ def files(tmp_path_factory) -> dict[str, str]:
     """Paths of the inputs the cases refer to as {name}."""
     from safetensors.torch import save_file
 
-    from crossattn.models import Seq2SeqConfig, Seq2SeqTransformer, Vocabulary
-    from crossattn.train import CONFIG_FILE, SOURCE_VOCAB_FILE, TARGET_VOCAB_FILE, save_model
+    from crossattn.train import CONFIG_FILE
 
     root = tmp_path_factory.mktemp("cli_errors")
     model = root / "model"
     model.mkdir()
-    src, tgt = Vocabulary.build([SOURCE]), Vocabulary.build([TARGET])
-    config = Seq2SeqConfig(
-        source_vocab_size=len(src), target_vocab_size=len(tgt), d_model=8, heads=2,
-        encoder_layers=1, decoder_layers=1, dim_ff=16, max_len=MAX_LEN,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    save_model(model, Seq2SeqTransformer(config))
-    (model / CONFIG_FILE).write_text(json.dumps({"model": config.to_dict()}))
-    src.save(model / SOURCE_VOCAB_FILE)
-    tgt.save(model / TARGET_VOCAB_FILE)
+    write_tiny_translator(model, SOURCE, TARGET, d_model=8, decoder_layers=1, dim_ff=16,
+                          max_len=MAX_LEN)  # fmt: skip
 
     broken = root / "broken_model"  # every file there, but config.json is not JSON
     broken.mkdir()

@@ -193,10 +193,20 @@ def test_beams_share_the_prepared_context(monkeypatch):
     assert calls["to_k"] > LAYERS
 
 
+def _left_padded(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same rows with their padding in front."""
+    ids, mask = ids.clone(), mask.clone()
+    for r in range(len(ids)):
+        n = int(mask[r].sum())
+        ids[r], mask[r] = torch.cat([ids[r, n:], ids[r, :n]]), torch.cat([mask[r, n:], mask[r, :n]])
+    return ids, mask
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
 @pytest.mark.parametrize("decode", ["greedy", "beam"])
-def test_attention_maps_per_layer_and_head(decode, trained):
+def test_attention_maps_per_layer_and_head(decode, padding, trained):
     model = trained
-    ids, mask = _source()
+    ids, mask = _source() if padding == "right" else _left_padded(*_source())
     fn = greedy_decode if decode == "greedy" else beam_search
     hyps = fn(model, ids, mask, max_len=12, return_attention=True)
     for row, h in enumerate(hyps):
@@ -205,46 +215,22 @@ def test_attention_maps_per_layer_and_head(decode, trained):
         assert h.attention.shape == (LAYERS, HEADS, steps, n)
         sums = h.attention.sum(-1)
         torch.testing.assert_close(sums, torch.ones_like(sums), atol=1e-5, rtol=0)
-        # the same maps as a teacher-forced pass over the produced tokens
+        # the same maps as a teacher-forced pass over the produced tokens: the columns of the
+        # valid source tokens, in order, wherever the padding is
+        target_in = torch.tensor([[model.config.bos_id, *h.tokens]])
+        with torch.no_grad():
+            out = model(ids[row : row + 1], mask[row : row + 1], target_in,
+                        attention_layers=list(range(LAYERS)))  # fmt: skip
+        full = torch.stack([out.cross_weights[i][0] for i in range(LAYERS)])  # (layers, H, T, S)
+        torch.testing.assert_close(
+            h.attention, full[:, :, :steps][..., mask[row]], atol=1e-5, rtol=0
+        )
         forced = force_decode_attention(
             model, ids[row : row + 1], mask[row : row + 1], torch.tensor([h.tokens or [4]]),
             torch.tensor([len(h.tokens)]),
         )[0]  # fmt: skip
         torch.testing.assert_close(h.attention, forced[:, :, :steps], atol=1e-5, rtol=0)
     assert all(h.attention is None for h in fn(model, ids, mask, max_len=5))
-
-
-@pytest.mark.parametrize("decode", ["greedy", "beam"])
-def test_left_padded_sources_keep_their_attention_columns(decode, trained):
-    ids, mask = _source()
-    left_ids, left_mask = ids.clone(), mask.clone()
-    for r in range(len(ids)):  # the same rows with their padding in front
-        n = int(mask[r].sum())
-        left_ids[r] = torch.cat([ids[r, n:], ids[r, :n]])
-        left_mask[r] = torch.cat([mask[r, n:], mask[r, :n]])
-    fn = greedy_decode if decode == "greedy" else beam_search
-    hyps = fn(trained, left_ids, left_mask, max_len=12, return_attention=True)
-    for row, h in enumerate(hyps):
-        n = int(left_mask[row].sum())
-        steps = len(h.tokens) + (1 if h.finished else 0)
-        assert h.attention.shape == (LAYERS, HEADS, steps, n)
-        sums = h.attention.sum(-1)
-        torch.testing.assert_close(sums, torch.ones_like(sums), atol=1e-5, rtol=0)
-        # a teacher-forced pass over the padded row: its valid columns, in order
-        bos = torch.tensor([[trained.config.bos_id]])
-        target_in = torch.cat([bos, torch.tensor([h.tokens], dtype=torch.long)], 1)
-        with torch.no_grad():
-            out = trained(left_ids[row : row + 1], left_mask[row : row + 1], target_in,
-                          attention_layers=list(range(LAYERS)))  # fmt: skip
-        full = torch.stack([out.cross_weights[i][0] for i in range(LAYERS)])  # (layers, H, T, S)
-        want = full[:, :, :steps][..., left_mask[row]]
-        torch.testing.assert_close(h.attention, want, atol=1e-5, rtol=0)
-    forced = force_decode_attention(
-        trained, left_ids, left_mask, torch.full((4, 2), 4), torch.tensor([2, 1, 0, 2])
-    )
-    for row, w in enumerate(forced):
-        assert w.shape[-1] == int(left_mask[row].sum())
-        torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]), atol=1e-5, rtol=0)
 
 
 def test_force_decode_attention_checks_target_lengths(trained):

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from crossattn.models import Seq2SeqConfig, Seq2SeqTransformer, Translator, Vocabulary
+from conftest import write_tiny_translator
+from crossattn.models import Translator
 from crossattn.viz.server import MAX_BODY_BYTES, make_server
 
 SOURCE_WORDS = "le la un une chat chien noir blanc dort mange sur tapis rouge petit".split()
@@ -30,20 +30,8 @@ MAX_LEN = 24
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    from crossattn.train import CONFIG_FILE, SOURCE_VOCAB_FILE, TARGET_VOCAB_FILE, save_model
-
     out = tmp_path_factory.mktemp("model")
-    src, tgt = Vocabulary.build([SOURCE_WORDS]), Vocabulary.build([TARGET_WORDS])
-    config = Seq2SeqConfig(
-        source_vocab_size=len(src), target_vocab_size=len(tgt), d_model=16, heads=2,
-        encoder_layers=1, decoder_layers=2, dim_ff=32, dropout=0.0, max_len=MAX_LEN,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    save_model(out, Seq2SeqTransformer(config))
-    (out / CONFIG_FILE).write_text(json.dumps({"model": config.to_dict()}))
-    src.save(out / SOURCE_VOCAB_FILE)
-    tgt.save(out / TARGET_VOCAB_FILE)
-    return out
+    return write_tiny_translator(out, SOURCE_WORDS, TARGET_WORDS, max_len=MAX_LEN)
 
 
 @pytest.fixture(scope="module")
