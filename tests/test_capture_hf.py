@@ -101,9 +101,13 @@ def test_greedy_generate_maps_equal_eager_cross_attentions(family):
                                 else model.config.num_heads, steps, 6)  # fmt: skip
 
 
-def test_beam_search_maps_per_step_and_following_the_returned_beams():
+@pytest.mark.parametrize("eos_bias", [0.0, 6.0], ids=["all run to the end", "some end early"])
+def test_beam_search_maps_per_step_and_following_the_returned_beams(eos_bias):
     model, eager = tiny_seq2seq("bart", init_std=0.5)  # large weights: beams that diverge
-    kw = dict(**source_batch(), max_new_tokens=6, num_beams=3, num_return_sequences=2,
+    with torch.no_grad():
+        for m in (model, eager):
+            m.final_logits_bias[0, 2] += eos_bias  # a likelier EOS: some sequences end early
+    kw = dict(**source_batch(), max_new_tokens=8, num_beams=3, num_return_sequences=2,
               do_sample=False, return_dict_in_generate=True, output_scores=True)  # fmt: skip
     plain = model.generate(**kw)
     # Two recorders on the same run: the head mean and every head.
@@ -115,6 +119,8 @@ def test_beam_search_maps_per_step_and_following_the_returned_beams():
     assert torch.equal(ref.sequences, out.sequences)
     beam_indices = out.beam_indices  # (N, T)
     assert beam_indices.shape[0] == 4 and beam_indices.shape[1] >= 4
+    # -1 marks the steps after a sequence ended: none, or some (whose maps must be zeros)
+    assert bool((beam_indices == -1).any()) == (eos_bias > 0)
     # The beams really are reordered in this run (a row other than its own at some step).
     own_rows = torch.tensor([0, 0, 3, 3])[:, None]
     assert bool(((beam_indices >= 0) & (beam_indices != own_rows)).any())
