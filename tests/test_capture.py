@@ -1026,3 +1026,15 @@ def test_follow_beams_needs_integer_indices():
         ]
     )
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("heads", ["mean", "all"])
+def test_pinned_layer_with_no_queries_records_an_empty_map(heads):
+    layer = CrossAttention(12, 10, heads=3, dim_head=4, backend="sdpa")
+    _, context, key_mask = make_inputs(poison=False)
+    queries = torch.randn(context.shape[0], 0, 12)
+    with AttentionRecorder(layer, heads=heads) as rec:
+        out = layer(queries, context, context_mask=key_mask)
+    assert out.shape == (context.shape[0], 0, 12)
+    want = (context.shape[0], 0, 5) if heads == "mean" else (context.shape[0], 3, 0, 5)
+    assert rec.maps["CrossAttention"][0].shape == want

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -301,10 +302,6 @@ def test_pinned_backend_that_cannot_run_lists_reasons():
         ({"query_dim": 8, "out_dim": 0}, "out_dim must be a positive int, got 0"),
         ({"query_dim": 8, "out_dim": -1}, "out_dim must be a positive int, got -1"),
         ({"query_dim": 8, "norm_eps": -1}, "norm_eps must be a positive float, got -1"),
-        (
-            {"query_dim": 8, "backend": "flash"},
-            "backend='flash' is not an available backend; available: ",
-        ),
     ],
 )
 def test_layer_constructor_errors(kwargs, message):
@@ -313,9 +310,27 @@ def test_layer_constructor_errors(kwargs, message):
 
 
 @pytest.mark.parametrize("bad", ["0.1", None, True], ids=repr)
-def test_layer_constructor_dropout_type(bad):
+def test_layer_constructor_types(bad):
     with raises(TypeError, f"dropout must be a float in [0, 1), got {bad!r}"):
         CrossAttention(8, dropout=bad)
+    with raises(TypeError, f"norm_eps must be a positive float, got {bad!r}"):
+        CrossAttention(8, norm_eps=bad)
+    with raises(TypeError, "backend must be a backend name or None, got 3"):
+        CrossAttention(8, backend=3)
+
+
+def test_layer_backend_name_is_resolved_at_call_time():
+    layer = CrossAttention(8, heads=2, dim_head=4, backend="flash")  # may be registered later
+    with raises(ValueError, "backend='flash' is not an available backend; available: "):
+        layer(torch.randn(1, 3, 8), torch.randn(1, 5, 8))
+
+
+def test_layer_sizes_may_be_numpy_ints():
+    layer = CrossAttention(
+        np.int64(8), heads=np.int64(2), dim_head=np.int64(4), out_dim=np.int64(6)
+    )
+    assert (layer.heads, layer.out_dim) == (2, 6) and type(layer.heads) is int
+    assert layer(torch.randn(1, 3, 8), torch.randn(1, 5, 8)).shape == (1, 3, 6)
 
 
 def layer_and_inputs(**kw):
@@ -559,11 +574,22 @@ def test_mask_helpers_check_their_arguments():
         crossattn.lengths_to_key_mask(lengths, 2)
     with raises(ValueError, "max_len must be an int >= 0, got -1"):
         crossattn.lengths_to_key_mask(lengths, -1)
+    with raises(TypeError, "max_len must be an int >= 0, got 4.0"):
+        crossattn.lengths_to_key_mask(lengths, 4.0)
+    # NumPy ints and 0-d integer tensors are sizes too
+    want = crossattn.lengths_to_key_mask(lengths, 4)
+    assert torch.equal(crossattn.lengths_to_key_mask(lengths, np.int64(4)), want)
+    assert torch.equal(crossattn.lengths_to_key_mask(lengths, torch.tensor(4)), want)
     assert crossattn.causal_mask(2, 3).tolist() == [[True, True, False], [True, True, True]]
+    assert torch.equal(
+        crossattn.causal_mask(np.int64(2), torch.tensor(3)), crossattn.causal_mask(2, 3)
+    )
     with raises(ValueError, "q_len must be an int >= 0, got -1"):
         crossattn.causal_mask(-1)
-    with raises(ValueError, "kv_len must be an int >= 0, got 2.5"):
+    with raises(TypeError, "kv_len must be an int >= 0, got 2.5"):
         crossattn.causal_mask(2, 2.5)
+    with raises(TypeError, "q_len must be an int >= 0, got True"):
+        crossattn.causal_mask(True)
 
 
 def test_layer_empty_context_names_the_argument():
@@ -572,5 +598,5 @@ def test_layer_empty_context_names_the_argument():
         layer(queries, context[:, :0])
     # an empty PreparedContext is allowed (an empty cache); attending to it is not
     empty = layer.prepare_context(context[:, :0])
-    with raises(ValueError, "context has S=0 tokens (shape (2, 2, 0, 4))"):
+    with raises(ValueError, "context has S=0 tokens (a PreparedContext: keys (B, heads, S, dim_head)) (shape (2, 2, 0, 4))"):  # fmt: skip
         layer(queries, empty)

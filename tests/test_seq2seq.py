@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -290,6 +291,8 @@ def test_config_roundtrip_and_errors():
         Seq2SeqConfig(10, 30, pad_id=20)
     with pytest.raises(ValueError, match="pad_id, bos_id and eos_id must differ"):
         Seq2SeqConfig(10, 10, bos_id=2)
+    with pytest.raises(ValueError, match="must differ from each other and from <unk> = 3"):
+        Seq2SeqConfig(10, 10, pad_id=3)
     with pytest.raises(ValueError, match="bos_id must be an int >= 0, got -1"):
         Seq2SeqConfig(10, 10, bos_id=-1)
 
@@ -309,6 +312,8 @@ def test_input_errors():
         model(ids, mask, torch.full((4, 2), 4), attention_layers=[3])
     with pytest.raises(TypeError, match="attention_layers must be a collection of layer indices"):
         model(ids, mask, torch.full((4, 2), 4), attention_layers="0")
+    numpy_layers = model(ids, mask, torch.full((4, 2), 4), attention_layers=[np.int64(-1)])
+    assert set(numpy_layers.cross_weights) == {LAYERS - 1}
     with pytest.raises(ValueError, match=r"source_ids holds ids from 0 to 13; this vocabulary has ids 0..12"):  # fmt: skip
         model(ids.masked_fill(ids == 5, 13), mask, torch.full((4, 2), 4))
     with pytest.raises(ValueError, match=r"target_ids holds ids from -1 to 4; .* ids 0..10"):
@@ -393,6 +398,10 @@ def test_translator_input_errors():
         tr.translate(["a", 1])
     with pytest.raises(ValueError, match="beam must be a positive int \\(1 = greedy\\), got 0"):
         tr.translate("a b", beam=0)
+    assert (
+        tr.translate("a b", beam=np.int64(2)).target_tokens
+        == tr.translate("a b", beam=2).target_tokens
+    )
     with pytest.raises(ValueError, match="length_penalty must be a finite number, got nan"):
         tr.translate("a b", length_penalty=float("nan"))
     with pytest.raises(ValueError, match="cannot translate an empty sentence"):
@@ -402,8 +411,10 @@ def test_translator_input_errors():
 def test_decoding_warns_in_training_mode_and_refuses_an_empty_batch():
     model = _model().train()
     ids, mask = _source()
-    with pytest.warns(UserWarning, match="decoding a model in training mode"):
-        greedy_decode(model, ids, mask, max_len=3)
+    for decode in (greedy_decode, beam_search):
+        with pytest.warns(UserWarning, match="decoding a model in training mode") as caught:
+            decode(model, ids, mask, max_len=3)
+        assert caught[0].filename == __file__  # the warning points at the caller's line
     model.eval()
     with pytest.raises(
         ValueError, match=r"source_ids must be a non-empty \(B, S\) long tensor, got \(0, 7\)"

@@ -330,3 +330,20 @@ def test_reexported():
 
     assert layers.TwoWayTransformer is TwoWayTransformer
     assert layers.TwoWayAttentionBlock is TwoWayAttentionBlock
+
+
+def test_block_shares_positional_encodings_given_without_a_batch_dimension():
+    torch.manual_seed(1)
+    block = TwoWayAttentionBlock(16, 2, 32).double()
+    queries, keys = (
+        torch.randn(3, 5, 16, dtype=torch.float64),
+        torch.randn(3, 7, 16, dtype=torch.float64),
+    )
+    query_pe, key_pe = (
+        torch.randn(5, 16, dtype=torch.float64),
+        torch.randn(7, 16, dtype=torch.float64),
+    )
+    got = block(queries, keys, query_pe, key_pe)
+    want = block(queries, keys, query_pe.expand(3, 5, 16), key_pe.expand(3, 7, 16))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)

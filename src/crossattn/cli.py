@@ -160,4 +160,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # `python -m crossattn.cli`: run the imported module's main, whose CommandError is the one
+    # the commands raise (this file runs as __main__, a second copy of the module).
+    from crossattn.cli import main as _main
+
+    raise SystemExit(_main())

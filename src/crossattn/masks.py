@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import Tensor
 
@@ -17,20 +19,14 @@ def lengths_to_key_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
         raise ValueError(f"lengths must be 1-D (B,), got shape {tuple(lengths.shape)}")
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
         raise TypeError(f"lengths must be an integer tensor (B,), got {lengths.dtype}")
-    if lengths.numel() and int(lengths.min().item()) < 0:
+    low, high = (int(x) for x in torch.aminmax(lengths)) if lengths.numel() else (0, 0)
+    if low < 0:
         raise ValueError(f"lengths must be >= 0, got {lengths.tolist()}")
-    if max_len is None:
-        size = int(lengths.max().item()) if lengths.numel() else 0
-    else:
-        if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 0:
-            raise ValueError(f"max_len must be an int >= 0, got {max_len!r}")
-        longest = int(lengths.max().item()) if lengths.numel() else 0
-        if longest > max_len:
-            raise ValueError(
-                f"lengths must be <= max_len = {max_len}, got a length of {longest}: "
-                f"{lengths.tolist()}"
-            )
-        size = max_len
+    size = high if max_len is None else _size("max_len", max_len)
+    if high > size:
+        raise ValueError(
+            f"lengths must be <= max_len = {size}, got a length of {high}: {lengths.tolist()}"
+        )
     positions = torch.arange(size, device=lengths.device)
     return positions[None, :] < lengths[:, None]  # (B, S)
 
@@ -56,10 +52,19 @@ def from_key_padding_mask(key_padding_mask: Tensor) -> Tensor:
 
 def causal_mask(q_len: int, kv_len: int | None = None, *, device=None) -> Tensor:
     """Boolean (L, S) mask where query i may attend to keys j <= i + (S - L)."""
-    for name, value in (("q_len", q_len), ("kv_len", kv_len)):
-        if value is None and name == "kv_len":
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    s = q_len if kv_len is None else kv_len
+    q_len = _size("q_len", q_len)
+    s = q_len if kv_len is None else _size("kv_len", kv_len)
     return torch.ones(q_len, s, dtype=torch.bool, device=device).tril(diagonal=s - q_len)
+
+
+def _size(name: str, value: object) -> int:
+    """A size >= 0 as an int: Python and NumPy ints and 0-d integer tensors (not bool)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        size = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{name} must be an int >= 0, got {value!r}") from None
+    if size < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return size

@@ -67,6 +67,9 @@ def recompute_weights(
     # The op also returns an output; a one-wide value makes it cost next to nothing.
     value = key[..., :1]  # (B, Hk, S, 1)
     mode = "mean" if heads == "mean" else True
+    if length == 0:  # no queries: an empty map
+        shape = (b, 0, s) if mode == "mean" else (b, h, 0, s)
+        return query.new_zeros(shape)
     block = max(1, BLOCK_ELEMENTS // max(1, b * h * s))
     pieces = []
     with torch.no_grad():

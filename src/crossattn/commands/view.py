@@ -156,7 +156,9 @@ def run(args: argparse.Namespace) -> int:
             "or .pth file of attention weights"
         )
     out = args.out or os.path.splitext(path)[0] + ".html"
-    check_output_file(out, "-o/--out")
+    check_output_file(
+        out, "-o/--out" if args.out else "FILE (its page goes next to it; choose with -o)"
+    )
     source = args.source.split() if args.source else None
     target = args.target.split() if args.target else None
     title = args.title or os.path.basename(path)

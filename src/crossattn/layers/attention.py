@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from numbers import Integral
 from typing import Literal
 
 import torch
@@ -59,15 +60,19 @@ class PreparedContext:
                 f"index must hold integer row numbers, got dtype {index.dtype}; for a bool row "
                 "mask pass mask.nonzero().squeeze(1)"
             )
-        index = index.to(device=self.key.device, dtype=torch.long)
         if index.dim() != 1:
             raise ValueError(f"index must be 1-D (N,), got shape {tuple(index.shape)}")
         b = self.batch_size
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= b):
-            raise ValueError(
-                f"index holds rows {int(index.min())}..{int(index.max())}, but this context has "
-                f"B={b} rows (0..{b - 1})"
-            )
+        # Checked where the index is on the CPU (a list, or a CPU tensor), where it costs
+        # nothing; an index already on an accelerator is not read back (index_select asserts its
+        # range there), so beam steps never wait for the device.
+        if index.device.type == "cpu" and index.numel():
+            low, high = (int(x) for x in torch.aminmax(index))
+            if low < 0 or high >= b:
+                raise ValueError(
+                    f"index holds rows {low}..{high}, but this context has B={b} rows (0..{b - 1})"
+                )
+        index = index.to(device=self.key.device, dtype=torch.long)
         return replace(
             self,
             key=self.key.index_select(0, index),  # (N, Hk, S, D)
@@ -145,8 +150,11 @@ class CrossAttention(nn.Module):
             ("kv_heads", kv_heads),
             ("out_dim", query_dim if out_dim is None else out_dim),
         ):
-            if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
+            if not isinstance(val, Integral) or isinstance(val, bool) or val <= 0:
                 raise ValueError(f"{name} must be a positive int, got {val!r}")
+        query_dim, context_dim, value_dim = int(query_dim), int(context_dim), int(value_dim)
+        heads, dim_head, kv_heads = int(heads), int(dim_head), int(kv_heads)
+        out_dim = None if out_dim is None else int(out_dim)
         if heads % kv_heads != 0:
             raise ValueError(f"heads={heads} must be a multiple of kv_heads={kv_heads}")
         if qk_norm not in (None, "layer_norm", "rms_norm"):
@@ -155,14 +163,13 @@ class CrossAttention(nn.Module):
             raise TypeError(f"dropout must be a float in [0, 1), got {dropout!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        if not isinstance(norm_eps, (int, float)) or isinstance(norm_eps, bool) or norm_eps <= 0:
+        if not isinstance(norm_eps, (int, float)) or isinstance(norm_eps, bool):
+            raise TypeError(f"norm_eps must be a positive float, got {norm_eps!r}")
+        if norm_eps <= 0:
             raise ValueError(f"norm_eps must be a positive float, got {norm_eps!r}")
-        if backend is not None:
-            from ..backends import get_backend
-
-            if not isinstance(backend, str):
-                raise TypeError(f"backend must be a backend name or None, got {backend!r}")
-            get_backend(backend)  # an unknown name raises, listing the available ones
+        if backend is not None and not isinstance(backend, str):
+            # the name itself is resolved at call time: backends may be registered later
+            raise TypeError(f"backend must be a backend name or None, got {backend!r}")
         self.query_dim, self.context_dim, self.value_dim = query_dim, context_dim, value_dim
         self.heads, self.kv_heads, self.dim_head = heads, kv_heads, dim_head
         self.out_dim = query_dim if out_dim is None else out_dim
@@ -290,12 +297,18 @@ class CrossAttention(nn.Module):
                 f"queries have B={b} but the context has B={prepared.batch_size}; "
                 "use PreparedContext.index_select to pick context rows"
             )
-        if length:
-            shape = context.shape if isinstance(context, Tensor) else prepared.key.shape
+        if length and isinstance(context, Tensor):
             check_nonempty(
-                "context", prepared.length, shape, "S=0 tokens",
+                "context", prepared.length, context.shape, "S=0 tokens",
                 "pass at least one token (keep padding tokens and mark them False in "
                 "context_mask)",
+            )  # fmt: skip
+        elif length:
+            check_nonempty(
+                "context", prepared.length, prepared.key.shape,
+                "S=0 tokens (a PreparedContext: keys (B, heads, S, dim_head))",
+                "prepare it from at least one token (keep padding tokens and mark them False "
+                "in prepare_context's context_mask)",
             )  # fmt: skip
         q = self.to_q(queries).view(b, length, self.heads, self.dim_head).transpose(1, 2)
         q = self.q_norm(q)  # (B, H, L, D)

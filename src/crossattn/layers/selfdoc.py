@@ -98,12 +98,15 @@ class SelfDocAttention(nn.Module):
             return out, a.new_zeros(shape)
         if mask is None:
             return attn(a, b, a, return_weights=return_weights)
-        # Padded tokens (NaN allowed) are zeroed on the way in and their outputs set to 0; their
-        # own rows are fully masked, so their weights are exactly 0 too.
+        # Padded tokens (NaN allowed) are zeroed on the way in; their output rows and weight
+        # rows are set to exactly 0 afterwards (cheaper than a (B, L, L) row mask in the op).
         a = a.masked_fill(~mask[..., None], 0.0)
         b = b.masked_fill(~mask[..., None], 0.0)
-        rows = mask[:, :, None].expand(-1, -1, length)  # (B, L, L)
-        res = attn(a, b, a, context_mask=mask, attn_mask=rows, return_weights=return_weights)
+        res = attn(a, b, a, context_mask=mask, return_weights=return_weights)
         out = res[0] if return_weights else res
         out = out.masked_fill(~mask[..., None], 0.0)  # (B, L, query_dim)
-        return (out, res[1]) if return_weights else out
+        if not return_weights:
+            return out
+        weights = res[1]  # (B, L, L) head mean, or (B, heads, L, L)
+        rows = mask[:, :, None] if weights.dim() == 3 else mask[:, None, :, None]
+        return out, weights.masked_fill(~rows, 0.0)

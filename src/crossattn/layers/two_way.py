@@ -124,9 +124,11 @@ class TwoWayAttentionBlock(nn.Module):
             ``(queries (B, N, C), keys (B, HW, C))``.
 
         N and HW must be > 0 (tokens and image attend to each other); query_pe and key_pe may
-        have a batch size of 1 (shared by the batch). Every input must have the dtype and
-        device of the block's parameters.
+        have a batch size of 1, or no batch dimension ((N, C), (HW, C)), to be shared by the
+        batch. Every input must have the dtype and device of the block's parameters.
         """
+        query_pe, key_pe = (pe[None] if isinstance(pe, Tensor) and pe.dim() == 2 else pe
+                            for pe in (query_pe, key_pe))  # fmt: skip
         _check_block_inputs(self, queries, keys, query_pe, key_pe, query_mask)
         # Self-attention of the tokens
         if self.skip_first_layer_pe:

@@ -48,11 +48,14 @@ def _prepare(
         warnings.warn(
             "decoding a model in training mode: dropout is active, so the result changes from "
             "call to call; call model.eval() first",
-            stacklevel=3,
+            stacklevel=4,  # _prepare, greedy_decode / beam_search, torch.no_grad's wrapper
         )
-    if not isinstance(source_ids, Tensor) or source_ids.dim() != 2 or 0 in source_ids.shape:
-        got = tuple(source_ids.shape) if isinstance(source_ids, Tensor) else type(source_ids)
-        raise ValueError(f"source_ids must be a non-empty (B, S) long tensor, got {got}")
+    if not isinstance(source_ids, Tensor):
+        raise TypeError(f"source_ids must be a (B, S) long tensor, got {type(source_ids).__name__}")
+    if source_ids.dim() != 2 or 0 in source_ids.shape:
+        raise ValueError(
+            f"source_ids must be a non-empty (B, S) long tensor, got {tuple(source_ids.shape)}"
+        )
     if source_mask is None:
         source_mask = torch.ones_like(source_ids, dtype=torch.bool)
     if source_mask.dtype != torch.bool or tuple(source_mask.shape) != tuple(source_ids.shape):
@@ -160,6 +163,7 @@ def greedy_decode(
         if bool(done.all()):
             break
     out = []
+    columns = _valid_column_indices(source_mask)
     for i in range(b):
         n = int(lengths[i])
         seq = prefix[i, 1 : n + 1].tolist()
@@ -168,7 +172,7 @@ def greedy_decode(
         att = None
         if attns:
             att = torch.stack([a[i] for a in attns[:n]], 2)  # (layers, H, T, S)
-            att = _valid_columns(att, source_mask[i])  # (layers, H, T, S_i)
+            att = _take_columns(att, columns[i])  # (layers, H, T, S_i)
         out.append(Hypothesis(tokens, float(scores[i]), finished, att))
     return out
 
@@ -304,10 +308,11 @@ def beam_search(
                     (s / _length_penalty(len(seq), length_penalty), s, seq, att, False)
                 )
     out = []
+    columns = _valid_column_indices(source_mask)
     for i in range(b):
         _, s, seq, att, ended = max(finished[i], key=lambda h: h[0])
         if att is not None:
-            att = _valid_columns(att.permute(1, 2, 0, 3), source_mask[i])  # (layers, H, T, S_i)
+            att = _take_columns(att.permute(1, 2, 0, 3), columns[i])  # (layers, H, T, S_i)
         out.append(Hypothesis(seq, s, ended, att))
     return out
 
@@ -324,7 +329,8 @@ def force_decode_attention(
 
     Args:
         source_ids: (B, S) long; source_mask: (B, S) bool, True = valid (None: no padding).
-        target_ids: (B, T) long target ids without BOS/EOS, padded with any id.
+        target_ids: (B, T) long target ids without BOS/EOS, padded with any id of the target
+            vocabulary.
         target_lengths: (B,) number of valid target tokens per row.
 
     Returns:
@@ -336,16 +342,17 @@ def force_decode_attention(
     b = source_ids.shape[0]
     if source_mask is None:
         source_mask = torch.ones_like(source_ids, dtype=torch.bool)
-    if not isinstance(target_ids, Tensor) or target_ids.dim() != 2:
-        raise TypeError(
-            "target_ids must be a (B, T) long tensor, got "
-            + (
-                f"shape {tuple(target_ids.shape)}"
-                if isinstance(target_ids, Tensor)
-                else type(target_ids).__name__
-            )
+    if not isinstance(target_ids, Tensor):
+        raise TypeError(f"target_ids must be a (B, T) long tensor, got {type(target_ids).__name__}")
+    if target_ids.dim() != 2:
+        raise ValueError(
+            f"target_ids must be a (B, T) long tensor, got shape {tuple(target_ids.shape)}"
         )
-    if not isinstance(target_lengths, Tensor) or target_lengths.dtype.is_floating_point:
+    if (
+        not isinstance(target_lengths, Tensor)
+        or target_lengths.dtype.is_floating_point
+        or target_lengths.dtype == torch.bool
+    ):
         raise TypeError(
             f"target_lengths must be a (B,) integer tensor, got {type(target_lengths).__name__}"
             + (f" of {target_lengths.dtype}" if isinstance(target_lengths, Tensor) else "")
@@ -367,13 +374,19 @@ def force_decode_attention(
     out = model(source_ids, source_mask, target_in, attention_layers=layers)
     weights = torch.stack([out.cross_weights[i] for i in layers], 1)  # (B, layers, H, T+1, S)
     lengths = target_lengths.tolist()
-    return [
-        _valid_columns(weights[i, :, :, : lengths[i] + 1], source_mask[i]).float() for i in range(b)
-    ]
+    columns = _valid_column_indices(source_mask)
+    return [_take_columns(weights[i, :, :, : lengths[i] + 1], columns[i]).float() for i in range(b)]
 
 
-def _valid_columns(att: Tensor, valid: Tensor) -> Tensor:
-    """The columns of the valid source tokens, wherever the padding is: (..., S) -> (..., S_i)."""
-    if bool(valid.all()):
+def _valid_column_indices(source_mask: Tensor) -> list[Tensor | None]:
+    """Per row, the indices of its valid source columns (None: all valid), wherever the padding
+    is. The mask is read from the device once for the whole batch."""
+    rows = source_mask.cpu()
+    return [None if bool(r.all()) else r.nonzero().squeeze(1) for r in rows]
+
+
+def _take_columns(att: Tensor, columns: Tensor | None) -> Tensor:
+    """(..., S) -> (..., S_i): the columns of one row's valid source tokens."""
+    if columns is None:
         return att.contiguous()
-    return att.index_select(-1, valid.nonzero().squeeze(1))
+    return att.index_select(-1, columns.to(att.device))

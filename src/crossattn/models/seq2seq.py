@@ -13,6 +13,7 @@ import dataclasses
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Any, NamedTuple
 
 import torch
@@ -70,9 +71,10 @@ class Seq2SeqConfig:
         for name, val in specials.items():
             if not isinstance(val, int) or isinstance(val, bool) or val < 0:
                 raise ValueError(f"Seq2SeqConfig.{name} must be an int >= 0, got {val!r}")
-        if len(set(specials.values())) != 3:
+        if len({*specials.values(), UNK_ID}) != 4:
             raise ValueError(
-                f"Seq2SeqConfig: pad_id, bos_id and eos_id must differ, got {specials}"
+                f"Seq2SeqConfig: pad_id, bos_id and eos_id must differ from each other and from "
+                f"<unk> = {UNK_ID}, got {specials}"
             )
         need = max(max(specials.values()), UNK_ID) + 1  # every special id, <unk> included
         for name in ("source_vocab_size", "target_vocab_size"):
@@ -178,11 +180,15 @@ class Seq2SeqTransformer(nn.Module):
                 f"{getattr(ids, 'dtype', type(ids).__name__)} {tuple(getattr(ids, 'shape', ()))}"
             )
         length = ids.shape[1]
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= table.num_embeddings):
-            raise ValueError(
-                f"{name} holds ids from {int(ids.min())} to {int(ids.max())}; this vocabulary "
-                f"has ids 0..{table.num_embeddings - 1}"
-            )
+        # Checked on the CPU, where it costs nothing; on an accelerator the embedding kernel
+        # asserts the range itself, and reading it here would wait for the device every step.
+        if ids.device.type == "cpu" and ids.numel():
+            low, high = (int(x) for x in torch.aminmax(ids))
+            if low < 0 or high >= table.num_embeddings:
+                raise ValueError(
+                    f"{name} holds ids from {low} to {high}; this vocabulary has ids "
+                    f"0..{table.num_embeddings - 1}"
+                )
         if offset + length > self.config.max_len:
             raise ValueError(
                 f"{name} reaches position {offset + length} but the model's max_len is "
@@ -264,7 +270,7 @@ class Seq2SeqTransformer(nn.Module):
                 f"caches must hold one cache per decoder layer ({n}), got {len(caches)}"
             )
         if isinstance(attention_layers, (str, bytes)) or not all(
-            isinstance(i, int) and not isinstance(i, bool) for i in attention_layers
+            isinstance(i, Integral) and not isinstance(i, bool) for i in attention_layers
         ):
             raise TypeError(
                 f"attention_layers must be a collection of layer indices (ints), got "
@@ -273,7 +279,7 @@ class Seq2SeqTransformer(nn.Module):
         for i in attention_layers:
             if not -n <= i < n:
                 raise ValueError(f"attention_layers holds {i}, but the decoder has {n} layers")
-        wanted = {i % n for i in attention_layers}
+        wanted = {int(i) % n for i in attention_layers}
         past = 0 if caches is None else caches[0].length
         tokens = self._embed(self.target_embed, target_ids, past, "target_ids")
         new_caches: list[PreparedContext] = []

@@ -18,6 +18,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 
 import torch
@@ -162,8 +163,9 @@ class Translator:
                 "translate_batch takes a list of sentences, got one string; use "
                 "translate(sentence) for one sentence, or translate_batch([sentence])"
             )
-        if not isinstance(beam, int) or isinstance(beam, bool) or beam < 1:
+        if not isinstance(beam, Integral) or isinstance(beam, bool) or beam < 1:
             raise ValueError(f"beam must be a positive int (1 = greedy), got {beam!r}")
+        beam = int(beam)
         if not math.isfinite(length_penalty):
             raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
         words = [self.tokenize(s) for s in sentences]
