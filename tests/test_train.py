@@ -127,6 +127,20 @@ def test_align_into_a_closed_pipe_stops_quietly(model_dir, corpus, tmp_path):
     assert b"Traceback" not in err and b"BrokenPipeError" not in err
 
 
+@pytest.mark.slow
+def test_align_skipping_bad_lines_keeps_one_output_line_per_input_line(model_dir, corpus, tmp_path, capsys):  # fmt: skip
+    good = corpus["test"].read_text().splitlines()[:2]
+    data = tmp_path / "pairs.txt"
+    data.write_text(f"{good[0]}\nno separator here\n{good[1]}\n")
+    assert main(["align", "--model", str(model_dir), "--data", str(data), "--skip-bad-lines",
+                 "--threads", "1"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    lines = captured.out.split("\n")
+    assert len(lines) == 4 and lines[3] == ""  # three lines, each ended by a newline
+    assert lines[1] == "" and re.fullmatch(r"(\d+-\d+ ?)+", lines[0]) and lines[2]
+    assert "skipped 1 malformed pair(s) (line 2); their output lines are empty" in captured.err
+
+
 def test_align_prints_one_pharaoh_line_per_pair(model_dir, corpus, capsys):
     assert main(["align", "--model", str(model_dir), "--data", str(corpus["test"]),
                  "--threads", "1"]) == 0  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from ..cli import CommandError, add_threads_argument, positive_int
 
@@ -30,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
     choose_threads(args.threads)
 
     tr = load_translator(args.model)
-    data = read_pairs(args.data, skip_bad_lines=args.skip_bad_lines)
+    with warnings.catch_warnings():  # the skipped lines are reported below, in one plain line
+        warnings.filterwarnings("ignore", message=r".*skipped \d+ bad line", category=UserWarning)
+        data = read_pairs(args.data, skip_bad_lines=args.skip_bad_lines)
     limit = tr.model.config.max_len - 1
     pairs = []
     for k, ex in enumerate(data.examples):
@@ -43,10 +46,23 @@ def run(args: argparse.Namespace) -> int:
         pairs.append(Encoded(tuple(tr.source_vocab.encode(ex.source)),
                              tuple(tr.target_vocab.encode(ex.target)), frozenset()))  # fmt: skip
     weights = attention_for_pairs(tr.model, pairs, batch_size=args.batch_size)
+    # One output line per input line: a skipped (malformed) pair gets an empty one, so the
+    # output still lines up with the input (and with a gold file for `crossattn aer`).
     out = sys.stdout
-    for ex, w in zip(data.examples, weights):
+    skipped = set(data.skipped_lines)
+    results = iter(zip(data.examples, weights))
+    for line in range(1, len(data.examples) + len(skipped) + 1):
+        if line in skipped:
+            out.write("\n")
+            continue
+        ex, w = next(results)
         links = extract_alignment(w, tr.extraction, len(ex.source), len(ex.target))
         out.write(" ".join(f"{i}-{j}" for i, j in sorted(links)) + "\n")
-    if data.skipped:
-        print(f"skipped {data.skipped} malformed pair(s)", file=sys.stderr)
+    if skipped:
+        lines = ", ".join(map(str, sorted(skipped)[:10])) + (", ..." if len(skipped) > 10 else "")
+        print(
+            f"crossattn align: skipped {len(skipped)} malformed pair(s) (line {lines}); their "
+            "output lines are empty",
+            file=sys.stderr,
+        )
     return 0

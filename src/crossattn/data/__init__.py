@@ -9,7 +9,7 @@ from .parallel import (
     read_parallel,
     tokenize,
 )
-from .toy_translation import ToyCorpus, generate_corpus, write_corpus
+from .toy_translation import ToyCorpus, generate_corpus, language_rules, write_corpus
 
 __all__ = [
     "ParallelData",
@@ -18,6 +18,7 @@ __all__ = [
     "ToyCorpus",
     "format_pharaoh",
     "generate_corpus",
+    "language_rules",
     "read_alignment_file",
     "read_parallel",
     "tokenize",
