@@ -433,3 +433,189 @@ def test_subword_links_map_back_to_words():
     assert word_links_from_subwords(links, [0, 0, 1], [0, 0, 1]) == {(0, 0), (1, 1)}
     with pytest.raises(ValueError, match=r"subword link \(3, 0\) is out of range for 3 source"):
         word_links_from_subwords({(3, 0)}, [0, 0, 1], [0, 0, 1])
+
+
+# ------------------------------------------------------------------------------ edge cases
+
+
+def test_select_extraction_with_an_unsorted_grid_reports_the_right_threshold_and_aer():
+    weights, gold = _noisy_permutation_data(20, seed=4, peak=0.3)
+    for method in ("threshold", "argmax_threshold", "bidirectional"):
+        config = select_extraction(weights, gold, methods=[method], thresholds=[0.9, 0.05, 0.9])
+        assert config.threshold in (0.9, 0.05)
+        hyp = [
+            extract_alignment(w, config, len(g.source), len(g.target))
+            for w, g in zip(weights, gold)
+        ]
+        assert aer(gold, hyp).aer == pytest.approx(config.dev_aer, abs=1e-6), method
+        # the order of the grid does not matter
+        assert config == select_extraction(weights, gold, methods=[method], thresholds=[0.05, 0.9])
+    # the threshold is reported as given, not rounded through float32
+    config = select_extraction(weights, gold, methods=["threshold"], thresholds=[0.12345])
+    assert config.threshold == 0.12345
+
+
+def test_negative_weights_are_refused():
+    w = torch.tensor([[1.0, -0.9, 0.0], [1.0, 0.0, 0.0]])
+    config = ExtractionConfig(shift="predict")
+    with pytest.raises(ValueError, match=r"weights must be non-negative .* minimum of -0\.9"):
+        alignment_scores(w, config, 3, 1)
+    with pytest.raises(ValueError, match="weights must be non-negative"):
+        extract_alignment(w, config, 3, 1)
+    weights, gold = _noisy_permutation_data(3, seed=7)
+    weights[1] = weights[1].clone()
+    weights[1][0, 0, 0, 0] = -0.1
+    with pytest.raises(ValueError, match=r"weights_list\[1\] must be non-negative"):
+        select_extraction(weights, gold)
+    weights[1][0, 0, 0, 0] = math.inf
+    with pytest.raises(ValueError, match=r"weights_list\[1\] holds NaN or inf"):
+        select_extraction(weights, gold)
+    # negative values outside the real words (a padding column) are ignored
+    padded = torch.tensor([[0.5, 0.5, -1.0], [1.0, 0.0, -1.0]])
+    assert extract_alignment(padded, config, 2, 1) == extract_alignment(padded[:, :2], config)
+
+
+@pytest.mark.parametrize("method", ["threshold", "argmax", "argmax_threshold", "bidirectional"])
+@pytest.mark.parametrize("threshold", [0.0, 0.3])
+def test_rows_without_attention_mass_get_no_link(method, threshold):
+    config = ExtractionConfig(shift="predict", method=method, threshold=threshold)
+    zero = torch.zeros(3, 3)
+    assert extract_alignment(zero, config, 3, 2) == set()
+    # target word 0 attends to source word 1; target word 1 has no mass on the source words
+    w = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    links = extract_alignment(w, config, 2, 2)
+    assert all(j == 0 for _, j in links) and (1, 0) in links
+    torch.testing.assert_close(alignment_scores(w, config, 2, 2)[1], torch.zeros(2))
+
+
+def test_select_extraction_agrees_with_extract_on_rows_without_mass():
+    weights, gold = _noisy_permutation_data(10, seed=8, peak=0.3)
+    for w in weights[:4]:
+        w.zero_()  # no target word attends to any source word, whatever the shift
+    for method in ("threshold", "argmax", "argmax_threshold", "bidirectional"):
+        config = select_extraction(
+            weights, gold, methods=[method], thresholds=[0.0, 0.3], units=[(None, None)]
+        )
+        hyp = [
+            extract_alignment(w, config, len(g.source), len(g.target))
+            for w, g in zip(weights, gold)
+        ]
+        assert all(not links for links in hyp[:4]), method
+        assert aer(gold, hyp).aer == pytest.approx(config.dev_aer, abs=1e-6), method
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"shifts": []}, "shifts is empty"),
+        ({"methods": []}, "methods is empty"),
+        ({"thresholds": []}, r"thresholds is empty but methods \['threshold'"),
+        ({"units": []}, "units is empty"),
+        ({"shifts": ["next"]}, r"shifts holds \['next'\]"),
+        ({"methods": ["max"]}, r"methods holds \['max'\]"),
+        ({"thresholds": [0.5, 1.5]}, r"thresholds must be numbers in \[0, 1\], got 1.5"),
+        ({"thresholds": [math.nan]}, r"thresholds must be numbers in \[0, 1\], got nan"),
+        ({"units": [(0,)]}, r"units\[0\] must be a \(layers, heads\) pair"),
+        ({"units": [((0.5,), None)]}, "ExtractionConfig.layers must be None"),
+        ({"n_source_words": [3]}, "n_source_words has 1 entries but weights_list has 4"),
+        ({"n_target_words": [3] * 5}, "n_target_words has 5 entries but weights_list has 4"),
+        ({"n_source_words": [], "n_target_words": []}, "n_source_words has 0 entries"),
+        ({"source_start": 0.5}, "source_start must be an int >= 0, got 0.5"),
+    ],
+)
+def test_select_extraction_refuses_empty_and_mismatched_grids(kwargs, message):
+    weights, gold = _noisy_permutation_data(4, seed=6)
+    with pytest.raises(ValueError if "source_start" not in kwargs else TypeError, match=message):
+        select_extraction(weights, gold, **kwargs)
+
+
+def test_select_extraction_grid_edge_cases_that_work():
+    weights, gold = _noisy_permutation_data(4, seed=6)
+    # argmax needs no threshold
+    config = select_extraction(weights, gold, methods=["argmax"], thresholds=[])
+    assert config.method == "argmax" and 0.0 <= config.dev_aer <= 1.0
+    # NumPy numbers in the counts and the grid
+    np = pytest.importorskip("numpy")
+    tuples = [(g.sure, g.possible) for g in gold]
+    config = select_extraction(
+        weights,
+        tuples,
+        n_source_words=np.array([len(g.source) for g in gold]),
+        n_target_words=[np.int64(len(g.target)) for g in gold],
+        thresholds=np.array([0.3, 0.1]),
+    )
+    assert config == select_extraction(weights, gold, thresholds=[0.1, 0.3])
+    assert type(config.threshold) is float
+
+
+def test_select_extraction_refuses_gold_without_sure_links():
+    weights, gold = _noisy_permutation_data(3, seed=9)
+    counts = {
+        "n_source_words": [len(g.source) for g in gold],
+        "n_target_words": [len(g.target) for g in gold],
+    }
+    with pytest.raises(ValueError, match="no sure gold links to select against"):
+        select_extraction(weights, [frozenset()] * 3, **counts)
+    with pytest.raises(ValueError, match="no sure gold links to select against"):
+        select_extraction(weights, [(frozenset(), frozenset({(0, 0)}))] * 3, **counts)
+
+
+def test_extraction_config_checks_dev_aer_and_numbers():
+    np = pytest.importorskip("numpy")
+    for bad in (math.nan, math.inf, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"ExtractionConfig.dev_aer must be None or in \[0, 1\]"):  # fmt: skip
+            ExtractionConfig(dev_aer=bad)
+    with pytest.raises(TypeError, match="ExtractionConfig.dev_aer must be None or a number"):
+        ExtractionConfig(dev_aer="0.1")
+    with pytest.raises(TypeError, match="ExtractionConfig.dev_aer must be None or a number"):
+        ExtractionConfig(dev_aer=True)
+    with pytest.raises(TypeError, match="ExtractionConfig.threshold must be a number"):
+        ExtractionConfig(threshold=True)
+    with pytest.raises(ValueError, match="ExtractionConfig.threshold must be in"):
+        ExtractionConfig(threshold=math.nan)
+    config = ExtractionConfig(
+        layers=(np.int64(1), -1), heads=[np.int32(0)], threshold=np.float32(0.25),
+        dev_aer=np.float64(0.5),
+    )  # fmt: skip
+    assert config == ExtractionConfig((1, -1), (0,), threshold=0.25, dev_aer=0.5)
+    assert all(type(v) is int for v in config.layers + config.heads)
+    assert type(config.threshold) is float and type(config.dev_aer) is float
+    assert ExtractionConfig.from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match="ExtractionConfig.layers must be None or a non-empty"):
+        ExtractionConfig(layers=(np.bool_(True),))
+
+
+def test_from_dict_names_bad_arguments():
+    with pytest.raises(TypeError, match="from_dict: data must be a dict .* got NoneType"):
+        ExtractionConfig.from_dict(None)
+    with pytest.raises(TypeError, match="from_dict: data must be a dict .* got list"):
+        ExtractionConfig.from_json("[1, 2]")
+    with pytest.raises(ValueError, match="ExtractionConfig.layers must be None or a non-empty tuple of ints, got 3"):  # fmt: skip
+        ExtractionConfig.from_dict({"layers": 3})
+    with pytest.raises(ValueError, match="ExtractionConfig.heads must be None or a non-empty"):
+        ExtractionConfig.from_dict({"heads": "01"})
+    with pytest.raises(ValueError, match="ExtractionConfig.dev_aer must be None or in"):
+        ExtractionConfig.from_json('{"dev_aer": NaN}')
+    assert ExtractionConfig.from_dict({"layers": [0, 1]}).layers == (0, 1)
+
+
+def test_extract_alignment_checks_config_and_counts():
+    w = torch.rand(2, 3, 5, 6).softmax(-1)
+    for bad in (None, {"shift": "feed"}):
+        for fn in (extract_alignment, alignment_scores):
+            with pytest.raises(TypeError, match="config must be an ExtractionConfig .*from_dict"):
+                fn(w, bad, 4, 4)
+    with pytest.raises(TypeError, match="source_start must be an int >= 0, got 0.5"):
+        extract_alignment(w, DEFAULT_EXTRACTION, 4, 4, source_start=0.5)
+    with pytest.raises(ValueError, match="source_start must be an int >= 0, got -1"):
+        extract_alignment(w, DEFAULT_EXTRACTION, 4, 4, source_start=-1)
+    with pytest.raises(TypeError, match="n_target_words must be an int >= 0, got 2.9"):
+        extract_alignment(w, DEFAULT_EXTRACTION, 4, 2.9)
+    with pytest.raises(TypeError, match="n_source_words must be an int >= 0, got True"):
+        alignment_scores(w, DEFAULT_EXTRACTION, True, 4)
+    with pytest.raises(ValueError, match="n_target_words must be an int >= 0, got -2"):
+        extract_alignment(w, DEFAULT_EXTRACTION, 4, -2)
+    np = pytest.importorskip("numpy")
+    assert extract_alignment(
+        w, DEFAULT_EXTRACTION, np.int64(4), np.int32(4), source_start=np.int64(1)
+    ) == extract_alignment(w, DEFAULT_EXTRACTION, 4, 4, source_start=1)

@@ -389,3 +389,38 @@ def test_processor_grouped_kv_heads_match_the_converted_layer():
         got = attn(hidden, context, attention_mask=bias)
         want = CrossAttention.from_diffusers(attn)(hidden, context, context_mask=keep)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_processor_checks_context_and_mask_in_the_callers_terms():
+    attn = Attention(query_dim=16, cross_attention_dim=8, heads=2, dim_head=8)
+    attn.set_processor(CrossAttnProcessor())
+    hidden = _seq(1, 5, 16)
+    with pytest.raises(
+        ValueError,
+        match=r"encoder_hidden_states has 7 features \(shape \(1, 3, 7\)\) but the module's "
+        r"to_k expects cross_attention_dim=8",
+    ):
+        attn(hidden, _seq(1, 3, 7))
+    with pytest.raises(
+        ValueError, match=r"encoder_hidden_states has batch size 2 \(shape \(2, 3, 8\)\)"
+    ):
+        attn(hidden, _seq(2, 3, 8))
+    with pytest.raises(ValueError, match=r"encoder_hidden_states must be \(B, S, cross_attention"):
+        attn(hidden, _seq(3, 8))
+    with pytest.raises(ValueError, match=r"hidden_states has 12 features"):
+        attn(_seq(1, 5, 12), _seq(1, 3, 8))
+    with pytest.raises(
+        ValueError, match=r"attention_mask has shape \(1, 4\); expected .* B = 1, L = 5, S = 3"
+    ):
+        attn(hidden, _seq(1, 3, 8), attention_mask=torch.zeros(1, 4))
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 3\)"):
+        attn(hidden, _seq(1, 3, 8), attention_mask=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 2, 3\)"):
+        attn(hidden, _seq(1, 3, 8), attention_mask=torch.zeros(1, 2, 3))
+    # the shapes the docstring names still run
+    assert attn(hidden, _seq(1, 3, 8), attention_mask=torch.zeros(1, 5, 3)).shape == (1, 5, 16)
+    assert attn(hidden, _seq(1, 3, 8), attention_mask=torch.ones(1, 3, dtype=torch.bool)).shape == (
+        1,
+        5,
+        16,
+    )

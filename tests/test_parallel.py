@@ -131,7 +131,7 @@ def test_read_alignment_file(tmp_path):
         ("a ||| b\na ||| b ||| c\n", 2, r"2 separators \('\|\|\|'\) where one is expected"),
         ("a ||| b\n   ||| b\n", 2, "empty source side"),
         ("a ||| b\nc |||  \n", 2, "empty target side"),
-        ("a ||| b\n\n", 2, "missing separator"),
+        ("a ||| b\n\nc ||| d\n", 2, "missing separator"),  # a blank line inside the data
     ],
 )
 def test_malformed_text_names_file_and_line(tmp_path, text, line, message):
@@ -213,3 +213,28 @@ def test_clean_file_skips_nothing_and_does_not_warn(tmp_path, recwarn):
     text = _write(tmp_path / "t.txt", "a ||| b\n")
     data = read_parallel(text, skip_bad_lines=True)
     assert data.skipped == 0 and not data.has_alignments and len(recwarn) == 0
+
+
+def test_tokenize_refuses_non_strings():
+    with pytest.raises(TypeError, match="tokenize expects a str, got NoneType"):
+        tokenize(None)  # type: ignore[arg-type]
+
+
+def test_pharaoh_links_take_ascii_digits_only():
+    with pytest.raises(ParallelFormatError, match="bad alignment link '\u0661-0'"):
+        parse_pharaoh("\u0661-0")
+    with pytest.raises(ParallelFormatError, match="bad alignment link"):
+        parse_pharaoh("0-\uff11")  # fullwidth one
+
+
+def test_blank_lines_at_the_end_of_the_file_end_the_data(tmp_path):
+    text = _write(tmp_path / "t.txt", "a b ||| c d\ne ||| f\n\n\n")
+    data = read_parallel(text)
+    assert [ex.source for ex in data] == [("a", "b"), ("e",)]
+    align = _write(tmp_path / "a.txt", "0-0 1-1\n0-0\n\n")
+    data = read_parallel(text, alignments=align)
+    assert data.examples[1].sure == {(0, 0)}
+    # a blank line inside the data is still an error
+    inner = _write(tmp_path / "inner.txt", "a ||| b\n\nc ||| d\n")
+    with pytest.raises(ParallelFormatError, match=_where(inner, 2) + "missing separator"):
+        read_parallel(inner)

@@ -304,3 +304,22 @@ def test_bad_arguments_raise():
         generate_corpus(0, min_len=9, max_len=4)
     with pytest.raises(ValueError, match="language must be a non-negative int"):
         generate_corpus(0, n_train=1, language=-2)
+
+
+def test_argument_types_are_checked_up_front():
+    import numpy as np
+
+    with pytest.raises(TypeError, match=r"seed must be an int, got None"):
+        generate_corpus(seed=None, n_train=1, n_dev=0, n_test=0)
+    with pytest.raises(TypeError, match=r"seed must be an int, got 'abc'"):
+        generate_corpus(seed="abc", n_train=1, n_dev=0, n_test=0)
+    with pytest.raises(TypeError, match="language must be a non-negative int, got True"):
+        generate_corpus(0, n_train=1, n_dev=0, n_test=0, language=True)
+    with pytest.raises(TypeError, match="n_train must be a non-negative int, got True"):
+        generate_corpus(0, n_train=True, n_dev=0, n_test=0)
+    with pytest.raises(TypeError, match=r"min_len must be a non-negative int, got 3\.5"):
+        generate_corpus(0, n_train=1, min_len=3.5, max_len=3.9)
+    corpus = generate_corpus(
+        np.int64(3), n_train=np.int32(2), n_dev=0, n_test=0, language=np.int8(1)
+    )
+    assert len(corpus.train) == 2 and type(corpus.seed) is int and corpus.language == 1

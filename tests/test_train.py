@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,18 @@ def test_align_skipping_bad_lines_keeps_one_output_line_per_input_line(model_dir
     assert "skipped 1 malformed pair(s) (line 2); their output lines are empty" in captured.err
 
 
+@pytest.mark.slow
+def test_resume_with_another_model_shape_is_a_clean_cli_error(model_dir, corpus, tmp_path, capsys):
+    out = tmp_path / "resumed"
+    shutil.copytree(model_dir, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert _train(corpus, out, "--steps", "8", "--resume", "--d-model", "32") == 2
+    err = capsys.readouterr().err
+    assert "crossattn train: error: argument --resume: these options differ from the model" in err
+    assert "d_model 16 -> 32" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing was written
+
+
 def test_align_prints_one_pharaoh_line_per_pair(model_dir, corpus, capsys):
     assert main(["align", "--model", str(model_dir), "--data", str(corpus["test"]),
                  "--threads", "1"]) == 0  # fmt: skip
@@ -253,11 +266,179 @@ def test_attention_losses_equal_their_definitions(term):
 def test_train_errors(corpus, tmp_path):
     with pytest.raises(ValueError, match="give steps or minutes"):
         train(TrainOptions(data=str(corpus["train"]), out=str(tmp_path)))
-    with pytest.raises(ValueError, match="guided alignment needs --alignments FILE"):
+    with pytest.raises(ValueError, match="guided_alignment needs gold links: set TrainOptions"):
         train(TrainOptions(data=str(corpus["train"]), out=str(tmp_path), steps=1,
                            guided_alignment=True))  # fmt: skip
-    with pytest.raises(ValueError, match="steps must be positive, got 0"):
+    with pytest.raises(ValueError, match=r"TrainOptions.steps must be >= 1, got 0"):
         train(TrainOptions(data=str(corpus["train"]), out=str(tmp_path), steps=0))
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------- option and data checks
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"clip": 0}, ValueError, r"TrainOptions.clip must be a finite number > 0 .*got 0.0"),
+        ({"clip": -1.0}, ValueError, r"TrainOptions.clip must be a finite number > 0"),
+        ({"clip": None}, TypeError, r"TrainOptions.clip must be a number, got None"),
+        ({"dev_size": -5}, ValueError, r"TrainOptions.dev_size must be >= 0, got -5"),
+        ({"lr": 0.0}, ValueError, r"TrainOptions.lr must be a finite number > 0, got 0.0"),
+        ({"lr": float("nan")}, ValueError, r"TrainOptions.lr must be a finite number > 0"),
+        ({"lr": float("inf")}, ValueError, r"TrainOptions.lr must be a finite number > 0"),
+        ({"lr": "3e-3"}, TypeError, r"TrainOptions.lr must be a number, got '3e-3'"),
+        ({"weight_decay": -0.1}, ValueError, r"TrainOptions.weight_decay must be a finite"),
+        ({"label_smoothing": 1.0}, ValueError, r"TrainOptions.label_smoothing must be in \[0, 1\)"),
+        ({"label_smoothing": -0.1}, ValueError, r"TrainOptions.label_smoothing must be in"),
+        ({"min_lr_ratio": 1.5}, ValueError, r"TrainOptions.min_lr_ratio must be in \[0, 1\]"),
+        ({"dropout": 1.0}, ValueError, r"TrainOptions.dropout must be in \[0, 1\)"),
+        ({"batch_tokens": 0}, ValueError, r"TrainOptions.batch_tokens must be >= 1, got 0"),
+        ({"batch_tokens": 10.5}, TypeError, r"TrainOptions.batch_tokens must be an int"),
+        ({"steps": 0}, ValueError, r"TrainOptions.steps must be >= 1, got 0"),
+        ({"steps": True}, TypeError, r"TrainOptions.steps must be an int or None, got True"),
+        ({"stop_after": 0}, ValueError, r"TrainOptions.stop_after must be >= 1"),
+        ({"minutes": 0}, ValueError, r"TrainOptions.minutes must be a finite number > 0"),
+        ({"minutes": float("inf")}, ValueError, r"TrainOptions.minutes must be a finite"),
+        ({"warmup": -1}, ValueError, r"TrainOptions.warmup must be >= 0, got -1"),
+        ({"eval_seconds": -1}, ValueError, r"TrainOptions.eval_seconds must be a number >= 0"),
+        ({"save_seconds": float("nan")}, ValueError, r"TrainOptions.save_seconds must be a"),
+        ({"guided_weight": -1}, ValueError, r"TrainOptions.guided_weight must be a finite"),
+        ({"entropy_weight": -1}, ValueError, r"TrainOptions.entropy_weight must be a finite"),
+        ({"coverage_weight": -1}, ValueError, r"TrainOptions.coverage_weight must be a finite"),
+        ({"max_len": 1}, ValueError, r"TrainOptions.max_len must be >= 2, got 1"),
+        ({"heads": 3}, ValueError, r"TrainOptions.d_model=128 must be divisible by heads=3"),
+        ({"attention_layer": 1.0}, TypeError, r"TrainOptions.attention_layer must be an int"),
+        ({"resume": "no"}, TypeError, r"TrainOptions.resume must be a bool, got 'no'"),
+        ({"out": None}, TypeError, r"TrainOptions.out must be a path"),
+    ],
+)  # fmt: skip
+def test_options_are_checked_when_made(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        TrainOptions(**{"data": "d", "out": "o", **kwargs})
+
+
+def test_options_are_checked_again_by_train(tmp_path):
+    opts = TrainOptions(data="d", out=str(tmp_path / "m"), steps=1)
+    opts.clip = -1.0  # changed after it was made
+    with pytest.raises(ValueError, match="TrainOptions.clip must be a finite number > 0"):
+        train(opts, _pairs(10))
+    assert not (tmp_path / "m").exists()
+
+
+def test_options_accept_paths_and_numpy_numbers(tmp_path):
+    np = pytest.importorskip("numpy")
+    opts = TrainOptions(data=tmp_path / "d", out=tmp_path, steps=np.int64(3), lr=np.float32(0.5))
+    assert opts.data == str(tmp_path / "d") and type(opts.steps) is int and opts.lr == 0.5
+    assert TrainOptions(data="d", out="o", eval_seconds=float("inf")).eval_seconds == float("inf")
+
+
+def test_split_dev_refuses_a_negative_dev_size():
+    from crossattn.train import split_dev
+
+    assert [len(x) for x in split_dev(40, 5, 0)] == [36, 4]
+    with pytest.raises(ValueError, match="dev_size must be >= 0, got -5"):
+        split_dev(40, -5, 0)
+
+
+_SRC = "le la chat chien noir blanc dort".split()
+_TGT = "the cat dog black white sleeps".split()
+
+
+def _pairs(n: int, links: bool = True, source=_SRC, target=_TGT, length: int = 3) -> list:
+    import random
+
+    from crossattn.data.parallel import ParallelExample
+
+    rng = random.Random(0)
+    gold = frozenset((i, i) for i in range(length)) if links else frozenset()
+    return [
+        ParallelExample(
+            tuple(rng.choices(source, k=length)),
+            tuple(rng.choices(target, k=length)),
+            gold,
+            frozenset(),
+        )  # fmt: skip
+        for _ in range(n)
+    ]
+
+
+def _tiny(out, **kw) -> TrainOptions:
+    base = dict(data="", out=str(out), steps=2, d_model=8, heads=2, dim_ff=8, encoder_layers=1,
+                decoder_layers=2, batch_tokens=60, warmup=1, dev_size=0, progress=False,
+                eval_seconds=float("inf"), save_seconds=float("inf"))  # fmt: skip
+    return TrainOptions(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_len": 2}, r"no training pair fits the model: all 20 training pair\(s\) are longer "
+         r"than max_len - 1 = 1 words \(max_len=2; the shortest pair has 3 words\); use "
+         r"max_len >= 4"),
+        ({"guided_alignment": True, "attention_head": 2},
+         r"TrainOptions.attention_head=2 is out of range: the model has 2 heads; expected -2..1"),
+        ({"guided_alignment": True, "attention_head": -3}, r"attention_head=-3 is out of range"),
+        ({"guided_alignment": True, "attention_layer": 2},
+         r"TrainOptions.attention_layer=2 is out of range: the model has 2 decoder layer\(s\); "
+         r"expected -2..1"),
+        ({"entropy_weight": 0.1, "attention_layer": -3}, r"attention_layer=-3 is out of range"),
+    ],
+)  # fmt: skip
+def test_train_checks_data_against_the_model_before_writing(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        train(_tiny(tmp_path / "m", **kwargs), _pairs(20))
+    assert not (tmp_path / "m").exists()
+
+
+def test_guided_alignment_takes_the_links_of_examples(tmp_path):
+    result = train(_tiny(tmp_path / "m", steps=1, guided_alignment=True), _pairs(20))
+    assert result.steps == 1
+    with pytest.raises(ValueError, match="guided_alignment needs gold links, but none of the 20 "
+                       "sentence pairs has any") as err:  # fmt: skip
+        train(_tiny(tmp_path / "n", steps=1, guided_alignment=True), _pairs(20, links=False))
+    assert "--" not in str(err.value) and not (tmp_path / "n").exists()
+
+
+def test_one_decoder_layer_takes_the_default_attention_layer(tmp_path):
+    train(_tiny(tmp_path / "m", steps=1, decoder_layers=1, entropy_weight=0.1), _pairs(20))
+    assert (
+        json.loads((tmp_path / "m" / "config.json").read_text())["train"]["attention_layer"] == -1
+    )
+
+
+@pytest.fixture
+def resumable(tmp_path) -> Path:
+    out = tmp_path / "m"
+    train(_tiny(out, stop_after=1), _pairs(20))
+    return out
+
+
+def test_resume_refuses_another_model_shape(resumable):
+    before = {p.name: p.read_bytes() for p in resumable.iterdir()}
+    with pytest.raises(ValueError, match=r"resume: these options differ from the model saved in "
+                       r".*\(saved -> given\): d_model 8 -> 16, heads 2 -> 1; .*leave these "
+                       r"options out .*or train a new model in another out directory"):  # fmt: skip
+        train(_tiny(resumable, resume=True, d_model=16, heads=1), _pairs(20))
+    assert {p.name: p.read_bytes() for p in resumable.iterdir()} == before
+
+
+def test_resume_keeps_the_saved_model_for_options_left_at_defaults(resumable):
+    opts = TrainOptions(data="", out=str(resumable), steps=2, resume=True, batch_tokens=60,
+                        dev_size=0, progress=False)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert train(opts, _pairs(20)).steps == 1
+    assert not [w for w in caught if "resume:" in str(w.message)]  # the same words: no warning
+    config = json.loads((resumable / "config.json").read_text())
+    for name in ("d_model", "heads", "encoder_layers", "decoder_layers", "dim_ff"):
+        assert config["train"][name] == config["model"][name]  # no contradiction
+    assert config["model"]["d_model"] == 8
+
+
+def test_resume_on_unknown_words_warns(resumable):
+    new = _pairs(20, source=["xx", "yy", "chat"], target=["aa", "bb", "cat"])
+    with pytest.warns(UserWarning, match=r"resume: \d+% of the source tokens and \d+% of the "
+                      r"target tokens of the training pairs are unknown to the vocabularies"):  # fmt: skip
+        train(_tiny(resumable, resume=True), new)
 
 
 @pytest.mark.slow

@@ -160,3 +160,72 @@ def test_image_overlay_layouts_and_panels(tmp_path):
         image_overlay(heads, torch.rand(2, 5, 32, 32))
     with pytest.raises(ValueError, match="grid=\\(h, w\\) is needed: L = 12"):
         image_overlay(torch.rand(12, 3), chw)
+
+
+def test_heatmap_link_matrices_must_be_bool_and_pairs_ints():
+    w = _softmax((7, 5))
+    with pytest.raises(TypeError, match="links as a matrix must be a bool"):
+        heatmap(w, SRC, TGT, links=np.full((7, 5), np.nan))
+    with pytest.raises(TypeError, match="links as a matrix must be a bool.*float"):
+        heatmap(w, SRC, TGT, links=torch.full((7, 5), 0.01))
+    with pytest.raises(TypeError, match=r"source index of a link must be an int, got 0\.9"):
+        heatmap(w, SRC, TGT, predicted=[(0.9, 1.9)])
+    with pytest.raises(ValueError, match="is not a Pharaoh link"):
+        heatmap(w, SRC, TGT, links="\u0661-0")
+    matrix = np.zeros((7, 5), bool)
+    matrix[1, 2] = True
+    heatmap(w, SRC, TGT, links=matrix, predicted=[(np.int64(2), np.int32(1))])
+
+
+def test_heatmap_capture_options_refused_for_tensors():
+    w = _softmax((7, 5))
+    with pytest.raises(ValueError, match=r"layers=\['a'\] applies to captures"):
+        heatmap(w, SRC, TGT, layers=["a"])
+    with pytest.raises(ValueError, match="batch=1 applies to captures"):
+        heatmap(w, SRC, TGT, batch=1)
+    with pytest.raises(ValueError, match="batch=1, step=0 apply to captures"):
+        heatmap(w, SRC, TGT, batch=1, step=0)
+
+
+def test_heatmap_option_errors():
+    w = _softmax((2, 7, 5))
+    with pytest.raises(ValueError, match="max_labels must be an int >= 1, got 0"):
+        heatmap(w, SRC, TGT, max_labels=0)
+    with pytest.raises(ValueError, match="cell_size must be a positive number"):
+        heatmap(w, SRC, TGT, cell_size=-1)
+    with pytest.raises(ValueError, match="dpi must be a positive number, got 0"):
+        heatmap(w, SRC, TGT, dpi=0)
+    with pytest.raises(TypeError, match="heads must be an int or a list"):
+        heatmap(w, SRC, TGT, heads="0")
+    with pytest.raises(TypeError, match="heads.*must be an int, got 0.5"):
+        heatmap(w, SRC, TGT, heads=[0.5])
+    fig = heatmap(w, SRC, TGT, heads=np.int64(1), max_labels=np.int32(3), dpi=np.float32(50))
+    assert len(fig.axes) == 2  # one panel and the colour bar
+
+
+def test_image_overlay_input_errors():
+    w = _softmax((16, 3))
+    img = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="weights must be non-negative"):
+        image_overlay(-w, img)
+    with pytest.raises(ValueError, match=r"weights must not be empty, got shape \(0, 3\)"):
+        image_overlay(np.zeros((0, 3)), img)
+    with pytest.raises(TypeError, match="tokens must be a list of strings"):
+        image_overlay(w, img, tokens="abc")
+    with pytest.raises(ValueError, match=r"token=\[\] chooses no token"):
+        image_overlay(w, img, token=[])
+    with pytest.raises(TypeError, match="token must be an int index"):
+        image_overlay(w, img, token=1.5)
+    with pytest.raises(TypeError, match=r"grid must be a pair \(h, w\) of ints, got 4"):
+        image_overlay(w, img, grid=4)
+    with pytest.raises(ValueError, match=r"grid \(-4, -4\) must be \(h, w\) with h \* w == L"):
+        image_overlay(w, img, grid=(-4, -4))
+    with pytest.raises(ValueError, match=r"image must not be empty, got shape \(0, 0, 3\)"):
+        image_overlay(w, np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"image of dtype uint16 must hold values in 0\.\.255"):
+        image_overlay(w, np.full((8, 8, 3), 300, np.uint16))
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+        image_overlay(w, img, alpha=2)
+    fig = image_overlay(w, img, token=np.array([0, 1]), grid=(np.int64(4), 4))
+    assert len([ax for ax in fig.axes if ax.get_title()]) == 2
+    image_overlay(w, np.full((8, 8, 3), 200, np.int64))  # integers in 0..255 are accepted

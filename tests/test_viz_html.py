@@ -154,7 +154,7 @@ def test_html_errors():
         to_html(w, SRC, TGT, layer="dec")
     with pytest.raises(ValueError, match="head=3 is out of range for 1 heads"):
         to_html(w, SRC, TGT, head=3)
-    with pytest.raises(ValueError, match=r"over max_bytes=0\.0 MiB"):
+    with pytest.raises(ValueError, match=r"over max_bytes=1000 bytes"):
         to_html(w, SRC, TGT, max_bytes=1000)
     with pytest.raises(ValueError, match="target_tokens has 6 tokens but weights have L = 7"):
         to_html(w, SRC, TGT[:6])
@@ -330,3 +330,49 @@ def test_capture_leaves_out_layers_that_do_not_fit():
     with pytest.raises(ValueError, match=r"different source lengths \[1, 2, 3\]"):
         as_record(growing)
     assert as_record(growing, step=2).shape == (1, 1, 1, 3)
+
+
+def test_html_argument_types():
+    w = _softmax((7, 5))
+    with pytest.raises(TypeError, match=r"bits must be an int, got 16\.0"):
+        to_html(w, SRC, TGT, bits=16.0)
+    with pytest.raises(
+        TypeError, match="max_bytes must be an int number of bytes or None, got '1e6'"
+    ):
+        to_html(w, SRC, TGT, max_bytes="1e6")
+    with pytest.raises(ValueError, match="max_bytes must be a positive number of bytes"):
+        to_html(w, SRC, TGT, max_bytes=-1)
+    with pytest.raises(TypeError, match=r"head must be an index or 'mean', got \[0\]"):
+        to_html(w, SRC, TGT, head=[0])
+    with pytest.raises(TypeError, match="title must be a string or None, got 123"):
+        to_html(w, SRC, TGT, title=123)
+    with pytest.raises(TypeError, match="threshold must be a number"):
+        to_html(w, SRC, TGT, threshold="0.2")
+    with pytest.raises(TypeError, match="links as a matrix must be a bool"):
+        to_html(w, SRC, TGT, links=np.full((7, 5), np.nan))
+    data = _data(
+        to_html(w, SRC, TGT, threshold=np.float32(0.25), bits=np.int64(8), head=np.int8(0))
+    )
+    assert data["threshold"] == 0.25 and data["bits"] == 8 and data["head"] == 0
+
+
+def test_html_size_message_in_readable_units():
+    w = _softmax((7, 5))
+    with pytest.raises(ValueError, match=r"would be \d+\.\d KiB, over max_bytes=2048 \(2\.0 KiB\)"):
+        to_html(w, SRC, TGT, max_bytes=2048)
+
+
+def test_html_capture_options():
+    w = _softmax((7, 5))
+    with pytest.raises(ValueError, match="step=0 applies to captures"):
+        to_html(w, SRC, TGT, step=0)
+    with pytest.raises(ValueError, match=r"layers=\['x'\] applies to captures"):
+        view(w, SRC, TGT, layers=["x"])
+    maps = {"first": [torch.rand(2, 7, 5)]}
+    with pytest.raises(TypeError, match="batch must be an int, got True"):
+        to_html(maps, SRC, TGT, batch=True)
+    with pytest.raises(TypeError, match=r"batch must be an int, got 1\.5"):
+        to_html(maps, SRC, TGT, batch=1.5)
+    with pytest.raises(TypeError, match="layers must be a list of layer names"):
+        to_html(maps, SRC, TGT, layers="first")
+    assert _data(to_html(maps, SRC, TGT, batch=np.int64(1)))["L"] == 7

@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
-from numbers import Integral
+from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
 
 from .data.parallel import Link, parse_pharaoh, read_alignment_file
@@ -59,6 +59,23 @@ __all__ = [
 
 SHIFTS = ("feed", "predict", "average")
 METHODS = ("threshold", "argmax", "argmax_threshold", "bidirectional")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _count_arg(value: Any, name: str) -> int:
+    """An int argument >= 0 (any Integral but bool), else a TypeError / ValueError naming it."""
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an int >= 0, got {value!r} ({type(value).__name__})")
+    if value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return int(value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,8 +214,14 @@ class ExtractionConfig:
             both (every target word gets at least one link); ``"bidirectional"`` keeps ``(i, j)``
             where both the row-normalised (target to source) and the column-normalised (source
             to target) map are at least ``threshold``.
-        threshold: see ``method`` (unused by ``"argmax"``).
-        dev_aer: the dev AER that chose this config (``None`` for a hand-set one).
+        threshold: see ``method`` (unused by ``"argmax"``); a number in [0, 1].
+        dev_aer: the dev AER that chose this config (``None`` for a hand-set one), else a
+            finite number in [0, 1].
+
+    Whatever the method, a target word whose row has no attention on any source word gets no
+    link. Layers and heads take any integers (NumPy ones too; not bools) and are stored as a
+    tuple of ``int``; ``threshold`` and ``dev_aer`` take any real number and are stored as
+    ``float``.
     """
 
     layers: tuple[int, ...] | None = None
@@ -212,21 +235,24 @@ class ExtractionConfig:
         for name in ("layers", "heads"):
             value = getattr(self, name)
             if value is not None:
-                value = tuple(value)
-                if not value or not all(
-                    isinstance(v, int) and not isinstance(v, bool) for v in value
-                ):
+                items = (
+                    tuple(value)
+                    if isinstance(value, Iterable) and not isinstance(value, (str, bytes))
+                    else None
+                )
+                if not items or not all(_is_int(v) for v in items):
                     raise ValueError(
-                        f"ExtractionConfig.{name} must be None or a non-empty tuple of ints, got {value!r}"
+                        f"ExtractionConfig.{name} must be None or a non-empty tuple of ints, "
+                        f"got {value!r}"
                     )
-                object.__setattr__(self, name, value)
+                object.__setattr__(self, name, tuple(int(v) for v in items))
         if self.shift not in SHIFTS:
             raise ValueError(f"ExtractionConfig.shift must be one of {SHIFTS}, got {self.shift!r}")
         if self.method not in METHODS:
             raise ValueError(
                 f"ExtractionConfig.method must be one of {METHODS}, got {self.method!r}"
             )
-        if not isinstance(self.threshold, (int, float)) or isinstance(self.threshold, bool):
+        if not _is_real(self.threshold):
             raise TypeError(
                 f"ExtractionConfig.threshold must be a number in [0, 1], got {self.threshold!r}"
             )
@@ -234,6 +260,18 @@ class ExtractionConfig:
             raise ValueError(
                 f"ExtractionConfig.threshold must be in [0, 1], got {self.threshold!r}"
             )
+        object.__setattr__(self, "threshold", float(self.threshold))
+        if self.dev_aer is not None:
+            if not _is_real(self.dev_aer):
+                raise TypeError(
+                    "ExtractionConfig.dev_aer must be None or a number in [0, 1], "
+                    f"got {self.dev_aer!r}"
+                )
+            if not 0.0 <= float(self.dev_aer) <= 1.0:  # NaN fails this too
+                raise ValueError(
+                    f"ExtractionConfig.dev_aer must be None or in [0, 1], got {self.dev_aer!r}"
+                )
+            object.__setattr__(self, "dev_aer", float(self.dev_aer))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""
@@ -244,19 +282,22 @@ class ExtractionConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExtractionConfig:
-        """Inverse of `to_dict`; unknown keys raise a ValueError naming them."""
+    def from_dict(cls, data: Mapping[str, Any]) -> ExtractionConfig:
+        """Inverse of `to_dict`; unknown keys raise a ValueError naming them, a ``data`` that
+        is not a mapping a TypeError."""
+        if not isinstance(data, Mapping):
+            raise TypeError(
+                "ExtractionConfig.from_dict: data must be a dict of ExtractionConfig fields, "
+                f"got {type(data).__name__}"
+            )
         names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(map(repr, set(data) - names))
         if unknown:
             raise ValueError(
-                f"unknown ExtractionConfig keys {unknown}; expected a subset of {sorted(names)}"
+                f"unknown ExtractionConfig keys [{', '.join(unknown)}]; expected a subset of "
+                f"{sorted(names)}"
             )
-        data = dict(data)
-        for name in ("layers", "heads"):
-            if data.get(name) is not None:
-                data[name] = tuple(data[name])
-        return cls(**data)
+        return cls(**data)  # __post_init__ turns lists into tuples and checks every field
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -337,6 +378,33 @@ def _rows_needed(shift: str, n_target: int) -> int:
     return n_target + (0 if shift == "predict" else 1)
 
 
+def _rows_used(shift: str, n_target: int) -> slice:
+    """The decoder rows that speak for the target words under ``shift``."""
+    return slice(1 if shift == "feed" else 0, _rows_needed(shift, n_target))
+
+
+def _check_config(config: Any) -> ExtractionConfig:
+    if not isinstance(config, ExtractionConfig):
+        raise TypeError(
+            "config must be an ExtractionConfig (build one from a dict with "
+            f"ExtractionConfig.from_dict), got {type(config).__name__}"
+        )
+    return config
+
+
+def _check_values(region: torch.Tensor, name: str) -> None:
+    """Refuse NaN, inf and negative attention at the positions of real words."""
+    import torch
+
+    if not torch.isfinite(region).all():
+        raise ValueError(f"{name} holds NaN or inf at the positions of real words")
+    if region.numel() and float(region.min()) < 0:
+        raise ValueError(
+            f"{name} must be non-negative attention weights, got a minimum of "
+            f"{float(region.min()):.3g} at the positions of real words"
+        )
+
+
 def _check_sizes(
     weights: torch.Tensor, n_source: int, n_target: int, source_start: int, shift: str
 ) -> None:
@@ -381,36 +449,53 @@ def alignment_scores(
     Returns:
         ``(n_target_words, n_source_words)`` float tensor; each row sums to 1 (a row with no
         attention on any source word stays 0).
+
+    Raises:
+        TypeError: ``config`` is not an `ExtractionConfig` (use `ExtractionConfig.from_dict`
+            for a dict), or a count or ``source_start`` is not an int.
+        ValueError: sizes that do not fit the weights, or NaN, inf or negative weights at the
+            positions of real words (in the layers and heads the config averages).
     """
     import torch
 
+    config = _check_config(config)
     w = _as_4d(weights)
     n_layers, n_heads, t, s = w.shape
-    n_source = s - source_start if n_source_words is None else int(n_source_words)
-    n_target = t - 1 if n_target_words is None else int(n_target_words)
+    source_start = _count_arg(source_start, "source_start")
+    n_source = (
+        s - source_start if n_source_words is None else _count_arg(n_source_words, "n_source_words")
+    )
+    n_target = t - 1 if n_target_words is None else _count_arg(n_target_words, "n_target_words")
     _check_sizes(w, n_source, n_target, source_start, config.shift)
     layers = _resolve(config.layers, n_layers, "layers")
     heads = _resolve(config.heads, n_heads, "heads")
     w = w[layers][:, heads].to(torch.float64 if w.dtype == torch.float64 else torch.float32)
-    w = w[..., source_start : source_start + n_source].mean(dim=(0, 1))  # (T, n_source)
+    w = w[..., source_start : source_start + n_source]  # (layers, heads, T, n_source)
+    _check_values(w[:, :, _rows_used(config.shift, n_target)], "weights")
+    w = w.mean(dim=(0, 1))  # (T, n_source)
     if config.shift == "feed":
         rows = w[1 : n_target + 1]
     elif config.shift == "predict":
         rows = w[:n_target]
     else:
         rows = 0.5 * (w[:n_target] + w[1 : n_target + 1])
-    if not torch.isfinite(rows).all():
-        raise ValueError("weights hold NaN or inf at the positions of real words")
     total = rows.sum(dim=-1, keepdim=True)
     return torch.where(total > 0, rows / total.clamp_min(1e-30), torch.zeros_like(rows))
+
+
+def _live(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``valid`` less the rows (target words) with no attention on any real source word."""
+    return valid & (scores.masked_fill(~valid, 0) > 0).any(dim=-1, keepdim=True)
 
 
 def _decide(
     scores: torch.Tensor, valid: torch.Tensor, method: str, threshold: float
 ) -> torch.Tensor:
-    """Links (bool) from scores ``(..., T, S)``; ``valid`` masks real word pairs."""
+    """Links (bool) from scores ``(..., T, S)``; ``valid`` masks real word pairs. Rows with no
+    attention mass get no link, whatever the method."""
     import torch
 
+    valid = _live(scores, valid)
     neg = torch.finfo(scores.dtype).min
     if method in ("argmax", "argmax_threshold"):
         masked = scores.masked_fill(~valid, neg)
@@ -441,12 +526,18 @@ def extract_alignment(
         weights: ``(layers, heads, T, S)`` decoder-to-encoder attention (see the module
             docstring: row ``j + 1`` reads target word ``j``, column ``source_start + i`` is
             source word ``i``).
-        config: an `ExtractionConfig`; `DEFAULT_EXTRACTION` needs no gold.
-        n_source_words, n_target_words: word counts (default: ``S - source_start``, ``T - 1``).
-        source_start: index of the first source word's column.
+        config: an `ExtractionConfig` (a dict is refused with a TypeError: convert it with
+            `ExtractionConfig.from_dict`); `DEFAULT_EXTRACTION` needs no gold.
+        n_source_words, n_target_words: word counts, ints >= 1 (default: ``S - source_start``,
+            ``T - 1``).
+        source_start: index of the first source word's column, an int >= 0.
+
+    A target word with no attention on any source word gets no link. Raises as
+    `alignment_scores` does.
     """
     import torch
 
+    config = _check_config(config)
     with _one_thread():
         scores = alignment_scores(
             weights, config, n_source_words, n_target_words, source_start=source_start
@@ -514,26 +605,77 @@ def select_extraction(
 
     Args:
         weights_list: one ``(layers, heads, T, S)`` attention tensor per pair, all with the same
-            number of layers and heads (T and S may differ).
+            number of layers and heads (T and S may differ); non-negative and finite at the
+            positions of real words.
         gold_list: one gold per pair: `ParallelExample` (its word counts are used) or
             ``(sure, possible)`` link sets (then give ``n_source_words``/``n_target_words``).
-        n_source_words, n_target_words: word counts per pair (default: from the gold examples).
+            At least one sure link is needed in all.
+        n_source_words, n_target_words: word counts per pair, one int >= 1 per entry of
+            ``weights_list`` (default: from the gold examples).
         source_start: index of the first source word's column.
-        shifts, methods, thresholds: the grid; ``units`` the (layers, heads) averages to try
-            (default: all layers, every contiguous range of layers, every single head).
+        shifts, methods, thresholds: the grid (non-empty; thresholds in [0, 1], in any order,
+            duplicates ignored; they may be empty when ``methods`` is only ``"argmax"``);
+            ``units`` the (layers, heads) averages to try (default: all layers, every
+            contiguous range of layers, every single head).
 
     Returns:
-        The best config, its ``dev_aer`` set. Ties go to the broadest average, the first shift
+        The best config, its ``dev_aer`` set (the AER that `extract_alignment` with it gets on
+        these pairs, up to float32 rounding). Ties go to the broadest average, the first shift
         and method listed, and the lowest threshold.
+
+    Raises:
+        ValueError: empty or mismatched inputs or grids (naming the argument and the lengths),
+            weights that do not fit the counts or hold NaN, inf or negative values, or a gold
+            without any sure link.
 
     The search is vectorised over sentences and thresholds and runs on one CPU thread (the
     thread count is restored after): about a second for 500 pairs of a 3-layer, 4-head model.
     """
+    shifts = tuple(shifts)
+    methods = tuple(methods)
+    thresholds = tuple(thresholds)
+    for name, grid, allowed in (("shifts", shifts, SHIFTS), ("methods", methods, METHODS)):
+        if not grid:
+            raise ValueError(f"{name} is empty; give at least one of {allowed}")
+        bad = [x for x in grid if x not in allowed]
+        if bad:
+            raise ValueError(f"{name} holds {bad!r}; each must be one of {allowed}")
+    for t in thresholds:
+        if not _is_real(t) or not 0.0 <= float(t) <= 1.0:
+            raise ValueError(f"thresholds must be numbers in [0, 1], got {t!r}")
+    grid = sorted({float(t) for t in thresholds})  # ascending, as _counts_above needs
+    if not grid and any(m != "argmax" for m in methods):
+        raise ValueError(
+            f"thresholds is empty but methods {[m for m in methods if m != 'argmax']} need "
+            "at least one threshold"
+        )
+    if units is not None:
+        units = list(units)
+        if not units:
+            raise ValueError("units is empty; give at least one (layers, heads) pair or None")
+        checked = []
+        for k, unit in enumerate(units):
+            if not (isinstance(unit, Sequence) and len(unit) == 2):
+                raise ValueError(f"units[{k}] must be a (layers, heads) pair, got {unit!r}")
+            config = ExtractionConfig(layers=unit[0], heads=unit[1])
+            checked.append((config.layers, config.heads))
+        units = checked
     with _one_thread():
         return _select(
             weights_list, gold_list, n_source_words, n_target_words, source_start,
-            tuple(shifts), tuple(methods), tuple(float(t) for t in thresholds), units,
+            shifts, methods, grid, units,
         )  # fmt: skip
+
+
+def _word_counts(counts: Sequence[int] | None, name: str, n: int) -> list[int] | None:
+    if counts is None:
+        return None
+    counts = list(counts)
+    if len(counts) != n:
+        raise ValueError(
+            f"{name} has {len(counts)} entries but weights_list has {n}; give one per pair"
+        )
+    return [_count_arg(c, f"{name}[{k}]") for k, c in enumerate(counts)]
 
 
 def _select(
@@ -542,11 +684,12 @@ def _select(
 ) -> ExtractionConfig:  # fmt: skip
     import torch
 
-    if len(weights_list) != len(gold_list) or not weights_list:
+    if len(weights_list) != len(gold_list) or not len(weights_list):
         raise ValueError(
             f"weights_list ({len(weights_list)}) and gold_list ({len(gold_list)}) must be "
             "non-empty and of equal length"
         )
+    source_start = _count_arg(source_start, "source_start")
     maps = [_as_4d(w) for w in weights_list]
     n_layers, n_heads = maps[0].shape[:2]
     for k, w in enumerate(maps):
@@ -555,18 +698,22 @@ def _select(
                 f"weights_list[{k}] has (layers, heads) = {tuple(w.shape[:2])} but "
                 f"weights_list[0] has {(n_layers, n_heads)}"
             )
-    n_src = list(n_source_words) if n_source_words is not None else None
-    n_tgt = list(n_target_words) if n_target_words is not None else None
+    n = len(maps)
+    n_src = _word_counts(n_source_words, "n_source_words", n)
+    n_tgt = _word_counts(n_target_words, "n_target_words", n)
     if n_src is None or n_tgt is None:
         if not all(hasattr(g, "source") and hasattr(g, "target") for g in gold_list):
             raise ValueError(
                 "give n_source_words and n_target_words, or gold_list as ParallelExample "
                 "objects whose source and target give the word counts"
             )
-        n_src = n_src or [len(g.source) for g in gold_list]
-        n_tgt = n_tgt or [len(g.target) for g in gold_list]
-    n = len(maps)
+        if n_src is None:
+            n_src = [len(g.source) for g in gold_list]
+        if n_tgt is None:
+            n_tgt = [len(g.target) for g in gold_list]
     s_max, t_max = max(n_src), max(n_tgt)
+    # the rows any listed shift reads: 0 .. n_target (predict alone: 0 .. n_target - 1)
+    shift_span = "predict" if set(shifts) == {"predict"} else "average"
     # padded (N, layers, heads, T_max + 1, S_max) word maps and dense gold
     padded = torch.zeros(n, n_layers, n_heads, t_max + 1, s_max)
     valid = torch.zeros(n, t_max, s_max, dtype=torch.bool)
@@ -575,17 +722,13 @@ def _select(
     n_sure = 0
     for k, (w, g) in enumerate(zip(maps, gold_list)):
         ns, nt = n_src[k], n_tgt[k]
-        _check_sizes(
-            w,
-            ns,
-            nt,
-            source_start,
-            "average" if "average" in shifts or "feed" in shifts else "predict",
-        )
-        rows = min(nt + 1, w.shape[-2])
-        padded[k, :, :, :rows, :ns] = w[:, :, :rows, source_start : source_start + ns].float()
+        _check_sizes(w, ns, nt, source_start, shift_span)
+        rows = _rows_needed(shift_span, nt)  # <= T, as _check_sizes made sure
+        region = w[:, :, :rows, source_start : source_start + ns].float()
+        _check_values(region, f"weights_list[{k}]")
+        padded[k, :, :, :rows, :ns] = region
         valid[k, :nt, :ns] = True
-        g_sure, g_poss = _gold_sets(g)
+        g_sure, g_poss = _gold_sets(g, "gold_list", k)
         for i, j in g_sure:
             if i < ns and j < nt:
                 sure[k, j, i] = True
@@ -593,8 +736,11 @@ def _select(
             if i < ns and j < nt:
                 poss[k, j, i] = True
         n_sure += len(g_sure)
-    if not torch.isfinite(padded).all():
-        raise ValueError("weights_list holds NaN or inf at the positions of real words")
+    if not n_sure:
+        raise ValueError(
+            f"gold_list has no sure gold links to select against (in {n} pairs); every config "
+            "would score by precision alone and the one linking nothing would win"
+        )
     thr = torch.tensor(thresholds, dtype=torch.float32)
     best: tuple[float, ExtractionConfig] | None = None
     sure_v, poss_v = sure[valid], poss[valid]  # (M,) flags of the real word pairs
@@ -612,6 +758,8 @@ def _select(
             rows = rows * valid
             total = rows.sum(dim=-1, keepdim=True)
             scores = torch.where(total > 0, rows / total.clamp_min(1e-30), torch.zeros_like(rows))
+            # pairs of rows with no attention mass are never linked (below every threshold)
+            dead_v = ~_live(scores, valid)[valid]
             for method in methods:
                 if method == "argmax":
                     links = _decide(scores, valid, "argmax", 0.0)[valid]
@@ -620,27 +768,30 @@ def _select(
                 elif method == "argmax_threshold":
                     always = _decide(scores, valid, "argmax", 0.0)[valid]
                     fixed = _counts_fixed(always, sure_v, poss_v)
+                    values = scores[valid].masked_fill(dead_v, -1.0)
                     rest = _counts_above(
-                        scores[valid][~always], sure_v[~always], poss_v[~always], thr
+                        values[~always], sure_v[~always], poss_v[~always], thr, thresholds
                     )
                     candidates = [
                         (t, fixed[0] + a, fixed[1] + b, fixed[2] + c) for t, a, b, c in rest
                     ]
                 elif method == "threshold":
-                    candidates = _counts_above(scores[valid], sure_v, poss_v, thr)
+                    values = scores[valid].masked_fill(dead_v, -1.0)
+                    candidates = _counts_above(values, sure_v, poss_v, thr, thresholds)
                 else:  # bidirectional: a link needs both normalisations >= t
                     col_total = scores.sum(dim=-2, keepdim=True)
                     cols = torch.where(
                         col_total > 0, scores / col_total.clamp_min(1e-30), torch.zeros_like(scores)
                     )
-                    both = torch.minimum(scores, cols)[valid]
-                    candidates = _counts_above(both, sure_v, poss_v, thr)
+                    both = torch.minimum(scores, cols)[valid].masked_fill(dead_v, -1.0)
+                    candidates = _counts_above(both, sure_v, poss_v, thr, thresholds)
                 for t, n_a, hit_s, hit_p in candidates:
-                    err = 1.0 - (hit_s + hit_p) / (n_a + n_sure) if n_a + n_sure else 0.0
+                    err = 1.0 - (hit_s + hit_p) / (n_a + n_sure)
                     if best is None or err < best[0] - 1e-12:
                         best = (err, ExtractionConfig(layers, heads, shift, method, float(t)))
-    assert best is not None
-    return replace(best[1], dev_aer=round(best[0], 6))
+    assert best is not None  # the grids were checked non-empty
+    # clamped into [0, 1] against float rounding; + 0.0 turns -0.0 into 0.0
+    return replace(best[1], dev_aer=min(max(round(best[0], 6), 0.0), 1.0) + 0.0)
 
 
 def _counts_fixed(
@@ -650,9 +801,15 @@ def _counts_fixed(
 
 
 def _counts_above(
-    values: torch.Tensor, sure: torch.Tensor, poss: torch.Tensor, thresholds: torch.Tensor
+    values: torch.Tensor,
+    sure: torch.Tensor,
+    poss: torch.Tensor,
+    thresholds: torch.Tensor,
+    reported: Sequence[float],
 ) -> list[tuple[float, int, int, int]]:
-    """(t, |A|, |A ∩ S|, |A ∩ P|) for A = {values >= t}, for every t of the ascending grid."""
+    """(t, |A|, |A ∩ S|, |A ∩ P|) for A = {values >= t}, for every t of the grid, which must be
+    ascending (`torch.bucketize` needs a sorted boundary list). ``thresholds`` is the grid as a
+    tensor; ``reported`` the same thresholds as given, which label the counts."""
     import torch
 
     k = thresholds.numel()
@@ -667,6 +824,5 @@ def _counts_above(
     )  # (3, K + 1)
     above = per.flip(1).cumsum(1).flip(1)[:, 1:]  # (3, K): counts with bucket > i
     return [
-        (round(float(t), 4), int(a), int(b), int(c))
-        for t, (a, b, c) in zip(thresholds.tolist(), above.t().tolist())
+        (float(t), int(a), int(b), int(c)) for t, (a, b, c) in zip(reported, above.t().tolist())
     ]

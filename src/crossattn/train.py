@@ -23,10 +23,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
+import operator
 import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .models.decoding import force_decode_attention, greedy_decode
-from .models.seq2seq import BOS_ID, EOS_ID, PAD_ID, Seq2SeqConfig, Seq2SeqTransformer
+from .models.seq2seq import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Seq2SeqConfig, Seq2SeqTransformer
 from .models.vocab import Vocabulary
 
 CONFIG_FILE = "config.json"
@@ -65,6 +68,13 @@ class TrainOptions:
     ``attention_head`` against the gold links (Garg et al. 2019; needs alignments),
     ``entropy_weight`` times the mean entropy of its rows (all heads), ``coverage_weight`` times
     the mean squared difference between 1 and the attention each source word receives.
+    ``attention_layer`` must lie in -L..L-1 for L decoder layers when an attention loss is on (the
+    default -2 means the only layer of a one-layer decoder), ``attention_head`` in -H..H-1 for H
+    heads with ``guided_alignment``; `train` checks both against the model before writing.
+
+    Every option is checked when the options are made (and again by `train`, so later changes
+    are checked too): a wrong type is a `TypeError`, a value out of range a `ValueError`, both
+    naming the option. ``eval_seconds`` and ``save_seconds`` may be ``math.inf`` (only at the end).
     """
 
     data: str
@@ -108,6 +118,83 @@ class TrainOptions:
     save_seconds: float = 120.0
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every option's type and range: `TypeError` / `ValueError` naming the option."""
+        for name in ("data", "out", "alignments"):
+            val = getattr(self, name)
+            if val is None and name == "alignments":
+                continue
+            if not isinstance(val, (str, os.PathLike)):
+                raise TypeError(
+                    f"TrainOptions.{name} must be a path (str or os.PathLike), got "
+                    f"{type(val).__name__}"
+                )
+            setattr(self, name, os.fspath(val))
+        for name in ("one_indexed", "skip_bad_lines", "resume", "norm_first", "tie_embeddings",
+                     "guided_alignment", "progress"):  # fmt: skip
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"TrainOptions.{name} must be a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.extra, dict):
+            raise TypeError(f"TrainOptions.extra must be a dict, got {type(self.extra).__name__}")
+        ints = {  # name: (lowest value, None allowed)
+            "steps": (1, True), "stop_after": (1, True), "seed": (None, False),
+            "d_model": (1, False), "heads": (1, False), "encoder_layers": (1, False),
+            "decoder_layers": (1, False), "dim_ff": (1, False), "max_len": (2, False),
+            "batch_tokens": (1, False), "warmup": (0, False), "dev_size": (0, False),
+            "attention_layer": (None, False), "attention_head": (None, False),
+        }  # fmt: skip
+        for name, (low, optional) in ints.items():
+            val = getattr(self, name)
+            if val is None and optional:
+                continue
+            try:
+                if isinstance(val, bool):
+                    raise TypeError
+                val = operator.index(val)
+            except TypeError:
+                raise TypeError(
+                    f"TrainOptions.{name} must be an int{' or None' if optional else ''}, "
+                    f"got {val!r}"
+                ) from None
+            setattr(self, name, val)
+            if low is not None and val < low:
+                raise ValueError(f"TrainOptions.{name} must be >= {low}, got {val}")
+        floats = {  # name: (range as text, check, None allowed)
+            "minutes": ("a finite number > 0", lambda v: 0 < v < math.inf, True),
+            "dropout": ("in [0, 1)", lambda v: 0 <= v < 1, False),
+            "lr": ("a finite number > 0", lambda v: 0 < v < math.inf, False),
+            "min_lr_ratio": ("in [0, 1]", lambda v: 0 <= v <= 1, False),
+            "weight_decay": ("a finite number >= 0", lambda v: 0 <= v < math.inf, False),
+            "clip": ("a finite number > 0 (the largest gradient norm)",
+                     lambda v: 0 < v < math.inf, False),
+            "label_smoothing": ("in [0, 1)", lambda v: 0 <= v < 1, False),
+            "guided_weight": ("a finite number >= 0", lambda v: 0 <= v < math.inf, False),
+            "entropy_weight": ("a finite number >= 0", lambda v: 0 <= v < math.inf, False),
+            "coverage_weight": ("a finite number >= 0", lambda v: 0 <= v < math.inf, False),
+            "eval_seconds": ("a number >= 0 (or math.inf)", lambda v: v >= 0, False),
+            "save_seconds": ("a number >= 0 (or math.inf)", lambda v: v >= 0, False),
+        }  # fmt: skip
+        for name, (expected, ok, optional) in floats.items():
+            val = getattr(self, name)
+            if val is None and optional:
+                continue
+            if isinstance(val, bool) or not isinstance(val, numbers.Real):
+                raise TypeError(
+                    f"TrainOptions.{name} must be a number{' or None' if optional else ''}, "
+                    f"got {val!r}"
+                )
+            val = float(val)
+            if not ok(val):  # NaN fails every check
+                raise ValueError(f"TrainOptions.{name} must be {expected}, got {val!r}")
+            setattr(self, name, val)
+        if self.d_model % self.heads:
+            raise ValueError(
+                f"TrainOptions.d_model={self.d_model} must be divisible by heads={self.heads}"
+            )
 
     def model_config(self, source_vocab: int, target_vocab: int) -> Seq2SeqConfig:
         return Seq2SeqConfig(
@@ -164,6 +251,8 @@ class Encoded:
 
 def split_dev(n: int, dev_size: int, seed: int) -> tuple[list[int], list[int]]:
     """Indices (train, dev) of n examples: a seeded random ``dev_size`` (at most n // 10) held out."""
+    if dev_size < 0:
+        raise ValueError(f"dev_size must be >= 0, got {dev_size}")
     order = list(range(n))
     random.Random(seed).shuffle(order)
     k = min(dev_size, n // 10)
@@ -256,8 +345,10 @@ def batch_loss(
     ``norm`` holds ``tokens`` (target tokens incl. EOS), ``align_rows`` (target positions with
     gold links) and ``source_tokens``, all counted over the full batch (every process).
     """
+    want = _wants_attention(opts)
+    if want:
+        _check_attention_indices(opts, model.config)
     layer = opts.attention_layer % model.config.decoder_layers
-    want = opts.guided_alignment or opts.entropy_weight > 0 or opts.coverage_weight > 0
     out = model(
         batch.source, batch.source_mask, batch.target_in, attention_layers=[layer] if want else ()
     )
@@ -289,6 +380,49 @@ def batch_loss(
             miss = ((coverage - 1.0) ** 2 * batch.source_mask[:, None]).sum() / weights.shape[1]
             total = total + opts.coverage_weight * miss / norm["source_tokens"]
     return LossParts(total, float(nll), int(valid.sum()), correct)
+
+
+def _wants_attention(opts: TrainOptions) -> bool:
+    return opts.guided_alignment or opts.entropy_weight > 0 or opts.coverage_weight > 0
+
+
+def _check_attention_indices(opts: TrainOptions, config: Seq2SeqConfig, where: str = "") -> None:
+    """`ValueError` unless the attention losses' layer (and the guided head) are in the model."""
+    layers, heads = config.decoder_layers, config.heads
+    layer = opts.attention_layer
+    if layers == 1 and layer == TrainOptions.attention_layer:
+        layer = -1  # the default (the second layer from the top) means the only one
+    if _wants_attention(opts) and not -layers <= layer < layers:
+        raise ValueError(
+            f"TrainOptions.attention_layer={opts.attention_layer} is out of range: the model"
+            f"{where} has {layers} decoder layer(s); expected {-layers}..{layers - 1} "
+            "(negative: from the top)"
+        )
+    if opts.guided_alignment and not -heads <= opts.attention_head < heads:
+        raise ValueError(
+            f"TrainOptions.attention_head={opts.attention_head} is out of range: the model"
+            f"{where} has {heads} heads; expected {-heads}..{heads - 1}"
+        )
+
+
+_MODEL_FIELDS = ("d_model", "heads", "encoder_layers", "decoder_layers", "dim_ff", "dropout",
+                 "norm_first", "max_len", "tie_embeddings")  # fmt: skip
+OOV_WARN_RATE = 0.2  # resume warns when more tokens than this are unknown to the saved vocabularies
+
+
+def _resume_conflicts(opts: TrainOptions, saved: Seq2SeqConfig) -> list[str]:
+    """Model options set to something else than both their default and the checkpoint's value."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainOptions)}
+    return [
+        f"{name} {getattr(saved, name)!r} -> {getattr(opts, name)!r}"
+        for name in _MODEL_FIELDS
+        if getattr(opts, name) != getattr(saved, name) and getattr(opts, name) != defaults[name]
+    ]
+
+
+def _unknown_rate(encoded: Sequence[Sequence[int]]) -> float:
+    total = sum(len(ids) for ids in encoded)
+    return sum(i == UNK_ID for ids in encoded for i in ids) / max(total, 1)
 
 
 def batch_norm(batch: Batch) -> dict[str, float]:
@@ -548,40 +682,67 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
     Args:
         opts: `TrainOptions`. With ``resume``, the model config, vocabularies and split come
             from ``opts.out`` and training continues from its saved step; ``steps`` is the total
-            step count, ``minutes`` bounds this run's training loop.
-        examples: the `ParallelExample`s to train on in place of reading ``opts.data``.
+            step count, ``minutes`` bounds this run's training loop. Model options left at their
+            defaults take the checkpoint's values; one set to another value is a `ValueError`.
+            Resuming on data whose words are mostly unknown to the saved vocabularies warns.
+        examples: the `ParallelExample`s to train on in place of reading ``opts.data``. With
+            ``guided_alignment``, their gold links (``sure`` / ``possible``) are the targets.
 
     Returns:
         `TrainResult`.
+
+    Raises:
+        ValueError / TypeError: bad options or data, before anything is written.
     """
+    opts.validate()  # again: the options may have changed since they were made
     if opts.steps is None and opts.minutes is None:
         raise ValueError("give steps or minutes (or both) to bound the training")
-    if opts.steps is not None and opts.steps <= 0:
-        raise ValueError(f"steps must be positive, got {opts.steps}")
-    if opts.minutes is not None and opts.minutes <= 0:
-        raise ValueError(f"minutes must be positive, got {opts.minutes}")
-    if opts.guided_alignment and not opts.alignments:
-        raise ValueError("guided alignment needs --alignments FILE with the gold links of --data")
+    if opts.guided_alignment and not opts.alignments and examples is None:
+        raise ValueError(
+            "guided_alignment needs gold links: set TrainOptions.alignments to the Pharaoh "
+            "alignment file of data (or pass examples that carry links)"
+        )
     t_start = time.perf_counter()
-    dist = _Dist()
     out = Path(opts.out)
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
     examples = _read_examples(opts) if examples is None else list(examples)
     if not examples:
-        raise ValueError(f"{opts.data}: no sentence pairs")
+        raise ValueError(
+            f"{opts.data}: no sentence pairs" if opts.data else "no sentence pairs to train on"
+        )
+    with_align = any(ex.sure or ex.possible for ex in examples)
+    if opts.guided_alignment and not with_align:
+        raise ValueError(
+            f"guided_alignment needs gold links, but none of the {len(examples)} sentence pairs "
+            "has any (give alignments, or examples with sure / possible links)"
+        )
     train_idx, dev_idx = split_dev(len(examples), opts.dev_size, opts.seed)
     state: dict[str, Any] = {"step": 0, "seconds": 0.0}
-    if opts.resume and (out / STATE_FILE).is_file():
+    resuming = opts.resume and (out / STATE_FILE).is_file()
+    where = ""
+    if resuming:
         saved = json.loads((out / CONFIG_FILE).read_text())
         config = Seq2SeqConfig.from_dict(saved["model"])
+        conflicts = _resume_conflicts(opts, config)
+        if conflicts:
+            raise ValueError(
+                f"resume: these options differ from the model saved in {str(out)!r} (saved -> "
+                f"given): {', '.join(conflicts)}; a resumed run keeps the saved model, so leave "
+                "these options out (at their defaults) or set them to the saved values, or train "
+                "a new model in another out directory"
+            )
         src_vocab = Vocabulary.load(out / SOURCE_VOCAB_FILE)
         tgt_vocab = Vocabulary.load(out / TARGET_VOCAB_FILE)
         state = json.loads((out / STATE_FILE).read_text())
+        # the options as they take effect: the model's settings are the checkpoint's
+        opts = dataclasses.replace(opts, **{k: getattr(config, k) for k in _MODEL_FIELDS})
+        where = f" in {str(out)!r}"
     else:
         src_vocab = Vocabulary.build(examples[i].source for i in train_idx)
         tgt_vocab = Vocabulary.build(examples[i].target for i in train_idx)
         config = opts.model_config(len(src_vocab), len(tgt_vocab))
+    if config.decoder_layers == 1 and opts.attention_layer == TrainOptions.attention_layer:
+        opts = dataclasses.replace(opts, attention_layer=-1)  # the default: the only layer
+    _check_attention_indices(opts, config, where)
 
     limit = config.max_len - 1  # room for BOS / EOS
 
@@ -591,10 +752,30 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
             tuple(src_vocab.encode(ex.source)), tuple(tgt_vocab.encode(ex.target)), links
         )
 
+    dist = _Dist()
     train_set = [encode(examples[i]) for i in train_idx]
     dev_set = [encode(examples[i]) for i in dev_idx]
     dev_examples = [examples[i] for i in dev_idx]
+    if resuming and dist.main:
+        src_rate = _unknown_rate([e.source for e in train_set])
+        tgt_rate = _unknown_rate([e.target for e in train_set])
+        if max(src_rate, tgt_rate) > OOV_WARN_RATE:
+            warnings.warn(
+                f"resume: {src_rate:.0%} of the source tokens and {tgt_rate:.0%} of the target "
+                f"tokens of the training pairs are unknown to the vocabularies saved in "
+                f"{str(out)!r} and become <unk>; is this the data the model was trained on? "
+                "(a new vocabulary needs a new model: another out directory, without resume)",
+                UserWarning,
+                stacklevel=2,
+            )
     too_long = [e for e in train_set if len(e.source) > limit or len(e.target) > limit]
+    if len(too_long) == len(train_set):
+        shortest = min(max(len(e.source), len(e.target)) for e in train_set)
+        raise ValueError(
+            f"no training pair fits the model: all {len(train_set)} training pair(s) are longer "
+            f"than max_len - 1 = {limit} words (max_len={config.max_len}{where}; the shortest "
+            f"pair has {shortest} words); use max_len >= {shortest + 1}"
+        )
     if too_long:
         _log(
             f"leaving out {len(too_long)} training pair(s) longer than max_len - 1 = {limit} words"
@@ -603,7 +784,6 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
     keep = [k for k, e in enumerate(dev_set) if len(e.source) <= limit and len(e.target) <= limit]
     dev_set = [dev_set[k] for k in keep]
     dev_examples = [dev_examples[k] for k in keep]
-    with_align = any(ex.sure or ex.possible for ex in examples[:1000])
 
     torch.manual_seed(opts.seed)
     model = Seq2SeqTransformer(config).to(dist.device)
@@ -614,7 +794,9 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
          {"params": no_decay, "weight_decay": 0.0}],
         lr=opts.lr, betas=(0.9, 0.98), eps=1e-9,
     )  # fmt: skip
-    if opts.resume and (out / STATE_FILE).is_file():
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+    if resuming:
         from safetensors.torch import load_model as st_load
 
         st_load(model, str(out / WEIGHTS_FILE))
@@ -757,7 +939,8 @@ def choose_extraction(model, dev_set: Sequence[Encoded], dev_examples, with_alig
     links (`crossattn.align.select_extraction`), else `crossattn.align.DEFAULT_EXTRACTION`."""
     from .align import DEFAULT_EXTRACTION, select_extraction
 
-    pairs = [(e, ex) for e, ex in zip(dev_set, dev_examples) if ex.sure or ex.possible]
+    # only pairs with sure gold links can score a config (AER's recall counts sure links)
+    pairs = [(e, ex) for e, ex in zip(dev_set, dev_examples) if ex.sure]
     if not with_align or not pairs:
         return DEFAULT_EXTRACTION
     pairs = pairs[:300]

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
+from typing import Any
 
 from ..cli import (
     CommandError,
@@ -195,12 +196,38 @@ def read_examples(args: argparse.Namespace, opts) -> list:
     return examples
 
 
+def _check_resume(args: argparse.Namespace, opts: Any) -> None:
+    """A resumed run keeps the saved model: options that set another shape are refused."""
+    from ..models import Seq2SeqConfig
+    from ..train import CONFIG_FILE, STATE_FILE, _resume_conflicts
+
+    if not (args.resume and os.path.isfile(os.path.join(args.out, STATE_FILE))):
+        return
+    saved = os.path.join(args.out, CONFIG_FILE)
+    try:
+        with open(saved, encoding="utf-8") as f:
+            config = Seq2SeqConfig.from_dict(json.load(f)["model"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CommandError(
+            f"argument --resume: cannot read the saved model from {saved!r} "
+            f"({type(err).__name__}: {err}); expected the checkpoint of crossattn train"
+        ) from err
+    conflicts = _resume_conflicts(opts, config)
+    if conflicts:
+        raise CommandError(
+            f"argument --resume: these options differ from the model saved in {args.out!r} "
+            f"(saved -> given): {', '.join(conflicts)}; leave them out to keep the saved model, "
+            "or train a new model into another --out"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from ..train import choose_threads, train
 
     check_args(args)
     choose_threads(args.threads)
     opts = options_from_args(args)
+    _check_resume(args, opts)
     examples = read_examples(args, opts)
     result = train(opts, examples)
 

@@ -14,6 +14,10 @@ Tokens are words: each side is stripped of ASCII spaces, then split on runs of A
 ideographic space U+3000 as a token, which ``str.split()`` would drop, shifting every index after
 it. A ``"\\r"`` before the newline is removed.
 
+Blank lines at the end of a text file (a file ending in ``"\n\n"``) end the data; so do blank
+lines of an alignment file past the last line of its text. A blank line inside the text is an
+error like any other malformed line.
+
 Malformed input raises `ParallelFormatError` (a `ValueError`) whose message starts with
 ``FILE:LINE:``: a missing separator, an empty side, a bad or out-of-range alignment link, or
 files with different line counts. Nothing is skipped silently: ``skip_bad_lines=True`` skips the
@@ -42,7 +46,7 @@ __all__ = [
 ]
 
 _SPACES = re.compile(" +")
-_LINK = re.compile(r"(\d+)([-p])(\d+)")
+_LINK = re.compile(r"([0-9]+)([-p])([0-9]+)")  # ASCII digits only (\d matches "\u0661")
 Link = tuple[int, int]
 
 
@@ -93,6 +97,8 @@ class ParallelData:
 
 def tokenize(text: str) -> tuple[str, ...]:
     """Words of one side: strip ASCII spaces, split on runs of ASCII spaces (U+3000 stays a word)."""
+    if not isinstance(text, str):
+        raise TypeError(f"tokenize expects a str, got {type(text).__name__}")
     text = text.strip(" ")
     return tuple(_SPACES.split(text)) if text else ()
 
@@ -227,9 +233,13 @@ def read_parallel(
     if fmt not in ("auto", "pipes", "tsv"):
         raise ValueError(f"fmt must be 'auto', 'pipes' or 'tsv', got {fmt!r}")
     lines = _read_lines(path)
+    while lines and not lines[-1].strip(" \t"):
+        lines.pop()  # blank lines at the end of the file end the data
     align_lines: list[str] | None = None
     if alignments is not None:
         align_lines = _read_lines(alignments)
+        if len(align_lines) > len(lines) and not any(x.strip() for x in align_lines[len(lines) :]):
+            del align_lines[len(lines) :]  # blank lines past the text's end
         if len(align_lines) != len(lines):
             raise ParallelFormatError(
                 alignments,

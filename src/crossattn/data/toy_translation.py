@@ -45,6 +45,7 @@ Example::
 
 from __future__ import annotations
 
+import numbers
 import os
 import random
 from dataclasses import asdict, dataclass, field
@@ -444,9 +445,18 @@ def _made_up_lexicon(language: int) -> _Lexicon:
 _LEXICONS: dict[int, _Lexicon] = {}
 
 
+def _check_int(value: object, name: str, *, minimum: int | None = 0) -> int:
+    """`value` as an int (Python or NumPy integer, not a bool), at least `minimum`."""
+    what = "a non-negative int" if minimum == 0 else "an int"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
 def _lexicon(language: int) -> _Lexicon:
-    if not isinstance(language, int) or language < 0:
-        raise ValueError(f"language must be a non-negative int, got {language!r}")
+    language = _check_int(language, "language")
     if language not in _LEXICONS:
         _LEXICONS[language] = _french_lexicon() if language == 0 else _made_up_lexicon(language)
     return _LEXICONS[language]
@@ -716,19 +726,28 @@ def generate_corpus(
     """Draw a toy parallel corpus with gold alignments, deterministically from ``seed``.
 
     Args:
-        seed: the sentences drawn; the same seed (and arguments) gives the same corpus.
+        seed: an int; the same seed (and arguments) gives the same corpus.
         n_train, n_dev, n_test: number of pairs per split. Dev and test are drawn first, so they
             do not change with ``n_train``.
-        min_len, max_len: both sides have between ``min_len`` and ``max_len`` words (inclusive).
+        min_len, max_len: both sides have between ``min_len`` and ``max_len`` words (inclusive);
+            ints with ``1 <= min_len <= max_len``.
         language: 0 is English to French-like; ``k > 0`` is another made-up language pair with
             its own words and word-order rules (see the module docstring).
 
     Returns:
         A ``ToyCorpus``; no source sentence occurs twice in it, so the splits are disjoint.
+
+    Raises:
+        TypeError: an argument that is not an int (bools are refused).
+        ValueError: a negative count or language, or lengths outside the grammar's range.
     """
-    for name, value in (("n_train", n_train), ("n_dev", n_dev), ("n_test", n_test)):
-        if not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    seed = _check_int(seed, "seed", minimum=None)
+    n_train = _check_int(n_train, "n_train")
+    n_dev = _check_int(n_dev, "n_dev")
+    n_test = _check_int(n_test, "n_test")
+    min_len = _check_int(min_len, "min_len")
+    max_len = _check_int(max_len, "max_len")
+    language = _check_int(language, "language")
     if not 1 <= min_len <= max_len:
         raise ValueError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
     if min_len > 12 or max_len < 3:

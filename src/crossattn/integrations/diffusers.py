@@ -148,6 +148,55 @@ def crossattention_from_diffusers(attn: nn.Module) -> CrossAttention:
     return layer.train(attn.training)
 
 
+def _check_inputs(
+    attn: Any, hidden_states: Tensor, encoder_hidden_states: Any, attention_mask: Any
+) -> None:
+    """Check the context and mask against ``hidden_states`` (B, L, C) and the module, in the
+    shapes the caller passed."""
+    b, length, c = hidden_states.shape
+    query_dim = getattr(attn.to_q, "in_features", None)
+    if attn.group_norm is None and query_dim is not None and c != query_dim:
+        raise ValueError(
+            f"hidden_states has {c} features (shape {tuple(hidden_states.shape)}) but the module's "
+            f"to_q expects query_dim={query_dim}"
+        )
+    s = length
+    if encoder_hidden_states is not None:
+        if not isinstance(encoder_hidden_states, Tensor):
+            raise TypeError(
+                f"encoder_hidden_states must be a tensor (B, S, cross_attention_dim) or None, "
+                f"got {type(encoder_hidden_states).__name__}"
+            )
+        ctx = tuple(encoder_hidden_states.shape)
+        if len(ctx) != 3:
+            raise ValueError(
+                f"encoder_hidden_states must be (B, S, cross_attention_dim), got shape {ctx}"
+            )
+        if ctx[0] != b:
+            raise ValueError(
+                f"encoder_hidden_states has batch size {ctx[0]} (shape {ctx}) but hidden_states "
+                f"has {b} (shape {tuple(hidden_states.shape)})"
+            )
+        context_dim = getattr(attn.to_k, "in_features", None)
+        if context_dim is not None and ctx[2] != context_dim:
+            raise ValueError(
+                f"encoder_hidden_states has {ctx[2]} features (shape {ctx}) but the module's "
+                f"to_k expects cross_attention_dim={context_dim}"
+            )
+        s = ctx[1]
+    if attention_mask is None:
+        return
+    if not isinstance(attention_mask, Tensor):
+        raise TypeError(
+            f"attention_mask must be a tensor or None, got {type(attention_mask).__name__}"
+        )
+    m = tuple(attention_mask.shape)
+    what = "S = " + str(s) + (" context" if encoder_hidden_states is not None else " query")
+    expected = f"(B, S) or (B, 1 | L, S) with B = {b}, L = {length}, {what} tokens"
+    if len(m) not in (2, 3) or m[0] != b or m[-1] != s or (len(m) == 3 and m[1] not in (1, length)):
+        raise ValueError(f"attention_mask has shape {m}; expected {expected}")
+
+
 class CrossAttnProcessor:
     """A diffusers attention processor that computes attention with `crossattn.cross_attention`.
 
@@ -229,6 +278,7 @@ class CrossAttnProcessor:
             raise ValueError(
                 f"hidden_states must be (B, L, C) or (B, C, H, W), got {tuple(hidden_states.shape)}"
             )
+        _check_inputs(attn, hidden_states, encoder_hidden_states, attention_mask)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         b, length = hidden_states.shape[:2]
         s = context.shape[1]

@@ -17,6 +17,7 @@ Alignment links are given in Pharaoh order, source index first: ``"0-0 1-2 3p4"`
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 import warnings
@@ -65,6 +66,34 @@ class AttentionRecord:
     @property
     def shape(self) -> tuple[int, int, int, int]:
         return tuple(self.weights.shape)  # type: ignore[return-value]
+
+
+def check_int(value: Any, name: str, minimum: int | None = None) -> int:
+    """`value` as an int: a Python or NumPy integer (not a bool), at least `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_real(value: Any, name: str) -> float:
+    """`value` as a finite float: a Python or NumPy real number (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_grid(grid: Any, length: int, name: str = "grid") -> tuple[int, int]:
+    """A (h, w) patch grid of positive ints with h * w == `length`."""
+    if isinstance(grid, (str, bytes)) or not isinstance(grid, Sequence) or len(grid) != 2:
+        raise TypeError(f"{name} must be a pair (h, w) of ints, got {grid!r}")
+    h, w = check_int(grid[0], f"{name}[0]"), check_int(grid[1], f"{name}[1]")
+    if h <= 0 or w <= 0 or h * w != length:
+        raise ValueError(f"{name} {(h, w)} must be (h, w) with h * w == L = {length}, h, w > 0")
+    return h, w
 
 
 def to_numpy(x: Any, name: str) -> np.ndarray:
@@ -346,7 +375,13 @@ def _pair(item: Any, name: str) -> tuple[int, int, bool]:
     kind = item[2] if len(item) == 3 else "sure"
     if kind not in ("sure", "possible", True, False):
         raise ValueError(f"{name}: the kind of a link must be 'sure' or 'possible', got {kind!r}")
-    return int(item[0]), int(item[1]), kind in ("sure", True)
+    source, target = item[0], item[1]
+    for what, index in (("source", source), ("target", target)):
+        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+            raise TypeError(
+                f"{name}: the {what} index of a link must be an int, got {index!r} in {item!r}"
+            )
+    return int(source), int(target), kind in ("sure", True)
 
 
 def normalize_links(links: Any, length: int, source_length: int, name: str = "links") -> list[Link]:
@@ -356,7 +391,7 @@ def normalize_links(links: Any, length: int, source_length: int, name: str = "li
     triples: list[tuple[int, int, bool]] = []
     if isinstance(links, str):
         for item in links.split():
-            m = re.fullmatch(r"(\d+)([-pP?])(\d+)", item)
+            m = re.fullmatch(r"([0-9]+)([-pP?])([0-9]+)", item)
             if m is None:
                 raise ValueError(
                     f"{name}: {item!r} is not a Pharaoh link 'source-target' (or 'sourcePtarget' "
@@ -371,8 +406,14 @@ def normalize_links(links: Any, length: int, source_length: int, name: str = "li
             for item in links.get(kind, ()):
                 s, t, _ = _pair(item, name)
                 triples.append((s, t, kind == "sure"))
-    elif hasattr(links, "shape") and len(links.shape) == 2:
-        arr = to_numpy(links, name)
+    elif hasattr(links, "shape") and hasattr(links, "dtype"):
+        raw = links.detach().cpu().numpy() if hasattr(links, "detach") else np.asarray(links)
+        if raw.dtype != np.bool_:
+            raise TypeError(
+                f"{name} as a matrix must be a bool (L, S) matrix with True at each link, got "
+                f"dtype {raw.dtype}"
+            )
+        arr = raw
         if arr.shape != (length, source_length):
             raise ValueError(
                 f"{name} as a matrix must be (L, S) = ({length}, {source_length}), got "
@@ -398,8 +439,9 @@ def normalize_links(links: Any, length: int, source_length: int, name: str = "li
 
 
 def _image_array(image: Any, name: str = "image") -> np.ndarray:
-    """An image as (height, width, 3) uint8: accepts (H, W, 3|4), (3, H, W) or (H, W), uint8 or
-    float in [0, 1]."""
+    """An image as (height, width, 3) uint8: accepts (H, W, 3|4), (3, H, W) or (H, W), uint8,
+    float in [0, 1] (or 0..255), or another integer type holding values in 0..255 (a 16-bit
+    image must be scaled to 0..255 or [0, 1] first: its values are not guessed)."""
     if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
         image = np.asarray(image.convert("RGB"))
     raw = image
@@ -418,8 +460,22 @@ def _image_array(image: Any, name: str = "image") -> np.ndarray:
             f"shape {tuple(np.shape(raw))}"
         )
     arr = arr[..., :3]
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(np.shape(raw))}")
     if arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
+    if arr.dtype == np.bool_ or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
+        raise TypeError(f"{name} must hold uint8, integer or float values, got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.integer):
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 255:
+            raise ValueError(
+                f"{name} of dtype {arr.dtype} must hold values in 0..255, got {lo}..{hi}; "
+                "scale it to uint8 (e.g. a 16-bit image // 257) or to floats in [0, 1]"
+            )
+        return np.ascontiguousarray(arr.astype(np.uint8))
     arr = arr.astype(np.float32)
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} holds NaN or infinite values")
@@ -460,6 +516,11 @@ def as_record(
     """
     meta: dict[str, Any] = {}
     head_mean = False
+    batch = check_int(batch, "batch")
+    if step is not None and not isinstance(step, str):
+        step = check_int(step, "step")
+    if layers is not None and (isinstance(layers, str) or not isinstance(layers, Iterable)):
+        raise TypeError(f"layers must be a list of layer names, got {layers!r}")
     if _is_capture(weights):
         maps, meta = _load_capture(weights)
         if image is None and meta.get("image") is not None:
@@ -481,6 +542,16 @@ def as_record(
         if layer_names is not None:
             raise ValueError("layer_names applies to tensors; a capture names its own layers")
     else:
+        chosen = [
+            f"{k}={v!r}"
+            for k, v, unset in (("layers", layers, None), ("batch", batch, 0), ("step", step, None))
+            if v != unset
+        ]
+        if chosen:
+            raise ValueError(
+                f"{', '.join(chosen)} {'apply' if len(chosen) > 1 else 'applies'} to captures (an AttentionRecorder, its saved file or "
+                f"its maps), not to a tensor of weights; index the tensor instead"
+            )
         arr = to_numpy(weights, "weights")
         if arr.ndim == 2:  # (L, S)
             arr = arr[None, None]
@@ -529,9 +600,7 @@ def as_record(
                     f"grid=(h, w) is needed: L = {length} image patches is not a square number"
                 )
     if grid is not None:
-        if len(grid) != 2 or int(grid[0]) * int(grid[1]) != length:
-            raise ValueError(f"grid {tuple(grid)} must be (h, w) with h * w == L = {length}")
-        grid = (int(grid[0]), int(grid[1]))
+        grid = check_grid(grid, length)
     if tgt is None and img is None:
         tgt = [str(i) for i in range(length)]
     if tgt is not None and len(tgt) != length:

@@ -12,14 +12,24 @@ attention of one text token over the patches of an image. Both return a
 from __future__ import annotations
 
 import math
+import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._colors import POSSIBLE_COLOR, PREDICTED_COLOR, SURE_COLOR, colormap
-from ._record import Link, _image_array, as_record, to_numpy
+from ._record import (
+    Link,
+    _image_array,
+    _tokens,
+    as_record,
+    check_grid,
+    check_int,
+    check_real,
+    to_numpy,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -46,6 +56,13 @@ def _save(fig: Figure, path: str | os.PathLike | None) -> None:
     if ext not in _FORMATS:
         raise ValueError(f"path must end in .png, .svg or .pdf, got {os.fspath(path)!r}")
     fig.savefig(path, format=ext[1:])
+
+
+def _check_figure_options(dpi: Any, title: Any) -> None:
+    if check_real(dpi, "dpi") <= 0:
+        raise ValueError(f"dpi must be a positive number, got {dpi!r}")
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"title must be a string or None, got {type(title).__name__}")
 
 
 def _tick_step(n: int, max_labels: int) -> int:
@@ -125,7 +142,7 @@ def heatmap(
         weights: (L, S) for one map, (H, L, S) for a grid of heads, (layers, H, L, S) for a grid
             of layers (rows) by heads (columns). A capture (an `AttentionRecorder`, its saved
             file or its `maps`) is accepted too; `record_options` (layers=, batch=, step=) pick
-            from it.
+            from it (only from a capture: with a tensor they raise ValueError).
         source_tokens: S strings, drawn along the top, rotated; None numbers the columns.
         target_tokens: L strings, drawn down the left side; None numbers the rows.
         path: save to this file; the extension (.png, .svg, .pdf) picks the format.
@@ -136,16 +153,29 @@ def heatmap(
         predicted: predicted links, same forms, drawn as small dots.
         title: figure title.
         layer_names: row titles of a (layers, H, L, S) grid.
-        heads: draw only these heads (indices into H).
+        heads: draw only these heads (indices into H), or one head as an int.
         vmax: top of the colour scale; default the largest weight drawn (the scale starts at 0).
         colorbar: draw one colour bar shared by every panel.
-        max_labels: at most this many tick labels per axis (longer sequences label every k-th).
-        cell_size: inches per cell (default: fit the figure to about 7 inches per panel).
-        dpi: resolution of raster output.
+        max_labels: at most this many tick labels per axis (longer sequences label every k-th);
+            an int >= 1.
+        cell_size: inches per cell, > 0 (default: fit the figure to about 7 inches per panel).
+        dpi: resolution of raster output, > 0.
 
     Returns:
         The `matplotlib.figure.Figure` (on an Agg canvas; pyplot is never touched).
     """
+    max_labels = check_int(max_labels, "max_labels", minimum=1)
+    if cell_size is not None and check_real(cell_size, "cell_size") <= 0:
+        raise ValueError(f"cell_size must be a positive number of inches, got {cell_size!r}")
+    if vmax is not None and check_real(vmax, "vmax") <= 0:
+        raise ValueError(f"vmax must be a positive number, got {vmax!r}")
+    _check_figure_options(dpi, title)
+    if heads is not None:
+        if isinstance(heads, numbers.Integral) and not isinstance(heads, bool):
+            heads = [heads]
+        elif isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
+            raise TypeError(f"heads must be an int or a list of head indices, got {heads!r}")
+        heads = [check_int(h, "heads[...]") for h in heads]
     rec = as_record(
         weights,
         source_tokens,
@@ -157,7 +187,7 @@ def heatmap(
     )
     arr = rec.weights  # (layers, H, L, S)
     n_layers, n_heads, length, source_length = arr.shape
-    head_ids = list(range(n_heads)) if heads is None else [int(h) for h in heads]
+    head_ids = list(range(n_heads)) if heads is None else list(heads)
     bad = [h for h in head_ids if not 0 <= h < n_heads]
     if bad or not head_ids:
         raise ValueError(f"heads must be indices in [0, {n_heads}), got {list(heads or [])}")
@@ -262,45 +292,59 @@ def image_overlay(
         weights: (L, S) text-to-image attention with L = h * w image patches (queries) and S
             text tokens (context), or (H, L, S), whose head mean is drawn.
         image: (height, width, 3) or (3, height, width) array or tensor, uint8 or float in
-            [0, 1]; (height, width) for grey.
+            [0, 1]; (height, width) for grey. Other integer types must hold values in 0..255
+            (scale a 16-bit image first).
         grid: (h, w) patch grid with h * w == L; default a square grid.
         token: the text token to draw, as an index into S or its text (matched in `tokens`);
-            a list draws one panel per token.
+            a list (or 1-D array) draws one panel per token.
         tokens: the S text tokens (titles, and lookup of `token` by text).
         path: save to this file (.png, .svg or .pdf).
-        alpha: opacity of the attention layer.
+        alpha: opacity of the attention layer, in [0, 1].
         normalize: stretch each panel's colours to its own maximum (else the scale is 0..1).
         title: figure title.
 
     Returns:
         The `matplotlib.figure.Figure`.
     """
+    _check_figure_options(dpi, title)
+    alpha = check_real(alpha, "alpha")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
     arr = to_numpy(weights, "weights")
-    if arr.ndim == 3:  # (H, L, S) -> head mean
-        arr = arr.mean(axis=0)
-    if arr.ndim != 2:
+    if arr.ndim not in (2, 3):
         raise ValueError(
             f"weights must be (L, S) or (H, L, S) with L image patches, got shape "
             f"{tuple(np.shape(arr))}"
         )
-    length, source_length = arr.shape
+    if min(arr.shape) == 0:
+        raise ValueError(f"weights must not be empty, got shape {tuple(arr.shape)}")
     if not np.isfinite(arr).all():
         raise ValueError("weights hold NaN or infinite values; attention weights must be finite")
+    if arr.min() < 0:
+        raise ValueError(f"weights must be non-negative, got a minimum of {float(arr.min()):.3g}")
+    if arr.ndim == 3:  # (H, L, S) -> head mean
+        arr = arr.mean(axis=0)
+    length, source_length = arr.shape
     if grid is None:
         side = math.isqrt(length)
         if side * side != length:
             raise ValueError(f"grid=(h, w) is needed: L = {length} patches is not a square number")
         grid = (side, side)
-    if len(grid) != 2 or int(grid[0]) * int(grid[1]) != length:
-        raise ValueError(f"grid {tuple(grid)} must be (h, w) with h * w == L = {length}")
+    grid = check_grid(grid, length)
+    tokens = _tokens(tokens, "tokens")
     if tokens is not None:
-        tokens = [str(t) for t in tokens]
         if len(tokens) != source_length:
             raise ValueError(
                 f"tokens has {len(tokens)} tokens but weights have S = {source_length} columns"
             )
     img = _image_array(image)
+    if hasattr(token, "tolist") and getattr(token, "ndim", 0) > 0:  # 1-D array or tensor
+        token = token.tolist()
+    elif hasattr(token, "item") and getattr(token, "ndim", None) == 0:  # 0-d array or tensor
+        token = token.item()
     wanted = list(token) if isinstance(token, (list, tuple)) else [token]
+    if not wanted:
+        raise ValueError("token=[] chooses no token; give an index, a text token or a list")
     indices = []
     for t in wanted:
         if isinstance(t, str):
@@ -308,6 +352,10 @@ def image_overlay(
                 raise ValueError(f"token={t!r} is not among tokens={tokens}")
             indices.append(tokens.index(t))
         else:
+            if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+                raise TypeError(
+                    f"token must be an int index, a text token or a list of them, got {t!r}"
+                )
             if not -source_length <= int(t) < source_length:
                 raise ValueError(f"token={t} is out of range for S = {source_length} text tokens")
             indices.append(int(t) % source_length)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html as _html
 import json
+import numbers
 import os
 import struct
 import uuid
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ._colors import COLOR_STOPS
-from ._record import AttentionRecord, as_record
+from ._record import AttentionRecord, as_record, check_int, check_real
 
 __all__ = ["Viewer", "to_html", "view"]
 
@@ -45,8 +46,7 @@ def quantize(weights: np.ndarray, bits: int) -> tuple[bytes, list[float]]:
 
     A weight w of map m is stored as round(w / scale[m] * (2**bits - 1)), scale[m] = max of m.
     """
-    if bits not in (8, 16):
-        raise ValueError(f"bits must be 8 or 16, got {bits!r}")
+    bits = _check_bits(bits)
     n_layers, n_heads = weights.shape[:2]
     flat = weights.reshape(n_layers * n_heads, -1)  # (layers * H, L * S)
     scales = flat.max(axis=1).astype(np.float64)
@@ -57,8 +57,16 @@ def quantize(weights: np.ndarray, bits: int) -> tuple[bytes, list[float]]:
     return q.tobytes(), [float(s) for s in scales]
 
 
+def _check_bits(bits: Any) -> int:
+    bits = check_int(bits, "bits")
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits!r}")
+    return bits
+
+
 def dequantize(weights: np.ndarray, bits: int) -> np.ndarray:
     """The float32 weights the page works with, for (layers, H, L, S) `weights`."""
+    bits = _check_bits(bits)
     raw, scales = quantize(weights, bits)
     q = np.frombuffer(raw, dtype="<u2" if bits == 16 else np.uint8).astype(np.float32)
     q = q.reshape(len(scales), -1) * (np.asarray(scales, np.float32)[:, None] / ((1 << bits) - 1))
@@ -110,12 +118,15 @@ def _index(value: int | str | None, names: Sequence[str], what: str, default: in
     """A layer or head choice as an index; -1 is the mean."""
     if value is None:
         return default
-    if value == "mean":
-        return -1
     if isinstance(value, str):
+        if value == "mean":
+            return -1
         if value not in names:
             raise ValueError(f"{what}={value!r} is not one of {list(names)} or 'mean'")
         return list(names).index(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        kinds = "an index, a layer name or 'mean'" if what == "layer" else "an index or 'mean'"
+        raise TypeError(f"{what} must be {kinds}, got {value!r}")
     if not -len(names) <= int(value) < len(names):
         raise ValueError(f"{what}={value} is out of range for {len(names)} {what}s")
     return int(value) % len(names)
@@ -132,10 +143,16 @@ def payload(
     bits: int | None = None,
 ) -> dict[str, Any]:
     """The JSON object the viewer script draws (also what `crossattn serve` answers)."""
-    if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+    threshold = check_real(threshold, "threshold")
+    if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
+    for name, text in (("title", title), ("caption", caption)):
+        if text is not None and not isinstance(text, str):
+            raise TypeError(
+                f"{name} must be a string or None, got {text!r} ({type(text).__name__})"
+            )
     n_layers, n_heads, length, source_length = rec.shape
-    bits = choose_bits(rec.weights) if bits is None else bits
+    bits = choose_bits(rec.weights) if bits is None else _check_bits(bits)
     raw, scales = quantize(rec.weights, bits)
     image = None
     if rec.image is not None:
@@ -196,13 +213,36 @@ def page(data: dict[str, Any]) -> str:
     )
 
 
+def _size(n: int) -> str:
+    """A byte count for people: bytes below 1 KiB, KiB below 1 MiB, else MiB."""
+    if n < 1024:
+        return f"{n} bytes"
+    if n < MiB:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / MiB:.1f} MiB"
+
+
+def _check_max_bytes(max_bytes: Any) -> int | None:
+    if max_bytes is None:
+        return None
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral):
+        raise TypeError(
+            f"max_bytes must be an int number of bytes or None, got {max_bytes!r} "
+            f"({type(max_bytes).__name__})"
+        )
+    if max_bytes <= 0:
+        raise ValueError(f"max_bytes must be a positive number of bytes or None, got {max_bytes}")
+    return int(max_bytes)
+
+
 def _check_size(text: str, max_bytes: int | None) -> None:
     if max_bytes is None:
         return
     size = len(text.encode("utf-8"))
     if size > max_bytes:
+        limit = f"{max_bytes} bytes" if max_bytes < 1024 else f"{max_bytes} ({_size(max_bytes)})"
         raise ValueError(
-            f"the page would be {size / MiB:.1f} MiB, over max_bytes={max_bytes / MiB:.1f} MiB; "
+            f"the page would be {_size(size)}, over max_bytes={limit}; "
             "keep fewer layers or heads (layers=[...], the head mean), or raise max_bytes"
         )
 
@@ -268,6 +308,7 @@ def view(
 
     Takes the arguments of `to_html` (but `path`); see there.
     """
+    max_bytes = _check_max_bytes(max_bytes)
     rec = as_record(
         weights,
         source_tokens,
@@ -333,9 +374,11 @@ def to_html(
         layer_names: names of the layers of a (layers, H, L, S) tensor.
         layers, batch, step: choose from a capture (layer names, batch item, and how to
             combine a layer's calls: an int picks one, "concat" joins one-token decoding steps,
-            "mean" averages timesteps; None decides from the shapes).
+            "mean" averages timesteps; None decides from the shapes). They apply to captures
+            only: with a tensor they raise ValueError (index the tensor instead).
         bits: 8 or 16 bits per weight (default 16, or 8 past 16 MiB of weights).
-        max_bytes: refuse to make a page larger than this (None: no limit).
+        max_bytes: refuse to make a page larger than this many bytes, a positive int (None: no
+            limit).
 
     Returns:
         The HTML document as a string.

@@ -8,18 +8,29 @@ Standard library only (`http.server.ThreadingHTTPServer`), bound to 127.0.0.1 by
 
 ``view`` is the viewer's data (see `crossattn.viz.html.payload`): the model's cross-attention
 (layers, heads, T target words, S source words) with the word alignment as predicted links.
-Bad requests get a 4xx JSON answer ``{"error": message}``: 400 for malformed JSON or an empty
-sentence, 413 for a sentence over the word limit or a body over the byte limit. Requests run in
-threads; model calls are serialised by a lock (one model, one call at a time).
+Every failure gets a JSON answer ``{"error": message}``: 400 for a malformed body, JSON nested too
+deeply, a bad Content-Length, a body shorter than it, or a sentence that is empty or not valid
+Unicode; 404 for an unknown path; 405 (with ``Allow``) for a method the path does not take; 408
+when a request does not arrive within the socket timeout; 411 without a Content-Length; 413 for a
+sentence over the word or character limit or a body over the byte limit; 415 unless the body is
+``Content-Type: application/json`` (which makes a browser ask a CORS preflight, never granted, so
+other web pages cannot drive the model); 500, logged to stderr, for an internal error. Requests run
+in threads; model calls are serialised by a lock (one model, one call at a time).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
+import sys
 import threading
+import time
+import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 from ._record import as_record
 from .html import _asset, payload
@@ -27,6 +38,7 @@ from .html import _asset, payload
 __all__ = ["RequestError", "TranslationService", "make_server", "serve_page"]
 
 MAX_BODY_BYTES = 16 * 1024
+SOCKET_TIMEOUT = 10.0  # seconds; see `make_server`
 
 
 class RequestError(Exception):
@@ -36,6 +48,15 @@ class RequestError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def _positive_int(name: str, value: Any) -> int:
+    """`value` if it is an int (not a bool) of at least 1; TypeError or ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be a positive int, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
 
 
 class TranslationService:
@@ -51,11 +72,16 @@ class TranslationService:
     def __init__(
         self, translator: Any, *, max_words: int = 64, max_chars: int = 1000, beam: int = 4
     ):
-        if not isinstance(max_words, int) or max_words < 1:
-            raise ValueError(f"max_words must be a positive int, got {max_words!r}")
-        if not isinstance(beam, int) or beam < 1:
-            raise ValueError(f"beam must be a positive int, got {beam!r}")
-        model_limit = int(translator.model.config.max_len) - 2  # room for BOS and EOS
+        max_words = _positive_int("max_words", max_words)
+        max_chars = _positive_int("max_chars", max_chars)
+        beam = _positive_int("beam", beam)
+        try:
+            model_limit = int(translator.model.config.max_len) - 2  # room for BOS and EOS
+        except (AttributeError, TypeError, ValueError) as err:
+            raise TypeError(
+                "translator must be a loaded crossattn.models.Translator, got "
+                f"{type(translator).__name__}"
+            ) from err
         self.translator = translator
         self.max_words = max(1, min(max_words, model_limit))
         self.max_chars = max_chars
@@ -66,6 +92,13 @@ class TranslationService:
         """The JSON answer for one sentence; raises `RequestError` for input it refuses."""
         if not isinstance(sentence, str):
             raise RequestError(400, 'send a JSON object {"sentence": "..."} with a string')
+        bad = next((c for c in sentence if "\ud800" <= c <= "\udfff"), None)
+        if bad is not None:
+            raise RequestError(
+                400,
+                f"the sentence holds a lone UTF-16 surrogate (\\u{ord(bad):04x}), which is not "
+                "text: send valid Unicode",
+            )
         if len(sentence) > self.max_chars:
             raise RequestError(
                 413, f"the sentence has {len(sentence)} characters; the limit is {self.max_chars}"
@@ -186,60 +219,190 @@ _SERVE_JS = """
 """
 
 
-def _handler(service: TranslationService, page: str) -> type[BaseHTTPRequestHandler]:
+_ROUTES: dict[str, tuple[str, ...]] = {
+    "/": ("GET", "HEAD"),
+    "/index.html": ("GET", "HEAD"),
+    "/api/translate": ("POST",),
+}
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _handler(
+    service: TranslationService, page: str, socket_timeout: float
+) -> type[BaseHTTPRequestHandler]:
     page_bytes = page.encode("utf-8")
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "crossattn"
+        # Per-connection socket timeout (set by StreamRequestHandler.setup): an idle, slow or
+        # lying client cannot hold a thread for longer than this between two reads.
+        timeout = socket_timeout
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             pass  # quiet: the command prints its own address
 
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
+        def _send(
+            self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+        ) -> None:
+            self._responded = True
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
-        def _json(self, status: int, obj: Any) -> None:
+        def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
             body = json.dumps(obj, ensure_ascii=False).encode("utf-8")
-            self._send(status, body, "application/json; charset=utf-8")
+            self._send(status, body, "application/json; charset=utf-8", headers)
 
-        def do_GET(self) -> None:  # noqa: N802
-            if self.path in ("/", "/index.html"):
-                self._send(200, page_bytes, "text/html; charset=utf-8")
-            else:
-                self._json(404, {"error": f"no page at {self.path}"})
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None):
+            """http.server's own errors (bad request line, headers too long, unknown method) as
+            JSON rather than its HTML page; the connection closes after them."""
+            self.close_connection = True
+            short = self.responses.get(code, ("error",))[0]
+            self._json(code, {"error": message or short})
 
-        def do_POST(self) -> None:  # noqa: N802
-            if self.path != "/api/translate":
-                self._json(404, {"error": f"no endpoint at {self.path}"})
-                return
+        def _dispatch(self) -> None:
+            """Route the request; every failure becomes a JSON error answer."""
+            self._responded = False
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                self._json(400, {"error": "bad Content-Length"})
-                return
-            if length > MAX_BODY_BYTES:
+                self._route()
+            except RequestError as err:
+                self._refuse(err.status, err.message)
+            except TimeoutError:
                 self.close_connection = True
+                self._refuse(408, f"the request did not arrive within {self.timeout:g} s")
+            except ConnectionError:
+                self.close_connection = True  # the client went away: nobody to answer
+            except Exception:
+                self.close_connection = True
+                print(
+                    f"crossattn serve: internal error answering {self.command} {self.path}:\n"
+                    + traceback.format_exc().rstrip(),
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if not self._responded:
+                    self._safe_json(500, {"error": "internal server error: see the server log"})
+
+        def _refuse(self, status: int, message: str) -> None:
+            if self._responded:
+                self.close_connection = True
+            else:
+                self._safe_json(status, {"error": message})
+
+        def _safe_json(self, status: int, obj: Any) -> None:
+            try:
+                self._json(status, obj)
+            except OSError:
+                self.close_connection = True
+
+        def _route(self) -> None:
+            path = urlsplit(self.path).path
+            allowed = _ROUTES.get(path)
+            if (allowed is None or self.command != "POST") and (
+                "Content-Length" in self.headers or "Transfer-Encoding" in self.headers
+            ):
+                self.close_connection = True  # a body only POST reads: never parse it as a request
+            if allowed is None:
+                raise RequestError(404, f"no page or endpoint at {path}")
+            if self.command not in allowed:
+                allow = ", ".join(allowed)
                 self._json(
-                    413, {"error": f"the request is {length} bytes; the limit is {MAX_BODY_BYTES}"}
+                    405,
+                    {"error": f"{self.command} is not allowed on {path}; use {allow}"},
+                    {"Allow": allow},
                 )
                 return
+            if self.command in ("GET", "HEAD"):
+                self._send(200, page_bytes, "text/html; charset=utf-8")
+            else:
+                self._translate()
+
+        def _body(self) -> bytes:
+            """The request body, after checking its framing; RequestError for a bad one."""
+            if "Transfer-Encoding" in self.headers:
+                self.close_connection = True
+                raise RequestError(411, "send the body with a Content-Length (no chunked bodies)")
+            lengths = self.headers.get_all("Content-Length") or []
+            if not lengths:
+                self.close_connection = True
+                raise RequestError(411, "the request has no Content-Length")
+            value = lengths[0].strip()
+            if len(set(lengths)) > 1 or not _DIGITS.fullmatch(value):
+                self.close_connection = True
+                raise RequestError(
+                    400,
+                    f"bad Content-Length {', '.join(lengths)[:40]!r}: "
+                    "send the body's size in bytes",
+                )
+            value = value.lstrip("0") or "0"
+            if len(value) > 9 or int(value) > MAX_BODY_BYTES:
+                self.close_connection = True
+                shown = value if len(value) <= 12 else value[:12] + "..."
+                raise RequestError(
+                    413, f"the request is {shown} bytes; the limit is {MAX_BODY_BYTES}"
+                )
+            length = int(value)
+            ctype = self.headers.get_all("Content-Type") or []
+            if (
+                len(ctype) != 1
+                or self.headers.get_content_type() != "application/json"
+                or self.headers.get_content_charset() not in (None, "utf-8", "utf8")
+            ):
+                self.close_connection = True
+                raise RequestError(415, "send the body as Content-Type: application/json (UTF-8)")
+            return self._read(length)
+
+        def _read(self, length: int) -> bytes:
+            """`length` bytes within `timeout` seconds in all (a trickling client gets 408)."""
+            deadline = None if self.timeout is None else time.monotonic() + self.timeout
+            read = getattr(self.rfile, "read1", self.rfile.read)
+            chunks: list[bytes] = []
+            got = 0
             try:
-                body = json.loads(self.rfile.read(length) or b"null")
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                self._json(400, {"error": "the request body is not JSON"})
-                return
+                while got < length:
+                    if deadline is not None:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            raise TimeoutError
+                        self.connection.settimeout(left)
+                    chunk = read(length - got)
+                    if not chunk:
+                        self.close_connection = True
+                        raise RequestError(400, f"the body ended after {got} of its {length} bytes")
+                    chunks.append(chunk)
+                    got += len(chunk)
+            finally:
+                self.connection.settimeout(self.timeout)
+            return b"".join(chunks)
+
+        def _translate(self) -> None:
+            raw = self._body()
+            try:
+                body = json.loads(raw.decode("utf-8") or "null")
+            except UnicodeDecodeError as err:
+                raise RequestError(400, "the request body is not UTF-8") from err
+            except RecursionError as err:
+                raise RequestError(400, "the request body is JSON nested too deeply") from err
+            except ValueError as err:  # JSONDecodeError, and integers too long to convert
+                raise RequestError(400, "the request body is not JSON") from err
             sentence = body.get("sentence") if isinstance(body, dict) else None
             try:
-                self._json(200, service.answer(sentence))
-            except RequestError as err:
-                self._json(err.status, {"error": err.message})
+                answer = service.answer(sentence)
             except ValueError as err:  # the model refused the input
-                self._json(HTTPStatus.UNPROCESSABLE_ENTITY, {"error": str(err)})
+                raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, str(err)) from err
+            self._json(200, answer)
+
+        do_GET = do_HEAD = do_POST = _dispatch  # noqa: N815
+        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _dispatch  # noqa: N815
 
     return Handler
 
@@ -250,7 +413,9 @@ def make_server(
     port: int = 8000,
     *,
     max_words: int = 64,
+    max_chars: int = 1000,
     beam: int = 4,
+    timeout: float = SOCKET_TIMEOUT,
 ) -> ThreadingHTTPServer:
     """A threaded HTTP server for `translator` (call ``serve_forever()``; port 0 picks one).
 
@@ -259,10 +424,17 @@ def make_server(
         host: address to bind (127.0.0.1 keeps it on this machine).
         port: TCP port (0: any free port; read it back from ``server.server_address``).
         max_words: the longest sentence accepted, in words.
+        max_chars: the longest sentence accepted, in characters.
         beam: beam size of the translations.
+        timeout: seconds a connection may stay silent, and the most a request body may take to
+            arrive, before the server answers 408 and closes it.
     """
-    service = TranslationService(translator, max_words=max_words, beam=beam)
-    server = ThreadingHTTPServer((host, port), _handler(service, serve_page()))
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+    if not 0 < timeout < math.inf:
+        raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
+    service = TranslationService(translator, max_words=max_words, max_chars=max_chars, beam=beam)
+    server = ThreadingHTTPServer((host, port), _handler(service, serve_page(), float(timeout)))
     server.daemon_threads = True
     server.service = service  # type: ignore[attr-defined]
     return server
