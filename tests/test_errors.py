@@ -542,6 +542,21 @@ def test_register_backend_errors():
         register_backend(get_backend(name))
 
 
+def test_unregister_backend():
+    from crossattn.backends import ReferenceBackend
+
+    class Copy(ReferenceBackend):
+        name = "reference-copy"
+
+    before = crossattn.available_backends()
+    backend = crossattn.register_backend(Copy())
+    assert crossattn.available_backends() == [*before, "reference-copy"]
+    assert crossattn.unregister_backend("reference-copy") is backend
+    assert crossattn.available_backends() == before
+    with raises(ValueError, "unregister_backend: no backend named 'reference-copy' is registered"):
+        crossattn.unregister_backend("reference-copy")
+
+
 def test_when_no_backend_fits_every_reason_is_listed(monkeypatch):
     """Dispatch over backends that all refuse the call lists each of them with its reasons."""
     from crossattn.backends import registry

@@ -20,7 +20,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .backends import available_backends, register_backend, use_backend
+    from .backends import available_backends, register_backend, unregister_backend, use_backend
     from .functional import bidirectional_attention, cross_attention
     from .layers import (
         BidirectionalCrossAttention,
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 _NOT_FROM_LAYERS = {
     "available_backends": "backends",
     "register_backend": "backends",
+    "unregister_backend": "backends",
     "use_backend": "backends",
     "bidirectional_attention": "functional",
     "cross_attention": "functional",
@@ -96,5 +97,6 @@ __all__ = [
     "from_key_padding_mask",
     "lengths_to_key_mask",
     "register_backend",
+    "unregister_backend",
     "use_backend",
 ]

@@ -10,6 +10,7 @@ from .registry import (
     preference,
     register_backend,
     select_backend,
+    unregister_backend,
     use_backend,
 )
 from .sdpa import SDPABackend
@@ -29,6 +30,7 @@ __all__ = [
     "get_backend",
     "preference",
     "register_backend",
+    "unregister_backend",
     "select_backend",
     "use_backend",
 ]

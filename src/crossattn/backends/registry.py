@@ -51,6 +51,16 @@ def register_backend(backend: Backend, *, replace: bool = False) -> Backend:
     return backend
 
 
+def unregister_backend(name: str) -> Backend:
+    """Remove the backend registered as `name` and return it (ValueError if there is none)."""
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"unregister_backend: no backend named {name!r} is registered; registered: "
+            f"{list(_REGISTRY)}"
+        )
+    return _REGISTRY.pop(name)
+
+
 def available_backends() -> list[str]:
     """Names of the registered backends that can run on this machine."""
     return [name for name, b in _REGISTRY.items() if b.is_available()]
