@@ -447,3 +447,25 @@ def test_page_translates_a_typed_sentence(server, translator, browser):
         assert all(u.startswith(server.url) for u in requests), requests
     finally:
         page.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [("evil.example", 403), ("evil.example:80", 403), ("127.0.0.1", 200), ("localhost", 200),
+     ("[::1]", 200), ("app.localhost", 200)],
+)  # fmt: skip
+def test_a_loopback_server_answers_only_loopback_host_names(server, host, status):
+    """DNS rebinding: a page whose domain now resolves to 127.0.0.1 sends its own Host."""
+    port = server.server_address[1]
+    name = host if ":" in host and not host.startswith("[") else f"{host}:{port}"
+    req = urllib.request.Request(server.url, headers={"Host": name})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            got, body = r.status, r.read()
+    except urllib.error.HTTPError as err:
+        got, body = err.code, err.read()
+    assert got == status
+    if status == 403:
+        assert "is not this machine" in json.loads(body)["error"]
+    # and the server still answers the next request
+    assert _post(server.url, {"sentence": "le chat"})[0] == 200

@@ -20,6 +20,7 @@ in threads; model calls are serialised by a lock (one model, one call at a time)
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
@@ -306,6 +307,16 @@ def _handler(
 
         def _route(self) -> None:
             path = urlsplit(self.path).path
+            if not _host_allowed(self.server.server_address[0], self.headers.get("Host")):
+                # DNS rebinding: a web page whose domain now points at 127.0.0.1 would be
+                # same-origin with this server; a server bound to loopback answers only to
+                # loopback names.
+                self.close_connection = True
+                raise RequestError(
+                    403,
+                    f"Host {self.headers.get('Host')!r} is not this machine: a server on a "
+                    "loopback address answers only requests to localhost, 127.0.0.1 or [::1]",
+                )
             allowed = _ROUTES.get(path)
             if (allowed is None or self.command != "POST") and (
                 "Content-Length" in self.headers or "Transfer-Encoding" in self.headers
@@ -405,6 +416,22 @@ def _handler(
         do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _dispatch  # noqa: N815
 
     return Handler
+
+
+_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def _host_allowed(bound: str, host_header: str | None) -> bool:
+    """Whether a request's Host may reach a server bound to `bound`: any Host unless the server
+    is on a loopback address; then only loopback names (a missing Host, from HTTP/1.0, passes)."""
+    try:
+        loopback = ipaddress.ip_address(bound).is_loopback
+    except ValueError:
+        loopback = bound == "localhost"
+    if not loopback or host_header is None:
+        return True
+    name = urlsplit("//" + host_header.strip()).hostname or ""
+    return name.lower() in _LOOPBACK_NAMES or name.lower().endswith(".localhost")
 
 
 def make_server(
