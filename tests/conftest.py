@@ -331,3 +331,12 @@ def write_tiny_translator(
     src.save(directory / SOURCE_VOCAB_FILE)
     tgt.save(directory / TARGET_VOCAB_FILE)
     return directory
+
+
+EPS64 = torch.finfo(torch.float64).eps
+
+
+def tol64(ref: Tensor, reduction: int) -> float:
+    """Float64 bound for two summation orders over `reduction` terms, at the result's scale
+    (for layers compared with their explicit float64 computation)."""
+    return 16 * reduction * EPS64 * (1.0 + ref.detach().abs().max().item())

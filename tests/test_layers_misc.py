@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from conftest import tol64
 from crossattn import CrossAttention, cross_attention
 from crossattn.layers import (
     FiLM,
@@ -17,13 +18,7 @@ from crossattn.layers import (
     SelfDocAttention,
 )
 
-EPS64 = torch.finfo(torch.float64).eps
 NAN = float("nan")
-
-
-def tol64(ref: Tensor, reduction: int) -> float:
-    """Float64 bound for two summation orders over `reduction` terms, at the result's scale."""
-    return 16 * reduction * EPS64 * (1.0 + ref.detach().abs().max().item())
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

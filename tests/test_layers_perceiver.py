@@ -14,16 +14,10 @@ import torch
 from torch import Tensor
 
 import crossattn
+from conftest import tol64
 from crossattn import CrossAttention, cross_attention
 from crossattn.backends import get_backend
 from crossattn.layers import PerceiverDecoder, PerceiverEncoder, PerceiverIO
-
-EPS64 = torch.finfo(torch.float64).eps
-
-
-def tol64(ref: Tensor, reduction: int) -> float:
-    """Float64 bound for two summation orders over `reduction` terms, at the result's scale."""
-    return 16 * reduction * EPS64 * (1.0 + ref.detach().abs().max().item())
 
 
 def ref_attention(

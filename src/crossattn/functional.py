@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .backends import AttentionInputs, select_backend
+from .masks import check_token_mask
 
 WeightsArg = bool | Literal["mean"]
 
@@ -364,8 +365,8 @@ def bidirectional_attention(
         )
     b, _, la, e = a_q.shape
     lb = b_k.shape[2]
-    a_mask = _named_mask("a_mask", a_mask, a_q, (b, la), "(B, La)")
-    b_mask = _named_mask("b_mask", b_mask, a_q, (b, lb), "(B, Lb)")
+    a_mask = check_token_mask("a_mask", a_mask, (b, la), "(B, La)", like=a_q)
+    b_mask = check_token_mask("b_mask", b_mask, (b, lb), "(B, Lb)", like=a_q)
     if scale is None:
         scale = 1.0 / math.sqrt(e)
     # Padded tokens of a side are masked out as keys (key_mask) and as queries (their rows are
@@ -399,20 +400,3 @@ def bidirectional_attention(
     if return_weights:
         return a_res[0], b_res[0], a_res[1], b_res[1]
     return a_res, b_res
-
-
-def _named_mask(
-    name: str, mask: Tensor | None, like: Tensor, shape: tuple[int, int], legend: str
-) -> Tensor | None:
-    if mask is None:
-        return None
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-        raise TypeError(
-            f"{name} must be a bool tensor {legend}, True = valid token; got "
-            f"{getattr(mask, 'dtype', type(mask).__name__)}"
-        )
-    if tuple(mask.shape) != shape:
-        raise ValueError(f"{name} must have shape {legend} = {shape}, got {_shape(mask)}")
-    if mask.device != like.device:
-        raise ValueError(f"{name} is on {mask.device} but the inputs are on {like.device}")
-    return mask

@@ -68,3 +68,30 @@ def _size(name: str, value: object) -> int:
     if size < 0:
         raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     return size
+
+
+def check_token_mask(
+    name: str,
+    mask: object,
+    shape: tuple[int, ...],
+    legend: str,
+    like: Tensor | None = None,
+    like_name: str = "the inputs are",
+) -> Tensor | None:
+    """None, or a bool tensor of exactly `shape` (True = valid token) on `like`'s device;
+    TypeError / ValueError naming `name`, the shape received and `legend` (e.g. "(B, S)").
+    `like_name` says what `like` is in the device error ("the context is")."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise TypeError(
+            f"{name} must be a bool tensor {legend}, True = valid token; got "
+            f"{getattr(mask, 'dtype', type(mask).__name__)}"
+        )
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(
+            f"{name} must have shape {legend} = {tuple(shape)}, got {tuple(mask.shape)}"
+        )
+    if like is not None and mask.device != like.device:
+        raise ValueError(f"{name} is on {mask.device} but {like_name} on {like.device}")
+    return mask

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..masks import check_token_mask as check_mask  # noqa: F401  (shared by the layers)
+
 
 def check_positive(**values: object) -> None:
     """ValueError naming the first argument that is not a positive int."""
@@ -74,22 +76,6 @@ def check_nonnegative(**values: object) -> None:
     for name, val in values.items():
         if not isinstance(val, int) or isinstance(val, bool) or val < 0:
             raise ValueError(f"{name} must be a non-negative int, got {val!r}")
-
-
-def check_mask(name: str, mask: object, shape: tuple[int, ...], legend: str) -> Tensor | None:
-    """None, or a bool tensor of exactly `shape` (True = valid token)."""
-    if mask is None:
-        return None
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-        raise TypeError(
-            f"{name} must be a bool tensor {legend}, True = valid token; got "
-            f"{getattr(mask, 'dtype', type(mask).__name__)}"
-        )
-    if tuple(mask.shape) != tuple(shape):
-        raise ValueError(
-            f"{name} must have shape {legend} = {tuple(shape)}, got {tuple(mask.shape)}"
-        )
-    return mask
 
 
 class FeedForward(nn.Module):

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..capture.hook import layer_call
 from ..functional import cross_attention
-from ._common import check_like_params, check_nonempty
+from ._common import check_features, check_mask, check_nonempty
 
 
 @dataclass(frozen=True)
@@ -207,8 +207,9 @@ class CrossAttention(nn.Module):
             values: (B, S, value_dim), or None to take the values from the context.
             context_mask: (B, S) bool, True = valid token; carried with the result.
         """
-        _check_seq("context", context, self.context_dim, "(B, S, context_dim)")
-        check_like_params("context", context, self.to_k.weight)
+        check_features(
+            "context", context, self.context_dim, "(B, S, context_dim)", like=self.to_k.weight
+        )
         b, s, _ = context.shape
         if values is None:
             if self.value_dim != self.context_dim:
@@ -219,29 +220,17 @@ class CrossAttention(nn.Module):
                 )
             values = context
         else:
-            _check_seq("values", values, self.value_dim, "(B, S, value_dim)")
-            check_like_params("values", values, self.to_v.weight)
+            check_features(
+                "values", values, self.value_dim, "(B, S, value_dim)", like=self.to_v.weight
+            )
             if values.shape[:2] != context.shape[:2]:
                 raise ValueError(
                     f"values (B, S) must match the context's: context {tuple(context.shape)}, "
                     f"values {tuple(values.shape)}"
                 )
-        if context_mask is not None:
-            if not isinstance(context_mask, Tensor) or context_mask.dtype != torch.bool:
-                raise TypeError(
-                    "context_mask must be a bool tensor (B, S), True = valid token; got "
-                    f"{getattr(context_mask, 'dtype', type(context_mask).__name__)}"
-                )
-            if tuple(context_mask.shape) != (b, s):
-                raise ValueError(
-                    f"context_mask must have shape (B, S) = ({b}, {s}), got "
-                    f"{tuple(context_mask.shape)}"
-                )
-            if context_mask.device != context.device:
-                raise ValueError(
-                    f"context_mask is on {context_mask.device} but the context is on "
-                    f"{context.device}"
-                )
+        check_mask(
+            "context_mask", context_mask, (b, s), "(B, S)", like=context, like_name="the context is"
+        )
         hk, d = self.kv_heads, self.dim_head
         key = self.to_k(context).view(b, s, hk, d).transpose(1, 2)  # (B, Hk, S, D)
         key = self.k_norm(key).contiguous()
@@ -273,8 +262,9 @@ class CrossAttention(nn.Module):
         Returns:
             (B, L, out_dim), or ``(out, weights)`` when weights are asked for.
         """
-        _check_seq("queries", queries, self.query_dim, "(B, L, query_dim)")
-        check_like_params("queries", queries, self.to_q.weight)
+        check_features(
+            "queries", queries, self.query_dim, "(B, L, query_dim)", like=self.to_q.weight
+        )
         if isinstance(context, PreparedContext):
             if context.layer_id != id(self):
                 raise ValueError(
@@ -439,15 +429,6 @@ class CrossAttention(nn.Module):
         from ..integrations.transformers import crossattention_from_transformers
 
         return crossattention_from_transformers(module)
-
-
-def _check_seq(name: str, t: Tensor, dim: int, expected: str) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor {expected}, got {type(t).__name__}")
-    if t.dim() != 3 or t.shape[-1] != dim:
-        raise ValueError(
-            f"{name} must have shape {expected} with last dim {dim}, got {tuple(t.shape)}"
-        )
 
 
 def _layer_attn_mask(

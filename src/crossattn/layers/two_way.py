@@ -270,21 +270,12 @@ class TwoWayTransformer(nn.Module):
             f"H*W = {h}*{w} = 0 positions",
             "pass an image of at least one position",
         )
-        if not isinstance(point_embedding, Tensor):
-            raise TypeError(
-                "point_embedding must be a torch.Tensor (B, N, C), got "
-                f"{type(point_embedding).__name__}"
-            )
-        if (
-            point_embedding.dim() != 3
-            or point_embedding.shape[0] != b
-            or point_embedding.shape[2] != c
-        ):
+        check_features("point_embedding", point_embedding, c, "(B, N, C)", like=weight)
+        if point_embedding.shape[0] != b:
             raise ValueError(
                 f"point_embedding must have shape (B, N, C) = ({b}, N, {c}), got "
                 f"{tuple(point_embedding.shape)}"
             )
-        check_features("point_embedding", point_embedding, c, "(B, N, C)", like=weight)
         n = point_embedding.shape[1]
         check_nonempty(
             "point_embedding",

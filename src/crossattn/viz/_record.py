@@ -484,6 +484,16 @@ def _image_array(image: Any, name: str = "image") -> np.ndarray:
     return np.ascontiguousarray((np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
 
 
+def check_weight_values(arr: np.ndarray) -> None:
+    """Attention weights to draw: not empty, finite and non-negative (ValueError otherwise)."""
+    if min(arr.shape) == 0:
+        raise ValueError(f"weights must not be empty, got shape {tuple(arr.shape)}")
+    if not np.isfinite(arr).all():
+        raise ValueError("weights hold NaN or infinite values; attention weights must be finite")
+    if arr.min() < 0:
+        raise ValueError(f"weights must be non-negative, got a minimum of {float(arr.min()):.3g}")
+
+
 def as_record(
     weights: Any,
     source_tokens: Sequence[str] | None = None,
@@ -573,12 +583,7 @@ def as_record(
                     f"(shape {tuple(arr.shape)})"
                 )
     n_layers, n_heads, length, source_length = arr.shape
-    if min(arr.shape) == 0:
-        raise ValueError(f"weights must not be empty, got shape {tuple(arr.shape)}")
-    if not np.isfinite(arr).all():
-        raise ValueError("weights hold NaN or infinite values; attention weights must be finite")
-    if arr.min() < 0:
-        raise ValueError(f"weights must be non-negative, got a minimum of {float(arr.min()):.3g}")
+    check_weight_values(arr)
 
     meta_src, meta_tgt = _meta_tokens(meta, batch)
     src = _tokens(source_tokens if source_tokens is not None else meta_src, "source_tokens")

@@ -28,6 +28,7 @@ from ._record import (
     check_grid,
     check_int,
     check_real,
+    check_weight_values,
     to_numpy,
 )
 
@@ -316,12 +317,7 @@ def image_overlay(
             f"weights must be (L, S) or (H, L, S) with L image patches, got shape "
             f"{tuple(np.shape(arr))}"
         )
-    if min(arr.shape) == 0:
-        raise ValueError(f"weights must not be empty, got shape {tuple(arr.shape)}")
-    if not np.isfinite(arr).all():
-        raise ValueError("weights hold NaN or infinite values; attention weights must be finite")
-    if arr.min() < 0:
-        raise ValueError(f"weights must be non-negative, got a minimum of {float(arr.min()):.3g}")
+    check_weight_values(arr)
     if arr.ndim == 3:  # (H, L, S) -> head mean
         arr = arr.mean(axis=0)
     length, source_length = arr.shape
