@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "aer": ("crossattn.commands.aer", "alignment error rate of a hypothesis against gold"),
     "view": ("crossattn.commands.view", "write the interactive HTML viewer of recorded maps"),
     "serve": ("crossattn.commands.serve", "serve a local page that translates and aligns live"),
+    "export": (
+        "crossattn.commands.export",
+        "export a trained model for CTranslate2 or onnxruntime",
+    ),
 }
 
 
