@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "crossattn.commands.export",
         "export a trained model for CTranslate2 or onnxruntime",
     ),
+    "vqa": ("crossattn.commands.vqa", "train and run a question-answering model over images"),
 }
 
 

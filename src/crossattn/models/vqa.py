@@ -1,0 +1,210 @@
+"""A small visual question answering model whose question tokens cross-attend to image patches.
+
+Built from the library's layers: a patch encoder (linear patchify or a small conv stem) with 2-D
+sinusoidal position encodings and self-attention over the patches, a question encoder
+(`TransformerEncoderLayer`), then ``cross_layers`` blocks in which the question tokens attend to
+the patches through `crossattn.CrossAttention`, and an answer head on the mean of the question
+tokens. The cross-attention maps ``(B, heads, T, P)`` over the ``P = grid * grid`` patches are a
+return value (``return_maps=True``), from the same call that computes the answer.
+
+Shapes: images (B, 3, H, W) float in [0, 1] with H = W = ``image_size``; question_ids (B, T) long;
+question_mask (B, T) bool, True = a real token. Patch ``p`` is row ``p // grid``, column
+``p % grid`` of the image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..layers._common import FeedForward
+from ..layers.attention import CrossAttention
+from ..layers.transformer import TransformerEncoderLayer
+from .seq2seq import sinusoidal_positions
+
+__all__ = ["VQAConfig", "VQAModel", "VQAOutput", "patch_positions"]
+
+
+@dataclass(frozen=True)
+class VQAConfig:
+    """Sizes of a `VQAModel`; ``image_size`` must be a multiple of ``grid``."""
+
+    vocab_size: int
+    n_answers: int
+    image_size: int = 64
+    grid: int = 8
+    d_model: int = 128
+    heads: int = 4
+    dim_ff: int = 256
+    text_layers: int = 1
+    image_layers: int = 1
+    cross_layers: int = 2
+    stem: Literal["linear", "conv"] = "linear"
+    dropout: float = 0.0
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("stem", "dropout"):
+                continue
+            minimum = 0 if f.name in ("text_layers", "image_layers", "pad_id") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{f.name} must be an int >= {minimum}, got {value!r}")
+        if self.image_size % self.grid:
+            raise ValueError(f"image_size={self.image_size} must be a multiple of grid={self.grid}")
+        if self.d_model % self.heads or self.d_model % 4:
+            raise ValueError(f"d_model={self.d_model} must divide by heads={self.heads} and by 4")
+        if self.stem not in ("linear", "conv"):
+            raise ValueError(f"stem must be 'linear' or 'conv', got {self.stem!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.pad_id >= self.vocab_size:
+            raise ValueError(f"pad_id={self.pad_id} must be < vocab_size={self.vocab_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VQAConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown VQAConfig fields: {unknown}")
+        return cls(**data)
+
+
+class VQAOutput(NamedTuple):
+    """logits (B, n_answers); maps: one (B, heads, T, P) per cross layer, or None."""
+
+    logits: Tensor
+    maps: list[Tensor] | None
+
+
+def patch_positions(grid: int, dim: int) -> Tensor:
+    """2-D sinusoidal encodings (grid * grid, dim): half the features for rows, half for columns."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(0, half, 2, dtype=torch.float64) * (-math.log(10000.0) / half))
+    pos = torch.arange(grid, dtype=torch.float64)[:, None] * freqs  # (grid, half / 2)
+    enc = torch.cat([pos.sin(), pos.cos()], dim=1)  # (grid, half)
+    rows = enc[:, None, :].expand(grid, grid, half)
+    cols = enc[None, :, :].expand(grid, grid, half)
+    return torch.cat([rows, cols], dim=2).reshape(grid * grid, dim).float()
+
+
+class _PatchEncoder(nn.Module):
+    """Images (B, 3, H, W) -> patch features (B, P, d_model) with positions and self-attention."""
+
+    def __init__(self, c: VQAConfig):
+        super().__init__()
+        self.grid, patch = c.grid, c.image_size // c.grid
+        if c.stem == "linear":
+            self.stem = nn.Conv2d(3, c.d_model, kernel_size=patch, stride=patch)  # = patchify
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, c.d_model // 2, 3, padding=1),
+                nn.GELU(),
+                nn.Conv2d(c.d_model // 2, c.d_model, kernel_size=patch, stride=patch),
+            )
+        self.register_buffer("positions", patch_positions(c.grid, c.d_model), persistent=False)
+        self.layers = nn.ModuleList(
+            TransformerEncoderLayer(c.d_model, heads=c.heads, dim_ff=c.dim_ff, dropout=c.dropout)
+            for _ in range(c.image_layers)
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        feats = self.stem(images - 0.5)  # (B, d, grid, grid)
+        patches = feats.flatten(2).transpose(1, 2) + self.positions  # (B, P, d)
+        for layer in self.layers:
+            patches = layer(patches)
+        return patches
+
+
+class _CrossBlock(nn.Module):
+    """Pre-norm: tokens + CrossAttention(norm(tokens), norm(patches)); tokens + FFN(norm(tokens))."""
+
+    def __init__(self, c: VQAConfig):
+        super().__init__()
+        self.norm_q = nn.LayerNorm(c.d_model)
+        self.norm_ctx = nn.LayerNorm(c.d_model)
+        self.attn_question_to_image = CrossAttention(
+            c.d_model, heads=c.heads, dim_head=c.d_model // c.heads, dropout=c.dropout
+        )
+        self.norm_ff = nn.LayerNorm(c.d_model)
+        self.ffn = FeedForward(c.d_model, c.dim_ff, dropout=c.dropout)
+
+    def forward(self, tokens: Tensor, patches: Tensor, want_map: bool) -> tuple[Tensor, Tensor]:
+        out = self.attn_question_to_image(
+            self.norm_q(tokens), self.norm_ctx(patches), return_weights=want_map
+        )
+        out, weights = out if want_map else (out, None)
+        tokens = tokens + out
+        return tokens + self.ffn(self.norm_ff(tokens)), weights
+
+
+class VQAModel(nn.Module):
+    """Answer a question about an image; see the module docstring for shapes."""
+
+    def __init__(self, config: VQAConfig):
+        super().__init__()
+        self.config = c = config
+        self.patches = _PatchEncoder(c)
+        self.embed = nn.Embedding(c.vocab_size, c.d_model, padding_idx=c.pad_id)
+        self.text_layers = nn.ModuleList(
+            TransformerEncoderLayer(c.d_model, heads=c.heads, dim_ff=c.dim_ff, dropout=c.dropout)
+            for _ in range(c.text_layers)
+        )
+        self.cross = nn.ModuleList(_CrossBlock(c) for _ in range(c.cross_layers))
+        self.norm_out = nn.LayerNorm(c.d_model)
+        self.answer_head = nn.Linear(c.d_model, c.n_answers)
+
+    def _check(self, images: Tensor, question_ids: Tensor, question_mask: Tensor) -> None:
+        c = self.config
+        want = (3, c.image_size, c.image_size)
+        if not isinstance(images, Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != want:
+            got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"images must be (B, {want[0]}, {want[1]}, {want[2]}), got {got}")
+        b = images.shape[0]
+        if (
+            question_ids.dim() != 2
+            or question_ids.shape[0] != b
+            or question_ids.dtype != torch.long
+        ):  # noqa: E501
+            raise ValueError(
+                f"question_ids must be (B={b}, T) long, got {tuple(question_ids.shape)} "
+                f"{question_ids.dtype}"
+            )
+        if question_mask.dtype != torch.bool or question_mask.shape != question_ids.shape:
+            raise ValueError(
+                f"question_mask must be bool {tuple(question_ids.shape)}, got "
+                f"{question_mask.dtype} {tuple(question_mask.shape)}"
+            )
+
+    def forward(
+        self,
+        images: Tensor,
+        question_ids: Tensor,
+        question_mask: Tensor,
+        *,
+        return_maps: bool = False,
+    ) -> VQAOutput:
+        """Answer logits (B, n_answers) and, with ``return_maps``, each cross layer's maps
+        (B, heads, T, P); rows of padded question tokens are there but meaningless."""
+        self._check(images, question_ids, question_mask)
+        patches = self.patches(images)  # (B, P, d)
+        t = question_ids.shape[1]
+        tokens = self.embed(question_ids) + sinusoidal_positions(t, self.config.d_model).to(patches)
+        for layer in self.text_layers:
+            tokens = layer(tokens, token_mask=question_mask)
+        maps = []
+        for block in self.cross:
+            tokens, weights = block(tokens, patches, return_maps)
+            maps.append(weights)
+        keep = question_mask.unsqueeze(-1).to(tokens.dtype)  # (B, T, 1)
+        pooled = (tokens * keep).sum(1) / keep.sum(1).clamp_min(1.0)  # (B, d)
+        logits = self.answer_head(self.norm_out(pooled))
+        return VQAOutput(logits, maps if return_maps else None)

@@ -1,0 +1,365 @@
+"""Train, save, load and run a `VQAModel`, and read where its questions look.
+
+The pieces of ``crossattn vqa train|answer|score`` and ``crossattn demo --task vqa``:
+
+* `VQAExamples`: questions with their images (shared between questions), answers, boxes in the
+  original pixels and grounding targets over the patch grid (the object's share of each patch:
+  the exact mask for generated scenes, the box for the user's JSONL data).
+* `train_vqa`: AdamW on the answer loss, plus with ``guided_grounding`` a KL loss that pulls one
+  head (layer -1, head 0, mean over the question tokens) towards the normalised target; bounded by
+  a deadline (``time.monotonic()``) so the whole command keeps to its ``--minutes``.
+* `grounding_map`: the map a model grounds with: the mean over layers, heads and question tokens
+  (unsupervised), or the supervised head.
+* `save_vqa` / `load_vqa`: a model directory (``model.safetensors``, ``vqa.json`` with the config,
+  vocabulary, answers and grounding choice), written to a temporary directory and renamed.
+
+Shapes: images (N, 3, H, W) uint8; maps (Q, grid * grid); points (x, y) in original pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .data.toy_scenes import Scene
+from .data.vqa import VQARecord
+from .grounding import map_point
+from .models.vocab import Vocabulary
+from .models.vqa import VQAConfig, VQAModel
+
+__all__ = [
+    "VQAExamples",
+    "VQAOptions",
+    "VQAPredictor",
+    "VQATrainResult",
+    "box_share",
+    "score",
+    "examples_from_records",
+    "examples_from_scenes",
+    "grounding_map",
+    "load_vqa",
+    "save_vqa",
+    "train_vqa",
+]
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "vqa.json"
+GUIDED_HEAD = (-1, 0)  # (layer, head) that the grounding loss supervises
+
+
+@dataclass
+class VQAExamples:
+    """Questions about images. ``image_index[q]`` is the row of ``images`` question q is about."""
+
+    images: Tensor  # (N, 3, H, W) uint8
+    image_index: Tensor  # (Q,) long
+    questions: list[tuple[str, ...]]
+    answers: list[str] | None
+    boxes: list[tuple[float, float, float, float] | None]  # original pixels
+    original_sizes: list[tuple[int, int]]  # (width, height) per question
+    targets: Tensor | None = None  # (Q, P) float, rows sum to 1, or None
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def subset(self, rows: Sequence[int]) -> VQAExamples:
+        rows = list(rows)
+        return replace(
+            self,
+            image_index=self.image_index[rows],
+            questions=[self.questions[r] for r in rows],
+            answers=None if self.answers is None else [self.answers[r] for r in rows],
+            boxes=[self.boxes[r] for r in rows],
+            original_sizes=[self.original_sizes[r] for r in rows],
+            targets=None if self.targets is None else self.targets[rows],
+        )
+
+
+def _grid_share(mask: Tensor, grid: int) -> Tensor:
+    """(H, W) bool -> (grid * grid,) the object's share of each patch, normalised to sum 1."""
+    h, w = mask.shape
+    share = mask.float().reshape(grid, h // grid, grid, w // grid).mean((1, 3)).reshape(-1)
+    return share / share.sum().clamp_min(1e-12)
+
+
+def box_share(box: Sequence[float], size: tuple[int, int], grid: int) -> Tensor:
+    """The box's share of each patch of a ``grid`` x ``grid`` split of a (width, height) image."""
+    width, height = size
+    x0, y0, x1, y1 = box
+    edges = np.arange(grid + 1) / grid
+
+    def overlap(lo: float, hi: float, extent: int) -> np.ndarray:  # (grid,) overlap per patch
+        return np.clip(
+            np.minimum(edges[1:] * extent, hi) - np.maximum(edges[:-1] * extent, lo), 0, None
+        )  # noqa: E501
+
+    share = (
+        torch.from_numpy(np.outer(overlap(y0, y1, height), overlap(x0, x1, width)))
+        .reshape(-1)
+        .float()
+    )  # noqa: E501
+    return share / share.sum().clamp_min(1e-12)
+
+
+def examples_from_scenes(scenes: Sequence[Scene], grid: int = 8) -> VQAExamples:
+    """Every question of every scene; grounding targets from the exact object masks."""
+    images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2)
+    index, questions, answers, boxes, sizes, targets = [], [], [], [], [], []
+    for i, s in enumerate(scenes):
+        height, width = s.image.shape[:2]
+        for q in s.questions:
+            obj = s.objects[q.object_index]
+            index.append(i)
+            questions.append(q.words)
+            answers.append(q.answer)
+            boxes.append(tuple(float(v) for v in obj.box))
+            sizes.append((width, height))
+            targets.append(_grid_share(torch.from_numpy(obj.mask.copy()), grid))
+    return VQAExamples(
+        images.contiguous(), torch.tensor(index), questions, answers, boxes, sizes,
+        torch.stack(targets) if targets else None,
+    )  # fmt: skip
+
+
+def examples_from_records(records: Sequence[VQARecord], grid: int = 8) -> VQAExamples:
+    """Questions read by `read_vqa_jsonl` (with ``size=``); targets from the boxes, if all have one."""
+    if not records:
+        raise ValueError("no VQA records to use")
+    images = torch.from_numpy(np.stack([r.image for r in records])).permute(0, 3, 1, 2)
+    boxes = [r.box for r in records]
+    answers = [r.answer for r in records]
+    targets = None
+    if all(b is not None for b in boxes):
+        targets = torch.stack([box_share(r.box, r.original_size, grid) for r in records])
+    return VQAExamples(
+        images.contiguous(), torch.arange(len(records)), [r.question for r in records],
+        None if any(a is None for a in answers) else answers, boxes,
+        [r.original_size for r in records], targets,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class VQAOptions:
+    """Training options; model sizes go in ``config`` (`VQAConfig` fields but the vocab sizes)."""
+
+    seconds: float = 240.0
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    guided_grounding: bool = False
+    guided_weight: float = 0.5
+    seed: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class VQATrainResult:
+    model: VQAModel
+    vocab: Vocabulary
+    answers: list[str]
+    steps: int
+    seconds: float
+
+
+def _encode(vocab: Vocabulary, questions: Sequence[Sequence[str]]) -> tuple[Tensor, Tensor]:
+    t = max(1, max((len(q) for q in questions), default=1))
+    ids = torch.zeros(len(questions), t, dtype=torch.long)  # 0 = <pad>
+    for k, q in enumerate(questions):
+        if q:
+            ids[k, : len(q)] = torch.tensor(vocab.encode(q))
+    return ids, ids != 0
+
+
+def grounding_map(maps: Sequence[Tensor], question_mask: Tensor, choice: str) -> Tensor:
+    """(Q, P): the grounding map from each layer's (Q, heads, T, P) maps.
+
+    ``choice`` "mean": mean over layers, heads and real question tokens; "guided": the supervised
+    head (`GUIDED_HEAD`), mean over the real question tokens.
+    """
+    keep = question_mask[:, None, :, None].to(maps[0].dtype)  # (Q, 1, T, 1)
+    count = keep.sum(2).clamp_min(1.0)  # (Q, 1, 1)
+    if choice == "guided":
+        layer, head = GUIDED_HEAD
+        return (maps[layer][:, head : head + 1] * keep).sum(2)[:, 0] / count[:, 0]
+    if choice != "mean":
+        raise ValueError(f"grounding choice must be 'mean' or 'guided', got {choice!r}")
+    per_layer = [(m * keep).sum(2).mean(1) / count[:, 0] for m in maps]  # (Q, P) each
+    return torch.stack(per_layer).mean(0)
+
+
+def _images(ex: VQAExamples, rows: Tensor) -> Tensor:
+    return ex.images[ex.image_index[rows]].float() / 255.0
+
+
+def _progress(total: float, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=round(total), unit="s", desc="vqa train", disable=not enabled, file=sys.stderr
+    )
+
+
+def train_vqa(
+    examples: VQAExamples,
+    options: VQAOptions = VQAOptions(),
+    *,
+    deadline: float | None = None,
+    progress: bool = False,
+) -> VQATrainResult:
+    """Train a `VQAModel` on ``examples`` until ``options.seconds`` (or ``deadline``) pass.
+
+    Returns the model (eval mode), the question vocabulary, the answer list (logit order), the
+    steps taken and the seconds the loop ran.
+    """
+    if examples.answers is None:
+        raise ValueError("training examples need an answer on every question")
+    if options.guided_grounding and examples.targets is None:
+        raise ValueError("guided grounding needs a box (or mask) on every training question")
+    torch.manual_seed(options.seed)
+    vocab = Vocabulary.build(examples.questions)
+    answers = sorted(set(examples.answers))
+    config = VQAConfig(vocab_size=len(vocab), n_answers=len(answers), **options.config)
+    model = VQAModel(config)
+    ids, mask = _encode(vocab, examples.questions)
+    answer_id = {a: i for i, a in enumerate(answers)}
+    labels = torch.tensor([answer_id[a] for a in examples.answers])
+    opt = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    start = time.monotonic()
+    end = start + options.seconds if deadline is None else min(deadline, start + options.seconds)
+    gen = torch.Generator().manual_seed(options.seed)
+    bar, step = _progress(end - start, progress), 0
+    model.train()
+    while step == 0 or time.monotonic() < end:  # at least one step
+        rows = torch.randint(len(examples), (options.batch_size,), generator=gen)
+        out = model(
+            _images(examples, rows), ids[rows], mask[rows], return_maps=options.guided_grounding
+        )  # noqa: E501
+        loss = F.cross_entropy(out.logits, labels[rows])
+        if options.guided_grounding:
+            head = grounding_map(out.maps, mask[rows], "guided")
+            grounding = F.kl_div(
+                head.clamp_min(1e-8).log(), examples.targets[rows], reduction="batchmean"
+            )  # noqa: E501
+            loss = loss + options.guided_weight * grounding
+        for group in opt.param_groups:
+            group["lr"] = options.lr * min(1.0, (step + 1) / options.warmup)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % 20 == 0:
+            bar.n = min(bar.total, round(time.monotonic() - start))
+            bar.set_postfix_str(f"step {step} loss {loss.item():.3f}")
+    bar.close()
+    model.eval()
+    return VQATrainResult(model, vocab, answers, step, time.monotonic() - start)
+
+
+class VQAPredictor:
+    """A trained model with its vocabulary and answers: answers, points and maps for questions."""
+
+    def __init__(self, model: VQAModel, vocab: Vocabulary, answers: list[str], grounding: str):
+        self.model, self.vocab, self.answers, self.grounding = (
+            model.eval(),
+            vocab,
+            answers,
+            grounding,
+        )
+
+    @torch.no_grad()
+    def predict(self, examples: VQAExamples, batch_size: int = 256) -> list[dict[str, Any]]:
+        """One ``{"answer", "point", "map"}`` per question, in order; ``point`` is (x, y) in the
+        original image's pixels, ``map`` the (grid, grid) grounding map as nested lists."""
+        grid = self.model.config.grid
+        out: list[dict[str, Any]] = []
+        for lo in range(0, len(examples), batch_size):
+            rows = torch.arange(lo, min(lo + batch_size, len(examples)))
+            ids, mask = _encode(self.vocab, [examples.questions[r] for r in rows.tolist()])
+            res = self.model(_images(examples, rows), ids, mask, return_maps=True)
+            maps = grounding_map(res.maps, mask, self.grounding).reshape(-1, grid, grid)
+            for k, r in enumerate(rows.tolist()):
+                m = maps[k].double().numpy()
+                x, y = map_point(m, examples.original_sizes[r])
+                out.append({
+                    "answer": self.answers[int(res.logits[k].argmax())],
+                    "point": [x, y],
+                    "map": [[round(float(v), 6) for v in row] for row in m],
+                })  # fmt: skip
+        return out
+
+
+def save_vqa(
+    directory: str | os.PathLike, predictor: VQAPredictor, extra: dict | None = None
+) -> Path:
+    """Write the model directory atomically: a temporary sibling, then a rename into place."""
+    from safetensors.torch import save_model
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        save_model(predictor.model, str(tmp / WEIGHTS_FILE))
+        meta = {
+            "config": predictor.model.config.to_dict(),
+            "vocab": predictor.vocab.tokens,
+            "answers": predictor.answers,
+            "grounding": predictor.grounding,
+            **(extra or {}),
+        }
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        for p in tmp.iterdir():
+            p.chmod(0o644)
+        tmp.chmod(0o755)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def load_vqa(directory: str | os.PathLike) -> VQAPredictor:
+    """Read a directory written by `save_vqa`."""
+    from safetensors.torch import load_model
+
+    d = Path(directory)
+    for name in (WEIGHTS_FILE, META_FILE):
+        if not (d / name).is_file():
+            raise FileNotFoundError(
+                f"{d / name} is missing: is {d} a model of crossattn vqa train?"
+            )
+    meta = json.loads((d / META_FILE).read_text(encoding="utf-8"))
+    model = VQAModel(VQAConfig.from_dict(meta["config"]))
+    load_model(model, str(d / WEIGHTS_FILE))
+    return VQAPredictor(model, Vocabulary(meta["vocab"]), list(meta["answers"]), meta["grounding"])
+
+
+def score(predictions: Sequence[dict], examples: VQAExamples) -> dict[str, Any]:
+    """Accuracy (when answers are known) and pointing game (when boxes are known)."""
+    out: dict[str, Any] = {"n": len(predictions)}
+    if examples.answers is not None:
+        hits = [p["answer"] == a for p, a in zip(predictions, examples.answers)]
+        out["accuracy"] = float(np.mean(hits)) if hits else math.nan
+        out["majority_baseline"] = Counter(examples.answers).most_common(1)[0][1] / len(examples)
+    scored = [(p, b) for p, b in zip(predictions, examples.boxes) if b is not None]
+    if scored:
+        inside = [b[0] <= p["point"][0] < b[2] and b[1] <= p["point"][1] < b[3] for p, b in scored]
+        out["pointing_game"] = float(np.mean(inside))
+    return out
