@@ -158,6 +158,7 @@ class VQAOptions:
     """Training options; model sizes go in ``config`` (`VQAConfig` fields but the vocab sizes)."""
 
     seconds: float = 240.0
+    max_steps: int | None = None
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 100
@@ -245,7 +246,7 @@ def train_vqa(
     gen = torch.Generator().manual_seed(options.seed)
     bar, step = _progress(end - start, progress), 0
     model.train()
-    while step == 0 or time.monotonic() < end:  # at least one step
+    while step == 0 or (time.monotonic() < end and step != options.max_steps):  # >= 1 step
         rows = torch.randint(len(examples), (options.batch_size,), generator=gen)
         out = model(
             _images(examples, rows), ids[rows], mask[rows], return_maps=options.guided_grounding
