@@ -126,6 +126,19 @@ TRANSLATE_CASES = [
           "argument --length-penalty: expected a finite number, got 'inf'"),
     _case("translate  --model  {model}  --beam  0  le chat",
           "argument --beam: expected an integer >= 1, got '0'"),
+    _case("translate  --model  {model}  --input  {missing}",
+          "argument --input: cannot read '{missing}'", "expected a UTF-8 text file"),
+    _case("translate  --model  {model}  --input  {pairs_txt}  le chat",
+          "argument --input: give sentences as arguments or --input FILE, not both"),
+    _case("translate  --model  {model}  --output  {empty_dir}  le chat",
+          "argument --output: '{empty_dir}' is a directory; expected a file path"),
+    _case("translate  --model  {model}  --output  {missing}/out.txt  le chat",
+          "argument --output: cannot write '{missing}/out.txt': the directory '{missing}' does "
+          "not exist"),
+    _case("translate  --model  {model}  --batch-size  0  le chat",
+          "argument --batch-size: expected an integer >= 1, got '0'"),
+    _case("translate  --model  {model}  --n-best  0  le chat",
+          "argument --n-best: expected an integer >= 1, got '0'"),
 ]  # fmt: skip
 
 ALIGN_CASES = [

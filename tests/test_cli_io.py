@@ -190,6 +190,8 @@ def test_output_is_written_atomically(monkeypatch, capsys, model, tmp_path):
 
 
 def test_n_best_is_a_list_inside_the_line(monkeypatch, capsys, model, translator):
+    from crossattn.models.decoding import _length_penalty
+
     _stdin(monkeypatch, b"a red car\n\n")
     code, out, err = _run(capsys, ["translate", "--model", model, "--json", "--beam", "4",
                                    "--n-best", "3"])  # fmt: skip
@@ -203,6 +205,8 @@ def test_n_best_is_a_list_inside_the_line(monkeypatch, capsys, model, translator
     assert rows[0]["target"] == list(best.target_tokens)
     assert rows[0]["score"] == pytest.approx(best.score, rel=1e-5, abs=1e-5)
     assert len({tuple(h["target"]) for h in n_best}) == len(n_best)  # distinct hypotheses
+    ranked = [h["score"] / _length_penalty(len(h["target"]) + 1, 0.6) for h in n_best]
+    assert ranked == sorted(ranked, reverse=True)  # best first, as beam search ranks them
     assert rows[1]["n_best"] == [] and rows[1]["source"] == []
 
 

@@ -43,9 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beam", type=positive_int, default=4, help="beam size (1: greedy)")
     parser.add_argument("--length-penalty", type=finite_float, default=0.6,
                         help="GNMT length-penalty alpha of beam search")  # fmt: skip
-    parser.add_argument("--n-best", type=positive_int, default=1,
+    parser.add_argument("--n-best", type=positive_int, default=1, metavar="N",
                         help="hypotheses per sentence, best first (at most --beam)")  # fmt: skip
-    parser.add_argument("--batch-size", type=positive_int, default=32,
+    parser.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
                         help="sentences translated at once")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="one JSON object per input line")
     parser.add_argument("--alignment-format", choices=("pharaoh", "pairs"), default="pharaoh",
@@ -122,9 +122,12 @@ def _json_text(obj: Any) -> str:
     return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").replace("\x85", "\\u0085")
 
 
-def _format(source: list[str], hyps: list[Any], args: argparse.Namespace) -> str:
-    """The output of one input line, with its final newline."""
+def _format(hyps: list[Any], args: argparse.Namespace) -> str:
+    """The output of one input line (its hypotheses, none when it is empty), with its final
+    newline."""
     from ..data.parallel import alignment_as
+
+    source = list(hyps[0].source_tokens) if hyps else []
 
     def entry(r: Any) -> dict[str, Any]:
         return {"target": list(r.target_tokens),
@@ -152,8 +155,8 @@ def _format(source: list[str], hyps: list[Any], args: argparse.Namespace) -> str
 
 def _write(tr: Any, lines: Sequence[str], args: argparse.Namespace, out: TextIO) -> int:
     count = 0
-    for line, hyps in zip(lines, _results(tr, lines, args)):
-        out.write(_format(list(tr.tokenize(line)), hyps, args))
+    for hyps in _results(tr, lines, args):
+        out.write(_format(hyps, args))
         out.flush()
         count += 1
     return count

@@ -43,9 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="a saved capture, or a .safetensors/.pt file")
     parser.add_argument("-o", "--out", help="where to write the page (default: FILE with .html)")
     parser.add_argument("--open", action="store_true", help="also open it in the web browser")
-    parser.add_argument("--source", help="source tokens, separated by spaces")
-    parser.add_argument("--target", help="target tokens, separated by spaces")
-    parser.add_argument("--links", help="gold alignment as a Pharaoh line ('0-0 1-2 3p4')")
+    parser.add_argument("--source", help="source tokens, separated by spaces (default: those "
+                        "saved in FILE, else none)")  # fmt: skip
+    parser.add_argument("--target", help="target tokens, separated by spaces (default: those "
+                        "saved in FILE, else none)")  # fmt: skip
+    parser.add_argument("--links", help="gold alignment as a Pharaoh line ('0-0 1-2 3p4') "
+                        "(default: the links saved in FILE, else none)")  # fmt: skip
     parser.add_argument("--title", help="page title (default: the file name)")
     parser.add_argument("--layers", nargs="+", metavar="NAME",
                         help="layers of a capture to keep (default: all)")  # fmt: skip
