@@ -260,7 +260,7 @@ def test_non_utf8_stdin_is_refused_with_its_line(monkeypatch, capsys, model):
     _stdin(monkeypatch, b"a red car\nthe \xff boy\n")
     code, out, err = _run(capsys, ["translate", "--model", model])
     assert code == 2 and out == "" and "Traceback" not in err
-    assert "stdin:2: not UTF-8" in err
+    assert "crossattn translate: error: stdin:2: not UTF-8 (invalid start byte at byte 4)" in err
 
 
 def test_non_utf8_input_file_is_refused_with_its_line(capsys, model, tmp_path):

@@ -82,8 +82,10 @@ def _input_lines(args: argparse.Namespace) -> tuple[str, list[str]]:
             ) from err
         with input_errors("argument --input"):
             return f"{args.input} line", decode_lines(data, args.input)
-    with input_errors("stdin"):
+    try:
         return "stdin line", decode_lines(sys.stdin.buffer.read(), "stdin")
+    except ValueError as err:  # a line that is not UTF-8, named "stdin:LINE"
+        raise CommandError(f"{err}; expected UTF-8 text") from err
 
 
 def _check_lengths(tr: Any, where: str, lines: Sequence[str]) -> None:
