@@ -49,6 +49,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     )
     (root / "pairs.align").write_text("0-0 1-1 2-2\n0-0 1-2 2-1\n", encoding="utf-8")
     (root / "short.align").write_text("0-0\n", encoding="utf-8")
+    (root / "out_of_range.align").write_text("0-0\n1-3\n", encoding="utf-8")
     (root / "malformed.txt").write_text("le chat dort\n", encoding="utf-8")
     (root / "blank.txt").write_text("", encoding="utf-8")
     (root / "long.txt").write_text(" ".join(["chat"] * 12) + " ||| the\n", encoding="utf-8")
@@ -125,6 +126,19 @@ TRANSLATE_CASES = [
           "argument --length-penalty: expected a finite number, got 'inf'"),
     _case("translate  --model  {model}  --beam  0  le chat",
           "argument --beam: expected an integer >= 1, got '0'"),
+    _case("translate  --model  {model}  --input  {missing}",
+          "argument --input: cannot read '{missing}'", "expected a UTF-8 text file"),
+    _case("translate  --model  {model}  --input  {pairs_txt}  le chat",
+          "argument --input: give sentences as arguments or --input FILE, not both"),
+    _case("translate  --model  {model}  --output  {empty_dir}  le chat",
+          "argument --output: '{empty_dir}' is a directory; expected a file path"),
+    _case("translate  --model  {model}  --output  {missing}/out.txt  le chat",
+          "argument --output: cannot write '{missing}/out.txt': the directory '{missing}' does "
+          "not exist"),
+    _case("translate  --model  {model}  --batch-size  0  le chat",
+          "argument --batch-size: expected an integer >= 1, got '0'"),
+    _case("translate  --model  {model}  --n-best  0  le chat",
+          "argument --n-best: expected an integer >= 1, got '0'"),
 ]  # fmt: skip
 
 ALIGN_CASES = [
@@ -136,7 +150,8 @@ ALIGN_CASES = [
     _case("align  --model  {model}  --data  {malformed_txt}",
           "argument --data: {malformed_txt}:1: missing separator"),
     _case("align  --model  {model}  --data  {long_txt}",
-          "argument --data: {long_txt}: pair 1 has 12/1 source/target words"),
+          "argument --data: {long_txt}:1: 12 source / 1 target words; the model takes at most "
+          f"{MAX_LEN} / {MAX_LEN - 1} (--skip-bad-lines skips it)"),
 ]  # fmt: skip
 
 THREADS_CASES = [
@@ -199,6 +214,9 @@ TRAIN_CASES = [
           "argument --attention-head: got 9, but the model has 4 heads; expected -4..3"),
     _case("train  --data  {malformed_txt}  --out  {root}/out  --steps  1",
           "argument --data: {malformed_txt}:1: missing separator"),
+    _case(TRAIN + "--alignments  {out_of_range_align}",
+          "argument --alignments: {out_of_range_align}:2: alignment link '1-3' is out of range",
+          "(is the file 1-indexed? pass one_indexed=True, or --one-indexed on the command line)"),
     _case(TRAIN + "--alignments  {short_align}",
           "argument --alignments: {short_align}: has 1 lines but the text {pairs_txt} has 2"),
     _case("train  --data  {blank_txt}  --out  {root}/out  --steps  1",
@@ -293,7 +311,7 @@ def test_view_step_words(tmp_path, capsys):
         None, "concat", "mean", "last", 2, -1,
     ]  # fmt: skip
     torch.save(torch.rand(2, 3), tmp_path / "w.pt")
-    assert main(["view", str(tmp_path / "w.pt"), "--step", "last"]) == 0
+    assert main(["view", str(tmp_path / "w.pt")]) == 0
     assert capsys.readouterr().out.strip().endswith("w.html")
 
 

@@ -154,7 +154,8 @@ def test_malformed_tsv_names_file_and_line(tmp_path):
         (
             "0-0\n0-5\n",
             False,
-            r"alignment link .0-5. is out of range .* \(is the file 1-indexed\? pass one_indexed=True\)",
+            r"alignment link .0-5. is out of range .* \(is the file 1-indexed\? pass one_indexed=True, "
+            r"or --one-indexed on the command line\)",
         ),
         ("1-1\n0-1\n", True, "alignment link '0-1' has index 0 but the file is read as 1-indexed"),
         ("1-1\n3-1\n", True, r"alignment link '3-1' is out of range .*\(1-indexed\)"),

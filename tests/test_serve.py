@@ -363,6 +363,11 @@ def test_the_page_posts_json(server):
         ({"max_chars": "10"}, TypeError, "max_chars must be a positive int"),
         ({"max_words": False}, TypeError, "max_words must be a positive int, got False"),
         ({"max_words": -3}, ValueError, "max_words must be a positive int, got -3"),
+        (
+            {"alignment_format": "links"},
+            ValueError,
+            "alignment_format must be one of ('pharaoh', 'pairs'), got 'links'",
+        ),
     ],
 )
 def test_service_arguments_are_validated(translator, kwargs, error, message):

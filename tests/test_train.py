@@ -139,7 +139,7 @@ def test_align_skipping_bad_lines_keeps_one_output_line_per_input_line(model_dir
     lines = captured.out.split("\n")
     assert len(lines) == 4 and lines[3] == ""  # three lines, each ended by a newline
     assert lines[1] == "" and re.fullmatch(r"(\d+-\d+ ?)+", lines[0]) and lines[2]
-    assert "skipped 1 malformed pair(s) (line 2); their output lines are empty" in captured.err
+    assert f"skipped 1 pair(s); their output lines are empty: {data}:2: missing" in captured.err
 
 
 @pytest.mark.slow
@@ -178,7 +178,7 @@ def test_translate_prints_translation_and_alignment(model_dir, capsys):
         assert i < 3 and j < n_words
     assert main(["translate", "--model", str(model_dir), "--json", "--beam", "1", "the cat"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["source"] == ["the", "cat"] and isinstance(data["alignment"], list)
+    assert data["source"] == ["the", "cat"] and isinstance(data["alignment"], str)  # Pharaoh
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ import contextlib
 import importlib
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -123,6 +124,44 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _default_note(action: argparse.Action) -> str:
+    """What `--help` adds to an option's help: its default, or that it is required."""
+    if action.required:
+        return "(required)"
+    if action.default is None:
+        return "(default: none)"
+    if isinstance(action.default, bool) and action.nargs == 0:
+        return f"(default: {'on' if action.default else 'off'})"
+    return "(default: %(default)s)"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default: ``(default: 4)``, ``(default: off)`` for a
+    flag, ``(required)``; an option whose help already says ``default`` keeps its own words, and
+    one that defaults to nothing says ``(default: none)``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS:
+            return text
+        if "%(default)" in text or re.search(r"\bdefault\b", text):
+            return text
+        return f"{text} {_default_note(action)}"
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of command `name` (imports its module), as `main` uses it."""
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(
+        prog=f"crossattn {name}", description=COMMANDS[name][1], formatter_class=HelpFormatter
+    )
+    module.add_arguments(parser)
+    for action in parser._actions:
+        if not action.help and action.option_strings:  # argparse shows nothing without help
+            action.help = _default_note(action)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crossattn", description="Fast, correct and visible cross-attention for PyTorch."
@@ -139,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in COMMANDS:
         name = argv[0]
         module = importlib.import_module(COMMANDS[name][0])
-        parser = argparse.ArgumentParser(prog=f"crossattn {name}", description=COMMANDS[name][1])
-        module.add_arguments(parser)
+        parser = command_parser(name)
         args = parser.parse_args(argv[1:])
         try:
             return int(module.run(args) or 0)

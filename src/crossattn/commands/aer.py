@@ -3,7 +3,8 @@
 Prints exactly one line on stdout, ``AER 4.07 P 96.27 R 95.42`` (percentages, two decimals), or
 the same as JSON with ``--json``. Links are pooled over the corpus (Och & Ney 2003); every link of
 the hypothesis counts, sure or possible. Bad input (missing file, malformed line, different line
-counts) prints ``crossattn aer: error: FILE:LINE: reason`` on stderr and exits with status 2.
+counts, two files without a line) prints ``crossattn aer: error: FILE:LINE: reason`` on stderr and
+exits with status 2.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ def run(args: argparse.Namespace) -> int:
                 None,
                 f"has {len(hyp)} lines but the gold {args.gold} has {len(gold)}; "
                 "they need one line per sentence pair",
+            )
+        if not gold:
+            raise ParallelFormatError(
+                args.gold,
+                None,
+                f"holds no alignment lines, nor does {args.hypothesis}: nothing to score; "
+                "expected one Pharaoh line per sentence pair",
             )
     except ParallelFormatError as err:
         print(f"crossattn aer: error: {err}", file=sys.stderr)

@@ -17,9 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model directory of crossattn train")
     parser.add_argument("--data", required=True, help="parallel text: 'source ||| target' or TSV")
     parser.add_argument("--skip-bad-lines", action="store_true",
-                        help="print an empty line for malformed pairs instead of failing")  # fmt: skip
+                        help="print an empty line for a malformed or over-long pair (named on "
+                        "stderr) instead of failing")  # fmt: skip
     parser.add_argument("--batch-size", type=positive_int, default=64,
-                        help="pairs force-decoded at once (default 64)")  # fmt: skip
+                        help="pairs force-decoded at once")  # fmt: skip
     add_threads_argument(parser)
 
 
@@ -32,37 +33,43 @@ def run(args: argparse.Namespace) -> int:
 
     tr = load_translator(args.model)
     with warnings.catch_warnings():  # the skipped lines are reported below, in one plain line
-        warnings.filterwarnings("ignore", message=r".*skipped \d+ bad line", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"skipped \d+ bad line", category=UserWarning)
         data = read_pairs(args.data, skip_bad_lines=args.skip_bad_lines)
-    limit = tr.model.config.max_len - 1
-    pairs = []
-    for k, ex in enumerate(data.examples):
-        if len(ex.source) > tr.model.config.max_len or len(ex.target) > limit:
-            raise CommandError(
-                f"argument --data: {args.data}: pair {k + 1} has {len(ex.source)}/"
-                f"{len(ex.target)} source/target words; the model takes at most "
-                f"{tr.model.config.max_len}/{limit}"
+    # line -> "FILE:LINE: reason" of each skipped pair
+    problems = dict(zip(data.skipped_lines, data.problems))
+    max_source, max_target = tr.model.config.max_len, tr.model.config.max_len - 1
+    pairs, kept = [], []
+    for line, ex in zip(data.lines, data.examples):
+        if len(ex.source) > max_source or len(ex.target) > max_target:
+            problem = (
+                f"{args.data}:{line}: {len(ex.source)} source / {len(ex.target)} target words; "
+                f"the model takes at most {max_source} / {max_target}"
             )
+            if not args.skip_bad_lines:
+                raise CommandError(f"argument --data: {problem} (--skip-bad-lines skips it)")
+            problems[line] = problem
+            continue
+        kept.append((line, ex))
         pairs.append(Encoded(tuple(tr.source_vocab.encode(ex.source)),
                              tuple(tr.target_vocab.encode(ex.target)), frozenset()))  # fmt: skip
     weights = attention_for_pairs(tr.model, pairs, batch_size=args.batch_size)
-    # One output line per input line: a skipped (malformed) pair gets an empty one, so the
-    # output still lines up with the input (and with a gold file for `crossattn aer`).
+    # One output line per input line: a skipped pair gets an empty one, so the output still
+    # lines up with the input (and with a gold file for `crossattn aer`).
     out = sys.stdout
-    skipped = set(data.skipped_lines)
-    results = iter(zip(data.examples, weights))
-    for line in range(1, len(data.examples) + len(skipped) + 1):
-        if line in skipped:
+    results = iter(zip(kept, weights))
+    for line in range(1, len(kept) + len(problems) + 1):
+        if line in problems:
             out.write("\n")
             continue
-        ex, w = next(results)
+        (_, ex), w = next(results)
         links = extract_alignment(w, tr.extraction, len(ex.source), len(ex.target))
         out.write(" ".join(f"{i}-{j}" for i, j in sorted(links)) + "\n")
-    if skipped:
-        lines = ", ".join(map(str, sorted(skipped)[:10])) + (", ..." if len(skipped) > 10 else "")
+    if problems:
+        shown = [problems[line] for line in sorted(problems)]
+        listed = "; ".join(shown[:10]) + ("; ..." if len(shown) > 10 else "")
         print(
-            f"crossattn align: skipped {len(skipped)} malformed pair(s) (line {lines}); their "
-            "output lines are empty",
+            f"crossattn align: skipped {len(shown)} pair(s); their output lines are empty: "
+            f"{listed}",
             file=sys.stderr,
         )
     return 0

@@ -23,6 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-words", type=positive_int, default=64, help="longest sentence accepted (default 64)"
     )
+    parser.add_argument(
+        "--alignment-format",
+        choices=("pharaoh", "pairs"),
+        default="pharaoh",
+        help="the answer's alignment: a Pharaoh string '0-0 1-2' (as translate --json gives it) "
+        "or a list of [i, j] pairs",
+    )
     parser.add_argument("--open", action="store_true", help="open the page in the web browser")
 
 
@@ -33,7 +40,12 @@ def run(args: argparse.Namespace) -> int:
     translator = load_translator(args.model)
     try:
         server = make_server(
-            translator, args.host, args.port, max_words=args.max_words, beam=args.beam
+            translator,
+            args.host,
+            args.port,
+            max_words=args.max_words,
+            beam=args.beam,
+            alignment_format=args.alignment_format,
         )
     except (OSError, ValueError, OverflowError) as err:
         raise CommandError(

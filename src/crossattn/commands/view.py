@@ -10,7 +10,8 @@ FILE is one of:
 * a ``.pt`` / ``.pth`` file written by ``torch.save`` holding either that tensor or a dict
   ``{"weights": tensor, "source_tokens": [...], "target_tokens": [...], "links": "0-0 1-2"}``.
 
-``--source`` and ``--target`` give (or replace) the tokens as space-separated text.
+``--source`` and ``--target`` give (or replace) the tokens as space-separated text. ``--layers``,
+``--batch`` and ``--step`` select within a capture; on any other file they are an error.
 """
 
 from __future__ import annotations
@@ -42,12 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="a saved capture, or a .safetensors/.pt file")
     parser.add_argument("-o", "--out", help="where to write the page (default: FILE with .html)")
     parser.add_argument("--open", action="store_true", help="also open it in the web browser")
-    parser.add_argument("--source", help="source tokens, separated by spaces")
-    parser.add_argument("--target", help="target tokens, separated by spaces")
-    parser.add_argument("--links", help="gold alignment as a Pharaoh line ('0-0 1-2 3p4')")
+    parser.add_argument("--source", help="source tokens, separated by spaces (default: those "
+                        "saved in FILE, else none)")  # fmt: skip
+    parser.add_argument("--target", help="target tokens, separated by spaces (default: those "
+                        "saved in FILE, else none)")  # fmt: skip
+    parser.add_argument("--links", help="gold alignment as a Pharaoh line ('0-0 1-2 3p4') "
+                        "(default: the links saved in FILE, else none)")  # fmt: skip
     parser.add_argument("--title", help="page title (default: the file name)")
-    parser.add_argument("--layers", nargs="+", metavar="NAME", help="layers of a capture to keep")
-    parser.add_argument("--batch", type=int, default=0, help="batch item of a capture (default 0)")
+    parser.add_argument("--layers", nargs="+", metavar="NAME",
+                        help="layers of a capture to keep (default: all)")  # fmt: skip
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch item of a capture (default: 0)")  # fmt: skip
     parser.add_argument(
         "--step",
         type=step_argument,
@@ -144,6 +150,20 @@ def _load_plain(path: str) -> dict[str, Any]:
     raise ValueError(f"FILE must be a .safetensors, .pt or .pth file, got {path!r}")
 
 
+def _refuse_capture_options(args: argparse.Namespace, path: str) -> None:
+    """--layers, --batch and --step select within a capture: on a plain file, an error."""
+    given = [(option, value) for option, value in
+             (("--layers", args.layers), ("--batch", args.batch), ("--step", args.step))
+             if value is not None]  # fmt: skip
+    if given:
+        option, value = given[0]
+        raise CommandError(
+            f"argument {option}: applies only to a capture saved by AttentionRecorder.save, but "
+            f"{path!r} holds a plain weights tensor; leave {option} out (slice the tensor "
+            "before saving it to show a part of it)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from ..viz import to_html
     from ._common import check_output_file
@@ -165,8 +185,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if path.lower().endswith(".safetensors") and _is_capture(path):
             kwargs: dict[str, Any] = {"weights": path, "layers": args.layers, "step": args.step}
-            kwargs.update(batch=args.batch, links=args.links)
+            kwargs.update(batch=0 if args.batch is None else args.batch, links=args.links)
         else:
+            _refuse_capture_options(args, path)
             loaded = _load_plain(path)
             kwargs = {
                 "weights": loaded["weights"],

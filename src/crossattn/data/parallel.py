@@ -7,12 +7,13 @@ Formats read:
   line has it, else TSV.
 * **alignments** in Pharaoh format, one line per pair: ``i-j`` is a sure link and ``ipj`` a possible
   one, ``i`` the source word and ``j`` the target word, 0-indexed (``one_indexed=True`` for
-  1-indexed files such as the shared gold sets).
+  1-indexed files such as the shared gold sets; ``--one-indexed`` on the command line).
 
 Tokens are words: each side is stripped of ASCII spaces, then split on runs of ASCII spaces
 (``" "``) only. Other whitespace stays inside tokens: the Japanese-English gold set uses the
 ideographic space U+3000 as a token, which ``str.split()`` would drop, shifting every index after
-it. A ``"\\r"`` before the newline is removed.
+it. Lines end at ``"\\n"`` only (no other character splits a line), and a ``"\\r"`` before it is
+removed (`decode_lines`, used for every text the commands read).
 
 Blank lines at the end of a text file (a file ending in ``"\n\n"``) end the data; so do blank
 lines of an alignment file past the last line of its text. A blank line inside the text is an
@@ -22,7 +23,8 @@ Malformed input raises `ParallelFormatError` (a `ValueError`) whose message star
 ``FILE:LINE:``: a missing separator, an empty side, a bad or out-of-range alignment link, or
 files with different line counts. Nothing is skipped silently: ``skip_bad_lines=True`` skips the
 pairs with a bad line (text or alignment), counts them in ``ParallelData.skipped`` and warns once
-with the count. Files with different line counts are an error even then.
+with the count and the first problems, each naming the file that holds the bad line (the text or
+the alignments) and its line. Files with different line counts are an error even then.
 """
 
 from __future__ import annotations
@@ -30,18 +32,22 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "ALIGNMENT_FORMATS",
     "ParallelData",
     "ParallelExample",
     "ParallelFormatError",
+    "alignment_as",
+    "decode_lines",
     "format_pharaoh",
     "parse_pharaoh",
     "read_alignment_file",
     "read_parallel",
+    "strip_line_end",
     "tokenize",
 ]
 
@@ -80,13 +86,17 @@ class ParallelFormatError(ValueError):
 
 @dataclass(frozen=True)
 class ParallelData:
-    """What `read_parallel` read: the pairs, and how many bad lines it skipped (and which)."""
+    """What `read_parallel` read: the pairs, and how many bad lines it skipped (and which).
+
+    ``lines[k]`` is the 1-based line of ``examples[k]`` in the file (skipped lines leave gaps).
+    """
 
     examples: list[ParallelExample]
     skipped: int = 0
     skipped_lines: list[int] = field(default_factory=list)  # 1-based line numbers
     problems: list[str] = field(default_factory=list)  # one "FILE:LINE: reason" per skip
     has_alignments: bool = False
+    lines: list[int] = field(default_factory=list)  # 1-based line of each example
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -146,7 +156,12 @@ def parse_pharaoh(
                 f"alignment link {item!r} has index 0 but the file is read as 1-indexed",
             )
         if (n_source is not None and i >= n_source) or (n_target is not None and j >= n_target):
-            hint = "" if one_indexed else " (is the file 1-indexed? pass one_indexed=True)"
+            hint = (
+                ""
+                if one_indexed
+                else " (is the file 1-indexed? pass one_indexed=True, or --one-indexed on the "
+                "command line)"
+            )
             raise ParallelFormatError(
                 path,
                 lineno,
@@ -157,14 +172,29 @@ def parse_pharaoh(
     return frozenset(sure), frozenset(possible - sure)
 
 
-def _read_lines(path: str | os.PathLike[str]) -> list[str]:
-    """The lines of a UTF-8 file without their line ends; decoding errors name the line."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ParallelFormatError(path, None, "no such file") from None
-    except IsADirectoryError:
-        raise ParallelFormatError(path, None, "is a directory, not a file") from None
+ALIGNMENT_FORMATS = ("pharaoh", "pairs")
+
+
+def alignment_as(links: Iterable[Link], fmt: str = "pharaoh") -> str | list[list[int]]:
+    """Word links ``(i, j)`` (source i, target j, 0-indexed) for JSON, sorted: ``"pharaoh"``
+    gives one Pharaoh line ``"0-0 1-2"``, ``"pairs"`` a list ``[[0, 0], [1, 2]]``."""
+    if fmt not in ALIGNMENT_FORMATS:
+        raise ValueError(f"alignment format must be one of {ALIGNMENT_FORMATS}, got {fmt!r}")
+    ordered = sorted((int(i), int(j)) for i, j in links)
+    if fmt == "pairs":
+        return [[i, j] for i, j in ordered]
+    return " ".join(f"{i}-{j}" for i, j in ordered)
+
+
+def strip_line_end(text: str) -> str:
+    """`text` without one trailing line end: ``"\\n"``, ``"\\r\\n"`` or a lone ``"\\r"``."""
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+def decode_lines(data: bytes, name: str | os.PathLike[str]) -> list[str]:
+    """The lines of UTF-8 bytes: split at ``"\\n"`` only, a ``"\\r"`` before it removed, a
+    leading BOM dropped, no line after a final ``"\\n"``. A line that is not UTF-8 raises
+    `ParallelFormatError` naming ``name`` (a file, or ``"stdin"``) and the line."""
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     raw = data.split(b"\n")
@@ -176,9 +206,20 @@ def _read_lines(path: str | os.PathLike[str]) -> list[str]:
             lines.append(line.decode("utf-8").removesuffix("\r"))
         except UnicodeDecodeError as err:
             raise ParallelFormatError(
-                path, k, f"not UTF-8 ({err.reason} at byte {err.start})"
+                name, k, f"not UTF-8 ({err.reason} at byte {err.start})"
             ) from None
     return lines
+
+
+def _read_lines(path: str | os.PathLike[str]) -> list[str]:
+    """The lines of a UTF-8 file (see `decode_lines`); decoding errors name the line."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ParallelFormatError(path, None, "no such file") from None
+    except IsADirectoryError:
+        raise ParallelFormatError(path, None, "is a directory, not a file") from None
+    return decode_lines(data, path)
 
 
 def read_alignment_file(
@@ -251,6 +292,7 @@ def read_parallel(
         first = next((line for line in lines if line.strip()), "")
         fmt = "pipes" if "|||" in first else "tsv"
     examples: list[ParallelExample] = []
+    kept: list[int] = []
     skipped: list[int] = []
     problems: list[str] = []
     for k, line in enumerate(lines, 1):
@@ -281,9 +323,13 @@ def read_parallel(
             problems.append(str(err))
             continue
         examples.append(ParallelExample(source, target, sure, possible))
+        kept.append(k)
     if skipped:
+        shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
         warnings.warn(
-            f"{path}: skipped {len(skipped)} bad line(s) of {len(lines)} (first: {problems[0]})",
+            f"skipped {len(skipped)} bad line(s) of {len(lines)} sentence pairs: {shown}",
             stacklevel=2,
         )
-    return ParallelData(examples, len(skipped), skipped, problems, align_lines is not None)
+    return ParallelData(
+        examples, len(skipped), skipped, problems, align_lines is not None, lines=kept
+    )

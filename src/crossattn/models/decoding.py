@@ -194,8 +194,10 @@ def beam_search(
     return_attention: bool = False,
     use_cache: bool = True,
     reuse_context: bool = True,
-) -> list[Hypothesis]:
-    """Beam search of a batch; returns the best finished hypothesis of each input.
+    n_best: int | None = None,
+) -> list[Hypothesis] | list[list[Hypothesis]]:
+    """Beam search of a batch; returns the best finished hypothesis of each input (with
+    ``n_best``, a list of the ``n_best`` best ones, best first).
 
     Hypotheses are ranked by ``score / ((5 + length) / 6) ** length_penalty`` (GNMT). An input is
     done once it has ``beam_size`` finished hypotheses (or at ``max_len``, where the unfinished
@@ -211,12 +213,15 @@ def beam_search(
         return_attention: fill `Hypothesis.attention` (layers, heads, T, S).
         use_cache: incremental decoder self-attention (False recomputes the whole prefix).
         reuse_context: use the prepared cross-attention K/V (False projects them at every step).
+        n_best: return up to this many hypotheses per input (1 to ``beam_size``).
 
     Returns:
-        One `Hypothesis` per input row.
+        One `Hypothesis` per input row; with ``n_best``, one list of hypotheses per input row.
     """
     if not isinstance(beam_size, int) or beam_size <= 0:
         raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
+    if n_best is not None and not (isinstance(n_best, int) and 1 <= n_best <= beam_size):
+        raise ValueError(f"n_best must be an int in 1..beam_size={beam_size}, got {n_best!r}")
     memory, source_mask, contexts = _prepare(model, source_ids, source_mask)
     steps = _default_max_len(model, source_mask, max_len)
     b, k, dev = source_ids.shape[0], beam_size, source_ids.device
@@ -310,10 +315,13 @@ def beam_search(
     out = []
     columns = _valid_column_indices(source_mask)
     for i in range(b):
-        _, s, seq, att, ended = max(finished[i], key=lambda h: h[0])
-        if att is not None:
-            att = _take_columns(att.permute(1, 2, 0, 3), columns[i])  # (layers, H, T, S_i)
-        out.append(Hypothesis(seq, s, ended, att))
+        ranked = sorted(finished[i], key=lambda h: h[0], reverse=True)  # stable: ties keep order
+        hyps = []
+        for _, s, seq, att, ended in ranked[: n_best or 1]:
+            if att is not None:
+                att = _take_columns(att.permute(1, 2, 0, 3), columns[i])  # (layers, H, T, S_i)
+            hyps.append(Hypothesis(seq, s, ended, att))
+        out.append(hyps if n_best is not None else hyps[0])
     return out
 
 

@@ -156,8 +156,10 @@ class Translator:
         beam: int = 4,
         length_penalty: float = 0.6,
         max_len: int | None = None,
-    ) -> list[TranslationResult]:
-        """Translate sentences (strings or word lists); see `translate`."""
+        n_best: int | None = None,
+    ) -> list[TranslationResult] | list[list[TranslationResult]]:
+        """Translate sentences (strings or word lists); see `translate`. With ``n_best`` (1 to
+        ``beam``), each sentence gets a list of up to ``n_best`` results, best first."""
         if isinstance(sentences, str):
             raise TypeError(
                 "translate_batch takes a list of sentences, got one string; use "
@@ -168,24 +170,30 @@ class Translator:
         beam = int(beam)
         if not math.isfinite(length_penalty):
             raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
+        if n_best is not None and not (isinstance(n_best, Integral) and 1 <= n_best <= beam):
+            raise ValueError(f"n_best must be an int in 1..beam={beam}, got {n_best!r}")
         words = [self.tokenize(s) for s in sentences]
         if not words:
             return []
         ids, mask = self._source(words)
         if beam == 1:
             hyps = greedy_decode(self.model, ids, mask, max_len=max_len, return_attention=True)
+            ranked = [[h] for h in hyps]
         else:
-            hyps = beam_search(
+            ranked = beam_search(
                 self.model, ids, mask, beam_size=beam, length_penalty=length_penalty,
-                max_len=max_len, return_attention=True,
+                max_len=max_len, return_attention=True, n_best=int(n_best or 1),
             )  # fmt: skip
         out = []
-        for w, h in zip(words, hyps):
-            target = self.target_vocab.decode(h.tokens)
-            full = h.attention
-            if not h.finished:  # no EOS row: repeat the last row so row j + 1 exists
-                full = torch.cat([full, full[:, :, -1:]], 2)
-            out.append(self._result(w, target, full, h.score))
+        for w, hs in zip(words, ranked):
+            results = []
+            for h in hs:
+                target = self.target_vocab.decode(h.tokens)
+                full = h.attention
+                if not h.finished:  # no EOS row: repeat the last row so row j + 1 exists
+                    full = torch.cat([full, full[:, :, -1:]], 2)
+                results.append(self._result(w, target, full, h.score))
+            out.append(results if n_best is not None else results[0])
         return out
 
     def translate(

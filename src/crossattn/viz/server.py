@@ -4,7 +4,12 @@ Standard library only (`http.server.ThreadingHTTPServer`), bound to 127.0.0.1 by
 
     GET  /                 the page: a sentence box and the interactive viewer
     POST /api/translate    {"sentence": "..."} -> {"translation", "source", "target",
-                           "alignment" (Pharaoh, source-target), "score", "view"}
+                           "alignment", "score", "view"}
+
+``source`` and ``target`` are token lists; ``alignment`` is a Pharaoh string ``"0-0 1-2"``
+(source-target, 0-indexed), as ``crossattn translate --json`` gives it, or with
+``alignment_format="pairs"`` a list of ``[i, j]``. A trailing line end of the sentence
+(``"\n"``, ``"\r\n"`` or ``"\r"``) is removed.
 
 ``view`` is the viewer's data (see `crossattn.viz.html.payload`): the model's cross-attention
 (layers, heads, T target words, S source words) with the word alignment as predicted links.
@@ -33,6 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..data.parallel import ALIGNMENT_FORMATS, alignment_as, strip_line_end
 from ._record import as_record
 from .html import _asset, payload
 
@@ -68,11 +74,23 @@ class TranslationService:
         max_words: the longest sentence accepted, in words (capped by what the model takes).
         max_chars: the longest sentence accepted, in characters.
         beam: beam size (1 for greedy decoding).
+        alignment_format: ``"pharaoh"`` (a string ``"0-0 1-2"``) or ``"pairs"`` (``[[0, 0],
+            [1, 2]]``): how the answer gives the alignment.
     """
 
     def __init__(
-        self, translator: Any, *, max_words: int = 64, max_chars: int = 1000, beam: int = 4
+        self,
+        translator: Any,
+        *,
+        max_words: int = 64,
+        max_chars: int = 1000,
+        beam: int = 4,
+        alignment_format: str = "pharaoh",
     ):
+        if alignment_format not in ALIGNMENT_FORMATS:
+            raise ValueError(
+                f"alignment_format must be one of {ALIGNMENT_FORMATS}, got {alignment_format!r}"
+            )
         max_words = _positive_int("max_words", max_words)
         max_chars = _positive_int("max_chars", max_chars)
         beam = _positive_int("beam", beam)
@@ -87,12 +105,14 @@ class TranslationService:
         self.max_words = max(1, min(max_words, model_limit))
         self.max_chars = max_chars
         self.beam = beam
+        self.alignment_format = alignment_format
         self._lock = threading.Lock()
 
     def answer(self, sentence: Any) -> dict[str, Any]:
         """The JSON answer for one sentence; raises `RequestError` for input it refuses."""
         if not isinstance(sentence, str):
             raise RequestError(400, 'send a JSON object {"sentence": "..."} with a string')
+        sentence = strip_line_end(sentence)
         bad = next((c for c in sentence if "\ud800" <= c <= "\udfff"), None)
         if bad is not None:
             raise RequestError(
@@ -120,7 +140,7 @@ class TranslationService:
             "translation": " ".join(target),
             "source": source,
             "target": target,
-            "alignment": " ".join(f"{i}-{j}" for i, j in result.alignment),
+            "alignment": alignment_as(result.alignment, self.alignment_format),
             "score": float(result.score),
             "view": None,
         }
@@ -443,6 +463,7 @@ def make_server(
     max_chars: int = 1000,
     beam: int = 4,
     timeout: float = SOCKET_TIMEOUT,
+    alignment_format: str = "pharaoh",
 ) -> ThreadingHTTPServer:
     """A threaded HTTP server for `translator` (call ``serve_forever()``; port 0 picks one).
 
@@ -455,12 +476,19 @@ def make_server(
         beam: beam size of the translations.
         timeout: seconds a connection may stay silent, and the most a request body may take to
             arrive, before the server answers 408 and closes it.
+        alignment_format: ``"pharaoh"`` or ``"pairs"``, see `TranslationService`.
     """
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
     if not 0 < timeout < math.inf:
         raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
-    service = TranslationService(translator, max_words=max_words, max_chars=max_chars, beam=beam)
+    service = TranslationService(
+        translator,
+        max_words=max_words,
+        max_chars=max_chars,
+        beam=beam,
+        alignment_format=alignment_format,
+    )
     server = ThreadingHTTPServer((host, port), _handler(service, serve_page(), float(timeout)))
     server.daemon_threads = True
     server.service = service  # type: ignore[attr-defined]
