@@ -388,9 +388,21 @@ def _help_entries(text: str) -> dict[str, str]:
     return entries
 
 
+def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parser and, for a command with actions (``crossattn vqa train``), each action's."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return [parser] + [p for a in subs for sub in a.choices.values() for p in _parsers(sub)]
+
+
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_option_of_every_command_shows_its_default(name):
-    parser = cli.command_parser(name)
+    for parser in _parsers(cli.command_parser(name)):
+        _check_defaults_shown(name, parser)
+
+
+def _check_defaults_shown(name: str, parser: argparse.ArgumentParser) -> None:
+    if any(isinstance(a, argparse._SubParsersAction) for a in parser._actions):
+        return  # a command of actions: its actions' parsers carry the options
     entries = _help_entries(parser.format_help())
     options = [a for a in parser._actions
                if a.option_strings and not isinstance(a, argparse._HelpAction)]  # fmt: skip

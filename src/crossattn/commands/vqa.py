@@ -23,7 +23,8 @@ from ..cli import CommandError, add_threads_argument, input_errors, positive_flo
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    train = sub.add_parser("train", help="train a model on VQA JSONL data")
+    fmt = parser.formatter_class  # every action's --help shows its defaults too
+    train = sub.add_parser("train", help="train a model on VQA JSONL data", formatter_class=fmt)
     train.add_argument(
         "--data", required=True, help="training JSONL (image, question, answer, box)"
     )  # noqa: E501
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_threads_argument(train)
     for name, text in (("answer", "answer questions: one JSON line each"),
                        ("score", "accuracy and pointing game on labelled data")):  # fmt: skip
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, help=text, formatter_class=fmt)
         p.add_argument("--model", required=True, help="model directory of crossattn vqa train")
         p.add_argument("--data", required=True, help="JSONL questions (answer and box optional)")
         p.add_argument("--batch-size", type=positive_int, default=256,
