@@ -73,6 +73,7 @@ class VQAExamples:
     boxes: list[tuple[float, float, float, float] | None]  # original pixels
     original_sizes: list[tuple[int, int]]  # (width, height) per question
     targets: Tensor | None = None  # (Q, P) float, rows sum to 1, or None
+    masks: list[np.ndarray] | None = None  # exact (H, W) object masks, generated scenes only
 
     def __len__(self) -> int:
         return len(self.questions)
@@ -87,6 +88,7 @@ class VQAExamples:
             boxes=[self.boxes[r] for r in rows],
             original_sizes=[self.original_sizes[r] for r in rows],
             targets=None if self.targets is None else self.targets[rows],
+            masks=None if self.masks is None else [self.masks[r] for r in rows],
         )
 
 
@@ -119,7 +121,7 @@ def box_share(box: Sequence[float], size: tuple[int, int], grid: int) -> Tensor:
 def examples_from_scenes(scenes: Sequence[Scene], grid: int = 8) -> VQAExamples:
     """Every question of every scene; grounding targets from the exact object masks."""
     images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2)
-    index, questions, answers, boxes, sizes, targets = [], [], [], [], [], []
+    index, questions, answers, boxes, sizes, targets, masks = [], [], [], [], [], [], []
     for i, s in enumerate(scenes):
         height, width = s.image.shape[:2]
         for q in s.questions:
@@ -130,9 +132,10 @@ def examples_from_scenes(scenes: Sequence[Scene], grid: int = 8) -> VQAExamples:
             boxes.append(tuple(float(v) for v in obj.box))
             sizes.append((width, height))
             targets.append(_grid_share(torch.from_numpy(obj.mask.copy()), grid))
+            masks.append(obj.mask)
     return VQAExamples(
         images.contiguous(), torch.tensor(index), questions, answers, boxes, sizes,
-        torch.stack(targets) if targets else None,
+        torch.stack(targets) if targets else None, masks,
     )  # fmt: skip
 
 
