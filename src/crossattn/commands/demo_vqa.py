@@ -84,10 +84,9 @@ def _pictures(out: Path, examples: Any, runs: dict[str, dict]) -> list[str]:
         for name, ev in runs.items():
             grid = np.array(ev["predictions"][k]["map"]).reshape(-1, 1)  # (P, 1): one "token"
             path = out / f"overlay-{k}-{name}.png"
-            title = (
-                f"{' '.join(examples.questions[k])} -> {ev['predictions'][k]['answer']} ({name})"
-            )
-            image_overlay(grid, image, (8, 8), 0, tokens=["question"], path=path, title=title)
+            title = f"{name}: answers {ev['predictions'][k]['answer']}"
+            question = " ".join(examples.questions[k])
+            image_overlay(grid, image, (8, 8), 0, tokens=[question], path=path, title=title)
             written.append(path.name)
     return written
 
