@@ -102,10 +102,10 @@ def _check_ctranslate2(directory, sources, out, max_len):
     return ours
 
 
-def _check_onnx(directory, sources, out, max_len):
+def _check_onnx(directory, sources, out, max_len, *extra):
     from crossattn.models.export_onnx_runner import OnnxTranslator
 
-    _export(directory, "onnx", out)
+    _export(directory, "onnx", out, *extra)
     runner = OnnxTranslator(out, threads=1)
     ours = _ours(directory, sources, max_len)
     assert runner.translate(sources, max_len=max_len) == [o[0] for o in ours]
@@ -147,12 +147,27 @@ def test_onnx_matches_trained_model(trained, tmp_path):
     assert all(finished for _, _, finished, _ in ours)
 
 
+@pytest.mark.slow
+def test_onnx_dynamo_exporter_matches_trained_model(trained, tmp_path):
+    """The graphs captured by torch.export (dynamo=True), converted to opset 17."""
+    import onnx
+
+    directory, sources = trained
+    _check_onnx(directory, sources, tmp_path / "onnx", 14, "--dynamo")
+    for name in ("encoder.onnx", "decoder_step.onnx"):
+        opsets = {o.domain: o.version for o in onnx.load(tmp_path / "onnx" / name).opset_import}
+        assert opsets[""] == 17
+
+
 def test_ctranslate2_int8_export_loads(random_model, tmp_path):
     directory, sources = random_model
     _export(directory, "ctranslate2", tmp_path / "int8", "--quantization", "int8")
     config = json.loads((tmp_path / "int8" / "config.json").read_text())
     assert config["decoder_start_token"] == "<s>" and config["layer_norm_epsilon"] == 1e-5
-    translator = ctranslate2.Translator(str(tmp_path / "int8"), compute_type="int8")
+    # intra_threads: CTranslate2 sets the process's OpenMP thread count, torch's too.
+    translator = ctranslate2.Translator(
+        str(tmp_path / "int8"), compute_type="int8", intra_threads=1
+    )
     out = translator.translate_batch(sources[:2], beam_size=1, max_decoding_length=5)
     assert all(len(r.hypotheses[0]) <= 5 for r in out)
     vocab = json.loads((tmp_path / "int8" / "target_vocabulary.json").read_text())
@@ -299,6 +314,9 @@ def test_out_inside_the_model_dir_and_other_misuse(small_dir, tmp_path, capsys):
     err = _error(capsys, "--model", str(small_dir), "--format", "onnx", "--out",
                  str(tmp_path / "o"), "--quantization", "int8")  # fmt: skip
     assert "argument --quantization" in err
+    err = _error(capsys, "--model", str(small_dir), "--format", "ctranslate2", "--out",
+                 str(tmp_path / "o"), "--dynamo")  # fmt: skip
+    assert "argument --dynamo" in err
     (tmp_path / "file").write_text("x")
     err = _error(capsys, "--model", str(small_dir), "--format", "onnx", "--out",
                  str(tmp_path / "file"), "--overwrite")  # fmt: skip

@@ -19,7 +19,7 @@ from ._common import brief
 FORMATS = {
     # format -> the packages it needs
     "ctranslate2": ("ctranslate2",),
-    "onnx": ("onnx", "onnxruntime"),
+    "onnx": ("onnx", "onnxruntime"),  # and onnxscript with --dynamo
 }
 QUANTIZATIONS = (
     "int8",
@@ -51,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quantization", choices=QUANTIZATIONS, default=None,
         help="ctranslate2 only: weight type of the exported model (default: float32 weights)",
     )  # fmt: skip
+    parser.add_argument(
+        "--dynamo", action="store_true",
+        help="onnx only: capture the graphs with torch.export (torch.onnx.export(dynamo=True)) "
+        "instead of the TorchScript-based tracer (default: the tracer)",
+    )  # fmt: skip
 
 
 def _installed(module: str) -> bool:
@@ -61,8 +66,8 @@ def _installed(module: str) -> bool:
     return True
 
 
-def _check_packages(fmt: str) -> None:
-    missing = [name for name in FORMATS[fmt] if not _installed(name)]
+def _check_packages(fmt: str, extra: tuple[str, ...] = ()) -> None:
+    missing = [name for name in FORMATS[fmt] + extra if not _installed(name)]
     if missing:
         raise CommandError(
             f"argument --format: {fmt} needs {', '.join(missing)}, which "
@@ -118,7 +123,11 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(
             f"argument --quantization: only with --format ctranslate2 (got --format {args.format})"
         )
-    _check_packages(args.format)
+    if args.dynamo and args.format != "onnx":
+        raise CommandError(
+            f"argument --dynamo: only with --format onnx (got --format {args.format})"
+        )
+    _check_packages(args.format, ("onnxscript",) if args.dynamo else ())
     _check_model_dir(args.model)
     _check_out(args)
     from safetensors import SafetensorError
@@ -143,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             from ..models.export_onnx import export_onnx
 
-            out = export_onnx(model, source_vocab, target_vocab, args.out, **kw)
+            out = export_onnx(model, source_vocab, target_vocab, args.out, dynamo=args.dynamo, **kw)
     except FileExistsError as err:  # --out appeared since the check
         raise CommandError(f"argument --out: {err}") from err
     except OSError as err:

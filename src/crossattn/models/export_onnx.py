@@ -32,8 +32,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 import math
 import os
 import warnings
@@ -221,25 +223,61 @@ def _example_inputs(model: Seq2SeqTransformer) -> tuple[tuple, tuple]:
     return (ids, mask), (tokens, keys, values, cross_k, cross_v, mask)
 
 
-def _export(module: nn.Module, args: tuple, names: tuple, outputs: tuple, axes: dict) -> bytes:
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _export(
+    module: nn.Module, args: tuple, names: tuple, outputs: tuple, axes: dict, dynamo: bool
+) -> bytes:
+    """One graph, serialized: traced (TorchScript exporter) or captured by torch.export."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(warnings.catch_warnings())
+        stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
         warnings.simplefilter("ignore")  # tracer and deprecation chatter about the exporter
-        torch.onnx.export(
-            module, args, buffer, input_names=list(names), output_names=list(outputs),
-            dynamic_axes=axes, opset_version=OPSET, dynamo=False,
+        if not dynamo:
+            buffer = io.BytesIO()
+            torch.onnx.export(
+                module, args, buffer, input_names=list(names), output_names=list(outputs),
+                dynamic_axes=axes, opset_version=OPSET, dynamo=False,
+            )  # fmt: skip
+            return buffer.getvalue()
+        for name in ("torch.onnx", "onnxscript", "onnx_ir"):  # progress and fallback notes
+            stack.enter_context(_quiet_logger(name))
+        dims: dict[str, torch.export.Dim] = {}
+        shapes = {
+            name: {i: dims.setdefault(d, torch.export.Dim(d)) for i, d in axes[name].items()}
+            for name in names
+        }
+        program = torch.onnx.export(
+            module, args, input_names=list(names), output_names=list(outputs),
+            dynamic_shapes=shapes, opset_version=OPSET, dynamo=True, verbose=False,
         )  # fmt: skip
-    return buffer.getvalue()
+        return program.model_proto.SerializeToString()
 
 
-def onnx_graphs(model: Seq2SeqTransformer) -> tuple[bytes, bytes]:
+def onnx_graphs(model: Seq2SeqTransformer, *, dynamo: bool = False) -> tuple[bytes, bytes]:
     """The serialized ONNX encoder and decoder-step graphs (opset 17) of a model.
+
+    Args:
+        model: the translator.
+        dynamo: capture the modules with `torch.export` (``torch.onnx.export(dynamo=True)``,
+            needs onnxscript) instead of tracing them with the TorchScript-based exporter.
 
     Raises:
         ImportError: onnx is not installed.
         TypeError / ValueError: not a `Seq2SeqTransformer` whose parameters the exporter knows.
     """
     require("onnx", "exporting to ONNX")
+    if dynamo:
+        require("onnxscript", "exporting to ONNX with dynamo=True")
     encoder, step = OnnxEncoder(model).eval(), OnnxDecoderStep(model).eval()
     enc_args, step_args = _example_inputs(model)
     src = {0: "batch", 1: "source_length"}
@@ -249,6 +287,7 @@ def onnx_graphs(model: Seq2SeqTransformer) -> tuple[bytes, bytes]:
         encoder_graph = _export(
             encoder, enc_args, ("source_ids", "source_mask"), ("cross_keys", "cross_values"),
             {"source_ids": src, "source_mask": src, "cross_keys": cross, "cross_values": cross},
+            dynamo,
         )  # fmt: skip
         step_graph = _export(
             step, step_args,
@@ -258,6 +297,7 @@ def onnx_graphs(model: Seq2SeqTransformer) -> tuple[bytes, bytes]:
              "cross_keys": cross, "cross_values": cross, "source_mask": src,
              "log_probs": {0: "batch"}, "new_self_keys": {1: "batch", 3: "past_plus_one"},
              "new_self_values": {1: "batch", 3: "past_plus_one"}},
+            dynamo,
         )  # fmt: skip
     return encoder_graph, step_graph
 
@@ -344,6 +384,7 @@ def export_onnx(
     overwrite: bool = False,
     model_dir: str | os.PathLike | None = None,
     check: bool = True,
+    dynamo: bool = False,
 ) -> Path:
     """Write the encoder and decoder-step graphs, the config and both vocabularies to `out`.
 
@@ -356,6 +397,8 @@ def export_onnx(
             inside (None: no such check).
         check: run the graphs with onnxruntime and compare them with the model before writing
             (`check_graphs`; needs onnxruntime).
+        dynamo: capture the graphs with `torch.export` instead of the TorchScript-based tracer
+            (see `onnx_graphs`).
 
     Returns:
         `out` as a Path; written beside it and renamed into place (a failure leaves `out` as it
@@ -377,7 +420,7 @@ def export_onnx(
             raise TypeError(f"{name} must be a Vocabulary, got {type(vocab).__name__}")
         if size is not None and len(vocab) != size:
             raise ValueError(f"{name} has {len(vocab)} tokens but the model has {size} ids")
-    encoder_graph, step_graph = onnx_graphs(model)
+    encoder_graph, step_graph = onnx_graphs(model, dynamo=dynamo)
     if check:
         check_graphs(model, encoder_graph, step_graph)
     with staged_directory(out) as staged:
