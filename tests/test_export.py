@@ -216,7 +216,7 @@ def test_onnx_graphs_match_the_model_step_by_step(random_model):
 
 def test_onnx_check_refuses_a_model_the_exporter_misreads(random_model, tmp_path):
     """A model whose layers compute something else than its config says (one layer switched
-    between pre-norm and post-norm) is refused before anything is written."""
+    between pre-norm and post-norm) is refused, and an existing output is left as it was."""
     from crossattn.models.export_onnx import export_onnx
 
     directory, _ = random_model
@@ -224,9 +224,12 @@ def test_onnx_check_refuses_a_model_the_exporter_misreads(random_model, tmp_path
     for block in ("self_block", "cross_block", "ffn_block"):
         residual = getattr(model.decoder[0], block)
         residual.norm_first = not residual.norm_first
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "onnx" / "keep.txt").write_text("previous export")
     with pytest.raises(ValueError, match="differ from the model's"):
-        export_onnx(model, source_vocab, target_vocab, tmp_path / "onnx")
-    assert not (tmp_path / "onnx").exists()
+        export_onnx(model, source_vocab, target_vocab, tmp_path / "onnx", overwrite=True)
+    assert [p.name for p in (tmp_path / "onnx").iterdir()] == ["keep.txt"]  # left as it was
+    assert [p.name for p in tmp_path.iterdir()] == ["onnx"]
 
 
 # ------------------------------------------------------------------------------- bad input
@@ -321,6 +324,9 @@ def test_out_inside_the_model_dir_and_other_misuse(small_dir, tmp_path, capsys):
     err = _error(capsys, "--model", str(small_dir), "--format", "onnx", "--out",
                  str(tmp_path / "file"), "--overwrite")  # fmt: skip
     assert "argument --out" in err and "file" in err
+    err = _error(capsys, "--model", str(small_dir), "--format", "ctranslate2", "--out",
+                 str(tmp_path / "file" / "below"))  # fmt: skip
+    assert "argument --out" in err and "cannot write" in err
 
 
 def test_library_refuses_bad_arguments(small_dir, tmp_path):

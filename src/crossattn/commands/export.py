@@ -92,32 +92,6 @@ def _check_model_dir(path: str) -> None:
             )
 
 
-def _check_out(args: argparse.Namespace) -> None:
-    out, model = os.path.abspath(args.out), os.path.abspath(args.model)
-    real_out, real_model = os.path.realpath(out), os.path.realpath(model)
-    if os.path.commonpath([real_out, real_model]) in (real_out, real_model):
-        raise CommandError(
-            f"argument --out: {args.out!r} is, holds or lies inside the model directory "
-            f"{args.model!r}; choose a directory outside it"
-        )
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise CommandError(
-            f"argument --out: {args.out!r} is an existing file; expected a directory path"
-        )
-    if os.path.exists(out) and not args.overwrite:
-        raise CommandError(
-            f"argument --out: {args.out!r} already exists; pass --overwrite to replace it, or "
-            "choose another directory"
-        )
-    parent = os.path.dirname(out)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise CommandError(
-            f"argument --out: cannot write {args.out!r}: {parent!r} is not a writable directory"
-        )
-
-
 def run(args: argparse.Namespace) -> int:
     if args.quantization is not None and args.format != "ctranslate2":
         raise CommandError(
@@ -129,10 +103,15 @@ def run(args: argparse.Namespace) -> int:
         )
     _check_packages(args.format, ("onnxscript",) if args.dynamo else ())
     _check_model_dir(args.model)
-    _check_out(args)
     from safetensors import SafetensorError
 
+    from ..models.export_common import check_out_dir
     from ..train import load_model
+
+    try:  # before the model is read: a refused --out costs nothing
+        check_out_dir(args.out, args.overwrite, protect=args.model)
+    except (FileExistsError, ValueError) as err:
+        raise CommandError(f"argument --out: {err}") from err
 
     try:
         model, source_vocab, target_vocab = load_model(args.model)

@@ -96,7 +96,8 @@ def check_out_dir(
 
     Raises:
         FileExistsError: `out` exists and `overwrite` is False (or `out` is a file).
-        ValueError: `out` is, holds or lies inside `protect` (the model directory).
+        ValueError: `out` is, holds or lies inside `protect` (the model directory), or lies
+            below a file.
     """
     out = Path(out)
     here = out.resolve()
@@ -105,15 +106,20 @@ def check_out_dir(
         here == model_dir or model_dir in here.parents or here in model_dir.parents
     ):
         raise ValueError(
-            f"out={str(out)!r} is, holds or lies inside the model directory {str(protect)!r}; "
+            f"{str(out)!r} is, holds or lies inside the model directory {str(protect)!r}; "
             "choose a directory outside it"
         )
+    parent = here.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"cannot write {str(out)!r}: {str(parent)!r} is a file, not a directory")
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"out={str(out)!r} is an existing file; choose a directory path")
+        raise FileExistsError(f"{str(out)!r} is an existing file; choose a directory path")
     if out.exists() and not overwrite:
         raise FileExistsError(
-            f"out={str(out)!r} already exists; pass overwrite=True (--overwrite) to replace it, "
-            "or choose another directory"
+            f"{str(out)!r} already exists; replace it with overwrite=True (on the command "
+            "line: --overwrite), or choose another directory"
         )
     return out
 
