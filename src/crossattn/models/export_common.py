@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .seq2seq import Seq2SeqTransformer
+from .vocab import Vocabulary
 
 EXPORT_EXTRA = "pip install 'crossattn[export]'"
 """How to install what the exporters need (ctranslate2, onnx, onnxscript, onnxruntime)."""
@@ -79,6 +80,21 @@ def model_weights(model: Seq2SeqTransformer) -> dict[str, Tensor]:
             f"that the exporters know (missing {missing[:5]}, unknown {unknown[:5]})"
         )
     return {n: state[n].detach().to("cpu", torch.float32).clone() for n in names}
+
+
+def check_vocabularies(model: Seq2SeqTransformer, source_vocab, target_vocab) -> None:
+    """TypeError / ValueError unless both are `Vocabulary`s of the model's vocabulary sizes."""
+    if not isinstance(model, Seq2SeqTransformer):
+        raise TypeError(f"model must be a Seq2SeqTransformer, got {type(model).__name__}")
+    c = model.config
+    for name, vocab, size in (
+        ("source_vocab", source_vocab, c.source_vocab_size),
+        ("target_vocab", target_vocab, c.target_vocab_size),
+    ):
+        if not isinstance(vocab, Vocabulary):
+            raise TypeError(f"{name} must be a Vocabulary, got {type(vocab).__name__}")
+        if len(vocab) != size:
+            raise ValueError(f"{name} has {len(vocab)} tokens but the model has {size} ids")
 
 
 def norm_eps(model: Seq2SeqTransformer) -> float:

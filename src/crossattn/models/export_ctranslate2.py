@@ -34,6 +34,7 @@ import torch
 
 from .export_common import (
     check_out_dir,
+    check_vocabularies,
     model_weights,
     norm_eps,
     require,
@@ -97,16 +98,9 @@ def ctranslate2_spec(model: Seq2SeqTransformer, source_vocab: Vocabulary, target
     require("ctranslate2", "exporting to CTranslate2")
     from ctranslate2.specs import transformer_spec
 
+    check_vocabularies(model, source_vocab, target_vocab)
     w = model_weights(model)
     c = model.config
-    for name, vocab, size in (
-        ("source_vocab", source_vocab, c.source_vocab_size),
-        ("target_vocab", target_vocab, c.target_vocab_size),
-    ):
-        if not isinstance(vocab, Vocabulary):
-            raise TypeError(f"{name} must be a Vocabulary, got {type(vocab).__name__}")
-        if len(vocab) != size:
-            raise ValueError(f"{name} has {len(vocab)} tokens but the model has {size} ids")
     positions = model.positions.detach().to("cpu", torch.float32).numpy()  # (max_len, D)
     encoder = transformer_spec.TransformerEncoderSpec(
         c.encoder_layers, c.heads, pre_norm=c.norm_first

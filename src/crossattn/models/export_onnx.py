@@ -45,7 +45,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .export_common import check_out_dir, model_weights, norm_eps, require, staged_directory
+from .export_common import (
+    check_out_dir,
+    check_vocabularies,
+    model_weights,
+    norm_eps,
+    require,
+    staged_directory,
+)
 from .seq2seq import Seq2SeqTransformer
 from .vocab import Vocabulary
 
@@ -411,15 +418,7 @@ def export_onnx(
             `model_dir`, or graphs that disagree with the model.
     """
     out = check_out_dir(out, overwrite, protect=model_dir)
-    c = model.config if isinstance(model, Seq2SeqTransformer) else None
-    for name, vocab, size in (
-        ("source_vocab", source_vocab, getattr(c, "source_vocab_size", None)),
-        ("target_vocab", target_vocab, getattr(c, "target_vocab_size", None)),
-    ):
-        if not isinstance(vocab, Vocabulary):
-            raise TypeError(f"{name} must be a Vocabulary, got {type(vocab).__name__}")
-        if size is not None and len(vocab) != size:
-            raise ValueError(f"{name} has {len(vocab)} tokens but the model has {size} ids")
+    check_vocabularies(model, source_vocab, target_vocab)
     encoder_graph, step_graph = onnx_graphs(model, dynamo=dynamo)
     if check:
         check_graphs(model, encoder_graph, step_graph)
