@@ -4,7 +4,7 @@ function buildHeader(v) {
   var data = v.data, L = v.L, S = v.S, NL = v.NL, H = v.H;
   var head = el("header", "ca-header", v.root);
   el("h1", "ca-title", head).textContent = data.title || "Cross-attention";
-  var rows = v.patches === "target" ? L + " image patches" : L + " target";
+  var rows = L + (v.patches === "target" ? " image patches" : v.patches ? " tokens" : " target");
   var cols = v.patches === "source" ? S + " image patches" : S + " source tokens";
   el("div", "ca-meta", head).textContent = rows + " \u00d7 " + cols + " \u00b7 " + NL +
     (NL === 1 ? " layer" : " layers") + " \u00b7 " +

@@ -60,6 +60,7 @@ function drawThumb(v, canvas, M) {
     ctx.drawImage(img, 0, 0, w, h);
     ctx.globalAlpha = 1;
     drawOverlay(v, ctx, thumbImageValues(v, M), w, h);
+    drawBox(v, ctx, w / img.naturalWidth);
     return;
   }
   var cell = Math.max(1, Math.floor(96 / Math.max(v.L, v.S)));
