@@ -43,7 +43,7 @@ function tokenRow(v, side, label, tokens) {
 
 function buildTokens(v) {
   var data = v.data;
-  v.els.tokView = el("section", "ca-token-view", v.root);
+  v.els.tokView = el("section", "ca-token-view" + (data.source ? "" : " ca-no-source"), v.root);
   v.els.src = data.source ? tokenRow(v, "source", "Source", data.source) : [];
   var svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("class", "ca-links");
