@@ -527,26 +527,7 @@ def as_record(
                 f"{', '.join(chosen)} {'apply' if len(chosen) > 1 else 'applies'} to captures (an AttentionRecorder, its saved file or "
                 f"its maps), not to a tensor of weights; index the tensor instead"
             )
-        arr = to_numpy(weights, "weights")
-        if arr.ndim == 2:  # (L, S)
-            arr = arr[None, None]
-            head_mean = True
-        elif arr.ndim == 3:  # (H, L, S)
-            arr = arr[None]
-        elif arr.ndim != 4:
-            raise ValueError(
-                f"weights must be (L, S), (H, L, S) or (layers, H, L, S), got shape "
-                f"{tuple(arr.shape)}"
-            )
-        if layer_names is None:
-            names = [f"layer {i}" for i in range(arr.shape[0])]
-        else:
-            names = [str(n) for n in layer_names]
-            if len(names) != arr.shape[0]:
-                raise ValueError(
-                    f"layer_names has {len(names)} names for weights with {arr.shape[0]} layers "
-                    f"(shape {tuple(arr.shape)})"
-                )
+        arr, names, head_mean = _tensor_weights(weights, layer_names)
     n_layers, n_heads, length, source_length = arr.shape
     check_weight_values(arr)
 
@@ -580,6 +561,34 @@ def as_record(
         patches=patches,
         box=box,
     )
+
+
+def _tensor_weights(
+    weights: Any, layer_names: Sequence[str] | None
+) -> tuple[np.ndarray, list[str], bool]:
+    """(layers, H, L, S) weights from an (L, S), (H, L, S) or (layers, H, L, S) tensor, the
+    layers' names, and whether it is a head mean."""
+    head_mean = False
+    arr = to_numpy(weights, "weights")
+    if arr.ndim == 2:  # (L, S)
+        arr = arr[None, None]
+        head_mean = True
+    elif arr.ndim == 3:  # (H, L, S)
+        arr = arr[None]
+    elif arr.ndim != 4:
+        raise ValueError(
+            f"weights must be (L, S), (H, L, S) or (layers, H, L, S), got shape {tuple(arr.shape)}"
+        )
+    if layer_names is None:
+        names = [f"layer {i}" for i in range(arr.shape[0])]
+    else:
+        names = [str(n) for n in layer_names]
+        if len(names) != arr.shape[0]:
+            raise ValueError(
+                f"layer_names has {len(names)} names for weights with {arr.shape[0]} layers "
+                f"(shape {tuple(arr.shape)})"
+            )
+    return arr, names, head_mean
 
 
 def _image_part(
