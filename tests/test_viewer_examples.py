@@ -228,7 +228,12 @@ def test_batch_examples_from_a_vqa_model():
     assert ex1["image"]["box"] is None and ex1["image"]["patches"] == "source"
     want = torch.stack([m[1, :, :2] for m in out.maps]).numpy()  # item 1: its 2 real tokens
     assert np.abs(_decoded(ex1) - want).max() <= float(want.max()) / 65535 * 1.01
-    assert ex0["image"]["src"] != ex1["image"]["src"]  # image rows 1 and 0
+    assert (ex0["image"]["ref"], ex1["image"]["ref"]) == (0, 1)  # image rows 1 and 0
+    assert data["images"][0] != data["images"][1]
+    assert all(uri.startswith("data:image/png;base64,") for uri in data["images"])
+    # Items about one image share its picture: it travels once.
+    same = _data(to_html(batch_examples(out.maps, tokens, images=images, image_index=[1, 1])))
+    assert len(same["images"]) == 1 and [ex["image"]["ref"] for ex in same["examples"]] == [0, 0]
     with pytest.raises(ValueError, match="tokens must be 2 token lists"):
         batch_examples(out.maps, tokens[:1])
     with pytest.raises(ValueError, match="boxes must hold 2 items"):

@@ -274,7 +274,8 @@ def examples_payload(
     **options: Any,
 ) -> dict[str, Any]:
     """The JSON object of a page that browses several examples: one `payload` per example
-    (its title the example's name in the picker), all quantised with the same bits."""
+    (its title the example's name in the picker), all quantised with the same bits. Each
+    distinct image is stored once in ``images``; an example's ``image["ref"]`` indexes it."""
     if bits is None:
         total = sum(rec.weights.size for rec, _, _ in examples)
         bits = 16 if total * 2 <= _BITS_16_LIMIT else 8
@@ -284,7 +285,18 @@ def examples_payload(
     ]
     if title is not None and not isinstance(title, str):
         raise TypeError(f"title must be a string or None, got {title!r} ({type(title).__name__})")
-    return {"v": 1, "title": title or "Cross-attention", "examples": pages, "example": 0}
+    # Questions about one image share its picture: each image travels once, examples name it.
+    images: dict[str, int] = {}
+    for p in pages:
+        if p["image"] is not None:
+            p["image"]["ref"] = images.setdefault(p["image"].pop("src"), len(images))
+    return {
+        "v": 1,
+        "title": title or "Cross-attention",
+        "examples": pages,
+        "images": list(images),
+        "example": 0,
+    }
 
 
 class Viewer:

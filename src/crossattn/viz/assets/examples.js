@@ -34,7 +34,9 @@ function mountExamples(root, data) {
     next.disabled = i === n - 1;
     count.textContent = (i + 1) + " / " + n;
     root.setAttribute("data-example", String(i));
-    api = mount(inner, data.examples[i], keep);
+    var ex = data.examples[i];
+    if (ex.image && ex.image.ref != null) ex.image.src = data.images[ex.image.ref];
+    api = mount(inner, ex, keep);
     inner.classList.remove("ca-viewer");  // one root: the page's styles apply once
   }
   prev.addEventListener("click", function () { show(current - 1); });
