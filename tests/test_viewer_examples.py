@@ -234,6 +234,12 @@ def test_batch_examples_from_a_vqa_model():
     # Items about one image share its picture: it travels once.
     same = _data(to_html(batch_examples(out.maps, tokens, images=images, image_index=[1, 1])))
     assert len(same["images"]) == 1 and [ex["image"]["ref"] for ex in same["examples"]] == [0, 0]
+    # Boxes measured on the original images (200 x 100 here) are scaled to the 32 x 32 shown.
+    scaled = batch_examples(out.maps, tokens, images=images, boxes=[[50, 25, 100, 50], None],
+                            box_sizes=[(200, 100), (64, 64)])  # fmt: skip
+    assert scaled[0]["box"] == [8.0, 8.0, 16.0, 16.0] and "box" not in scaled[1]
+    with pytest.raises(ValueError, match="box_sizes scales boxes to the images"):
+        batch_examples(out.maps, tokens, boxes=[[0, 0, 1, 1], None], box_sizes=[(2, 2)] * 2)
     with pytest.raises(ValueError, match="tokens must be 2 token lists"):
         batch_examples(out.maps, tokens[:1])
     with pytest.raises(ValueError, match="boxes must hold 2 items"):

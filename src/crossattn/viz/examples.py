@@ -130,6 +130,24 @@ def _per_layer(maps: Any) -> list[np.ndarray]:
     return arrays
 
 
+def _scaled_box(box: Any, sizes: Any, b: int, image: Any) -> Any:
+    """Item b's box, scaled from the (width, height) it was measured on to `image`'s pixels."""
+    if sizes is None:
+        return box
+    if image is None:
+        raise ValueError("box_sizes scales boxes to the images: pass images= with it")
+    width, height = sizes[b]
+    if not (width > 0 and height > 0):
+        raise ValueError(f"box_sizes[{b}] must be a positive (width, height), got {sizes[b]!r}")
+    shape = image.shape  # (3, H, W) or (H, W, 3)
+    h, w = (shape[1], shape[2]) if shape[0] in (1, 3, 4) and shape[-1] not in (3, 4) else shape[:2]
+    values = box.tolist() if hasattr(box, "tolist") else list(box)
+    if len(values) != 4:
+        raise TypeError(f"boxes[{b}] must be [x0, y0, x1, y1] (four numbers), got {box!r}")
+    kx, ky = w / width, h / height
+    return [values[0] * kx, values[1] * ky, values[2] * kx, values[3] * ky]
+
+
 def batch_examples(
     maps: Any,
     tokens: Sequence[Sequence[str]],
@@ -137,6 +155,7 @@ def batch_examples(
     images: Any = None,
     image_index: Any = None,
     boxes: Sequence[Any] | None = None,
+    box_sizes: Sequence[tuple[float, float]] | None = None,
     grid: tuple[int, int] | None = None,
     titles: Sequence[str] | None = None,
     captions: Sequence[str] | None = None,
@@ -152,6 +171,9 @@ def batch_examples(
         images: (N, 3, H, W) or (N, H, W, 3) images (uint8, or floats in [0, 1]).
         image_index: (B,) the row of `images` of each item (default: row b for item b).
         boxes: B boxes [x0, y0, x1, y1] in the images' pixels, or None for an item without one.
+        box_sizes: B (width, height) of the image each box was measured on (e.g. the original
+            image, before it was resized for the model: ``VQAExamples.original_sizes``); the
+            box is scaled to the image given. Default: the boxes are in its pixels already.
         grid: (h, w) patch grid, h * w == P (default square).
         titles, captions: B strings (default "example b" and none).
         layer_names: one name per layer (default "layer 0", ...).
@@ -160,7 +182,8 @@ def batch_examples(
     n = layers[0].shape[0]
     if isinstance(tokens, str) or len(tokens) != n:
         raise ValueError(f"tokens must be {n} token lists (one per batch item), got {tokens!r}")
-    for name, seq in (("boxes", boxes), ("titles", titles), ("captions", captions)):
+    named = (("boxes", boxes), ("box_sizes", box_sizes), ("titles", titles), ("captions", captions))
+    for name, seq in named:
         if seq is not None and len(seq) != n:
             raise ValueError(f"{name} must hold {n} items (one per batch item), got {len(seq)}")
     if images is not None:
@@ -184,7 +207,7 @@ def batch_examples(
         if images is not None:
             ex.update(image=images[int(rows[b])], grid=grid)
         if boxes is not None and boxes[b] is not None:
-            ex["box"] = boxes[b]
+            ex["box"] = _scaled_box(boxes[b], box_sizes, b, ex.get("image"))
         if captions is not None:
             ex["caption"] = captions[b]
         examples.append(ex)
