@@ -182,6 +182,9 @@ def test_examples_bad_input_is_named():
         to_html([good, short])
     with pytest.raises(ValueError, match=r"examples\[0\] has unknown keys \['answer'\]"):
         to_html([dict(good, answer="red")])
+    typo = {k: v for k, v in good.items() if k != "maps"} | {"map": good["maps"]}
+    with pytest.raises(ValueError, match=r"examples\[0\] has unknown keys \['map'\]"):
+        to_html([typo])
     with pytest.raises(ValueError, match=r"examples\[0\] must hold one of 'weights' and 'maps'"):
         to_html([dict(good, weights=good["maps"])])
     with pytest.raises(ValueError, match=r"give 'tokens' or 'target'"):

@@ -35,15 +35,14 @@ _KEYS = {
 }  # fmt: skip
 
 
-def _is_example(item: Any) -> bool:
-    if isinstance(item, AttentionRecord):
-        return True
-    return isinstance(item, Mapping) and ("weights" in item or "maps" in item)
-
-
 def is_example_list(obj: Any) -> bool:
-    """True for a non-empty list or tuple of examples (records or dicts with weights/maps)."""
-    return isinstance(obj, (list, tuple)) and len(obj) > 0 and all(_is_example(i) for i in obj)
+    """True for a non-empty list or tuple of examples: records or dicts (a list of dicts is
+    never a tensor of weights, so a dict with a wrong key is named as an example's error)."""
+    return (
+        isinstance(obj, (list, tuple))
+        and len(obj) > 0
+        and all(isinstance(i, (AttentionRecord, Mapping)) for i in obj)
+    )
 
 
 def _text(value: Any, name: str) -> str | None:
