@@ -370,3 +370,190 @@ def test_two_notebook_outputs_on_one_page(session):
     assert lit[0] == [False] * len(SRC)  # the other viewer is untouched
     assert lit[1] == [bool(v >= THRESHOLD) for v in flipped] and any(lit[1])
     session.check_clean()
+
+
+# ---------------------------------------------------------------- image mode, examples, overview
+
+QUESTION = ["what", "colour", "is", "the", "square", "?"]
+GREY = 128  # a uniform image: every pixel of the canvas is known
+
+
+def _grey_example(seed: int, tokens=QUESTION, box=(10, 8, 40, 30), heads=3) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.softmax(torch.randn(2, heads, len(tokens), 64, generator=g) * 2.5, dim=-1)
+    image = np.full((64, 64, 3), GREY, np.uint8)
+    ex = {"tokens": tokens, "maps": maps, "image": image, "grid": (8, 8), "title": f"q{seed}"}
+    if box is not None:
+        ex["box"] = list(box)
+    return ex
+
+
+def _canvas(page, selector: str = "canvas.ca-image-canvas") -> np.ndarray:
+    """The canvas's pixels as (height, width, 4)."""
+    got = page.evaluate(
+        """sel => { const c = document.querySelector(sel);
+            return [c.width, c.height,
+                    Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)]; }""",
+        selector,
+    )
+    return np.array(got[2], dtype=np.float64).reshape(got[1], got[0], 4)
+
+
+def _page_map(maps: torch.Tensor, layer: int, head: int) -> np.ndarray:
+    """The (T, P) map the page draws for a layer and head (-1: mean), from what it decodes."""
+    rec = as_record(maps)
+    deq = dequantize(rec.weights, choose_bits(rec.weights)).astype(np.float64)
+    deq = deq.mean(axis=0) if layer < 0 else deq[layer]
+    return deq.mean(axis=0) if head < 0 else deq[head]
+
+
+def test_image_mode_hover_and_focus_draw_the_token_map(session):
+    ex = _grey_example(11)
+    session.open(to_html([ex]))
+    page = session.page
+    canvas = "canvas.ca-image-canvas"
+    page.wait_for_function(f"document.querySelector('{canvas}').width > 0")
+    resting = _canvas(page)
+    assert page.get_attribute(canvas, "data-overlay") == ""
+    assert resting.shape[:2] == (320, 320)  # 64 px shown at 320: 40 px a patch, 5 px a pixel
+    view = _page_map(ex["maps"], 0, -1)  # on load: layer 0, mean of heads
+    for t in (4, 1):
+        page.hover(f".ca-tok[data-side=target][data-i='{t}']")
+        assert page.get_attribute(canvas, "data-overlay") == f"target:{t}"
+        peak = int(page.get_attribute(canvas, "data-peak"))
+        assert peak == int(np.argmax(view[t]))
+        tinted = _canvas(page)
+        assert np.abs(tinted - resting).max() > 50
+        # The peak patch's centre: the image faded to half over white, under the top colour.
+        r, c = divmod(peak, 8)
+        alpha = 215 / 255
+        want = alpha * LUT[255] + (1 - alpha) * (0.5 * GREY + 0.5 * 255)
+        assert np.abs(tinted[r * 40 + 20, c * 40 + 20, :3] - want).max() <= 8
+    # Another head draws another map.
+    page.select_option(".ca-head", "1")
+    page.hover(".ca-tok[data-side=target][data-i='4']")
+    assert int(page.get_attribute(canvas, "data-peak")) == int(
+        np.argmax(_page_map(ex["maps"], 0, 1)[4])
+    )
+    page.mouse.move(900, 700)
+    assert page.get_attribute(canvas, "data-overlay") == ""
+    assert np.array_equal(_canvas(page), resting)
+    # Keyboard: focus shows a token's map, Enter pins it, Escape lets go.
+    page.focus(".ca-tok[data-side=target][data-i='2']")
+    assert page.get_attribute(canvas, "data-overlay") == "target:2"
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")  # focus moves on: the pin holds
+    assert page.get_attribute(canvas, "data-overlay") == "target:2"
+    page.keyboard.press("Escape")
+    page.mouse.move(900, 700)
+    page.focus(".ca-head")
+    assert page.get_attribute(canvas, "data-overlay") == ""
+    session.check_clean()
+
+
+def test_image_mode_draws_the_box(session):
+    session.open(to_html([_grey_example(12)]), "box.html")
+    page = session.page
+    page.wait_for_function("document.querySelector('canvas.ca-image-canvas').width > 0")
+    assert page.get_attribute("canvas.ca-image-canvas", "data-box") == "10,8,40,30"
+    boxed = _canvas(page)[..., :3]
+    session.check_clean()
+    session.requests.clear()
+    session.open(to_html([_grey_example(12, box=None)]), "plain.html")
+    page.wait_for_function("document.querySelector('canvas.ca-image-canvas').width > 0")
+    assert page.get_attribute("canvas.ca-image-canvas", "data-box") == ""
+    plain = _canvas(page)[..., :3]
+    assert np.abs(plain - GREY).max() <= 1  # no overlay, no box: the image alone
+    # Box [10, 8, 40, 30] in image pixels is [50, 40, 200, 150] on the canvas, a 2 px line.
+    changed = np.abs(boxed - plain).max(axis=-1) > 40
+    on_line = np.zeros_like(changed)
+    on_line[39:41, 48:202] = on_line[149:151, 48:202] = True
+    on_line[38:152, 49:51] = on_line[38:152, 199:201] = True
+    assert changed[on_line].mean() > 0.9  # a dashed line, black on white
+    assert not changed[~np.pad(on_line[1:-1, 1:-1], 1, constant_values=False)].any()
+    top = boxed[40, 52:198]
+    assert (top.max(axis=-1) < 40).any() and (top.min(axis=-1) > 230).any()
+    session.check_clean()
+
+
+def test_picker_switches_examples(session):
+    second = QUESTION[:4] + ["circle", "?"]
+    text = {"source": SRC, "target": TGT, "weights": _weights(13, (2, 3, len(TGT), len(SRC)))}
+    examples = [_grey_example(14), _grey_example(15, tokens=second), text]
+    session.open(to_html(examples, title="three"))
+    page = session.page
+
+    def shown():
+        return page.eval_on_selector_all(
+            ".ca-tok[data-side=target]", "es => es.map(e => e.textContent)"
+        )
+
+    assert page.get_attribute(".ca-viewer", "data-example") == "0" and shown() == QUESTION
+    assert page.is_disabled(".ca-prev") and not page.is_disabled(".ca-next")
+    options = page.eval_on_selector_all(".ca-example option", "os => os.map(o => o.textContent)")
+    assert options == ["1. q14", "2. q15", "3. example 2"]
+    assert page.inner_text(".ca-picker-count") == "1 / 3"
+    page.select_option(".ca-head", "2")  # the reader's choice carries over
+    page.click(".ca-next")
+    assert page.get_attribute(".ca-viewer", "data-example") == "1" and shown() == second
+    assert page.input_value(".ca-head") == "2" and page.inner_text(".ca-title") == "q15"
+    page.hover(".ca-tok[data-side=target][data-i='4']")
+    peak = int(page.get_attribute("canvas.ca-image-canvas", "data-peak"))
+    assert peak == int(np.argmax(_page_map(examples[1]["maps"], 0, 2)[4]))
+    page.select_option(".ca-example", "2")  # the list: a text example
+    assert shown() == TGT and page.locator("canvas.ca-image-canvas").count() == 0
+    assert page.is_disabled(".ca-next") and page.inner_text(".ca-picker-count") == "3 / 3"
+    resting = session.tokens("source")
+    page.hover(".ca-tok[data-side=target][data-i='3']")
+    _assert_highlight(session.tokens("source"), resting, _view(text["weights"], 0, 2)[3])
+    page.click(".ca-prev")
+    assert page.get_attribute(".ca-viewer", "data-example") == "1"
+    session.check_clean()
+
+
+def test_overview_click_opens_that_head(session):
+    w = _weights(16, (2, 3, len(TGT), len(SRC)))
+    session.open(to_html(w, SRC, TGT, layer_names=["dec.0", "dec.1"]))
+    page = session.page
+    page.click(".ca-view-btn[data-view=overview]")
+    assert page.is_visible(".ca-overview") and not page.is_visible(".ca-token-view")
+    thumbs = page.locator(".ca-thumb")
+    assert thumbs.count() == 2 * 3
+    pictures = {}
+    for layer in range(2):
+        for head in range(3):
+            px = _canvas(page, f".ca-thumb[data-layer='{layer}'][data-head='{head}'] canvas")
+            assert px.shape[:2] == (len(TGT) * 12, len(SRC) * 12)  # 96 px / 8 tokens
+            # Each thumbnail is its own map, scaled to its maximum: compare a cell's colour.
+            m = _view(w, layer, head)
+            t, s = np.unravel_index(np.argmin(m), m.shape)
+            expect = LUT[int(round(m[t, s] / m.max() * 255))]
+            assert np.abs(px[t * 12 + 6, s * 12 + 6, :3] - expect).max() <= 6
+            pictures[layer, head] = px.tobytes()
+    assert len(set(pictures.values())) == 6
+    page.click(".ca-thumb[data-layer='1'][data-head='2']")
+    assert page.is_visible(".ca-token-view") and not page.is_visible(".ca-overview")
+    assert page.input_value(".ca-layer") == "1" and page.input_value(".ca-head") == "2"
+    resting = session.tokens("source")
+    page.hover(".ca-tok[data-side=target][data-i='5']")
+    _assert_highlight(session.tokens("source"), resting, _view(w, 1, 2)[5])
+    page.click(".ca-view-btn[data-view=overview]")
+    on = page.eval_on_selector_all(
+        ".ca-thumb.ca-on", "bs => bs.map(b => b.dataset.layer + ':' + b.dataset.head)"
+    )
+    assert on == ["1:2"]
+    # In image mode the thumbnails show a word's map over the image; a click opens the head.
+    session.check_clean()
+    session.requests.clear()
+    ex = _grey_example(17)
+    session.open(to_html([ex]), "image.html")
+    page.click(".ca-tok[data-side=target][data-i='4']")  # pin "square"
+    page.click(".ca-view-btn[data-view=overview]")
+    assert "Shown: square." in page.inner_text(".ca-overview-note")
+    page.click(".ca-thumb[data-layer='0'][data-head='1']")
+    canvas = "canvas.ca-image-canvas"
+    assert page.get_attribute(canvas, "data-overlay") == "target:4"
+    assert int(page.get_attribute(canvas, "data-peak")) == int(
+        np.argmax(_page_map(ex["maps"], 0, 1)[4])
+    )
+    session.check_clean()

@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from ._image import check_box, patch_axis, square_grid
+from ._image import image_array as _image_array
+
 __all__ = ["AttentionRecord", "Link", "as_record", "normalize_links", "to_numpy"]
 
 
@@ -47,21 +50,26 @@ class AttentionRecord:
         weights: float32 (layers, H, L, S), finite, rows are target tokens.
         layer_names: one name per layer.
         head_mean: True when the record holds only the head mean (H == 1).
-        source_tokens: S strings (the columns).
-        target_tokens: L strings (the rows), or None for an image record (the rows are patches).
+        source_tokens: S strings (the columns), or None when the columns are image patches.
+        target_tokens: L strings (the rows), or None when the rows are image patches.
         links: gold links; predicted: predicted links.
-        image: (height, width, 3) uint8 or None; grid: (h, w) patch grid with h * w == L.
+        image: (height, width, 3) uint8 or None; grid: (h, w) patch grid of the image.
+        patches: the side whose tokens are the image's patches, "target" (rows, h * w == L)
+            or "source" (columns, h * w == S); None without an image.
+        box: an object's [x0, y0, x1, y1] in the image's pixels (x1, y1 exclusive), or None.
     """
 
     weights: np.ndarray
     layer_names: list[str]
     head_mean: bool
-    source_tokens: list[str]
+    source_tokens: list[str] | None
     target_tokens: list[str] | None
     links: list[Link] = field(default_factory=list)
     predicted: list[Link] = field(default_factory=list)
     image: np.ndarray | None = None
     grid: tuple[int, int] | None = None
+    patches: str | None = None
+    box: tuple[float, float, float, float] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -86,13 +94,16 @@ def check_real(value: Any, name: str) -> float:
     return float(value)
 
 
-def check_grid(grid: Any, length: int, name: str = "grid") -> tuple[int, int]:
-    """A (h, w) patch grid of positive ints with h * w == `length`."""
+def check_grid(grid: Any, length: int, name: str = "grid", axis: str = "L") -> tuple[int, int]:
+    """A (h, w) patch grid of positive ints with h * w == `length` (the map's `axis`, L or S)."""
     if isinstance(grid, (str, bytes)) or not isinstance(grid, Sequence) or len(grid) != 2:
         raise TypeError(f"{name} must be a pair (h, w) of ints, got {grid!r}")
     h, w = check_int(grid[0], f"{name}[0]"), check_int(grid[1], f"{name}[1]")
     if h <= 0 or w <= 0 or h * w != length:
-        raise ValueError(f"{name} {(h, w)} must be (h, w) with h * w == L = {length}, h, w > 0")
+        raise ValueError(
+            f"{name} {(h, w)} must be (h, w) with h * w == {axis} = {length} image patches "
+            f"(the map's {'columns' if axis == 'S' else 'rows'}), h, w > 0"
+        )
     return h, w
 
 
@@ -194,11 +205,6 @@ def _resize_rows(w: np.ndarray, src: tuple[int, int], dst: tuple[int, int]) -> n
     return out.permute(0, 2, 3, 1).reshape(h, dst[0] * dst[1], s).numpy()  # (H, L, S)
 
 
-def _square_grid(length: int) -> tuple[int, int] | None:
-    side = math.isqrt(length)
-    return (side, side) if side * side == length else None
-
-
 def _layer_map(
     name: str, calls: Any, batch: int, step: int | str | None
 ) -> tuple[np.ndarray, bool]:
@@ -257,7 +263,7 @@ def _pick_layers(
     names = [n for n, (w, _) in combined.items() if (w.shape[0], w.shape[2]) == best]
     lengths = [combined[n][0].shape[1] for n in names]
     if len(set(lengths)) > 1 and (
-        target_length in lengths or any(_square_grid(n) is None for n in lengths)
+        target_length in lengths or any(square_grid(n) is None for n in lengths)
     ):
         keep = target_length if target_length in lengths else max(lengths, key=lengths.count)
         names = [n for n, length in zip(names, lengths) if length == keep]
@@ -322,7 +328,7 @@ def _capture_to_array(
     lengths = [w.shape[1] for w in per_layer]
     if len(set(lengths)) != 1:
         # Text-to-image layers at several resolutions: resample every map to the finest grid.
-        grids = [_square_grid(n) for n in lengths]
+        grids = [square_grid(n) for n in lengths]
         if grid is not None or any(g is None for g in grids):
             raise ValueError(
                 f"the chosen layers have different target lengths {lengths}; choose layers of "
@@ -438,52 +444,6 @@ def normalize_links(links: Any, length: int, source_length: int, name: str = "li
     return sorted(set(out), key=lambda k: (k.target, k.source, not k.sure))
 
 
-def _image_array(image: Any, name: str = "image") -> np.ndarray:
-    """An image as (height, width, 3) uint8: accepts (H, W, 3|4), (3, H, W) or (H, W), uint8,
-    float in [0, 1] (or 0..255), or another integer type holding values in 0..255 (a 16-bit
-    image must be scaled to 0..255 or [0, 1] first: its values are not guessed)."""
-    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
-        image = np.asarray(image.convert("RGB"))
-    raw = image
-    if hasattr(raw, "detach"):
-        raw = raw.detach().cpu().numpy()
-    arr = np.asarray(raw)
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
-        arr = np.moveaxis(arr, 0, -1)  # (C, H, W) -> (H, W, C)
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=-1)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ValueError(
-            f"{name} must be (height, width, 3), (3, height, width) or (height, width), got "
-            f"shape {tuple(np.shape(raw))}"
-        )
-    arr = arr[..., :3]
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} must not be empty, got shape {tuple(np.shape(raw))}")
-    if arr.dtype == np.uint8:
-        return np.ascontiguousarray(arr)
-    if arr.dtype == np.bool_ or not (
-        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
-    ):
-        raise TypeError(f"{name} must hold uint8, integer or float values, got dtype {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.integer):
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi > 255:
-            raise ValueError(
-                f"{name} of dtype {arr.dtype} must hold values in 0..255, got {lo}..{hi}; "
-                "scale it to uint8 (e.g. a 16-bit image // 257) or to floats in [0, 1]"
-            )
-        return np.ascontiguousarray(arr.astype(np.uint8))
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} holds NaN or infinite values")
-    if arr.max() > 1.0 + 1e-6:  # 0..255 floats
-        arr = arr / 255.0
-    return np.ascontiguousarray((np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
-
-
 def check_weight_values(arr: np.ndarray) -> None:
     """Attention weights to draw: not empty, finite and non-negative (ValueError otherwise)."""
     if min(arr.shape) == 0:
@@ -503,6 +463,7 @@ def as_record(
     predicted: Any = None,
     image: Any = None,
     grid: tuple[int, int] | None = None,
+    box: Any = None,
     layer_names: Sequence[str] | None = None,
     layers: Sequence[str] | None = None,
     batch: int = 0,
@@ -513,10 +474,14 @@ def as_record(
     Args:
         weights: (L, S), (H, L, S) or (layers, H, L, S); or a capture (see the module docstring).
         source_tokens: S strings; defaults to the capture's tokens, else "0", "1", ...
-        target_tokens: L strings; defaults likewise. None with an `image` (rows are patches).
+        target_tokens: L strings; defaults likewise.
         links, predicted: gold and predicted alignment links (see the module docstring).
-        image: for a text-to-image map, the image whose patches are the L rows.
-        grid: (h, w) patch grid of the image, h * w == L; defaults to a square grid.
+        image: the image whose patches are one side of the map: the L rows (text-to-image
+            attention; leave target_tokens None) or the S columns (a question's tokens over
+            the image; give target_tokens and leave source_tokens None). See `patch_axis`.
+        grid: (h, w) patch grid of the image, h * w == L or S; defaults to a square grid.
+        box: an object's [x0, y0, x1, y1] in the image's pixels (x1, y1 exclusive), drawn for
+            reference.
         layer_names: names of the layers of a (layers, H, L, S) tensor.
         layers: for a capture, the layer names to keep (default all, in recording order).
         batch: for a capture, the batch item to show.
@@ -562,57 +527,25 @@ def as_record(
                 f"{', '.join(chosen)} {'apply' if len(chosen) > 1 else 'applies'} to captures (an AttentionRecorder, its saved file or "
                 f"its maps), not to a tensor of weights; index the tensor instead"
             )
-        arr = to_numpy(weights, "weights")
-        if arr.ndim == 2:  # (L, S)
-            arr = arr[None, None]
-            head_mean = True
-        elif arr.ndim == 3:  # (H, L, S)
-            arr = arr[None]
-        elif arr.ndim != 4:
-            raise ValueError(
-                f"weights must be (L, S), (H, L, S) or (layers, H, L, S), got shape "
-                f"{tuple(arr.shape)}"
-            )
-        if layer_names is None:
-            names = [f"layer {i}" for i in range(arr.shape[0])]
-        else:
-            names = [str(n) for n in layer_names]
-            if len(names) != arr.shape[0]:
-                raise ValueError(
-                    f"layer_names has {len(names)} names for weights with {arr.shape[0]} layers "
-                    f"(shape {tuple(arr.shape)})"
-                )
+        arr, names, head_mean = _tensor_weights(weights, layer_names)
     n_layers, n_heads, length, source_length = arr.shape
     check_weight_values(arr)
 
     meta_src, meta_tgt = _meta_tokens(meta, batch)
     src = _tokens(source_tokens if source_tokens is not None else meta_src, "source_tokens")
     tgt = _tokens(target_tokens if target_tokens is not None else meta_tgt, "target_tokens")
-    if src is None:
+    img, grid, patches, box = _image_part(image, grid, box, src, tgt, arr.shape)
+    if src is None and patches != "source":
         src = [str(i) for i in range(source_length)]
-    if len(src) != source_length:
-        raise ValueError(
-            f"source_tokens has {len(src)} tokens but weights have S = {source_length} source "
-            f"columns (shape {tuple(arr.shape)})"
-        )
-    img = None
-    if image is not None:
-        img = _image_array(image)
-        if grid is None:
-            grid = _square_grid(length)
-            if grid is None:
-                raise ValueError(
-                    f"grid=(h, w) is needed: L = {length} image patches is not a square number"
-                )
-    if grid is not None:
-        grid = check_grid(grid, length)
-    if tgt is None and img is None:
+    if tgt is None and patches != "target":
         tgt = [str(i) for i in range(length)]
-    if tgt is not None and len(tgt) != length:
-        raise ValueError(
-            f"target_tokens has {len(tgt)} tokens but weights have L = {length} target rows "
-            f"(shape {tuple(arr.shape)})"
-        )
+    for what, toks, n, axis in (("source", src, source_length, "S"), ("target", tgt, length, "L")):
+        if toks is not None and len(toks) != n:
+            side = "source columns" if axis == "S" else "target rows"
+            raise ValueError(
+                f"{what}_tokens has {len(toks)} tokens but weights have {axis} = {n} {side} "
+                f"(shape {tuple(arr.shape)})"
+            )
     if n_heads > 1:
         head_mean = False
     return AttentionRecord(
@@ -625,4 +558,64 @@ def as_record(
         predicted=normalize_links(predicted, length, source_length, "predicted"),
         image=img,
         grid=grid,
+        patches=patches,
+        box=box,
     )
+
+
+def _tensor_weights(
+    weights: Any, layer_names: Sequence[str] | None
+) -> tuple[np.ndarray, list[str], bool]:
+    """(layers, H, L, S) weights from an (L, S), (H, L, S) or (layers, H, L, S) tensor, the
+    layers' names, and whether it is a head mean."""
+    head_mean = False
+    arr = to_numpy(weights, "weights")
+    if arr.ndim == 2:  # (L, S)
+        arr = arr[None, None]
+        head_mean = True
+    elif arr.ndim == 3:  # (H, L, S)
+        arr = arr[None]
+    elif arr.ndim != 4:
+        raise ValueError(
+            f"weights must be (L, S), (H, L, S) or (layers, H, L, S), got shape {tuple(arr.shape)}"
+        )
+    if layer_names is None:
+        names = [f"layer {i}" for i in range(arr.shape[0])]
+    else:
+        names = [str(n) for n in layer_names]
+        if len(names) != arr.shape[0]:
+            raise ValueError(
+                f"layer_names has {len(names)} names for weights with {arr.shape[0]} layers "
+                f"(shape {tuple(arr.shape)})"
+            )
+    return arr, names, head_mean
+
+
+def _image_part(
+    image: Any,
+    grid: Any,
+    box: Any,
+    src: list[str] | None,
+    tgt: list[str] | None,
+    shape: tuple[int, ...],
+) -> tuple[np.ndarray | None, tuple[int, int] | None, str | None, tuple[float, ...] | None]:
+    """(image, grid, patches, box) of a record of (layers, H, L, S) weights: the image as
+    (height, width, 3) uint8, the grid checked against the side that holds its patches."""
+    length, source_length = shape[2], shape[3]
+    if image is None:
+        if box is not None:
+            raise ValueError("box is drawn on an image: pass image= with it, or leave box None")
+        return None, None if grid is None else check_grid(grid, length), None, None
+    img = _image_array(image)
+    patches = patch_axis(
+        grid, length, source_length, source_known=src is not None, target_known=tgt is not None
+    )
+    n, axis = (length, "L") if patches == "target" else (source_length, "S")
+    if grid is None:
+        grid = square_grid(n)
+        if grid is None:
+            raise ValueError(
+                f"grid=(h, w) is needed: {axis} = {n} image patches is not a square number"
+            )
+    grid = check_grid(grid, n, axis=axis)
+    return img, grid, patches, None if box is None else check_box(box, img.shape)

@@ -29,6 +29,7 @@ import numpy as np
 
 from ._colors import COLOR_STOPS
 from ._record import AttentionRecord, as_record, check_int, check_real
+from .examples import is_example_list, normalize_examples
 
 __all__ = ["Viewer", "to_html", "view"]
 
@@ -36,8 +37,19 @@ MiB = 1 << 20
 _BITS_16_LIMIT = 16 * MiB  # raw bytes of 16-bit weights past which 8 bits are used
 
 
+# The viewer's script, in the order the page runs it: small modules sharing one scope.
+JS_MODULES = (
+    "util.js", "maps.js", "controls.js", "tokens.js", "image.js", "matrix.js", "overview.js",
+    "mount.js", "examples.js", "main.js",
+)  # fmt: skip
+
+
 @cache
 def _asset(name: str) -> str:
+    """An asset's text; "viewer.js" is the whole script: `JS_MODULES` in one function scope."""
+    if name == "viewer.js":
+        parts = [f"// ---- {m}\n{_asset(m)}" for m in JS_MODULES]
+        return '(function () {\n  "use strict";\n' + "\n".join(parts) + "})();\n"
     return resources.files("crossattn.viz").joinpath("assets", name).read_text(encoding="utf-8")
 
 
@@ -157,7 +169,13 @@ def payload(
     image = None
     if rec.image is not None:
         uri = "data:image/png;base64," + base64.b64encode(png_bytes(rec.image)).decode("ascii")
-        image = {"src": uri, "grid": list(rec.grid)}  # type: ignore[arg-type]
+        image = {
+            "src": uri,
+            "grid": list(rec.grid),  # type: ignore[arg-type]
+            "patches": rec.patches,  # "target": the rows are patches; "source": the columns
+            "size": [int(rec.image.shape[1]), int(rec.image.shape[0])],  # (width, height)
+            "box": None if rec.box is None else list(rec.box),
+        }
     return {
         "v": 1,
         "title": title or "Cross-attention",
@@ -243,20 +261,62 @@ def _check_size(text: str, max_bytes: int | None) -> None:
         limit = f"{max_bytes} bytes" if max_bytes < 1024 else f"{max_bytes} ({_size(max_bytes)})"
         raise ValueError(
             f"the page would be {_size(size)}, over max_bytes={limit}; "
-            "keep fewer layers or heads (layers=[...], the head mean), or raise max_bytes"
+            "keep fewer examples, layers or heads (layers=[...], the head mean), or raise "
+            "max_bytes"
         )
+
+
+def examples_payload(
+    examples: list[tuple[AttentionRecord, str | None, str | None]],
+    *,
+    title: str | None = None,
+    bits: int | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """The JSON object of a page that browses several examples: one `payload` per example
+    (its title the example's name in the picker), all quantised with the same bits. Each
+    distinct image is stored once in ``images``; an example's ``image["ref"]`` indexes it."""
+    if bits is None:
+        total = sum(rec.weights.size for rec, _, _ in examples)
+        bits = 16 if total * 2 <= _BITS_16_LIMIT else 8
+    pages = [
+        payload(rec, title=name or f"example {k}", caption=caption, bits=bits, **options)
+        for k, (rec, name, caption) in enumerate(examples)
+    ]
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"title must be a string or None, got {title!r} ({type(title).__name__})")
+    # Questions about one image share its picture: each image travels once, examples name it.
+    images: dict[str, int] = {}
+    for p in pages:
+        if p["image"] is not None:
+            p["image"]["ref"] = images.setdefault(p["image"].pop("src"), len(images))
+    return {
+        "v": 1,
+        "title": title or "Cross-attention",
+        "examples": pages,
+        "images": list(images),
+        "example": 0,
+    }
 
 
 class Viewer:
     """An attention viewer: shows inline in Jupyter (`_repr_html_`) and saves as one HTML file.
 
     Attributes:
-        record: the normalised `AttentionRecord` (weights (layers, H, L, S) and tokens).
+        record: the normalised `AttentionRecord` (weights (layers, H, L, S) and tokens) of the
+            first example; records: every example's.
         data: the JSON object the page draws.
     """
 
-    def __init__(self, record: AttentionRecord, data: dict[str, Any], max_bytes: int | None):
+    def __init__(
+        self,
+        record: AttentionRecord,
+        data: dict[str, Any],
+        max_bytes: int | None,
+        records: list[AttentionRecord] | None = None,
+    ):
         self.record = record
+        self.records = records if records is not None else [record]
         self.data = data
         self.max_bytes = max_bytes
 
@@ -278,9 +338,29 @@ class Viewer:
 
     def __repr__(self) -> str:
         layers, heads, length, source_length = self.record.shape
+        if len(self.records) > 1:
+            return f"Viewer({len(self.records)} examples, layers={layers}, heads={heads})"
         return (
             f"Viewer(layers={layers}, heads={heads}, L={length} target, S={source_length} source)"
         )
+
+
+def _examples_viewer(examples: Any, options: dict[str, Any], per_record: dict[str, Any]) -> Viewer:
+    """The viewer of a list of examples; arguments that belong to one record are refused."""
+    given = [
+        k
+        for k, v in per_record.items()
+        if (v is not None if k != "batch" else not (isinstance(v, int) and v == 0))
+    ]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} apply to one record; with a list of examples give them in each "
+            "example's dict"
+        )
+    max_bytes = _check_max_bytes(options.pop("max_bytes"))
+    checked = normalize_examples(examples)
+    data = examples_payload(checked, **options)
+    return Viewer(checked[0][0], data, max_bytes, [rec for rec, _, _ in checked])
 
 
 def view(
@@ -297,6 +377,7 @@ def view(
     predicted: Any = None,
     image: Any = None,
     grid: tuple[int, int] | None = None,
+    box: Any = None,
     layer_names: Sequence[str] | None = None,
     layers: Sequence[str] | None = None,
     batch: int = 0,
@@ -308,6 +389,14 @@ def view(
 
     Takes the arguments of `to_html` (but `path`); see there.
     """
+    if is_example_list(weights):
+        options = dict(title=title, threshold=threshold, layer=layer, head=head, bits=bits)
+        per_record = dict(
+            source_tokens=source_tokens, target_tokens=target_tokens, caption=caption,
+            links=links, predicted=predicted, image=image, grid=grid, box=box,
+            layer_names=layer_names, layers=layers, batch=batch, step=step,
+        )  # fmt: skip
+        return _examples_viewer(weights, {**options, "max_bytes": max_bytes}, per_record)
     max_bytes = _check_max_bytes(max_bytes)
     rec = as_record(
         weights,
@@ -317,6 +406,7 @@ def view(
         predicted=predicted,
         image=image,
         grid=grid,
+        box=box,
         layer_names=layer_names,
         layers=layers,
         batch=batch,
@@ -343,6 +433,7 @@ def to_html(
     predicted: Any = None,
     image: Any = None,
     grid: tuple[int, int] | None = None,
+    box: Any = None,
     layer_names: Sequence[str] | None = None,
     layers: Sequence[str] | None = None,
     batch: int = 0,
@@ -356,9 +447,11 @@ def to_html(
         weights: (L, S), (H, L, S) or (layers, H, L, S), rows target tokens, columns source
             tokens; or a capture in place of weights: an `AttentionRecorder`, the path of a file
             it saved, or its `maps` (layer name -> list of (B, L, S) or (B, heads, L, S)).
+            Or a list of examples, each an `AttentionRecord` or a dict with its own weights,
+            tokens, image, box and links (see `crossattn.viz.examples`): the page browses
+            them. With a list, the second argument may be the path: ``to_html(examples, path)``.
         source_tokens: S strings (default: the capture's tokens, else their indices).
-        target_tokens: L strings (default likewise). Leave None with `image`: the rows are
-            image patches.
+        target_tokens: L strings (default likewise).
         path: also write the page to this file.
         title: page title; caption: a line under it (e.g. the translation).
         threshold: initial highlight threshold in [0, 1] (adjustable on the page).
@@ -368,9 +461,13 @@ def to_html(
             pairs ``(source, target)``, triples ``(source, target, "sure" | "possible")``,
             ``{"sure": [...], "possible": [...]}`` or a bool (L, S) matrix.
         predicted: predicted links, same forms.
-        image: for a text-to-image map, the image whose patches are the L rows: (height,
-            width, 3) or (3, height, width), uint8 or float in [0, 1].
-        grid: (h, w) patch grid with h * w == L (default square).
+        image: an image whose patches are one side of the map, (height, width, 3) or (3,
+            height, width), uint8 or float in [0, 1]: the L rows (text-to-image attention,
+            with source_tokens and no target_tokens) or the S columns (a question's or a
+            caption's tokens over the image, with target_tokens and no source_tokens).
+        grid: (h, w) patch grid with h * w == L or S (default square).
+        box: an object's [x0, y0, x1, y1] in the image's pixels (x1, y1 exclusive), drawn over
+            the image for reference.
         layer_names: names of the layers of a (layers, H, L, S) tensor.
         layers, batch, step: choose from a capture (layer names, batch item, and how to
             combine a layer's calls: an int picks one, "concat" joins one-token decoding steps,
@@ -383,6 +480,10 @@ def to_html(
     Returns:
         The HTML document as a string.
     """
+    if is_example_list(weights) and isinstance(source_tokens, (str, os.PathLike)):
+        if path is not None:
+            raise ValueError("path is given twice: as the second argument and as path=")
+        source_tokens, path = None, source_tokens
     v = view(
         weights,
         source_tokens,
@@ -396,6 +497,7 @@ def to_html(
         predicted=predicted,
         image=image,
         grid=grid,
+        box=box,
         layer_names=layer_names,
         layers=layers,
         batch=batch,
