@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..align import extract_alignment
-    from ..train import Encoded, attention_for_pairs, choose_threads
+    from ..models.translator import describe_unknown
+    from ..train import choose_threads
     from ._common import load_translator, read_pairs
 
     choose_threads(args.threads)
@@ -35,7 +35,6 @@ def run(args: argparse.Namespace) -> int:
         warnings.filterwarnings("ignore", message=r".*skipped \d+ bad line", category=UserWarning)
         data = read_pairs(args.data, skip_bad_lines=args.skip_bad_lines)
     limit = tr.model.config.max_len - 1
-    pairs = []
     for k, ex in enumerate(data.examples):
         if len(ex.source) > tr.model.config.max_len or len(ex.target) > limit:
             raise CommandError(
@@ -43,21 +42,21 @@ def run(args: argparse.Namespace) -> int:
                 f"{len(ex.target)} source/target words; the model takes at most "
                 f"{tr.model.config.max_len}/{limit}"
             )
-        pairs.append(Encoded(tuple(tr.source_vocab.encode(ex.source)),
-                             tuple(tr.target_vocab.encode(ex.target)), frozenset()))  # fmt: skip
-    weights = attention_for_pairs(tr.model, pairs, batch_size=args.batch_size)
+        reason = tr.too_long(ex.source, ex.target)  # subwords: a word may be several tokens
+        if reason:
+            raise CommandError(f"argument --data: {args.data}: pair {k + 1}: {reason}")
+    sources, targets = [ex.source for ex in data.examples], [ex.target for ex in data.examples]
+    aligned = tr.align_batch(sources, targets, batch_size=args.batch_size)  # links between words
     # One output line per input line: a skipped (malformed) pair gets an empty one, so the
     # output still lines up with the input (and with a gold file for `crossattn aer`).
     out = sys.stdout
     skipped = set(data.skipped_lines)
-    results = iter(zip(data.examples, weights))
+    results = iter(aligned)
     for line in range(1, len(data.examples) + len(skipped) + 1):
         if line in skipped:
             out.write("\n")
             continue
-        ex, w = next(results)
-        links = extract_alignment(w, tr.extraction, len(ex.source), len(ex.target))
-        out.write(" ".join(f"{i}-{j}" for i, j in sorted(links)) + "\n")
+        out.write(next(results).pharaoh() + "\n")
     if skipped:
         lines = ", ".join(map(str, sorted(skipped)[:10])) + (", ..." if len(skipped) > 10 else "")
         print(
@@ -65,4 +64,7 @@ def run(args: argparse.Namespace) -> int:
             "output lines are empty",
             file=sys.stderr,
         )
+    unknown = describe_unknown(aligned, unit="pair")
+    if unknown:
+        print(f"crossattn align: warning: {unknown}", file=sys.stderr)
     return 0

@@ -48,6 +48,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stop-after", type=positive_int, help="end this run after N steps (schedule kept)"
     )
     p.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("tokens")
+    g.add_argument("--tokenizer", choices=("word", "bpe", "unigram"), default=d.tokenizer,
+                   help="model tokens: whole words, or subwords trained on --data by the "
+                   f"'tokenizers' library (default {d.tokenizer})")  # fmt: skip
+    g.add_argument("--vocab-size", type=int_at_least(5), default=None,
+                   help="tokens per side, specials included (default: every word for word, "
+                   "8000 for bpe and unigram)")  # fmt: skip
+    g.add_argument("--normalization", choices=("nfkc", "nfc", "none"), default=None,
+                   help="Unicode normalisation of every word (default: none for word, nfkc "
+                   "for bpe and unigram)")  # fmt: skip
     g = p.add_argument_group("model")
     g.add_argument("--d-model", type=positive_int, default=d.d_model,
                    help=f"model width, a multiple of --heads (default {d.d_model})")  # fmt: skip

@@ -49,9 +49,14 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(
                 f"{where} has {n} words ({sentence[:60]!r}); this model takes 1 to {limit} words"
             )
+        reason = tr.too_long(tr.tokenize(sentence))  # subwords: a word may be several tokens
+        if reason:
+            raise CommandError(f"{where} ({sentence[:60]!r}): {reason}")
     sentences = [sentence for _, sentence in numbered]
+    results = []
     for sentence in sentences:
         r = tr.translate(sentence, beam=args.beam, length_penalty=args.length_penalty)
+        results.append(r)
         if args.json:
             print(json.dumps({"source": list(r.source_tokens), "target": list(r.target_tokens),
                               "alignment": [list(link) for link in r.alignment],
@@ -61,4 +66,9 @@ def run(args: argparse.Namespace) -> int:
         print(r.pharaoh())
         pairs = ", ".join(f"{r.source_tokens[i]}={r.target_tokens[j]}" for i, j in r.alignment)
         print(f"  ({pairs})")
+    from ..models.translator import describe_unknown
+
+    unknown = describe_unknown(results)
+    if unknown:
+        print(f"crossattn translate: warning: {unknown}", file=sys.stderr)
     return 0

@@ -111,6 +111,9 @@ class TranslationService:
             raise RequestError(
                 413, f"the sentence has {len(words)} words; the limit is {self.max_words}"
             )
+        reason = self.translator.too_long(words)  # subwords: a word may be several tokens
+        if reason:
+            raise RequestError(413, reason)
         import torch
 
         with self._lock, torch.no_grad():
@@ -122,6 +125,8 @@ class TranslationService:
             "target": target,
             "alignment": " ".join(f"{i}-{j}" for i, j in result.alignment),
             "score": float(result.score),
+            "unknown": result.unknown,  # source words the model does not know (became <unk>)
+            "unknown_words": list(result.unknown_words),
             "view": None,
         }
         if target:
