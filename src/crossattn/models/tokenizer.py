@@ -242,6 +242,8 @@ class SubwordTokenizer(Tokenizer):
             replacement=WORD_START, prepend_scheme="always", split=True
         )
         tokenizer.train_from_iterator((" ".join(sent) for sent in sentences), trainer)
+        if kind == "unigram":
+            tokenizer = _sorted_unigram(tokenizer)
         return cls(tokenizer, kind, normalization)
 
     def encode(self, words: Sequence[str]) -> Encoding:
@@ -293,6 +295,19 @@ class SubwordTokenizer(Tokenizer):
     def from_dict(cls, data: dict[str, Any], kind: str, normalization: str) -> SubwordTokenizer:
         tk = _import_tokenizers()
         return cls(tk.Tokenizer.from_str(json.dumps(data["tokenizers"])), kind, normalization)
+
+
+def _sorted_unigram(tokenizer: Any) -> Any:
+    """The unigram model made the same from run to run: the trainer's scores vary in their
+    last bits (summation order) and it orders pieces of equal score at random. Scores are
+    rounded to 1e-9, and the pieces follow the specials by falling score, then by name."""
+    tk = _import_tokenizers()
+    data = json.loads(tokenizer.to_str())
+    pieces = data["model"]["vocab"]  # [[piece, log-probability], ...], the specials first
+    n = len(SPECIALS)
+    rest = [[piece, round(score, 9)] for piece, score in pieces[n:]]
+    data["model"]["vocab"] = pieces[:n] + sorted(rest, key=lambda p: (-p[1], p[0]))
+    return tk.Tokenizer.from_str(json.dumps(data))
 
 
 def train_tokenizer(
