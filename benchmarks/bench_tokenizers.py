@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         "--vocab-size", type=int, default=None, help="tokens per side (default: the kind's)"
     )
     p.add_argument("--minutes", type=float, default=4.0, help="training-loop budget (default 4)")
+    p.add_argument("--steps", type=int, default=None, help="train this many steps instead")
     p.add_argument("--train-pairs", type=int, default=20000)
     p.add_argument("--eval-pairs", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
@@ -43,13 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     from crossattn.train import TrainOptions, choose_threads, train
 
     threads = choose_threads(args.threads)
-    out = Path(args.out) / f"{args.tokenizer}-{args.vocab_size or 'default'}"
+    budget = f"{args.steps}steps" if args.steps else f"{args.minutes:g}min"
+    out = Path(args.out) / f"{args.tokenizer}-{args.vocab_size or 'default'}-{budget}"
     corpus = generate_corpus(args.seed, n_train=args.train_pairs, n_dev=args.eval_pairs,
                              n_test=args.eval_pairs, max_len=20)  # fmt: skip
     paths = write_corpus(corpus, out / "data")
     opts = TrainOptions(
         data=str(paths["train"]), alignments=str(paths["train_align"]), out=str(out / "model"),
-        minutes=args.minutes, seed=args.seed, tokenizer=args.tokenizer,
+        minutes=None if args.steps else args.minutes, steps=args.steps, seed=args.seed, tokenizer=args.tokenizer,
         vocab_size=args.vocab_size, eval_seconds=1e9, save_seconds=1e9, progress=False,
     )  # fmt: skip
     result = train(opts)
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         "vocab": [len(tr.source_vocab), len(tr.target_vocab)],
         "tokens_per_word": _tokens_per_word(tr, test),
         "train_steps": result.steps,
-        "train_minutes": args.minutes,
+        "train_minutes": result.seconds / 60,
         "threads": threads,
         "test_exact_match": sum(h == r for h, r in zip(hyps, refs)) / len(refs),
         "test_bleu": float(sacrebleu.corpus_bleu(hyps, [refs], tokenize="none").score),

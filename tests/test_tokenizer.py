@@ -288,3 +288,48 @@ def test_translator_takes_vocabularies_as_word_tokenizers():
     assert r.weights.shape[2:] == (len(r.target_tokens), 3)
     with pytest.raises(TypeError, match="source_vocab must be a Vocabulary or a Tokenizer"):
         Translator(tr.model, ["le"], vocab)
+
+
+def test_extraction_is_selected_on_word_links_merged_from_token_links():
+    from crossattn.align import aer, extract_alignment, select_extraction
+    from crossattn.data.parallel import ParallelExample
+
+    gen = torch.Generator().manual_seed(3)
+    maps, gold, src_maps, tgt_maps = [], [], [], []
+    for _ in range(12):
+        src_sizes = torch.randint(
+            1, 4, (int(torch.randint(2, 6, (), generator=gen)),), generator=gen
+        )
+        tgt_sizes = torch.randint(
+            1, 4, (int(torch.randint(2, 6, (), generator=gen)),), generator=gen
+        )
+        src = [w for w, n in enumerate(src_sizes.tolist()) for _ in range(n)]
+        tgt = [w for w, n in enumerate(tgt_sizes.tolist()) for _ in range(n)]
+        logits = 3 * torch.randn(2, 2, len(tgt) + 1, len(src), generator=gen)
+        maps.append(logits.softmax(-1))
+        sure = {(j % len(src_sizes), j) for j in range(len(tgt_sizes))}
+        gold.append(ParallelExample(("s",) * len(src_sizes), ("t",) * len(tgt_sizes),
+                                    frozenset(sure)))  # fmt: skip
+        src_maps.append(src)
+        tgt_maps.append(tgt)
+    grid = {"thresholds": (0.1, 0.3, 0.5), "units": [(None, None), ((0,), (1,))]}
+    best = select_extraction(maps, gold, source_word_of=src_maps, target_word_of=tgt_maps, **grid)
+
+    def merged_aer(config) -> float:
+        links = [
+            word_links_from_subwords(extract_alignment(w, config, len(s), len(t)), s, t)
+            for w, s, t in zip(maps, src_maps, tgt_maps)
+        ]
+        return aer(gold, links).aer
+
+    brute = [
+        merged_aer(ExtractionConfig(layers, heads, shift, method, t))
+        for layers, heads in grid["units"]
+        for shift in ("feed", "predict", "average")
+        for method in ("threshold", "argmax", "argmax_threshold", "bidirectional")
+        for t in grid["thresholds"]
+    ]
+    assert best.dev_aer == pytest.approx(min(brute), abs=1e-6)
+    assert merged_aer(best) == pytest.approx(best.dev_aer, abs=1e-6)
+    with pytest.raises(ValueError, match="give source_word_of and target_word_of together"):
+        select_extraction(maps, gold, source_word_of=src_maps)

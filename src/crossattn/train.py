@@ -47,7 +47,6 @@ from .models.tokenizer import (
     load_tokenizers,
     save_tokenizers,
     subword_links,
-    token_examples,
     train_tokenizer,
 )
 from .models.vocab import Vocabulary
@@ -805,8 +804,6 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
     train_set = encode_examples([examples[i] for i in train_idx], src_tok, tgt_tok)
     dev_examples = [examples[i] for i in dev_idx]
     dev_set = encode_examples(dev_examples, src_tok, tgt_tok)
-    if not src_tok.one_token_per_word:  # the extraction is chosen on tokens (gold spread over them)
-        dev_examples = token_examples(dev_examples, src_tok, tgt_tok)
     if resuming and dist.main:
         src_rate = _unknown_rate([e.source for e in train_set])
         tgt_rate = _unknown_rate([e.target for e in train_set])
@@ -964,7 +961,9 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
                 f"accuracy {dev_metrics['accuracy']:.3f} ({loop_seconds:.0f} s of training)"
             )
         _checkpoint(out, model, optimizer, step, state, loop_seconds, dev_metrics)
-        extraction = choose_extraction(model, dev_set, dev_examples, with_align)
+        extraction = choose_extraction(
+            model, dev_set, dev_examples, with_align, tokenizers=(src_tok, tgt_tok)
+        )
         write_json(out / EXTRACTION_FILE, extraction.to_dict())
     dist.barrier()
     dist.close()
@@ -986,9 +985,13 @@ def _checkpoint(out, model, optimizer, step, state, loop_seconds, dev) -> None:
     )
 
 
-def choose_extraction(model, dev_set: Sequence[Encoded], dev_examples, with_align: bool):
+def choose_extraction(
+    model, dev_set: Sequence[Encoded], dev_examples, with_align: bool, tokenizers=None
+):
     """The extraction config for `crossattn align`: chosen on the dev split when it has gold
-    links (`crossattn.align.select_extraction`), else `crossattn.align.DEFAULT_EXTRACTION`."""
+    links (`crossattn.align.select_extraction`), else `crossattn.align.DEFAULT_EXTRACTION`.
+    With subword ``tokenizers`` (source, target), links are extracted between tokens and
+    merged into word links before they are scored against the word gold."""
     from .align import DEFAULT_EXTRACTION, select_extraction
 
     # only pairs with sure gold links can score a config (AER's recall counts sure links)
@@ -997,4 +1000,11 @@ def choose_extraction(model, dev_set: Sequence[Encoded], dev_examples, with_alig
         return DEFAULT_EXTRACTION
     pairs = pairs[:300]
     weights = attention_for_pairs(model, [e for e, _ in pairs])
-    return select_extraction(weights, [ex for _, ex in pairs])
+    words = [ex for _, ex in pairs]
+    if tokenizers is None or all(t.one_token_per_word for t in tokenizers):
+        return select_extraction(weights, words)
+    source_word_of = [e.word_of for e in tokenizers[0].encode_batch([ex.source for ex in words])]
+    target_word_of = [e.word_of for e in tokenizers[1].encode_batch([ex.target for ex in words])]
+    return select_extraction(
+        weights, words, source_word_of=source_word_of, target_word_of=target_word_of
+    )

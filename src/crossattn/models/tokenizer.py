@@ -58,7 +58,6 @@ __all__ = [
     "pool_to_words",
     "save_tokenizers",
     "subword_links",
-    "token_examples",
     "train_tokenizer",
 ]
 
@@ -402,23 +401,6 @@ def subword_links(
     for k, w in enumerate(target_word_of):
         tgt.setdefault(w, []).append(k)
     return frozenset((a, b) for i, j in links for a in src.get(i, ()) for b in tgt.get(j, ()))
-
-
-def token_examples(examples: Sequence[Any], source: Tokenizer, target: Tokenizer) -> list[Any]:
-    """`ParallelExample`s restated on tokens: token strings, gold links spread over tokens."""
-    from ..data.parallel import ParallelExample
-
-    src = source.encode_batch([ex.source for ex in examples])
-    tgt = target.encode_batch([ex.target for ex in examples])
-    return [
-        ParallelExample(
-            tuple(source.vocab.decode(s.ids)),
-            tuple(target.vocab.decode(t.ids)),
-            subword_links(ex.sure, s.word_of, t.word_of),
-            subword_links(ex.possible, s.word_of, t.word_of),
-        )  # fmt: skip
-        for ex, s, t in zip(examples, src, tgt)
-    ]
 
 
 def pool_to_words(
