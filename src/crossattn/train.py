@@ -72,6 +72,11 @@ class TrainOptions:
     ends this run after that many steps without changing the schedule (a later ``resume``
     continues exactly as if the run had not stopped).
 
+    Tokens: ``tokenizer`` ``"word"`` (one token per word, the default), ``"bpe"`` or
+    ``"unigram"`` (subwords trained on the training pairs, `crossattn.models.tokenizer`) with
+    ``vocab_size`` tokens per side (None: every word, or 8000 subwords) and Unicode
+    ``normalization`` (None: ``"none"`` for words, ``"nfkc"`` for subwords).
+
     Attention losses (on the cross-attention of decoder layer ``attention_layer``, negative
     indices from the top): ``guided_weight`` times the guided-alignment cross-entropy of head
     ``attention_head`` against the gold links (Garg et al. 2019; needs alignments),
