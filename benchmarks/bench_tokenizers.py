@@ -9,6 +9,9 @@ linked when any of their subword pairs is), with the extraction chosen on held-o
 pairs and with `DEFAULT_EXTRACTION`.
 
     python benchmarks/bench_tokenizers.py --tokenizer bpe --vocab-size 500 --minutes 4
+    python benchmarks/bench_tokenizers.py --tokenizer word --steps 1000
+
+Results: docs/tokenizers.md.
 """
 
 from __future__ import annotations
@@ -51,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = write_corpus(corpus, out / "data")
     opts = TrainOptions(
         data=str(paths["train"]), alignments=str(paths["train_align"]), out=str(out / "model"),
-        minutes=None if args.steps else args.minutes, steps=args.steps, seed=args.seed, tokenizer=args.tokenizer,
-        vocab_size=args.vocab_size, eval_seconds=1e9, save_seconds=1e9, progress=False,
+        minutes=None if args.steps else args.minutes, steps=args.steps, seed=args.seed,
+        tokenizer=args.tokenizer, vocab_size=args.vocab_size, eval_seconds=1e9, save_seconds=1e9, progress=False,
     )  # fmt: skip
     result = train(opts)
     tr = Translator.load(out / "model")
