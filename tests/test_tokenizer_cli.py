@@ -106,8 +106,13 @@ def test_resume_keeps_the_saved_tokenizer(bpe_model, corpus, tmp_path):
     shutil.copytree(bpe_model, out)
     opts = TrainOptions(data=str(corpus["train"]), out=str(out), steps=6, resume=True,
                         tokenizer="unigram", progress=False)  # fmt: skip
-    with pytest.raises(ValueError, match="resume: tokenizer 'bpe' -> 'unigram'"):
+    with pytest.raises(ValueError, match="resume: tokenizer 'bpe' -> 'unigram': the model saved"):
         train(opts)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert _train(corpus, out, "--resume", "--normalization", "nfc") == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing was written
+    opts.tokenizer, opts.normalization = "word", None  # left out: the saved bpe model goes on
+    assert train(opts).steps == 0  # 6 steps were the total
 
 
 @pytest.mark.parametrize(

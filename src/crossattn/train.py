@@ -45,6 +45,7 @@ from .models.seq2seq import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Seq2SeqConfig, Seq2S
 from .models.tokenizer import (
     Tokenizer,
     load_tokenizers,
+    resume_conflicts,
     save_tokenizers,
     subword_links,
     train_tokenizer,
@@ -784,10 +785,11 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
         src_tok, tgt_tok = load_tokenizers(
             out, Vocabulary.load(out / SOURCE_VOCAB_FILE), Vocabulary.load(out / TARGET_VOCAB_FILE)
         )
-        if opts.tokenizer not in (TrainOptions.tokenizer, src_tok.kind):
+        conflicts = resume_conflicts(out, opts.tokenizer, opts.normalization)
+        if conflicts:
             raise ValueError(
-                f"resume: tokenizer {src_tok.kind!r} -> {opts.tokenizer!r}: the model saved in "
-                f"{str(out)!r} keeps its tokenizer; leave the option out or train a new model"
+                f"resume: {', '.join(conflicts)}: the model saved in {str(out)!r} keeps its "
+                "tokenizer; leave these options out or train a new model in another out directory"
             )
         state = json.loads((out / STATE_FILE).read_text())
         # the options as they take effect: the model's settings are the checkpoint's

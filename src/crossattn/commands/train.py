@@ -222,7 +222,13 @@ def _check_resume(args: argparse.Namespace, opts: Any) -> None:
             f"argument --resume: cannot read the saved model from {saved!r} "
             f"({type(err).__name__}: {err}); expected the checkpoint of crossattn train"
         ) from err
-    conflicts = _resume_conflicts(opts, config)
+    from ..models.tokenizer import resume_conflicts
+
+    try:
+        conflicts = _resume_conflicts(opts, config)
+        conflicts += resume_conflicts(args.out, opts.tokenizer, opts.normalization)
+    except ValueError as err:
+        raise CommandError(f"argument --resume: {err}") from err
     if conflicts:
         raise CommandError(
             f"argument --resume: these options differ from the model saved in {args.out!r} "

@@ -56,6 +56,7 @@ __all__ = [
     "default_normalization",
     "load_tokenizers",
     "pool_to_words",
+    "resume_conflicts",
     "save_tokenizers",
     "subword_links",
     "train_tokenizer",
@@ -386,6 +387,28 @@ def load_tokenizers(
     except Exception as err:  # KeyError, TypeError, ValueError, and what `tokenizers` raises
         raise ValueError(f"{path}: not a valid tokenizer file of this model ({err})") from err
     return sides[0], sides[1]
+
+
+def resume_conflicts(
+    directory: str | os.PathLike, tokenizer: str, normalization: str | None
+) -> list[str]:
+    """``"option saved -> given"`` for each tokenizer option that a resumed run of the model in
+    ``directory`` cannot honour: a ``tokenizer`` other than ``"word"`` (the default) and the
+    saved kind, a ``normalization`` other than None and the saved one."""
+    path = Path(directory) / TOKENIZER_FILE
+    kind, norm = "word", "none"
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            kind, norm = data["kind"], data["source"]["normalization"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a valid tokenizer file of this model ({err})") from err
+    out = []
+    if tokenizer not in ("word", kind):
+        out.append(f"tokenizer {kind!r} -> {tokenizer!r}")
+    if normalization not in (None, norm):
+        out.append(f"normalization {norm!r} -> {normalization!r}")
+    return out
 
 
 # ----------------------------------------------------------------------------------- words
