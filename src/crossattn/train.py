@@ -43,6 +43,8 @@ from torch import Tensor
 from .models.decoding import force_decode_attention, greedy_decode
 from .models.seq2seq import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Seq2SeqConfig, Seq2SeqTransformer
 from .models.tokenizer import (
+    KINDS,
+    NORMALIZATIONS,
     Tokenizer,
     load_tokenizers,
     resume_conflicts,
@@ -421,8 +423,6 @@ def _wants_attention(opts: TrainOptions) -> bool:
 
 
 def _check_tokenizer_options(opts: TrainOptions) -> None:
-    from .models.tokenizer import KINDS, NORMALIZATIONS
-
     for name, choices in (("tokenizer", KINDS), ("normalization", NORMALIZATIONS)):
         val = getattr(opts, name)
         if not (val is None and name == "normalization") and val not in choices:

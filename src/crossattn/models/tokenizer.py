@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import unicodedata
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from numbers import Integral
@@ -101,7 +102,7 @@ class Encoding:
         return len(self.ids)
 
 
-class Tokenizer:
+class Tokenizer(ABC):
     """One side's tokenizer (source or target): words to token ids and back.
 
     Attributes:
@@ -122,17 +123,17 @@ class Tokenizer:
         """Whether every word is exactly one token (then tokens and words are the same)."""
         return self.kind == "word"
 
+    @abstractmethod
     def encode(self, words: Sequence[str]) -> Encoding:
         """The `Encoding` of a sentence given as its words."""
-        raise NotImplementedError
 
     def encode_batch(self, sentences: Sequence[Sequence[str]]) -> list[Encoding]:
         """`encode` of each sentence."""
         return [self.encode(words) for words in sentences]
 
+    @abstractmethod
     def decode(self, ids: Iterable[int]) -> tuple[tuple[str, ...], tuple[int, ...]]:
         """``(words, word_of)``: the words the token ids spell, and each token's word index."""
-        raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
         """What `TOKENIZER_FILE` stores for this side (besides the vocabulary)."""
