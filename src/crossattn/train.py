@@ -432,6 +432,8 @@ def _check_tokenizer_options(opts: TrainOptions) -> None:
     size = opts.vocab_size
     if size is not None and (isinstance(size, bool) or not isinstance(size, numbers.Integral)):
         raise TypeError(f"TrainOptions.vocab_size must be an int or None, got {size!r}")
+    if size is not None:
+        size = opts.vocab_size = operator.index(size)  # numpy integers too
     if size is not None and size < 5:
         raise ValueError(
             f"TrainOptions.vocab_size must be >= 5 (4 specials and a token), got {size}"
