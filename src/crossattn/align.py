@@ -600,6 +600,8 @@ def select_extraction(
     methods: Iterable[str] = METHODS,
     thresholds: Iterable[float] = _THRESHOLDS,
     units: Sequence[tuple[tuple[int, ...] | None, tuple[int, ...] | None]] | None = None,
+    source_word_of: Sequence[Sequence[int]] | None = None,
+    target_word_of: Sequence[Sequence[int]] | None = None,
 ) -> ExtractionConfig:
     """Grid-search the `ExtractionConfig` with the lowest pooled AER on a dev split.
 
@@ -617,6 +619,11 @@ def select_extraction(
             duplicates ignored; they may be empty when ``methods`` is only ``"argmax"``);
             ``units`` the (layers, heads) averages to try (default: all layers, every
             contiguous range of layers, every single head).
+        source_word_of, target_word_of: for maps over subword tokens, per pair the word of
+            each token (as `word_links_from_subwords` takes them; give both or neither). Links
+            are then extracted between tokens and merged into word links (a word pair is
+            linked when any of their token pairs is) before they are scored against the word
+            gold; the counts above stay word counts, the token counts are the lengths.
 
     Returns:
         The best config, its ``dev_aer`` set (the AER that `extract_alignment` with it gets on
@@ -663,7 +670,7 @@ def select_extraction(
     with _one_thread():
         return _select(
             weights_list, gold_list, n_source_words, n_target_words, source_start,
-            shifts, methods, grid, units,
+            shifts, methods, grid, units, source_word_of, target_word_of,
         )  # fmt: skip
 
 
@@ -678,9 +685,43 @@ def _word_counts(counts: Sequence[int] | None, name: str, n: int) -> list[int] |
     return [_count_arg(c, f"{name}[{k}]") for k, c in enumerate(counts)]
 
 
+def _word_pool(source_word_of, target_word_of, n, t_max, s_max, t_words, s_words):
+    """None without word maps, else ``pool(x)``: ``(N, T, S)`` token values -> ``(N, T_w, S_w)``
+    word values, the largest over each word pair's tokens (-1 where a word has no token)."""
+    import torch
+
+    if source_word_of is None and target_word_of is None:
+        return None
+    if (
+        source_word_of is None
+        or target_word_of is None
+        or not (len(source_word_of) == len(target_word_of) == n)
+    ):
+        raise ValueError(
+            "give source_word_of and target_word_of together, one word map per pair of "
+            f"weights_list ({n})"
+        )
+    t_words = max(t_words, 1 + max((max(w, default=0) for w in target_word_of), default=0))
+    s_words = max(s_words, 1 + max((max(w, default=0) for w in source_word_of), default=0))
+    dummy = t_words * s_words  # where padding cells go
+    index = torch.full((n, t_max, s_max), dummy, dtype=torch.long)
+    for k, (src, tgt) in enumerate(zip(source_word_of, target_word_of)):
+        src_t = torch.as_tensor(list(src), dtype=torch.long)
+        tgt_t = torch.as_tensor(list(tgt), dtype=torch.long)
+        index[k, : len(tgt), : len(src)] = tgt_t[:, None] * s_words + src_t[None, :]
+    index = index.flatten(1)
+
+    def pool(x):
+        out = torch.full((n, dummy + 1), -1.0, dtype=x.dtype)
+        out.scatter_reduce_(1, index, x.flatten(1), "amax")
+        return out[:, :dummy].view(n, t_words, s_words)
+
+    return pool
+
+
 def _select(
     weights_list, gold_list, n_source_words, n_target_words, source_start, shifts, methods,
-    thresholds, units,
+    thresholds, units, source_word_of=None, target_word_of=None,
 ) -> ExtractionConfig:  # fmt: skip
     import torch
 
@@ -711,14 +752,25 @@ def _select(
             n_src = [len(g.source) for g in gold_list]
         if n_tgt is None:
             n_tgt = [len(g.target) for g in gold_list]
+    words_src, words_tgt = n_src, n_tgt  # the gold's grid
+    if source_word_of is not None and target_word_of is not None:  # the maps' grid: tokens
+        n_src = [len(w) for w in source_word_of]
+        n_tgt = [len(w) for w in target_word_of]
+    if len(n_src) != n or len(n_tgt) != n:
+        raise ValueError(f"give one word map per pair of weights_list ({n})")
     s_max, t_max = max(n_src), max(n_tgt)
+    pool = _word_pool(
+        source_word_of, target_word_of, n, t_max, s_max, max(words_tgt), max(words_src)
+    )
     # the rows any listed shift reads: 0 .. n_target (predict alone: 0 .. n_target - 1)
     shift_span = "predict" if set(shifts) == {"predict"} else "average"
     # padded (N, layers, heads, T_max + 1, S_max) word maps and dense gold
     padded = torch.zeros(n, n_layers, n_heads, t_max + 1, s_max)
     valid = torch.zeros(n, t_max, s_max, dtype=torch.bool)
-    sure = torch.zeros(n, t_max, s_max, dtype=torch.bool)
-    poss = torch.zeros(n, t_max, s_max, dtype=torch.bool)
+    tw, sw = (t_max, s_max) if pool is None else tuple(pool(valid.float()).shape[1:])
+    word_valid = torch.zeros(n, tw, sw, dtype=torch.bool)
+    sure = torch.zeros(n, tw, sw, dtype=torch.bool)
+    poss = torch.zeros(n, tw, sw, dtype=torch.bool)
     n_sure = 0
     for k, (w, g) in enumerate(zip(maps, gold_list)):
         ns, nt = n_src[k], n_tgt[k]
@@ -728,12 +780,14 @@ def _select(
         _check_values(region, f"weights_list[{k}]")
         padded[k, :, :, :rows, :ns] = region
         valid[k, :nt, :ns] = True
+        ws, wt = words_src[k], words_tgt[k]
+        word_valid[k, :wt, :ws] = True
         g_sure, g_poss = _gold_sets(g, "gold_list", k)
         for i, j in g_sure:
-            if i < ns and j < nt:
+            if i < ws and j < wt:
                 sure[k, j, i] = True
         for i, j in g_sure | g_poss:
-            if i < ns and j < nt:
+            if i < ws and j < wt:
                 poss[k, j, i] = True
         n_sure += len(g_sure)
     if not n_sure:
@@ -743,7 +797,17 @@ def _select(
         )
     thr = torch.tensor(thresholds, dtype=torch.float32)
     best: tuple[float, ExtractionConfig] | None = None
-    sure_v, poss_v = sure[valid], poss[valid]  # (M,) flags of the real word pairs
+    sure_v, poss_v = sure[word_valid], poss[word_valid]  # (M,) flags of the real word pairs
+
+    def values(x: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        """(M,) word-pair values; -1 where no link can be (no attention mass, padding)."""
+        x = x.masked_fill(~live, -1.0)
+        return (x if pool is None else pool(x))[word_valid]
+
+    def flags(links: torch.Tensor) -> torch.Tensor:
+        """(M,) word-pair links from token links (any token pair linked)."""
+        return (links if pool is None else pool(links.float()) > 0)[word_valid]
+
     for layers, heads in units if units is not None else _unit_grid(n_layers, n_heads):
         li = _resolve(layers, n_layers, "layers")
         hi = _resolve(heads, n_heads, "heads")
@@ -759,31 +823,31 @@ def _select(
             total = rows.sum(dim=-1, keepdim=True)
             scores = torch.where(total > 0, rows / total.clamp_min(1e-30), torch.zeros_like(rows))
             # pairs of rows with no attention mass are never linked (below every threshold)
-            dead_v = ~_live(scores, valid)[valid]
+            live = _live(scores, valid)
             for method in methods:
                 if method == "argmax":
-                    links = _decide(scores, valid, "argmax", 0.0)[valid]
+                    links = flags(_decide(scores, valid, "argmax", 0.0))
                     counts = _counts_fixed(links, sure_v, poss_v)
                     candidates = [(0.0, *counts)]
                 elif method == "argmax_threshold":
-                    always = _decide(scores, valid, "argmax", 0.0)[valid]
+                    always = flags(_decide(scores, valid, "argmax", 0.0))
                     fixed = _counts_fixed(always, sure_v, poss_v)
-                    values = scores[valid].masked_fill(dead_v, -1.0)
+                    v = values(scores, live)
                     rest = _counts_above(
-                        values[~always], sure_v[~always], poss_v[~always], thr, thresholds
+                        v[~always], sure_v[~always], poss_v[~always], thr, thresholds
                     )
                     candidates = [
                         (t, fixed[0] + a, fixed[1] + b, fixed[2] + c) for t, a, b, c in rest
                     ]
                 elif method == "threshold":
-                    values = scores[valid].masked_fill(dead_v, -1.0)
-                    candidates = _counts_above(values, sure_v, poss_v, thr, thresholds)
+                    v = values(scores, live)
+                    candidates = _counts_above(v, sure_v, poss_v, thr, thresholds)
                 else:  # bidirectional: a link needs both normalisations >= t
                     col_total = scores.sum(dim=-2, keepdim=True)
                     cols = torch.where(
                         col_total > 0, scores / col_total.clamp_min(1e-30), torch.zeros_like(scores)
                     )
-                    both = torch.minimum(scores, cols)[valid].masked_fill(dead_v, -1.0)
+                    both = values(torch.minimum(scores, cols), live)
                     candidates = _counts_above(both, sure_v, poss_v, thr, thresholds)
                 for t, n_a, hit_s, hit_p in candidates:
                     err = 1.0 - (hit_s + hit_p) / (n_a + n_sure)

@@ -4,8 +4,10 @@
 
     config.json              model config (Seq2SeqConfig) and the training options
     model.safetensors        weights
-    source_vocab.json        source words (`Vocabulary`)
-    target_vocab.json        target words
+    source_vocab.json        source tokens: words, or subwords (`Vocabulary`)
+    target_vocab.json        target tokens
+    tokenizer.json           subword tokenizers (absent for --tokenizer word without normalisation;
+                             see `crossattn.models.tokenizer`)
     extraction.json          how `crossattn align` turns cross-attention into word links
     train_state.json         step, elapsed seconds, last dev metrics (for --resume)
     optimizer.safetensors    AdamW moments (for --resume)
@@ -40,6 +42,16 @@ from torch import Tensor
 
 from .models.decoding import force_decode_attention, greedy_decode
 from .models.seq2seq import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Seq2SeqConfig, Seq2SeqTransformer
+from .models.tokenizer import (
+    KINDS,
+    NORMALIZATIONS,
+    Tokenizer,
+    load_tokenizers,
+    resume_conflicts,
+    save_tokenizers,
+    subword_links,
+    train_tokenizer,
+)
 from .models.vocab import Vocabulary
 
 CONFIG_FILE = "config.json"
@@ -62,6 +74,11 @@ class TrainOptions:
     label smoothing. ``batch_tokens`` bounds source + target tokens per batch. ``stop_after``
     ends this run after that many steps without changing the schedule (a later ``resume``
     continues exactly as if the run had not stopped).
+
+    Tokens: ``tokenizer`` ``"word"`` (one token per word, the default), ``"bpe"`` or
+    ``"unigram"`` (subwords trained on the training pairs, `crossattn.models.tokenizer`) with
+    ``vocab_size`` tokens per side (None: every word, or 8000 subwords) and Unicode
+    ``normalization`` (None: ``"none"`` for words, ``"nfkc"`` for subwords).
 
     Attention losses (on the cross-attention of decoder layer ``attention_layer``, negative
     indices from the top): ``guided_weight`` times the guided-alignment cross-entropy of head
@@ -87,6 +104,11 @@ class TrainOptions:
     resume: bool = False
     stop_after: int | None = None
     seed: int = 0
+    # tokens: see crossattn.models.tokenizer (vocab_size None: every word, or 8000 subwords;
+    # normalization None: "none" for word, "nfkc" for bpe and unigram)
+    tokenizer: str = "word"
+    vocab_size: int | None = None
+    normalization: str | None = None
     # model
     d_model: int = 128
     heads: int = 4
@@ -138,6 +160,7 @@ class TrainOptions:
                      "guided_alignment", "progress"):  # fmt: skip
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"TrainOptions.{name} must be a bool, got {getattr(self, name)!r}")
+        _check_tokenizer_options(self)
         if not isinstance(self.extra, dict):
             raise TypeError(f"TrainOptions.extra must be a dict, got {type(self.extra).__name__}")
         ints = {  # name: (lowest value, None allowed)
@@ -247,6 +270,19 @@ class Encoded:
     source: tuple[int, ...]
     target: tuple[int, ...]
     links: frozenset[tuple[int, int]]
+
+
+def encode_examples(examples: Sequence[Any], source: Tokenizer, target: Tokenizer) -> list[Encoded]:
+    """`ParallelExample`s as token ids, with their gold links (sure and possible) on tokens."""
+    src = source.encode_batch([ex.source for ex in examples])
+    tgt = target.encode_batch([ex.target for ex in examples])
+    out = []
+    for ex, s, t in zip(examples, src, tgt):
+        links = frozenset(ex.sure) | frozenset(ex.possible)
+        if not source.one_token_per_word or not target.one_token_per_word:
+            links = subword_links(links, s.word_of, t.word_of)
+        out.append(Encoded(s.ids, t.ids, links))
+    return out
 
 
 def split_dev(n: int, dev_size: int, seed: int) -> tuple[list[int], list[int]]:
@@ -384,6 +420,24 @@ def batch_loss(
 
 def _wants_attention(opts: TrainOptions) -> bool:
     return opts.guided_alignment or opts.entropy_weight > 0 or opts.coverage_weight > 0
+
+
+def _check_tokenizer_options(opts: TrainOptions) -> None:
+    for name, choices in (("tokenizer", KINDS), ("normalization", NORMALIZATIONS)):
+        val = getattr(opts, name)
+        if not (val is None and name == "normalization") and val not in choices:
+            raise ValueError(
+                f"TrainOptions.{name} must be one of {', '.join(choices)}, got {val!r}"
+            )
+    size = opts.vocab_size
+    if size is not None and (isinstance(size, bool) or not isinstance(size, numbers.Integral)):
+        raise TypeError(f"TrainOptions.vocab_size must be an int or None, got {size!r}")
+    if size is not None:
+        size = opts.vocab_size = operator.index(size)  # numpy integers too
+    if size is not None and size < 5:
+        raise ValueError(
+            f"TrainOptions.vocab_size must be >= 5 (4 specials and a token), got {size}"
+        )
 
 
 def _check_attention_indices(opts: TrainOptions, config: Seq2SeqConfig, where: str = "") -> None:
@@ -733,32 +787,35 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
                 "these options out (at their defaults) or set them to the saved values, or train "
                 "a new model in another out directory"
             )
-        src_vocab = Vocabulary.load(out / SOURCE_VOCAB_FILE)
-        tgt_vocab = Vocabulary.load(out / TARGET_VOCAB_FILE)
+        src_tok, tgt_tok = load_tokenizers(
+            out, Vocabulary.load(out / SOURCE_VOCAB_FILE), Vocabulary.load(out / TARGET_VOCAB_FILE)
+        )
+        conflicts = resume_conflicts(out, opts.tokenizer, opts.normalization)
+        if conflicts:
+            raise ValueError(
+                f"resume: {', '.join(conflicts)}: the model saved in {str(out)!r} keeps its "
+                "tokenizer; leave these options out or train a new model in another out directory"
+            )
         state = json.loads((out / STATE_FILE).read_text())
         # the options as they take effect: the model's settings are the checkpoint's
         opts = dataclasses.replace(opts, **{k: getattr(config, k) for k in _MODEL_FIELDS})
         where = f" in {str(out)!r}"
     else:
-        src_vocab = Vocabulary.build(examples[i].source for i in train_idx)
-        tgt_vocab = Vocabulary.build(examples[i].target for i in train_idx)
-        config = opts.model_config(len(src_vocab), len(tgt_vocab))
+        kw = {"vocab_size": opts.vocab_size, "normalization": opts.normalization}
+        src_tok = train_tokenizer(opts.tokenizer, [examples[i].source for i in train_idx], **kw)
+        tgt_tok = train_tokenizer(opts.tokenizer, [examples[i].target for i in train_idx], **kw)
+        config = opts.model_config(len(src_tok), len(tgt_tok))
+    src_vocab, tgt_vocab = src_tok.vocab, tgt_tok.vocab
     if config.decoder_layers == 1 and opts.attention_layer == TrainOptions.attention_layer:
         opts = dataclasses.replace(opts, attention_layer=-1)  # the default: the only layer
     _check_attention_indices(opts, config, where)
 
     limit = config.max_len - 1  # room for BOS / EOS
 
-    def encode(ex) -> Encoded:
-        links = frozenset(ex.sure) | frozenset(ex.possible)
-        return Encoded(
-            tuple(src_vocab.encode(ex.source)), tuple(tgt_vocab.encode(ex.target)), links
-        )
-
     dist = _Dist()
-    train_set = [encode(examples[i]) for i in train_idx]
-    dev_set = [encode(examples[i]) for i in dev_idx]
+    train_set = encode_examples([examples[i] for i in train_idx], src_tok, tgt_tok)
     dev_examples = [examples[i] for i in dev_idx]
+    dev_set = encode_examples(dev_examples, src_tok, tgt_tok)
     if resuming and dist.main:
         src_rate = _unknown_rate([e.source for e in train_set])
         tgt_rate = _unknown_rate([e.target for e in train_set])
@@ -809,6 +866,7 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
     elif dist.main:
         src_vocab.save(out / SOURCE_VOCAB_FILE)
         tgt_vocab.save(out / TARGET_VOCAB_FILE)
+        save_tokenizers(out, src_tok, tgt_tok)
     if dist.main:
         options = {k: v for k, v in dataclasses.asdict(opts).items() if k != "extra"}
         write_json(out / CONFIG_FILE, {"model": config.to_dict(), "train": options})
@@ -915,7 +973,9 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
                 f"accuracy {dev_metrics['accuracy']:.3f} ({loop_seconds:.0f} s of training)"
             )
         _checkpoint(out, model, optimizer, step, state, loop_seconds, dev_metrics)
-        extraction = choose_extraction(model, dev_set, dev_examples, with_align)
+        extraction = choose_extraction(
+            model, dev_set, dev_examples, with_align, tokenizers=(src_tok, tgt_tok)
+        )
         write_json(out / EXTRACTION_FILE, extraction.to_dict())
     dist.barrier()
     dist.close()
@@ -937,9 +997,13 @@ def _checkpoint(out, model, optimizer, step, state, loop_seconds, dev) -> None:
     )
 
 
-def choose_extraction(model, dev_set: Sequence[Encoded], dev_examples, with_align: bool):
+def choose_extraction(
+    model, dev_set: Sequence[Encoded], dev_examples, with_align: bool, tokenizers=None
+):
     """The extraction config for `crossattn align`: chosen on the dev split when it has gold
-    links (`crossattn.align.select_extraction`), else `crossattn.align.DEFAULT_EXTRACTION`."""
+    links (`crossattn.align.select_extraction`), else `crossattn.align.DEFAULT_EXTRACTION`.
+    With subword ``tokenizers`` (source, target), links are extracted between tokens and
+    merged into word links before they are scored against the word gold."""
     from .align import DEFAULT_EXTRACTION, select_extraction
 
     # only pairs with sure gold links can score a config (AER's recall counts sure links)
@@ -948,4 +1012,11 @@ def choose_extraction(model, dev_set: Sequence[Encoded], dev_examples, with_alig
         return DEFAULT_EXTRACTION
     pairs = pairs[:300]
     weights = attention_for_pairs(model, [e for e, _ in pairs])
-    return select_extraction(weights, [ex for _, ex in pairs])
+    words = [ex for _, ex in pairs]
+    if tokenizers is None or all(t.one_token_per_word for t in tokenizers):
+        return select_extraction(weights, words)
+    source_word_of = [e.word_of for e in tokenizers[0].encode_batch([ex.source for ex in words])]
+    target_word_of = [e.word_of for e in tokenizers[1].encode_batch([ex.target for ex in words])]
+    return select_extraction(
+        weights, words, source_word_of=source_word_of, target_word_of=target_word_of
+    )

@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..align import extract_alignment
-    from ..train import Encoded, attention_for_pairs, choose_threads
+    from ..models.translator import describe_unknown
+    from ..train import choose_threads
     from ._common import load_translator, read_pairs
 
     choose_threads(args.threads)
@@ -37,33 +37,28 @@ def run(args: argparse.Namespace) -> int:
         data = read_pairs(args.data, skip_bad_lines=args.skip_bad_lines)
     # line -> "FILE:LINE: reason" of each skipped pair
     problems = dict(zip(data.skipped_lines, data.problems))
-    max_source, max_target = tr.model.config.max_len, tr.model.config.max_len - 1
-    pairs, kept = [], []
+    kept = []
     for line, ex in zip(data.lines, data.examples):
-        if len(ex.source) > max_source or len(ex.target) > max_target:
-            problem = (
-                f"{args.data}:{line}: {len(ex.source)} source / {len(ex.target)} target words; "
-                f"the model takes at most {max_source} / {max_target}"
-            )
+        reason = tr.too_long(ex.source, ex.target)  # subwords: a word may be several tokens
+        if reason:
+            problem = f"{args.data}:{line}: {reason}"
             if not args.skip_bad_lines:
                 raise CommandError(f"argument --data: {problem} (--skip-bad-lines skips it)")
             problems[line] = problem
             continue
-        kept.append((line, ex))
-        pairs.append(Encoded(tuple(tr.source_vocab.encode(ex.source)),
-                             tuple(tr.target_vocab.encode(ex.target)), frozenset()))  # fmt: skip
-    weights = attention_for_pairs(tr.model, pairs, batch_size=args.batch_size)
+        kept.append(ex)
+    aligned = tr.align_batch(
+        [ex.source for ex in kept], [ex.target for ex in kept], batch_size=args.batch_size
+    )  # fmt: skip  (links between words)
     # One output line per input line: a skipped pair gets an empty one, so the output still
     # lines up with the input (and with a gold file for `crossattn aer`).
     out = sys.stdout
-    results = iter(zip(kept, weights))
+    results = iter(aligned)
     for line in range(1, len(kept) + len(problems) + 1):
         if line in problems:
             out.write("\n")
             continue
-        (_, ex), w = next(results)
-        links = extract_alignment(w, tr.extraction, len(ex.source), len(ex.target))
-        out.write(" ".join(f"{i}-{j}" for i, j in sorted(links)) + "\n")
+        out.write(next(results).pharaoh() + "\n")
     if problems:
         shown = [problems[line] for line in sorted(problems)]
         listed = "; ".join(shown[:10]) + ("; ..." if len(shown) > 10 else "")
@@ -72,4 +67,7 @@ def run(args: argparse.Namespace) -> int:
             f"{listed}",
             file=sys.stderr,
         )
+    unknown = describe_unknown(aligned, unit="pair")
+    if unknown:
+        print(f"crossattn align: warning: {unknown}", file=sys.stderr)
     return 0

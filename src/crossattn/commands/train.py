@@ -48,6 +48,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stop-after", type=positive_int, help="end this run after N steps (schedule kept)"
     )
     p.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("tokens")
+    g.add_argument("--tokenizer", choices=("word", "bpe", "unigram"), default=d.tokenizer,
+                   help="model tokens: whole words, or subwords trained on --data by the "
+                   f"'tokenizers' library (default {d.tokenizer})")  # fmt: skip
+    g.add_argument("--vocab-size", type=int_at_least(5), default=None,
+                   help="tokens per side, specials included (default: every word for word, "
+                   "8000 for bpe and unigram)")  # fmt: skip
+    g.add_argument("--normalization", choices=("nfkc", "nfc", "none"), default=None,
+                   help="Unicode normalisation of every word (default: none for word, nfkc "
+                   "for bpe and unigram)")  # fmt: skip
     g = p.add_argument_group("model")
     g.add_argument("--d-model", type=positive_int, default=d.d_model,
                    help=f"model width, a multiple of --heads (default {d.d_model})")  # fmt: skip
@@ -212,7 +222,13 @@ def _check_resume(args: argparse.Namespace, opts: Any) -> None:
             f"argument --resume: cannot read the saved model from {saved!r} "
             f"({type(err).__name__}: {err}); expected the checkpoint of crossattn train"
         ) from err
-    conflicts = _resume_conflicts(opts, config)
+    from ..models.tokenizer import resume_conflicts
+
+    try:
+        conflicts = _resume_conflicts(opts, config)
+        conflicts += resume_conflicts(args.out, opts.tokenizer, opts.normalization)
+    except ValueError as err:
+        raise CommandError(f"argument --resume: {err}") from err
     if conflicts:
         raise CommandError(
             f"argument --resume: these options differ from the model saved in {args.out!r} "

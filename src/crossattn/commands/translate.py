@@ -91,11 +91,23 @@ def _input_lines(args: argparse.Namespace) -> tuple[str, list[str]]:
 def _check_lengths(tr: Any, where: str, lines: Sequence[str]) -> None:
     limit = tr.model.config.max_len
     for k, line in enumerate(lines, 1):
-        n = len(tr.tokenize(line))
-        if n > limit:
+        words = tr.tokenize(line)
+        if len(words) > limit:
             raise CommandError(
-                f"{where} {k} has {n} words ({line[:60]!r}); this model takes 1 to {limit} words"
+                f"{where} {k} has {len(words)} words ({line[:60]!r}); this model takes 1 to "
+                f"{limit} words"
             )
+        reason = tr.too_long(words)  # subwords: a word may be several tokens
+        if reason:
+            raise CommandError(f"{where} {k} ({line[:60]!r}): {reason}")
+
+
+def _warn_unknown(results: Sequence[Any]) -> None:
+    from ..models.translator import describe_unknown
+
+    unknown = describe_unknown(results)
+    if unknown:
+        print(f"crossattn translate: warning: {unknown}", file=sys.stderr)
 
 
 def _results(tr: Any, lines: Sequence[str], args: argparse.Namespace) -> Iterator[list[Any]]:
@@ -155,9 +167,12 @@ def _format(hyps: list[Any], args: argparse.Namespace) -> str:
     return "".join(blocks)
 
 
-def _write(tr: Any, lines: Sequence[str], args: argparse.Namespace, out: TextIO) -> int:
+def _write(
+    tr: Any, lines: Sequence[str], args: argparse.Namespace, out: TextIO, best: list[Any]
+) -> int:
     count = 0
     for hyps in _results(tr, lines, args):
+        best.extend(hyps[:1])
         out.write(_format(hyps, args))
         out.flush()
         count += 1
@@ -179,15 +194,17 @@ def run(args: argparse.Namespace) -> int:
     where, lines = _input_lines(args)
     tr = load_translator(args.model)
     _check_lengths(tr, where, lines)
+    best: list[Any] = []  # the best hypothesis of each non-empty line, for the warning below
     if args.output is None:
-        _write(tr, lines, args, sys.stdout)
+        _write(tr, lines, args, sys.stdout, best)
+        _warn_unknown(best)
         return 0
     tmp = os.path.join(
         os.path.dirname(args.output) or ".", f".{os.path.basename(args.output)}.tmp{os.getpid()}"
     )
     try:
         with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            count = _write(tr, lines, args, f)
+            count = _write(tr, lines, args, f, best)
         os.replace(tmp, args.output)
     except OSError as err:
         raise CommandError(f"argument --output: cannot write {args.output!r}: {err}") from err
@@ -197,4 +214,5 @@ def run(args: argparse.Namespace) -> int:
     empty = sum(1 for line in lines if not tr.tokenize(line))
     print(f"crossattn translate: wrote {count} result(s) ({empty} for empty lines) to "
           f"{args.output}", file=sys.stderr)  # fmt: skip
+    _warn_unknown(best)
     return 0

@@ -36,11 +36,18 @@ class Vocabulary:
         assert (self.index["</s>"], self.index["<unk>"]) == (EOS_ID, UNK_ID)
 
     @classmethod
-    def build(cls, sentences: Iterable[Sequence[str]], min_count: int = 1) -> Vocabulary:
-        """Every token seen at least ``min_count`` times, most frequent first (ties by name)."""
+    def build(
+        cls, sentences: Iterable[Sequence[str]], min_count: int = 1, max_size: int | None = None
+    ) -> Vocabulary:
+        """Every token seen at least ``min_count`` times, most frequent first (ties by name),
+        at most ``max_size`` tokens in all, the specials included (None: no limit)."""
+        if max_size is not None and max_size < len(SPECIALS):
+            raise ValueError(f"max_size must be >= {len(SPECIALS)} (the specials), got {max_size}")
         counts = Counter(tok for sent in sentences for tok in sent)
         kept = sorted((t for t, c in counts.items() if c >= min_count and t not in SPECIALS),
                       key=lambda t: (-counts[t], t))  # fmt: skip
+        if max_size is not None:
+            kept = kept[: max_size - len(SPECIALS)]
         return cls([*SPECIALS, *kept])
 
     def __len__(self) -> int:

@@ -131,6 +131,9 @@ class TranslationService:
             raise RequestError(
                 413, f"the sentence has {len(words)} words; the limit is {self.max_words}"
             )
+        reason = self.translator.too_long(words)  # subwords: a word may be several tokens
+        if reason:
+            raise RequestError(413, reason)
         import torch
 
         with self._lock, torch.no_grad():
@@ -142,6 +145,8 @@ class TranslationService:
             "target": target,
             "alignment": alignment_as(result.alignment, self.alignment_format),
             "score": float(result.score),
+            "unknown": result.unknown,  # source words the model does not know (became <unk>)
+            "unknown_words": list(result.unknown_words),
             "view": None,
         }
         if target:
