@@ -292,11 +292,11 @@ def test_align_skips_an_over_long_pair_with_its_line(capsys, model, tmp_path):
     lines = out.split("\n")
     assert len(lines) == 5 and lines[1] == "" and lines[2] == "" and lines[-1] == ""
     assert lines[0] and lines[3]
-    assert f"{data}:2: {MAX_LEN + 1} source / 1 target words" in err
+    assert f"{data}:2: the source has {MAX_LEN + 1} words" in err
     assert f"{data}:3: missing separator" in err
     data.write_text(f"a red car ||| la voiture rouge\n{long_pair}\n", encoding="utf-8")
     code, out, err = _run(capsys, ["align", "--model", model, "--data", str(data)])
-    assert code == 2 and f"argument --data: {data}:2: {MAX_LEN + 1} source / 1 target" in err
+    assert code == 2 and f"argument --data: {data}:2: the source has {MAX_LEN + 1} words" in err
 
 
 def test_skip_message_names_the_alignment_file_when_the_bad_line_is_there(tmp_path):
