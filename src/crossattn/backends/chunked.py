@@ -122,8 +122,11 @@ def plan(
     # Folding G query heads into the rows needs a mask that is the same for every head and query.
     fold = g == 1 or mask is None or (mask.shape[1] == 1 and mask.shape[2] == 1)
     rows = g * length if fold else length
+    # Weights need every key of a row before a probability is final: whole rows (one key block)
+    # give them in the same pass as the output, where key blocks need a second pass over keys.
+    whole_rows = inputs.return_weights and MIN_ROWS * s <= (tile_elements or TILE_ELEMENTS)
     if k_block is None:
-        k_block = s if s <= single_block else K_BLOCK
+        k_block = s if s <= single_block or whole_rows else K_BLOCK
     kb = min(k_block, s)
     if tile_elements is None:
         tile_elements = TILE_ELEMENTS if kb == s else ONLINE_TILE_ELEMENTS
@@ -131,6 +134,10 @@ def plan(
         row_block = rows
         batch_block = max(1, min(b * hk, tile_elements // (rows * kb)))
         batch_block = -(-(b * hk) // -(-(b * hk) // batch_block))  # even tiles
+    elif inputs.return_weights == "mean" and g == 1 and hk * MIN_ROWS * kb <= tile_elements:
+        # Every head of a batch row in one tile: the head mean is one reduction into the map.
+        batch_block = hk
+        row_block = -(-rows // -(-rows // (tile_elements // (hk * kb))))  # even tiles
     else:
         batch_block = 1
         row_block = max(MIN_ROWS, tile_elements // kb)
