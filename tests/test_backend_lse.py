@@ -245,3 +245,22 @@ def test_weights_carrying_gradients_name_the_reason(gen):
     q.requires_grad_()
     with pytest.raises(ValueError, match="'lse' cannot run this call: its weights carry no"):
         cross_attention(q, k, v, backend="lse", return_weights=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", DEVICES)
+def test_traces_whole_under_torch_compile(device, gen):
+    """The backend (kernel, grouped heads, a key mask, the weights pass) is one graph: no graph
+    break, hence no host read, and the same results as eager."""
+    q, k, v, _, key_mask = _inputs(gen, "gqa", "key", device)
+    q, k, v = (t.float() for t in (q, k, v))
+    key_mask[-1, 0] = True  # the functional layer's job, done here: every row has a key
+    mask = key_mask[:, None, None, :]  # (B, 1, 1, S)
+    backend = LSEBackend(tile_bytes=TINY_TILE)
+
+    def run(q, k, v, mask):
+        return backend.forward(AttentionInputs(q, k, v, mask, 0.3, 0.0, "mean"))
+
+    compiled = torch.compile(run, fullgraph=True, backend="eager")
+    for got, want in zip(compiled(q, k, v, mask), run(q, k, v, mask)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
