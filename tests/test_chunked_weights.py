@@ -13,7 +13,7 @@ import torch
 from conftest import assert_matches, expected, randn
 from crossattn import cross_attention
 from crossattn.backends import AttentionInputs, ChunkedBackend, get_backend, register_backend
-from crossattn.backends.chunked import MIN_ROWS, TILE_ELEMENTS, plan
+from crossattn.backends.chunked import FLOAT32_WHOLE_ROWS_MAX_S, MIN_ROWS, TILE_ELEMENTS, plan
 
 SINGLE_BLOCK = 8  # contexts longer than this take key blocks when no weights are asked for
 # (B, H, Hk, L, S, E, Ev)
@@ -61,21 +61,27 @@ def test_long_context_weights_match_float64_reference(short_blocks, shape, case,
 
 
 @pytest.mark.parametrize("weights", [True, "mean"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("dims", [(1, 8, 256, 65536, 64), (1, 8, 8192, 8192, 64)])
-def test_weights_take_whole_rows_within_one_tile(dims, weights):
-    """Long contexts with weights: one key block, tiles of whole rows no larger than a tile;
-    for the head mean, tiles of every head of a batch row (one reduction into the map)."""
+def test_weights_take_whole_rows_within_one_tile(dims, dtype, weights):
+    """Long contexts with weights: one key block (float32 only up to FLOAT32_WHOLE_ROWS_MAX_S
+    keys), tiles of whole rows no larger than a tile; for the head mean, tiles of every head of
+    a batch row (one reduction into the map)."""
     b, h, length, s, e = dims
-    q = torch.empty(b, h, length, e)
-    k = torch.empty(b, h, s, e)
+    q = torch.empty(b, h, length, e, dtype=dtype)
+    k = torch.empty(b, h, s, e, dtype=dtype)
     p = plan(AttentionInputs(q, k, k, None, 0.1, 0.0, weights))
+    if dtype == torch.float32 and s > FLOAT32_WHOLE_ROWS_MAX_S:
+        assert p.k_block < s
+        return
     assert p.k_block == s
     assert p.batch_block * p.row_block * s <= TILE_ELEMENTS
     assert p.row_block >= MIN_ROWS or p.row_block == length
     if weights == "mean":
         assert p.batch_block == h
-    no_weights = plan(AttentionInputs(q, k, k, None, 0.1, 0.0, False))
-    assert no_weights.k_block < s  # without weights the online softmax keeps its key blocks
+    if dtype == torch.float32:
+        no_weights = plan(AttentionInputs(q, k, k, None, 0.1, 0.0, False))
+        assert no_weights.k_block < s  # without weights the online softmax keeps its key blocks
 
 
 def test_bfloat16_long_context_few_queries_takes_whole_rows():

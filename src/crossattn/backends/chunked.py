@@ -4,8 +4,8 @@ Its peak extra memory is bounded by the tile size, never by L x S: it holds one 
 (``TILE_ELEMENTS`` of them, a few MiB) and reuses the same buffers for every tile. Statistics
 (running max, sum, accumulator) are kept in float32 for float32 and lower-precision inputs, and
 in float64 for float64 inputs. Weights, or their head mean, come from tiles of whole rows (every
-key) in the output's own pass; past TILE_ELEMENTS / MIN_ROWS keys they are recomputed tile by
-tile from the row log-sum-exp, as the backward does, so training is memory-bounded too.
+key) in the output's own pass (see `plan`), or are recomputed tile by tile from the row
+log-sum-exp, as the backward does, so training is memory-bounded too.
 
 What makes it fast on the CPU (see ``benchmarks/RESULTS.md``):
 
@@ -47,6 +47,7 @@ ONLINE_TILE_ELEMENTS = 1 << 22  # online softmax: float32 scores plus a 16-bit c
 KEYS_FIRST_MAX_S = 256  # contexts up to this long: keys-first scores on the single-block path
 K_BLOCK = 2048  # key block of the online softmax for longer contexts
 MIN_ROWS = 16
+FLOAT32_WHOLE_ROWS_MAX_S = 8192  # longest float32 context whose weights take whole rows
 
 
 @dataclass(frozen=True)
@@ -111,14 +112,13 @@ def plan(
     # Folding G query heads into the rows needs a mask that is the same for every head and query.
     fold = g == 1 or mask is None or (mask.shape[1] == 1 and mask.shape[2] == 1)
     rows = g * length if fold else length
-    # Whole rows (one key block): weights need every key of a row before a probability is
-    # final, and get it in the output's own pass; bfloat16 with a long context and few queries
-    # runs PyTorch's fused softmax over a row in one op instead of five passes per key block
-    # (bench_op shape B: 0.62x SDPA's time, key blocks 0.93x).
-    long_bf16 = inputs.dtype == torch.bfloat16 and not inputs.requires_grad and s >= 16 * rows
-    whole_rows = (inputs.return_weights or long_bf16) and MIN_ROWS * s <= (
-        tile_elements or TILE_ELEMENTS
-    )
+    # Whole rows (one key block) give weights in the output's own pass (E float32 mean: 1.48x
+    # SDPA's time, key blocks 2.13x; not at B's 65536 float32 keys: 1.97x against 1.46x), and
+    # run bfloat16 through one fused softmax per row (B: 1.5x faster than SDPA, key blocks 1x).
+    bf16 = inputs.dtype == torch.bfloat16
+    weights_rows = inputs.return_weights and (bf16 or s <= FLOAT32_WHOLE_ROWS_MAX_S)
+    long_bf16 = bf16 and not inputs.requires_grad and s >= 16 * rows
+    whole_rows = (weights_rows or long_bf16) and MIN_ROWS * s <= (tile_elements or TILE_ELEMENTS)
     if k_block is None:
         k_block = s if s <= single_block or whole_rows else K_BLOCK
     kb = min(k_block, s)
