@@ -239,8 +239,11 @@ def kernel_runs(inputs: AttentionInputs) -> bool:
     public SDPA and the weights pass finds each row's log-sum-exp itself)."""
     device = inputs.device.type
     dtypes = _CUDA_DTYPES if device == "cuda" else _CPU_DTYPES
+    # The memory-efficient CUDA kernel wants head dims in whole 16-byte vectors.
+    aligned = device != "cuda" or inputs.query.shape[-1] % 8 == 0
     return (
         device in ("cpu", "cuda")
+        and aligned
         and inputs.dtype in dtypes
         and inputs.value.shape[-1] == inputs.query.shape[-1]
         and inputs.dropout_p == 0.0
