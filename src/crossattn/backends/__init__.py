@@ -2,6 +2,7 @@
 
 from .base import AttentionInputs, Backend
 from .chunked import ChunkedBackend
+from .lse import LSEBackend
 from .reference import ReferenceBackend
 from .registry import (
     available_backends,
@@ -18,6 +19,7 @@ from .sdpa import SDPABackend
 register_backend(ReferenceBackend())
 register_backend(SDPABackend())
 register_backend(ChunkedBackend())
+register_backend(LSEBackend())
 
 __all__ = [
     "AttentionInputs",

@@ -3,9 +3,9 @@
 Its peak extra memory is bounded by the tile size, never by L x S: it holds one tile of scores
 (``TILE_ELEMENTS`` of them, a few MiB) and reuses the same buffers for every tile. Statistics
 (running max, sum, accumulator) are kept in float32 for float32 and lower-precision inputs, and
-in float64 for float64 inputs. It returns weights, or their head mean, by recomputing them tile
-by tile from the row log-sum-exp; its backward recomputes tiles the same way, so training is
-memory-bounded too.
+in float64 for float64 inputs. Weights, or their head mean, come from tiles of whole rows (every
+key) in the output's own pass (see `plan`), or are recomputed tile by tile from the row
+log-sum-exp, as the backward does, so training is memory-bounded too.
 
 What makes it fast on the CPU (see ``benchmarks/RESULTS.md``):
 
@@ -40,17 +40,14 @@ from .reference import compute_dtype
 # Contexts up to this length are one key block (plain softmax, no online rescaling).
 MAX_SINGLE_BLOCK = 1024
 # A score tile holds at most about this many elements; every buffer is sized from it. Tiles are
-# large on purpose: on a CPU shared with other jobs every PyTorch op is a parallel region whose
-# threads must all be scheduled, so fewer, larger ops are faster than many cache-sized ones.
+# large on purpose: every PyTorch op is a parallel region whose threads wait for each other at
+# its end (see registry.py on a busy CPU), so fewer, larger ops beat many cache-sized ones.
 TILE_ELEMENTS = 1 << 23  # one key block: 16 MiB of bfloat16 or 32 MiB of float32 scores
 ONLINE_TILE_ELEMENTS = 1 << 22  # online softmax: float32 scores plus a 16-bit copy, 24 MiB
-# Contexts up to this length take the keys-first score layout on the single-block path.
-KEYS_FIRST_MAX_S = 256
-# Key block of the online softmax for longer contexts.
-K_BLOCK = 2048
+KEYS_FIRST_MAX_S = 256  # contexts up to this long: keys-first scores on the single-block path
+K_BLOCK = 2048  # key block of the online softmax for longer contexts
 MIN_ROWS = 16
-# Kept for callers that read it: the longest context handled as one key block.
-MAX_K_BLOCK = MAX_SINGLE_BLOCK
+FLOAT32_WHOLE_ROWS_MAX_S = 8192  # longest float32 context whose weights take whole rows
 
 
 @dataclass(frozen=True)
@@ -88,10 +85,8 @@ class _Plan:
         return self.groups * self.q_len if self.fold else self.q_len
 
     def k_slices(self) -> list[slice]:
-        return [
-            slice(j, min(j + self.k_block, self.kv_len))
-            for j in range(0, self.kv_len, self.k_block)
-        ]
+        s, kb = self.kv_len, self.k_block
+        return [slice(j, min(j + kb, s)) for j in range(0, s, kb)]
 
     def tiles(self) -> Iterator[_Tile]:
         groups: list[int | None] = [None] if self.fold else list(range(self.groups))
@@ -111,19 +106,21 @@ def plan(
     single_block: int = MAX_SINGLE_BLOCK,
 ) -> _Plan:
     """Choose the tiling: whole rows of several heads for short contexts, row blocks otherwise."""
-    b, hk, g, length, s = (
-        inputs.batch,
-        inputs.kv_heads,
-        inputs.groups,
-        inputs.q_len,
-        inputs.kv_len,
-    )
+    b, hk, g = inputs.batch, inputs.kv_heads, inputs.groups
+    length, s = inputs.q_len, inputs.kv_len
     mask = inputs.mask
     # Folding G query heads into the rows needs a mask that is the same for every head and query.
     fold = g == 1 or mask is None or (mask.shape[1] == 1 and mask.shape[2] == 1)
     rows = g * length if fold else length
+    # Whole rows (one key block) give weights in the output's own pass (E float32 mean: 1.48x
+    # SDPA's time, key blocks 2.13x; not at B's 65536 float32 keys: 1.97x against 1.46x), and
+    # run bfloat16 through one fused softmax per row (B: 1.5x faster than SDPA, key blocks 1x).
+    bf16 = inputs.dtype == torch.bfloat16
+    weights_rows = inputs.return_weights and (bf16 or s <= FLOAT32_WHOLE_ROWS_MAX_S)
+    long_bf16 = bf16 and not inputs.requires_grad and s >= 16 * rows
+    whole_rows = (weights_rows or long_bf16) and MIN_ROWS * s <= (tile_elements or TILE_ELEMENTS)
     if k_block is None:
-        k_block = s if s <= single_block else K_BLOCK
+        k_block = s if s <= single_block or whole_rows else K_BLOCK
     kb = min(k_block, s)
     if tile_elements is None:
         tile_elements = TILE_ELEMENTS if kb == s else ONLINE_TILE_ELEMENTS
@@ -131,6 +128,10 @@ def plan(
         row_block = rows
         batch_block = max(1, min(b * hk, tile_elements // (rows * kb)))
         batch_block = -(-(b * hk) // -(-(b * hk) // batch_block))  # even tiles
+    elif inputs.return_weights == "mean" and g == 1 and hk * MIN_ROWS * kb <= tile_elements:
+        # Every head of a batch row in one tile: the head mean is one reduction into the map.
+        batch_block = hk
+        row_block = -(-rows // -(-rows // (tile_elements // (hk * kb))))  # even tiles
     else:
         batch_block = 1
         row_block = max(MIN_ROWS, tile_elements // kb)

@@ -5,22 +5,36 @@ pinned backend (``backend="name"`` or `use_backend`) runs on it or raises ValueE
 reasons; a call with ``backend=None`` walks `preference(inputs)` and takes the first backend that
 supports it. When none fits, the error lists every backend and its reasons.
 
-The dispatch rule, derived from ``benchmarks/bench_op.py`` on a shared 2-core CPU (AVX-512 with
-bfloat16, no AMX; table and command in ``benchmarks/RESULTS.md``):
+The dispatch rule (`preference`), set by side-by-side measurements on a 2-core CPU (AVX-512
+with bfloat16, no AMX; torch 2.13, 2 threads; `benchmarks/bench_op.py`, ``docs/backends.md``):
 
-- CUDA and other accelerators: ``sdpa`` (PyTorch's flash, memory-efficient and cuDNN kernels),
-  then ``reference``; a Python block loop is never chosen unless pinned.
-- CPU, attention weights asked for: ``chunked`` (weights recomputed tile by tile, memory
-  bounded), then ``reference`` (weights that need gradients).
-- CPU, bfloat16, the whole context in one key block (S <= 1024: text conditioning, encoder
-  contexts, decode steps): ``chunked``. SDPA's bfloat16 CPU kernel is slow there (in the
-  recorded run, dispatch to chunked is 2.1x faster at (2, 8, 4096, 77, 64), 1.3x at
-  (8, 8, 512, 512, 64) with a key mask, 3.2x at a (8, 8, 1, 1024, 64) decode step);
-  chunked's bfloat16 matmuls around PyTorch's fused softmax are not. Under heavy load from other processes the gap closes and can reverse at S = 512 and
-  at decode steps: chunked runs three parallel regions per tile where SDPA runs one.
-- CPU, everything else (float32, float64, float16; bfloat16 with longer contexts): ``sdpa``. Its
-  flash CPU kernel ties chunked at long bfloat16 contexts (S = 8k-65k) and is ahead of or level
-  with it in float32.
+- CUDA and other accelerators: ``sdpa`` (PyTorch's flash, memory-efficient and cuDNN kernels);
+  with weights ``lse`` (the fused kernel's output, weights rebuilt per query block from its
+  log-sum-exp: no (B, H, L, S) scores beyond the map), then ``reference`` (weights that need
+  gradients). A Python block loop is never chosen unless pinned.
+- CPU, attention weights asked for: ``chunked`` (whole rows per tile, weights in the output's
+  own pass; float32 past 8192 keys: key blocks and a second pass), then ``lse`` (a second score
+  pass after the fused kernel), then ``reference``. Mean weights over the op without them,
+  side by side (load average 12, ``OMP_WAIT_POLICY=PASSIVE``): (1, 8, 8192, 8192, 64) float32
+  chunked 1.48x, lse 1.69x; (1, 8, 256, 65536, 64) float32 chunked 1.46x, lse 1.9x.
+- CPU, bfloat16, every context length: ``chunked``. Quiet machine, ms, SDPA against chunked:
+  (2, 8, 4096, 77, 64) 18.4 / 9.3; (8, 8, 512, 512, 64) with a key mask 39.7 / 32.7;
+  (8, 8, 1, 1024, 64) 5.46 / 2.08; (1, 8, 256, 65536, 64) 264 / 254 with key blocks (whole
+  rows since: 1.5x faster than SDPA at load average 10, passive wait); (1, 8, 8192, 8192, 64)
+  979 / 823.
+- CPU, float32 with a long context and few queries (S > 1024 and S >= 16 x G x L, the
+  Perceiver-latents shape): ``chunked``; (1, 8, 256, 65536, 64): SDPA 315, chunked 270 ms.
+- CPU, everything else (float32, float64, float16): ``sdpa``; (1, 8, 8192, 8192, 64) float32:
+  SDPA 1083, chunked 1364 ms; (8, 8, 512, 512, 64): 38 / 60 ms; shorter contexts tie.
+
+Under heavy load from other processes chunked falls 3-6x behind SDPA by default. The cause is the
+OpenMP runtime's wait policy: libgomp's threads spin (300,000 rounds by default) at the end of
+every parallel region, and chunked runs a few hundred regions per call where SDPA runs one; on
+an oversubscribed CPU the spinning thread takes the core of the thread it waits for. With
+``OMP_WAIT_POLICY=PASSIVE`` (set before the process starts) chunked stays level with SDPA under
+the same load (measured at load average 15 on 2 cores, (1, 8, 256, 65536, 64) float32: chunked
+over SDPA 3.61x spinning, 1.05x passive, 1.16x with ``GOMP_SPINCOUNT=1000``); see
+``docs/backends.md``. The rule therefore follows the quiet-machine measurements.
 """
 
 from __future__ import annotations
@@ -104,12 +118,19 @@ def current_backend() -> str | None:
 def preference(inputs: AttentionInputs) -> list[str]:
     """Backend names in the order automatic dispatch tries them (see the module docstring)."""
     if inputs.device.type != "cpu":
-        return ["sdpa", "reference"]
+        return ["lse", "reference"] if inputs.return_weights else ["sdpa", "lse", "reference"]
     if inputs.return_weights:
-        return ["chunked", "reference"]
-    if inputs.dtype == torch.bfloat16 and inputs.kv_len <= MAX_SINGLE_BLOCK:
+        return ["chunked", "lse", "reference"]
+    if inputs.dtype == torch.bfloat16 or _long_context_few_queries(inputs):
         return ["chunked", "sdpa", "reference"]
     return ["sdpa", "chunked", "reference"]
+
+
+def _long_context_few_queries(inputs: AttentionInputs) -> bool:
+    """float32 at S > 1024 and S >= 16 x G x L, where chunked's online softmax beats SDPA."""
+    rows = inputs.groups * inputs.q_len
+    s = inputs.kv_len
+    return inputs.dtype == torch.float32 and s > MAX_SINGLE_BLOCK and s >= 16 * rows
 
 
 def select_backend(inputs: AttentionInputs, name: str | None = None) -> Backend:
