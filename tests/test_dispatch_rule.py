@@ -44,12 +44,30 @@ def _inputs(dims, dtype, weights=False, device="meta", kv_heads=None):
 )
 def test_cpu_rule(dims, dtype, want, monkeypatch):
     inputs = _inputs(dims, dtype)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
     monkeypatch.setattr(AttentionInputs, "device", property(lambda self: torch.device("cpu")))
     assert select_backend(inputs).name == want
 
 
+@pytest.mark.parametrize(
+    "dims, dtype, want",
+    [
+        (A, torch.bfloat16, "chunked"),
+        (D, torch.bfloat16, "chunked"),
+        (B, torch.bfloat16, "sdpa"),
+        (E, torch.bfloat16, "sdpa"),
+        (B, torch.float32, "sdpa"),
+    ],
+)
+def test_spinning_threads_keep_long_contexts_on_sdpa(dims, dtype, want, monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(AttentionInputs, "device", property(lambda self: torch.device("cpu")))
+    assert select_backend(_inputs(dims, dtype)).name == want
+
+
 def test_grouped_queries_count_as_rows(monkeypatch):
     """S >= 16 x G x L: 8 query heads on 1 K/V head make B's 256 queries 2048 rows."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     monkeypatch.setattr(AttentionInputs, "device", property(lambda self: torch.device("cpu")))
     assert select_backend(_inputs(B, torch.float32, kv_heads=8)).name == "chunked"
     many = (1, 64, 1024, 65536, 64)

@@ -34,11 +34,14 @@ an oversubscribed CPU the spinning thread takes the core of the thread it waits 
 ``OMP_WAIT_POLICY=PASSIVE`` (set before the process starts) chunked stays level with SDPA under
 the same load (measured at load average 15 on 2 cores, (1, 8, 256, 65536, 64) float32: chunked
 over SDPA 3.61x spinning, 1.05x passive, 1.16x with ``GOMP_SPINCOUNT=1000``); see
-``docs/backends.md``. The rule therefore follows the quiet-machine measurements.
+``docs/backends.md``. So the two long-context ``chunked`` choices above (bfloat16 past 1024 keys,
+and float32 with few queries) are made only when ``OMP_WAIT_POLICY=PASSIVE`` is set; without it
+those calls go to ``sdpa``, which never falls that far behind.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -115,13 +118,24 @@ def current_backend() -> str | None:
     return _DEFAULT.get()
 
 
+def passive_wait() -> bool:
+    """Whether the OpenMP threads sleep rather than spin between parallel regions
+    (``OMP_WAIT_POLICY=PASSIVE`` in the environment, read when the runtime loads)."""
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+
+
 def preference(inputs: AttentionInputs) -> list[str]:
     """Backend names in the order automatic dispatch tries them (see the module docstring)."""
     if inputs.device.type != "cpu":
         return ["lse", "reference"] if inputs.return_weights else ["sdpa", "lse", "reference"]
     if inputs.return_weights:
         return ["chunked", "lse", "reference"]
-    if inputs.dtype == torch.bfloat16 or _long_context_few_queries(inputs):
+    # Long contexts run a few hundred parallel regions per call in chunked: chosen only where
+    # waiting threads sleep, since spinning ones make it 3-6x slower on a loaded machine.
+    long_ok = passive_wait()
+    short_bf16 = inputs.dtype == torch.bfloat16 and inputs.kv_len <= MAX_SINGLE_BLOCK
+    long_bf16 = inputs.dtype == torch.bfloat16 and long_ok
+    if short_bf16 or long_bf16 or (long_ok and _long_context_few_queries(inputs)):
         return ["chunked", "sdpa", "reference"]
     return ["sdpa", "chunked", "reference"]
 
