@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--guided-alignment",
         action="store_true",
-        help="train one cross-attention head on the gold alignments (Garg et al. 2019; "
-        "default: off)",
+        help="train one cross-attention head on the gold alignments, as Garg et al. 2019 "
+        "(default: off)",
     )
     parser.add_argument(
         "--budget-minutes",
@@ -58,19 +58,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--train-pairs",
         type=positive_int,
         default=20000,
-        help="toy training pairs (default: %(default)s, or 600 with --tiny)",
+        help="toy training pairs, always 600 with --tiny (default: %(default)s)",
     )
     parser.add_argument(
         "--eval-pairs",
         type=positive_int,
         default=500,
-        help="dev and test pairs each (default: %(default)s, or 60 with --tiny)",
+        help="dev and test pairs each, always 60 with --tiny (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument(
         "--tiny",
         action="store_true",
-        help="a smoke test of well under a minute: a tiny model and corpus, not a result "
+        help="a smoke test of under 30 seconds: a tiny model and corpus, not a result "
         "(default: off)",
     )
     add_threads_argument(parser)

@@ -61,13 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--heads", type=positive_int, default=d.heads,
                    help="attention heads (default: %(default)s)")  # fmt: skip
     g.add_argument("--encoder-layers", type=positive_int, default=d.encoder_layers,
-                   help="(default: %(default)s)")  # fmt: skip
+                   help="encoder layers (default: %(default)s)")  # fmt: skip
     g.add_argument("--decoder-layers", type=positive_int, default=d.decoder_layers,
-                   help="(default: %(default)s)")  # fmt: skip
+                   help="decoder layers (default: %(default)s)")  # fmt: skip
     g.add_argument("--dim-ff", type=positive_int, default=d.dim_ff,
                    help="feed-forward width (default: %(default)s)")  # fmt: skip
     g.add_argument("--dropout", type=float_range(0.0, 1.0, high_open=True), default=d.dropout,
-                   help="(default: %(default)s)")  # fmt: skip
+                   help="dropout probability (default: %(default)s)")  # fmt: skip
     g.add_argument("--post-norm", action="store_true",
                    help="post-norm layers (default: pre-norm)")  # fmt: skip
     g.add_argument("--max-len", type=int_at_least(2), default=d.max_len,
@@ -82,15 +82,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup", type=non_negative_int, default=d.warmup,
                    help="linear warm-up steps (default: %(default)s)")  # fmt: skip
     g.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay,
-                   help="(default: %(default)s)")  # fmt: skip
+                   help="AdamW weight decay, not on embeddings, norms or biases "
+                   "(default: %(default)s)")  # fmt: skip
     g.add_argument("--clip", type=positive_float, default=d.clip,
                    help="gradient-norm clipping (default: %(default)s)")  # fmt: skip
     g.add_argument("--label-smoothing", type=float_range(0.0, 1.0, high_open=True),
-                   default=d.label_smoothing, help="(default: %(default)s)")  # fmt: skip
+                   default=d.label_smoothing,
+                   help="label smoothing of the cross-entropy (default: %(default)s)")  # fmt: skip
     g = p.add_argument_group("attention losses")
     g.add_argument("--guided-alignment", action="store_true",
-                   help="supervise one cross-attention head with --alignments (Garg et al. "
-                   "2019; default: off)")  # fmt: skip
+                   help="supervise one cross-attention head with --alignments, as Garg et al. "
+                   "2019 (default: off)")  # fmt: skip
     g.add_argument("--guided-weight", type=non_negative_float, default=d.guided_weight,
                    help="weight of the guided-alignment loss (default: %(default)s)")  # fmt: skip
     g.add_argument("--attention-layer", type=int, default=None,
