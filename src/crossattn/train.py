@@ -683,7 +683,8 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
     opts.validate()  # again: the options may have changed since they were made
     if opts.steps is None and opts.minutes is None:
         raise ValueError("give steps or minutes (or both) to bound the training")
-    check_out_dir(opts)
+    if int(os.environ.get("RANK", "0")) == 0:  # the process that writes (torchrun: rank 0)
+        check_out_dir(opts)
     if opts.guided_alignment and not opts.alignments and examples is None:
         raise ValueError(
             "guided_alignment needs gold links: set TrainOptions.alignments to the Pharaoh "

@@ -199,6 +199,8 @@ def _check_out(args: argparse.Namespace) -> None:
     from ..train import CHECKPOINT_FILE, model_files
     from ._common import check_output_dir
 
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 checks and writes
+        return
     check_output_dir(args.out)
     found = model_files(args.out)
     if args.resume and CHECKPOINT_FILE not in found:
