@@ -257,7 +257,9 @@ def _run(args: argparse.Namespace) -> int:
     metrics["seconds"] = time.perf_counter() - t_start
     write_json(out / "metrics.json", metrics)
     print()
-    print(f"wrote {out / 'model'}, {pictures}, {out / 'metrics.json'}")
+    print(
+        f"wrote {', '.join(str(w) for w in (out / 'model', pictures, out / 'metrics.json') if w)}"
+    )
     print(f"total {metrics['seconds']:.0f} s")
     return 0
 
