@@ -774,13 +774,7 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
 
     torch.manual_seed(opts.seed)
     model = Seq2SeqTransformer(config).to(dist.device)
-    decay = [p for n, p in model.named_parameters() if p.dim() > 1 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() > 1 and "embed" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": opts.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=opts.lr, betas=(0.9, 0.98), eps=1e-9,
-    )  # fmt: skip
+    optimizer = _make_optimizer(model, opts)
     if resuming:
         state = load_checkpoint(out / CHECKPOINT_FILE, model, optimizer)
         if opts.steps is not None and state["step"] >= opts.steps and _finished(out, state):
@@ -820,20 +814,8 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
     step, ema_loss, dev_metrics, loop_seconds = _train_loop(run, state)
     start_step = int(state["step"])
     if dist.main:
-        model.eval()
-        if dev_set:
-            dev_metrics = evaluate_loss(model, dev_set, opts.batch_tokens, dist.device)
-            _log(
-                f"step {step}: dev loss {dev_metrics['loss']:.3f} "
-                f"accuracy {dev_metrics['accuracy']:.3f} ({loop_seconds:.0f} s of training)"
-            )
-
-        def write_extraction() -> None:
-            extraction = choose_extraction(model, dev_set, dev_examples, with_align)
-            write_json(out / EXTRACTION_FILE, extraction.to_dict())
-
         seconds = float(state.get("seconds", 0.0)) + loop_seconds
-        _save(out, model, optimizer, step, seconds, dev_metrics, finish=write_extraction)
+        dev_metrics = _finish(run, dev_examples, step, seconds, dev_metrics)
     dist.barrier()
     dist.close()
     return TrainResult(
@@ -843,6 +825,36 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
         train_loss=float("nan") if ema_loss is None else ema_loss,
         dev=dev_metrics,
     )
+
+
+def _make_optimizer(model: Seq2SeqTransformer, opts: TrainOptions) -> torch.optim.AdamW:
+    """AdamW, with weight decay on the matrices other than the embeddings."""
+    decay = [p for n, p in model.named_parameters() if p.dim() > 1 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() > 1 and "embed" not in n)]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": opts.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=opts.lr, betas=(0.9, 0.98), eps=1e-9,
+    )  # fmt: skip
+
+
+def _finish(run: _Run, dev_examples, step: int, seconds: float, dev: dict) -> dict:
+    """The end of a run (main process): the last dev evaluation, then the final save, with the
+    extraction config chosen on the dev split. Returns the dev metrics."""
+    run.model.eval()
+    if run.dev_set:
+        dev = evaluate_loss(run.model, run.dev_set, run.opts.batch_tokens, run.dist.device)
+        _log(
+            f"step {step}: dev loss {dev['loss']:.3f} accuracy {dev['accuracy']:.3f} "
+            f"({seconds:.0f} s of training)"
+        )
+
+    def write_extraction() -> None:
+        extraction = choose_extraction(run.model, run.dev_set, dev_examples, run.with_align)
+        write_json(run.out / EXTRACTION_FILE, extraction.to_dict())
+
+    _save(run.out, run.model, run.optimizer, step, seconds, dev, finish=write_extraction)
+    return dev
 
 
 # --------------------------------------------------------------------------------------- the loop

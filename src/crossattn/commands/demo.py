@@ -132,17 +132,10 @@ def _run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     from pathlib import Path
 
-    from ..align import DEFAULT_EXTRACTION, aer, alignment_scores, extract_alignment
+    from ..align import alignment_scores
     from ..data.toy_translation import generate_corpus, write_corpus
     from ..models import Translator
-    from ..train import (
-        Encoded,
-        TrainOptions,
-        attention_for_pairs,
-        choose_threads,
-        train,
-        write_json,
-    )
+    from ..train import TrainOptions, choose_threads, train, write_json
 
     check_out(args)
     choose_threads(args.threads)
@@ -188,7 +181,45 @@ def _run(args: argparse.Namespace) -> int:
     result = train(opts)
     tr = Translator.load(out / "model")
 
-    # ---- dev / test: exact match and BLEU (greedy), AER of force-decoded gold pairs ----
+    metrics = _evaluate(tr, corpus)
+
+    # ---- a few translations, heatmaps and the viewer ----
+    print()
+    shown = []
+    for k, sentence in enumerate(SENTENCES):
+        r = tr.translate(sentence, beam=4)
+        pairs_txt = ", ".join(f"{r.source_tokens[i]}={r.target_tokens[j]}" for i, j in r.alignment)
+        print(f"{sentence}  ->  {r.translation}")
+        print(f"    alignment: {pairs_txt}")
+        scores = alignment_scores(r.decoder_attention, tr.extraction, len(r.source_tokens),
+                                  len(r.target_tokens)) if r.target_tokens else None  # fmt: skip
+        shown.append((k, r, scores))
+    pictures = _pictures(out, shown)
+    metrics.update({
+        "aer": metrics["test_aer"],
+        "guided_alignment": bool(args.guided_alignment),
+        "train_steps": result.steps,
+        "train_minutes": minutes,
+        "extraction": tr.extraction.to_dict(),
+        "translations": {s: r.translation for s, (_, r, _) in zip(SENTENCES, shown)},
+        "tiny": bool(args.tiny),
+    })  # fmt: skip
+    metrics["seconds"] = time.perf_counter() - t_start
+    write_json(out / "metrics.json", metrics)
+    print()
+    print(
+        f"wrote {', '.join(str(w) for w in (out / 'model', pictures, out / 'metrics.json') if w)}"
+    )
+    print(f"total {metrics['seconds']:.0f} s")
+    return 0
+
+
+def _evaluate(tr, corpus) -> dict[str, object]:
+    """Dev and test: exact match and BLEU of the greedy translations, AER of the links of the
+    force-decoded gold pairs (the chosen extraction and the default); printed as a table."""
+    from ..align import DEFAULT_EXTRACTION, aer, extract_alignment
+    from ..train import Encoded, attention_for_pairs
+
     metrics: dict[str, object] = {}
     rows = []
     for split in ("dev", "test"):
@@ -232,36 +263,7 @@ def _run(args: argparse.Namespace) -> int:
         f"'{tr.extraction.describe()}' (chosen on a held-out split of the training data); "
         f"'AER default': {DEFAULT_EXTRACTION.describe()}, no gold used."
     )
-
-    # ---- a few translations, heatmaps and the viewer ----
-    print()
-    shown = []
-    for k, sentence in enumerate(SENTENCES):
-        r = tr.translate(sentence, beam=4)
-        pairs_txt = ", ".join(f"{r.source_tokens[i]}={r.target_tokens[j]}" for i, j in r.alignment)
-        print(f"{sentence}  ->  {r.translation}")
-        print(f"    alignment: {pairs_txt}")
-        scores = alignment_scores(r.decoder_attention, tr.extraction, len(r.source_tokens),
-                                  len(r.target_tokens)) if r.target_tokens else None  # fmt: skip
-        shown.append((k, r, scores))
-    pictures = _pictures(out, shown)
-    metrics.update({
-        "aer": metrics["test_aer"],
-        "guided_alignment": bool(args.guided_alignment),
-        "train_steps": result.steps,
-        "train_minutes": minutes,
-        "extraction": tr.extraction.to_dict(),
-        "translations": {s: r.translation for s, (_, r, _) in zip(SENTENCES, shown)},
-        "tiny": bool(args.tiny),
-    })  # fmt: skip
-    metrics["seconds"] = time.perf_counter() - t_start
-    write_json(out / "metrics.json", metrics)
-    print()
-    print(
-        f"wrote {', '.join(str(w) for w in (out / 'model', pictures, out / 'metrics.json') if w)}"
-    )
-    print(f"total {metrics['seconds']:.0f} s")
-    return 0
+    return metrics
 
 
 def _pictures(out, shown) -> str:
