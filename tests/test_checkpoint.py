@@ -153,6 +153,11 @@ def test_resume_where_there_is_no_checkpoint_is_an_error(data, tmp_path, capsys)
     empty.mkdir()
     assert _cli(data, empty, "--steps", "2", "--resume") == 2
     assert "no checkpoint found" in _error_line(capsys) and list(empty.iterdir()) == []
+    (empty / "source_vocab.json").write_text("[]")  # a run stopped before its first save
+    assert _cli(data, empty, "--steps", "2", "--resume") == 2
+    line = _error_line(capsys)
+    assert "(it holds source_vocab.json, but no checkpoint.safetensors)" in line
+    assert line.endswith("or start a new run without --resume and with --overwrite")
 
 
 # ------------------------------------------------------------------ 2. one consistent checkpoint

@@ -206,7 +206,7 @@ def _check_out(args: argparse.Namespace) -> None:
     if args.resume and CHECKPOINT_FILE not in found:
         what = "it holds no model files" if os.path.isdir(args.out) else "no such directory"
         if found:
-            what = f"it holds {', '.join(found)}, from a run stopped before its first checkpoint"
+            what = f"it holds {', '.join(found)}, but no {CHECKPOINT_FILE}"
         raise CommandError(
             f"argument --resume: no checkpoint found in {args.out!r} ({what}); check the path, "
             "or start a new run without --resume" + (" and with --overwrite" if found else "")
