@@ -240,17 +240,19 @@ def check_writable_dir(path: str, option: str = "--out") -> None:
         missing.append(target)
         target = os.path.dirname(target)
     made = []
+    doing = f"cannot create the directory {path!r}"
     try:
         for directory in reversed(missing):
             os.mkdir(directory)
             made.append(directory)
+        doing = f"cannot write into {path!r}"
         fd, probe = tempfile.mkstemp(prefix=".crossattn-write-test-", dir=path)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
         raise CommandError(
-            f"argument {option}: cannot write into {path!r} ({err.strerror or err}); choose a "
-            "directory you can write to"
+            f"argument {option}: {doing} ({err.strerror or err}); choose a directory you can "
+            "write to"
         ) from err
     finally:
         for directory in reversed(made):
