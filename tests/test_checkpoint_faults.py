@@ -122,7 +122,7 @@ def test_runs_killed_at_random_instants_resume_to_bitwise_equal_weights(tmp_path
                 else:  # after this process's first save, in the steps and saves left
                     while p.is_alive() and _mtime(out / CHECKPOINT_FILE) == saved:
                         time.sleep(0.005)
-                    left = STEPS - (step or 0) - 1
+                    left = max(STEPS - (step or 0) - 1, 1)
                     time.sleep(rng.uniform(0.0, left * per_step))
                 with contextlib.suppress(ProcessLookupError):  # it may have ended already
                     os.kill(p.pid, signal.SIGKILL)
@@ -134,8 +134,9 @@ def test_runs_killed_at_random_instants_resume_to_bitwise_equal_weights(tmp_path
         differ = [k for k in expected if not torch.equal(got[k], expected[k])]
         assert not differ, f"run {r}: {len(differ)} tensor(s) differ after resuming"
         assert (out / STATE_FILE).is_file()
+        assert not list(out.glob(".*")), "temporary files of killed saves are left"
     # the kills did land inside runs: most resumes started from a checkpoint before the end
-    assert len([s for s in resumed_mid_run if 0 < s < STEPS]) >= RUNS * KILLS // 2, resumed_mid_run
+    assert len([s for s in resumed_mid_run if 0 < s < STEPS]) >= RUNS, resumed_mid_run
 
 
 @pytest.fixture(autouse=True)

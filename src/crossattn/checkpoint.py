@@ -17,6 +17,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,17 +34,29 @@ class CheckpointError(ValueError):
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
     """Run ``write(tmp)`` on a temporary file beside ``path``, flush it to disk, rename it to
-    ``path``. When ``write`` fails, ``path`` keeps its previous content and no file is left."""
+    ``path``. When ``write`` fails, ``path`` keeps its previous content and no file is left.
+
+    The temporary file lies in a folder of its own, ``.NAME.tmpPID`` beside ``path`` (writers
+    such as safetensors make temporaries of their own beside the file they are given), so that
+    what a killed process leaves behind is one folder named after ``path``: see `temporaries`.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    folder = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    folder.mkdir(exist_ok=True)
+    tmp = folder / path.name
     try:
         write(tmp)
         _fsync(tmp)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        shutil.rmtree(folder, ignore_errors=True)
     _fsync_dir(path.parent)
+
+
+def temporaries(path: str | os.PathLike) -> list[Path]:
+    """What `atomic_write` of ``path`` left behind in processes that were killed meanwhile."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.tmp*"))
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

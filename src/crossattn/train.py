@@ -31,6 +31,7 @@ import numbers
 import operator
 import os
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -46,7 +47,7 @@ from torch import Tensor
 
 from .checkpoint import CheckpointError as CheckpointError  # re-exported: raised by train
 from .checkpoint import atomic_write as _atomic
-from .checkpoint import load_checkpoint, save_checkpoint, write_json
+from .checkpoint import load_checkpoint, save_checkpoint, temporaries, write_json
 from .models.decoding import force_decode_attention, greedy_decode
 from .models.seq2seq import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Seq2SeqConfig, Seq2SeqTransformer
 from .models.vocab import Vocabulary
@@ -789,6 +790,7 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
     if dist.main:
         if not resuming:
             _remove_model_files(out)  # none, or the model that overwrite replaces
+        _remove_temporaries(out)  # left by a process killed while it saved
         out.mkdir(parents=True, exist_ok=True)
         if not resuming:
             src_vocab.save(out / SOURCE_VOCAB_FILE)
@@ -1083,6 +1085,13 @@ def check_out_dir(opts: TrainOptions) -> None:
             f"{opts.out!r} already holds a model ({_names(found)}): continue its training "
             "with resume=True, replace it with overwrite=True, or choose another out directory"
         )
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Remove the temporary files of saves that a killed process left (see `atomic_write`)."""
+    for name in MODEL_DIR_FILES:
+        for path in temporaries(out / name):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _names(found: list[str]) -> str:
