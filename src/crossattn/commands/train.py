@@ -327,7 +327,8 @@ def run(args: argparse.Namespace) -> int:
     except CheckpointError as err:
         raise CommandError(f"argument --resume: cannot resume: {err}") from err
     except OSError as err:
-        raise CommandError(f"cannot write the model directory {args.out!r}: {err}") from err
+        # a disk that fills up, a folder made read-only meanwhile, a model file removed
+        raise CommandError(f"argument --out: {args.out!r}: {err}") from err
 
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"out": str(result.out), "steps": result.steps,
