@@ -1,5 +1,6 @@
 # Two commands set everything up on a fresh machine: `make demo` and `make test`.
-# Each creates .venv on first use and reinstalls only when the requirements change.
+# Each creates .venv on first use, reinstalls only when the requirements change, and makes
+# .venv again when it is broken.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,8 +8,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint format bench browser-deps clean
 
+# A .venv whose python cannot run pip (an interrupted creation, a removed interpreter) is made
+# again: its stamp is forgotten here, and the rule below starts it afresh.
+ifneq ($(wildcard $(STAMP)),)
+ifneq ($(shell $(BIN)/python -m pip --version >/dev/null 2>&1 && echo ok),ok)
+$(shell rm -f $(STAMP))
+endif
+endif
+
 $(STAMP): pyproject.toml requirements-dev.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -qq --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -qq --disable-pip-version-check -r requirements-dev.txt
 	$(BIN)/python -m pip install -qq --disable-pip-version-check --no-deps -e .

@@ -9,10 +9,14 @@
     tokenizer.json           subword tokenizers (absent for --tokenizer word without normalisation;
                              see `crossattn.models.tokenizer`)
     extraction.json          how `crossattn align` turns cross-attention into word links
-    train_state.json         step, elapsed seconds, last dev metrics (for --resume)
-    optimizer.safetensors    AdamW moments (for --resume)
+    checkpoint.safetensors   what --resume reads: weights, AdamW moments and step, in one file
+    train_state.json         the last save's step, elapsed seconds, dev metrics (for people)
 
-Every file is written atomically: to a temporary name, then renamed over the old one.
+Every file is written atomically: to a temporary name, flushed, then renamed over the old one.
+A save writes the checkpoint first (it is the one consistent unit `resume` reads, see
+`crossattn.checkpoint`), then ``model.safetensors`` and ``train_state.json`` for the readers
+of the directory; a process killed between the two leaves a model one save behind its
+checkpoint, which the next save (or the resumed run) brings level.
 
 Distributed data parallel: under ``torchrun --nproc-per-node N``, each step's batch (the same
 batch that a single process would use) is split by rows over the N processes; each process
@@ -29,7 +33,10 @@ import numbers
 import operator
 import os
 import random
+import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -40,10 +47,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .checkpoint import CheckpointError as CheckpointError  # re-exported: raised by train
+from .checkpoint import atomic_write as _atomic
+from .checkpoint import load_checkpoint, save_checkpoint, temporaries, write_json
 from .models.decoding import force_decode_attention, greedy_decode
 from .models.seq2seq import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Seq2SeqConfig, Seq2SeqTransformer
 from .models.tokenizer import (
     KINDS,
+    TOKENIZER_FILE,
     NORMALIZATIONS,
     Tokenizer,
     load_tokenizers,
@@ -60,7 +71,7 @@ SOURCE_VOCAB_FILE = "source_vocab.json"
 TARGET_VOCAB_FILE = "target_vocab.json"
 EXTRACTION_FILE = "extraction.json"
 STATE_FILE = "train_state.json"
-OPTIMIZER_FILE = "optimizer.safetensors"
+CHECKPOINT_FILE = "checkpoint.safetensors"
 
 
 @dataclass
@@ -79,6 +90,11 @@ class TrainOptions:
     ``"unigram"`` (subwords trained on the training pairs, `crossattn.models.tokenizer`) with
     ``vocab_size`` tokens per side (None: every word, or 8000 subwords) and Unicode
     ``normalization`` (None: ``"none"`` for words, ``"nfkc"`` for subwords).
+
+    Model directory: ``out`` that already holds a model is refused unless ``resume`` (continue
+    from its checkpoint; ``steps`` is the total of the run, so resuming a finished run does
+    nothing) or ``overwrite`` (replace it). A checkpoint is saved every ``save_seconds`` and at
+    the end of the run.
 
     Attention losses (on the cross-attention of decoder layer ``attention_layer``, negative
     indices from the top): ``guided_weight`` times the guided-alignment cross-entropy of head
@@ -102,6 +118,7 @@ class TrainOptions:
     steps: int | None = None
     minutes: float | None = None
     resume: bool = False
+    overwrite: bool = False
     stop_after: int | None = None
     seed: int = 0
     # tokens: see crossattn.models.tokenizer (vocab_size None: every word, or 8000 subwords;
@@ -156,11 +173,16 @@ class TrainOptions:
                     f"{type(val).__name__}"
                 )
             setattr(self, name, os.fspath(val))
-        for name in ("one_indexed", "skip_bad_lines", "resume", "norm_first", "tie_embeddings",
-                     "guided_alignment", "progress"):  # fmt: skip
+        for name in ("one_indexed", "skip_bad_lines", "resume", "overwrite", "norm_first",
+                     "tie_embeddings", "guided_alignment", "progress"):  # fmt: skip
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"TrainOptions.{name} must be a bool, got {getattr(self, name)!r}")
         _check_tokenizer_options(self)
+        if self.resume and self.overwrite:
+            raise ValueError(
+                "TrainOptions.resume and TrainOptions.overwrite exclude each other: resume "
+                "continues the model in out, overwrite replaces it"
+            )
         if not isinstance(self.extra, dict):
             raise TypeError(f"TrainOptions.extra must be a dict, got {type(self.extra).__name__}")
         ints = {  # name: (lowest value, None allowed)
@@ -489,53 +511,12 @@ def batch_norm(batch: Batch) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------- files
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        umask = os.umask(0o022)  # read it back: one mode for every file, as open() gives
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    _atomic(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
-
-
-def save_model(out: Path, model: Seq2SeqTransformer) -> None:
+def save_model(out: Path, model: Seq2SeqTransformer, step: int | None = None) -> None:
+    """Write ``model.safetensors`` into ``out`` atomically (``step``: kept in its metadata)."""
     from safetensors.torch import save_model as st_save
 
-    _atomic(out / WEIGHTS_FILE, lambda p: st_save(model, str(p)))
-
-
-def _save_optimizer(out: Path, optimizer: torch.optim.Optimizer) -> None:
-    from safetensors.torch import save_file
-
-    state = optimizer.state_dict()
-    tensors = {}
-    for idx, st in state["state"].items():
-        for key, val in st.items():
-            val = val if isinstance(val, Tensor) else torch.tensor(val)
-            tensors[f"{idx}.{key}"] = val.detach().contiguous()
-    _atomic(out / OPTIMIZER_FILE, lambda p: save_file(tensors, str(p)))
-
-
-def _load_optimizer(out: Path, optimizer: torch.optim.Optimizer) -> None:
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(out / OPTIMIZER_FILE))
-    state: dict[int, dict[str, Tensor]] = {}
-    for name, val in tensors.items():
-        idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = val
-    sd = optimizer.state_dict()
-    sd["state"] = state
-    optimizer.load_state_dict(sd)
+    metadata = None if step is None else {"step": str(step)}
+    _atomic(out / WEIGHTS_FILE, lambda p: st_save(model, str(p), metadata=metadata))
 
 
 def load_model(directory: str | os.PathLike) -> tuple[Seq2SeqTransformer, Vocabulary, Vocabulary]:
@@ -750,10 +731,16 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
 
     Raises:
         ValueError / TypeError: bad options or data, before anything is written.
+        FileExistsError: ``opts.out`` holds a model, and neither ``resume`` nor ``overwrite``.
+        FileNotFoundError: ``resume``, but ``opts.out`` holds no checkpoint.
+        CheckpointError: ``resume`` from a damaged checkpoint (a `ValueError`).
+        TrainingInterrupted: Ctrl-C (SIGINT) in the training loop, after saving a checkpoint.
     """
     opts.validate()  # again: the options may have changed since they were made
     if opts.steps is None and opts.minutes is None:
         raise ValueError("give steps or minutes (or both) to bound the training")
+    if int(os.environ.get("RANK", "0")) == 0:  # the process that writes (torchrun: rank 0)
+        check_out_dir(opts)
     if opts.guided_alignment and not opts.alignments and examples is None:
         raise ValueError(
             "guided_alignment needs gold links: set TrainOptions.alignments to the Pharaoh "
@@ -774,7 +761,7 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
         )
     train_idx, dev_idx = split_dev(len(examples), opts.dev_size, opts.seed)
     state: dict[str, Any] = {"step": 0, "seconds": 0.0}
-    resuming = opts.resume and (out / STATE_FILE).is_file()
+    resuming = opts.resume
     where = ""
     if resuming:
         saved = json.loads((out / CONFIG_FILE).read_text())
@@ -796,7 +783,6 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
                 f"resume: {', '.join(conflicts)}: the model saved in {str(out)!r} keeps its "
                 "tokenizer; leave these options out or train a new model in another out directory"
             )
-        state = json.loads((out / STATE_FILE).read_text())
         # the options as they take effect: the model's settings are the checkpoint's
         opts = dataclasses.replace(opts, **{k: getattr(config, k) for k in _MODEL_FIELDS})
         where = f" in {str(out)!r}"
@@ -847,32 +833,33 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
 
     torch.manual_seed(opts.seed)
     model = Seq2SeqTransformer(config).to(dist.device)
-    decay = [p for n, p in model.named_parameters() if p.dim() > 1 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() > 1 and "embed" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": opts.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=opts.lr, betas=(0.9, 0.98), eps=1e-9,
-    )  # fmt: skip
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
+    optimizer = _make_optimizer(model, opts)
     if resuming:
-        from safetensors.torch import load_model as st_load
-
-        st_load(model, str(out / WEIGHTS_FILE))
-        _load_optimizer(out, optimizer)
+        state = load_checkpoint(out / CHECKPOINT_FILE, model, optimizer)
+        if opts.steps is not None and state["step"] >= opts.steps and _finished(out, state):
+            if dist.main:
+                _log(f"{out} is at step {state['step']} of {opts.steps} already: nothing to do")
+            dist.close()
+            return TrainResult(
+                out, 0, time.perf_counter() - t_start, math.nan, state.get("dev", {})
+            )
         if dist.main:
             _log(f"resuming {out} at step {state['step']}")
-    elif dist.main:
-        src_vocab.save(out / SOURCE_VOCAB_FILE)
-        tgt_vocab.save(out / TARGET_VOCAB_FILE)
-        save_tokenizers(out, src_tok, tgt_tok)
     if dist.main:
+        if not resuming:
+            _remove_model_files(out)  # none, or the model that overwrite replaces
+        _remove_temporaries(out)  # left by a process killed while it saved
+        out.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            src_vocab.save(out / SOURCE_VOCAB_FILE)
+            tgt_vocab.save(out / TARGET_VOCAB_FILE)
+            save_tokenizers(out, src_tok, tgt_tok)
         options = {k: v for k, v in dataclasses.asdict(opts).items() if k != "extra"}
         write_json(out / CONFIG_FILE, {"model": config.to_dict(), "train": options})
-    params = list(model.parameters())
     n_params = sum(
-        p.numel() for p in params if p is not model.output.weight or not config.tie_embeddings
+        p.numel()
+        for p in model.parameters()
+        if p is not model.output.weight or not config.tie_embeddings
     )
 
     batches = make_batches(
@@ -884,99 +871,13 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
             f"{len(batches)} batches per epoch, vocab {len(src_vocab)}/{len(tgt_vocab)}, "
             f"{n_params / 1e6:.2f}M parameters, {dist.world} process(es) on {dist.device}"
         )
-
-    def batch_at(step: int) -> list[int]:
-        epoch, pos = divmod(step, len(batches))
-        order = list(range(len(batches)))
-        random.Random(opts.seed * 100_003 + epoch).shuffle(order)
-        return batches[order[pos]]
-
-    budget = None if opts.minutes is None else opts.minutes * 60.0
-    step = int(state["step"])
-    start_step = step
-    loop_start = time.perf_counter()
-    last_eval = last_save = loop_start
-    bar = None
-    if dist.main and opts.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=opts.steps, initial=step, file=sys.stderr, unit="step",
-                   dynamic_ncols=True, mininterval=1.0)  # fmt: skip
-    model.train()
-    tok_count, tok_time = 0, time.perf_counter()
-    ema_loss: float | None = None
-    dev_metrics: dict[str, float] = dict(state.get("dev", {}))
-    while True:
-        elapsed = time.perf_counter() - loop_start
-        stop = (
-            (opts.steps is not None and step >= opts.steps)
-            or (budget is not None and elapsed >= budget)
-            or (opts.stop_after is not None and step - start_step >= opts.stop_after)
-        )
-        if dist.any(stop):
-            break
-        progress = max(
-            0.0 if opts.steps is None else step / opts.steps,
-            0.0 if budget is None else elapsed / budget,
-        )
-        for group in optimizer.param_groups:
-            group["lr"] = opts.lr * _lr_factor(step, progress, opts)
-        full = collate([train_set[i] for i in batch_at(step)], with_align)
-        norm = batch_norm(full)
-        part = _to(full.rows(slice(dist.rank, None, dist.world)), dist.device)
-        torch.manual_seed(opts.seed * 1_000_003 + step * 1009 + dist.rank)  # dropout
-        optimizer.zero_grad(set_to_none=True)
-        if part.source.shape[0] > 0:
-            parts = batch_loss(model, part, opts, norm)
-            parts.total.backward()
-        else:
-            parts = LossParts(torch.zeros(()), 0.0, 0, 0)
-        for p in params:  # every process takes part in the all-reduce
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        dist.sum_grads(params)
-        torch.nn.utils.clip_grad_norm_(params, opts.clip)
-        optimizer.step()
-        step += 1
-        tok_count += int(norm["tokens"] + norm["source_tokens"])
-        loss_now = parts.nll_sum / max(parts.tokens, 1)
-        ema_loss = loss_now if ema_loss is None else 0.95 * ema_loss + 0.05 * loss_now
-        now = time.perf_counter()
-        if bar is not None:
-            bar.update(1)
-            if now - tok_time > 2.0 or step == 1:
-                rate = tok_count / max(now - tok_time, 1e-9)
-                tok_count, tok_time = 0, now
-                bar.set_postfix(loss=f"{ema_loss:.3f}", tok_s=f"{rate:,.0f}",
-                                lr=f"{optimizer.param_groups[0]['lr']:.1e}", refresh=False)  # fmt: skip
-        if dist.main and dev_set and now - last_eval >= opts.eval_seconds:
-            dev_metrics = evaluate_loss(model, dev_set, opts.batch_tokens, dist.device)
-            last_eval = tok_time = time.perf_counter()  # tokens/s counts training only
-            tok_count = 0
-            msg = f"step {step}: dev loss {dev_metrics['loss']:.3f} accuracy {dev_metrics['accuracy']:.3f}"
-            (bar.write(msg, file=sys.stderr) if bar is not None else _log(msg))
-        if dist.main and now - last_save >= opts.save_seconds:
-            _checkpoint(
-                out, model, optimizer, step, state, time.perf_counter() - loop_start, dev_metrics
-            )
-            last_save = tok_time = time.perf_counter()
-            tok_count = 0
-    if bar is not None:
-        bar.close()
-    loop_seconds = time.perf_counter() - loop_start
+    run = _Run(model, optimizer, opts, dist, out, train_set, dev_set, batches, with_align,
+               (src_tok, tgt_tok))  # fmt: skip
+    step, ema_loss, dev_metrics, loop_seconds = _train_loop(run, state)
+    start_step = int(state["step"])
     if dist.main:
-        model.eval()
-        if dev_set:
-            dev_metrics = evaluate_loss(model, dev_set, opts.batch_tokens, dist.device)
-            _log(
-                f"step {step}: dev loss {dev_metrics['loss']:.3f} "
-                f"accuracy {dev_metrics['accuracy']:.3f} ({loop_seconds:.0f} s of training)"
-            )
-        _checkpoint(out, model, optimizer, step, state, loop_seconds, dev_metrics)
-        extraction = choose_extraction(
-            model, dev_set, dev_examples, with_align, tokenizers=(src_tok, tgt_tok)
-        )
-        write_json(out / EXTRACTION_FILE, extraction.to_dict())
+        seconds = float(state.get("seconds", 0.0)) + loop_seconds
+        dev_metrics = _finish(run, dev_examples, step, seconds, dev_metrics)
     dist.barrier()
     dist.close()
     return TrainResult(
@@ -988,13 +889,284 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
     )
 
 
-def _checkpoint(out, model, optimizer, step, state, loop_seconds, dev) -> None:
-    save_model(out, model)
-    _save_optimizer(out, optimizer)
-    write_json(
-        out / STATE_FILE,
-        {"step": step, "seconds": float(state.get("seconds", 0.0)) + loop_seconds, "dev": dev},
+def _make_optimizer(model: Seq2SeqTransformer, opts: TrainOptions) -> torch.optim.AdamW:
+    """AdamW, with weight decay on the matrices other than the embeddings."""
+    decay = [p for n, p in model.named_parameters() if p.dim() > 1 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() > 1 and "embed" not in n)]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": opts.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=opts.lr, betas=(0.9, 0.98), eps=1e-9,
+    )  # fmt: skip
+
+
+def _finish(run: _Run, dev_examples, step: int, seconds: float, dev: dict) -> dict:
+    """The end of a run (main process): the last dev evaluation, then the final save, with the
+    extraction config chosen on the dev split. Returns the dev metrics."""
+    run.model.eval()
+    if run.dev_set:
+        dev = evaluate_loss(run.model, run.dev_set, run.opts.batch_tokens, run.dist.device)
+        _log(
+            f"step {step}: dev loss {dev['loss']:.3f} accuracy {dev['accuracy']:.3f} "
+            f"({seconds:.0f} s of training)"
+        )
+
+    def write_extraction() -> None:
+        extraction = choose_extraction(
+            run.model, run.dev_set, dev_examples, run.with_align, tokenizers=run.tokenizers
+        )
+        write_json(run.out / EXTRACTION_FILE, extraction.to_dict())
+
+    _save(run.out, run.model, run.optimizer, step, seconds, dev, finish=write_extraction)
+    return dev
+
+
+# --------------------------------------------------------------------------------------- the loop
+@dataclass
+class _Run:
+    """What the training loop works on."""
+
+    model: Seq2SeqTransformer
+    optimizer: torch.optim.Optimizer
+    opts: TrainOptions
+    dist: _Dist
+    out: Path
+    train_set: list[Encoded]
+    dev_set: list[Encoded]
+    batches: list[list[int]]
+    with_align: bool
+    tokenizers: tuple[Any, Any] | None = None  # (source, target) `Tokenizer`s
+
+    def batch_at(self, step: int) -> list[int]:
+        """The example indices of ``step``: every epoch visits the batches in a seeded order."""
+        epoch, pos = divmod(step, len(self.batches))
+        order = list(range(len(self.batches)))
+        random.Random(self.opts.seed * 100_003 + epoch).shuffle(order)
+        return self.batches[order[pos]]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) ended `train` at a step boundary, after it saved the checkpoint of that
+    step in ``out`` (``resume=True`` continues from it). A `KeyboardInterrupt`."""
+
+    def __init__(self, out: Path, step: int) -> None:
+        super().__init__(
+            f"interrupted at step {step}: its checkpoint is saved in {str(out)!r} "
+            "(resume continues from it)"
+        )
+        self.out, self.step = out, step
+
+
+class _Interrupts:
+    """While active (main thread, SIGINT at Python's default): the first Ctrl-C only sets
+    ``requested``, for the loop to stop at the next step boundary with a consistent checkpoint;
+    a second one interrupts at once, as Ctrl-C does."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _Interrupts:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _train_loop(run: _Run, state: dict[str, Any]) -> tuple[int, float | None, dict, float]:
+    """The steps from ``state["step"]`` to the end of the run, evaluating and saving on the way.
+
+    Returns (step reached, smoothed training loss or None, dev metrics, seconds in the loop).
+    Ctrl-C stops it at the next step boundary: it saves a checkpoint, then raises
+    `TrainingInterrupted`.
+    """
+    opts, dist = run.opts, run.dist
+    budget = None if opts.minutes is None else opts.minutes * 60.0
+    step = start_step = int(state["step"])
+    loop_start = time.perf_counter()
+    last_eval = last_save = loop_start
+    bar = None
+    if dist.main and opts.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=opts.steps, initial=step, file=sys.stderr, unit="step",
+                   dynamic_ncols=True, mininterval=1.0)  # fmt: skip
+    run.model.train()
+    tok_count, tok_time = 0, time.perf_counter()
+    ema_loss: float | None = None
+    dev_metrics: dict[str, float] = dict(state.get("dev", {}))
+    with _Interrupts() as interrupts:
+        try:
+            while True:
+                elapsed = time.perf_counter() - loop_start
+                stop = (
+                    (opts.steps is not None and step >= opts.steps)
+                    or (budget is not None and elapsed >= budget)
+                    or (opts.stop_after is not None and step - start_step >= opts.stop_after)
+                )
+                if dist.any(stop or interrupts.requested):
+                    break
+                progress = max(
+                    0.0 if opts.steps is None else step / opts.steps,
+                    0.0 if budget is None else elapsed / budget,
+                )
+                loss_now, tokens = _optimisation_step(run, step, progress)
+                step += 1
+                tok_count += tokens
+                ema_loss = loss_now if ema_loss is None else 0.95 * ema_loss + 0.05 * loss_now
+                now = time.perf_counter()
+                if bar is not None:
+                    bar.update(1)
+                    if now - tok_time > 2.0 or step == 1:
+                        rate = tok_count / max(now - tok_time, 1e-9)
+                        tok_count, tok_time = 0, now
+                        lr = run.optimizer.param_groups[0]["lr"]
+                        bar.set_postfix(loss=f"{ema_loss:.3f}", tok_s=f"{rate:,.0f}",
+                                        lr=f"{lr:.1e}", refresh=False)  # fmt: skip
+                if dist.main and run.dev_set and now - last_eval >= opts.eval_seconds:
+                    dev_metrics = evaluate_loss(
+                        run.model, run.dev_set, opts.batch_tokens, dist.device
+                    )
+                    last_eval = tok_time = time.perf_counter()  # tokens/s counts training only
+                    tok_count = 0
+                    msg = (f"step {step}: dev loss {dev_metrics['loss']:.3f} "
+                           f"accuracy {dev_metrics['accuracy']:.3f}")  # fmt: skip
+                    (bar.write(msg, file=sys.stderr) if bar is not None else _log(msg))
+                if dist.main and now - last_save >= opts.save_seconds:
+                    seconds = float(state.get("seconds", 0.0)) + time.perf_counter() - loop_start
+                    _save(run.out, run.model, run.optimizer, step, seconds, dev_metrics)
+                    last_save = tok_time = time.perf_counter()
+                    tok_count = 0
+        finally:
+            if bar is not None:
+                bar.close()
+    loop_seconds = time.perf_counter() - loop_start
+    if dist.any(interrupts.requested):
+        if dist.main:
+            seconds = float(state.get("seconds", 0.0)) + loop_seconds
+            _save(run.out, run.model, run.optimizer, step, seconds, dev_metrics)
+        dist.barrier()
+        dist.close()
+        raise TrainingInterrupted(run.out, step)
+    return step, ema_loss, dev_metrics, loop_seconds
+
+
+def _optimisation_step(run: _Run, step: int, progress: float) -> tuple[float, int]:
+    """One AdamW step on the batch of ``step`` (this process's rows of it): (the training
+    loss per token of those rows, source + target tokens of the whole batch)."""
+    opts, dist, model, optimizer = run.opts, run.dist, run.model, run.optimizer
+    for group in optimizer.param_groups:
+        group["lr"] = opts.lr * _lr_factor(step, progress, opts)
+    full = collate([run.train_set[i] for i in run.batch_at(step)], run.with_align)
+    norm = batch_norm(full)
+    part = _to(full.rows(slice(dist.rank, None, dist.world)), dist.device)
+    torch.manual_seed(opts.seed * 1_000_003 + step * 1009 + dist.rank)  # dropout
+    optimizer.zero_grad(set_to_none=True)
+    if part.source.shape[0] > 0:
+        parts = batch_loss(model, part, opts, norm)
+        parts.total.backward()
+    else:
+        parts = LossParts(torch.zeros(()), 0.0, 0, 0)
+    params = list(model.parameters())
+    for p in params:  # every process takes part in the all-reduce
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    dist.sum_grads(params)
+    torch.nn.utils.clip_grad_norm_(params, opts.clip)
+    optimizer.step()
+    return parts.nll_sum / max(parts.tokens, 1), int(norm["tokens"] + norm["source_tokens"])
+
+
+# --------------------------------------------------------------------------------------- saving
+def _save(out, model, optimizer, step, seconds, dev, finish=None) -> None:
+    """Save the checkpoint (the unit `resume` reads), then, for the readers of the directory,
+    run ``finish`` (the end of a run: it writes extraction.json), write the weights, and last
+    ``train_state.json``, which says whether the run ``finished`` at that step."""
+    record = {"step": step, "seconds": seconds, "dev": dev}
+    save_checkpoint(out / CHECKPOINT_FILE, model, optimizer, record)
+    if finish is not None:
+        finish()
+    save_model(out, model, step=step)
+    write_json(out / STATE_FILE, {**record, "finished": finish is not None})
+
+
+def _finished(out: Path, state: dict[str, Any]) -> bool:
+    """Whether the run in ``out`` finished at the checkpoint's step: its state says so and its
+    weights are whole and of that step (so extraction.json was written for them)."""
+    from safetensors import safe_open
+
+    try:
+        record = json.loads((out / STATE_FILE).read_text())
+        with safe_open(str(out / WEIGHTS_FILE), framework="pt") as f:
+            weights_step = (f.metadata() or {}).get("step")
+    except Exception:  # missing, truncated or foreign files: not finished
+        return False
+    return (
+        isinstance(record, dict)
+        and record.get("finished") is True
+        and record.get("step") == state["step"]
+        and weights_step == str(state["step"])
+        and (out / EXTRACTION_FILE).is_file()
     )
+
+
+# the files `train` writes into a model directory (optimizer.safetensors: an earlier layout)
+MODEL_DIR_FILES = (CHECKPOINT_FILE, STATE_FILE, WEIGHTS_FILE, "optimizer.safetensors",
+                   EXTRACTION_FILE, CONFIG_FILE, SOURCE_VOCAB_FILE, TARGET_VOCAB_FILE,
+                   TOKENIZER_FILE)  # fmt: skip
+
+
+def model_files(directory: str | os.PathLike) -> list[str]:
+    """The names of the model-directory files (see `MODEL_DIR_FILES`) that ``directory`` has."""
+    d = Path(directory)
+    return [name for name in MODEL_DIR_FILES if (d / name).is_file()]
+
+
+def check_out_dir(opts: TrainOptions) -> None:
+    """The model directory fits the options: `resume` needs its checkpoint; without `resume`
+    or `overwrite`, it holds no model. `FileNotFoundError` / `FileExistsError` otherwise."""
+    out = Path(opts.out)
+    found = model_files(out)
+    if opts.resume and CHECKPOINT_FILE not in found:
+        what = f"it holds {_names(found)}" if found else "it holds no model files"
+        raise FileNotFoundError(
+            f"resume: no checkpoint found in {opts.out!r} (no {CHECKPOINT_FILE}; "
+            f"{what if out.is_dir() else 'no such directory'}): check the path, or start "
+            "a new run without resume"
+        )
+    if not opts.resume and not opts.overwrite and found:
+        raise FileExistsError(
+            f"{opts.out!r} already holds a model ({_names(found)}): continue its training "
+            "with resume=True, replace it with overwrite=True, or choose another out directory"
+        )
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Remove the temporary files of saves that a killed process left (see `atomic_write`)."""
+    for name in MODEL_DIR_FILES:
+        for path in temporaries(out / name):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _names(found: list[str]) -> str:
+    return ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+
+
+def _remove_model_files(out: Path) -> None:
+    """Remove the model-directory files of ``out``, its checkpoint first (so that it can never
+    pair with the new run's vocabularies)."""
+    for name in model_files(out):
+        (out / name).unlink()
 
 
 def choose_extraction(

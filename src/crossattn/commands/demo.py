@@ -9,9 +9,11 @@ model, PNG heatmaps, the HTML viewer and ``metrics.json`` into the output folder
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
-from ..cli import add_threads_argument, positive_float, positive_int
+from ..cli import CommandError, add_threads_argument, positive_float, positive_int
 
 SENTENCES = (
     "the cat sits here",
@@ -21,30 +23,89 @@ SENTENCES = (
 )
 
 
+# The file that marks an output folder as written by `crossattn demo`, which a later demo may
+# replace; any other folder that is not empty needs --overwrite.
+MARKER = ".crossattn-demo"
+TINY_BUDGET_MINUTES = 0.25  # a smoke test: the whole run, start-up included, well within 30 s
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
+    parser.add_argument(
+        "--out",
+        default="demo-out",
+        help="output folder; one that a demo wrote is replaced (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into an --out that a demo did not write, replacing its files of the same "
+        "names (default: off, refuse)",
+    )
     parser.add_argument(
         "--guided-alignment",
         action="store_true",
-        help="train one cross-attention head on the gold alignments (Garg et al. 2019)",
+        help="train one cross-attention head on the gold alignments, as Garg et al. 2019 "
+        "(default: off)",
     )
     parser.add_argument(
         "--budget-minutes",
         type=positive_float,
-        default=4.0,
-        help="wall-clock budget of the whole run, training included (default 4)",
+        default=None,
+        help="wall-clock budget of the whole run, training included (default: 4, or "
+        f"{TINY_BUDGET_MINUTES} with --tiny)",
     )
     parser.add_argument(
-        "--train-pairs", type=positive_int, default=20000, help="toy training pairs"
+        "--train-pairs",
+        type=positive_int,
+        default=20000,
+        help="toy training pairs, always 600 with --tiny (default: %(default)s)",
     )
     parser.add_argument(
-        "--eval-pairs", type=positive_int, default=500, help="dev and test pairs each"
+        "--eval-pairs",
+        type=positive_int,
+        default=500,
+        help="dev and test pairs each, always 60 with --tiny (default: %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument(
-        "--tiny", action="store_true", help="a tiny model and corpus (a smoke test, not a result)"
+        "--tiny",
+        action="store_true",
+        help="a smoke test of under 30 seconds: a tiny model and corpus, not a result "
+        "(default: off)",
     )
     add_threads_argument(parser)
+
+
+def check_out(args: argparse.Namespace) -> None:
+    """--out is new, empty, written by an earlier demo, or --overwrite is given; and writable."""
+    from ._common import check_output_dir
+    from .train import check_writable_dir
+
+    check_output_dir(args.out)
+    if not args.overwrite and os.path.isdir(args.out) and os.listdir(args.out):
+        if not _written_by_demo(args.out):
+            raise CommandError(
+                f"argument --out: {args.out!r} is not empty and was not written by crossattn "
+                "demo; choose another --out, or pass --overwrite to write into it"
+            )
+    check_writable_dir(args.out)
+
+
+def _written_by_demo(path: str) -> bool:
+    """The marker, or the layout of a demo's output (metrics.json, model/ and data/)."""
+    if os.path.isfile(os.path.join(path, MARKER)):
+        return True
+    return all(
+        os.path.exists(os.path.join(path, name)) for name in ("metrics.json", "model", "data")
+    )
+
+
+def _clear_previous(out) -> None:
+    """Remove the pictures and metrics of an earlier demo in ``out`` (the model and the corpus
+    are replaced as they are written)."""
+    for path in [*out.glob("alignment_*.png"), out / "viewer.html", out / "metrics.json"]:
+        if path.is_file():
+            path.unlink()
 
 
 def _bleu(hyps: list[str], refs: list[str]) -> float:
@@ -54,29 +115,36 @@ def _bleu(hyps: list[str], refs: list[str]) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print(
+            f"crossattn demo: interrupted; {args.out!r} is incomplete: run the demo again to "
+            "write it anew",
+            file=sys.stderr,
+        )
+        return 130
+    except OSError as err:  # a disk that fills up, a folder made read-only meanwhile
+        raise CommandError(f"cannot write the demo's output in {args.out!r}: {err}") from err
+
+
+def _run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
-    import sys
     from pathlib import Path
 
-    from ..align import DEFAULT_EXTRACTION, aer, alignment_scores, extract_alignment
+    from ..align import alignment_scores
     from ..data.toy_translation import generate_corpus, write_corpus
     from ..models import Translator
-    from ..train import (
-        Encoded,
-        TrainOptions,
-        attention_for_pairs,
-        choose_threads,
-        train,
-        write_json,
-    )
-    from ._common import check_output_dir
+    from ..train import TrainOptions, choose_threads, train, write_json
 
-    check_output_dir(args.out)
+    check_out(args)
     choose_threads(args.threads)
 
-    budget = args.budget_minutes * 60.0
+    budget = 60.0 * (args.budget_minutes or (TINY_BUDGET_MINUTES if args.tiny else 4.0))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by crossattn demo, which may replace this folder\n")
+    _clear_previous(out)
     n_eval = 60 if args.tiny else args.eval_pairs
     corpus = generate_corpus(
         args.seed,
@@ -92,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     # Reserve time for evaluation, pictures and saving after the training loop.
-    reserve = 15.0 if args.tiny else 25.0
+    reserve = 8.0 if args.tiny else 25.0
     minutes = max(0.05, (budget - (time.perf_counter() - t_start) - reserve) / 60.0)
     opts = TrainOptions(
         data=str(paths["train"]),
@@ -103,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         guided_alignment=args.guided_alignment,
         eval_seconds=1e9,  # one dev evaluation at the end
         save_seconds=1e9,
+        overwrite=True,  # the model of an earlier demo
         progress=sys.stderr.isatty(),
     )
     if args.tiny:
@@ -112,7 +181,45 @@ def run(args: argparse.Namespace) -> int:
     result = train(opts)
     tr = Translator.load(out / "model")
 
-    # ---- dev / test: exact match and BLEU (greedy), AER of force-decoded gold pairs ----
+    metrics = _evaluate(tr, corpus)
+
+    # ---- a few translations, heatmaps and the viewer ----
+    print()
+    shown = []
+    for k, sentence in enumerate(SENTENCES):
+        r = tr.translate(sentence, beam=4)
+        pairs_txt = ", ".join(f"{r.source_tokens[i]}={r.target_tokens[j]}" for i, j in r.alignment)
+        print(f"{sentence}  ->  {r.translation}")
+        print(f"    alignment: {pairs_txt}")
+        scores = alignment_scores(r.decoder_attention, tr.extraction, len(r.source_tokens),
+                                  len(r.target_tokens)) if r.target_tokens else None  # fmt: skip
+        shown.append((k, r, scores))
+    pictures = _pictures(out, shown)
+    metrics.update({
+        "aer": metrics["test_aer"],
+        "guided_alignment": bool(args.guided_alignment),
+        "train_steps": result.steps,
+        "train_minutes": minutes,
+        "extraction": tr.extraction.to_dict(),
+        "translations": {s: r.translation for s, (_, r, _) in zip(SENTENCES, shown)},
+        "tiny": bool(args.tiny),
+    })  # fmt: skip
+    metrics["seconds"] = time.perf_counter() - t_start
+    write_json(out / "metrics.json", metrics)
+    print()
+    print(
+        f"wrote {', '.join(str(w) for w in (out / 'model', pictures, out / 'metrics.json') if w)}"
+    )
+    print(f"total {metrics['seconds']:.0f} s")
+    return 0
+
+
+def _evaluate(tr, corpus) -> dict[str, object]:
+    """Dev and test: exact match and BLEU of the greedy translations, AER of the links of the
+    force-decoded gold pairs (the chosen extraction and the default); printed as a table."""
+    from ..align import DEFAULT_EXTRACTION, aer, extract_alignment
+    from ..train import Encoded, attention_for_pairs
+
     metrics: dict[str, object] = {}
     rows = []
     for split in ("dev", "test"):
@@ -156,34 +263,7 @@ def run(args: argparse.Namespace) -> int:
         f"'{tr.extraction.describe()}' (chosen on a held-out split of the training data); "
         f"'AER default': {DEFAULT_EXTRACTION.describe()}, no gold used."
     )
-
-    # ---- a few translations, heatmaps and the viewer ----
-    print()
-    shown = []
-    for k, sentence in enumerate(SENTENCES):
-        r = tr.translate(sentence, beam=4)
-        pairs_txt = ", ".join(f"{r.source_tokens[i]}={r.target_tokens[j]}" for i, j in r.alignment)
-        print(f"{sentence}  ->  {r.translation}")
-        print(f"    alignment: {pairs_txt}")
-        scores = alignment_scores(r.decoder_attention, tr.extraction, len(r.source_tokens),
-                                  len(r.target_tokens)) if r.target_tokens else None  # fmt: skip
-        shown.append((k, r, scores))
-    pictures = _pictures(out, shown)
-    metrics.update({
-        "aer": metrics["test_aer"],
-        "guided_alignment": bool(args.guided_alignment),
-        "train_steps": result.steps,
-        "train_minutes": minutes,
-        "extraction": tr.extraction.to_dict(),
-        "translations": {s: r.translation for s, (_, r, _) in zip(SENTENCES, shown)},
-        "tiny": bool(args.tiny),
-    })  # fmt: skip
-    metrics["seconds"] = time.perf_counter() - t_start
-    write_json(out / "metrics.json", metrics)
-    print()
-    print(f"wrote {out / 'model'}, {pictures}, {out / 'metrics.json'}")
-    print(f"total {metrics['seconds']:.0f} s")
-    return 0
+    return metrics
 
 
 def _pictures(out, shown) -> str:

@@ -30,24 +30,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     d = TrainOptions(data="", out="")
     p = parser
-    p.add_argument("--data", required=True, help="parallel text: 'source ||| target' or TSV lines")
-    p.add_argument(
-        "--alignments", help="Pharaoh gold alignments of --data (i-j sure, ipj possible)"
-    )
-    p.add_argument("--one-indexed", action="store_true", help="the alignments count from 1")
-    p.add_argument(
-        "--skip-bad-lines", action="store_true", help="skip malformed lines, say how many"
-    )
-    p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--steps", type=positive_int, help="total optimisation steps")
-    p.add_argument(
-        "--minutes", type=positive_float, help="wall-clock bound of the training loop (default 4)"
-    )
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    p.add_argument(
-        "--stop-after", type=positive_int, help="end this run after N steps (schedule kept)"
-    )
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--data", required=True,
+                   help="parallel text: 'source ||| target' or TSV lines (required)")  # fmt: skip
+    p.add_argument("--alignments",
+                   help="Pharaoh gold alignments of --data, i-j sure, ipj possible (default: none)")  # fmt: skip
+    p.add_argument("--one-indexed", action="store_true",
+                   help="the alignments count from 1 (default: from 0)")  # fmt: skip
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="skip malformed lines and say how many (default: stop at the first)")  # fmt: skip
+    p.add_argument("--out", required=True,
+                   help="model directory to write (required); one that holds a model needs "
+                   "--resume or --overwrite")  # fmt: skip
+    p.add_argument("--steps", type=positive_int,
+                   help="total optimisation steps of the run, resumed parts included (default: "
+                   "none; without --steps and --minutes, 4 minutes)")  # fmt: skip
+    p.add_argument("--minutes", type=positive_float,
+                   help="wall-clock bound of this run's training loop (default: none; 4 without "
+                   "--steps)")  # fmt: skip
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from the checkpoint in --out (default: off)")  # fmt: skip
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the model in --out (default: off, refuse)")  # fmt: skip
+    p.add_argument("--stop-after", type=positive_int,
+                   help="end this run after N steps, schedule kept (default: none)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
     g = p.add_argument_group("tokens")
     g.add_argument("--tokenizer", choices=("word", "bpe", "unigram"), default=d.tokenizer,
                    help="model tokens: whole words, or subwords trained on --data by the "
@@ -60,49 +67,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "for bpe and unigram)")  # fmt: skip
     g = p.add_argument_group("model")
     g.add_argument("--d-model", type=positive_int, default=d.d_model,
-                   help=f"model width, a multiple of --heads (default {d.d_model})")  # fmt: skip
-    g.add_argument("--heads", type=positive_int, default=d.heads)
-    g.add_argument("--encoder-layers", type=positive_int, default=d.encoder_layers)
-    g.add_argument("--decoder-layers", type=positive_int, default=d.decoder_layers)
-    g.add_argument("--dim-ff", type=positive_int, default=d.dim_ff)
-    g.add_argument("--dropout", type=float_range(0.0, 1.0, high_open=True), default=d.dropout)
-    g.add_argument("--post-norm", action="store_true", help="post-norm layers (default pre-norm)")
+                   help="model width, a multiple of --heads (default: %(default)s)")  # fmt: skip
+    g.add_argument("--heads", type=positive_int, default=d.heads,
+                   help="attention heads (default: %(default)s)")  # fmt: skip
+    g.add_argument("--encoder-layers", type=positive_int, default=d.encoder_layers,
+                   help="encoder layers (default: %(default)s)")  # fmt: skip
+    g.add_argument("--decoder-layers", type=positive_int, default=d.decoder_layers,
+                   help="decoder layers (default: %(default)s)")  # fmt: skip
+    g.add_argument("--dim-ff", type=positive_int, default=d.dim_ff,
+                   help="feed-forward width (default: %(default)s)")  # fmt: skip
+    g.add_argument("--dropout", type=float_range(0.0, 1.0, high_open=True), default=d.dropout,
+                   help="dropout probability (default: %(default)s)")  # fmt: skip
+    g.add_argument("--post-norm", action="store_true",
+                   help="post-norm layers (default: pre-norm)")  # fmt: skip
     g.add_argument("--max-len", type=int_at_least(2), default=d.max_len,
-                   help="longest sentence, in tokens (BOS or EOS included)")  # fmt: skip
-    g.add_argument("--untied", action="store_true", help="do not tie target embedding and output")
+                   help="longest sentence, in tokens, BOS or EOS included (default: %(default)s)")  # fmt: skip
+    g.add_argument("--untied", action="store_true",
+                   help="do not tie target embedding and output (default: tied)")  # fmt: skip
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-tokens", type=positive_int, default=d.batch_tokens)
-    g.add_argument("--lr", type=positive_float, default=d.lr, help="peak learning rate of AdamW")
+    g.add_argument("--batch-tokens", type=positive_int, default=d.batch_tokens,
+                   help="source + target tokens per batch (default: %(default)s)")  # fmt: skip
+    g.add_argument("--lr", type=positive_float, default=d.lr,
+                   help="peak learning rate of AdamW (default: %(default)s)")  # fmt: skip
     g.add_argument("--warmup", type=non_negative_int, default=d.warmup,
-                   help="linear warm-up steps")  # fmt: skip
-    g.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay)
-    g.add_argument("--clip", type=positive_float, default=d.clip, help="gradient-norm clipping")
-    g.add_argument(
-        "--label-smoothing", type=float_range(0.0, 1.0, high_open=True), default=d.label_smoothing
-    )
+                   help="linear warm-up steps (default: %(default)s)")  # fmt: skip
+    g.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay,
+                   help="AdamW weight decay, not on embeddings, norms or biases "
+                   "(default: %(default)s)")  # fmt: skip
+    g.add_argument("--clip", type=positive_float, default=d.clip,
+                   help="gradient-norm clipping (default: %(default)s)")  # fmt: skip
+    g.add_argument("--label-smoothing", type=float_range(0.0, 1.0, high_open=True),
+                   default=d.label_smoothing,
+                   help="label smoothing of the cross-entropy (default: %(default)s)")  # fmt: skip
     g = p.add_argument_group("attention losses")
-    g.add_argument(
-        "--guided-alignment",
-        action="store_true",
-        help="supervise one cross-attention head with --alignments (Garg et al. 2019)",
-    )
-    g.add_argument("--guided-weight", type=non_negative_float, default=d.guided_weight)
+    g.add_argument("--guided-alignment", action="store_true",
+                   help="supervise one cross-attention head with --alignments, as Garg et al. "
+                   "2019 (default: off)")  # fmt: skip
+    g.add_argument("--guided-weight", type=non_negative_float, default=d.guided_weight,
+                   help="weight of the guided-alignment loss (default: %(default)s)")  # fmt: skip
     g.add_argument("--attention-layer", type=int, default=None,
                    help="decoder layer of the attention losses, in -L..L-1 for L decoder layers "
-                   f"(negative: from the top; default {d.attention_layer}, or -1 with one "
+                   f"(negative: from the top) (default: {d.attention_layer}, or -1 with one "
                    "layer)")  # fmt: skip
     g.add_argument("--attention-head", type=int, default=d.attention_head,
-                   help="head of the guided-alignment loss, in -H..H-1 for H heads")  # fmt: skip
+                   help="head of the guided-alignment loss, in -H..H-1 for H heads "
+                   "(default: %(default)s)")  # fmt: skip
     g.add_argument("--entropy-weight", type=non_negative_float, default=d.entropy_weight,
-                   help="weight of the attention-entropy regulariser (sharper maps)")  # fmt: skip
+                   help="weight of the attention-entropy regulariser, sharper maps "
+                   "(default: %(default)s)")  # fmt: skip
     g.add_argument("--coverage-weight", type=non_negative_float, default=d.coverage_weight,
-                   help="weight of the coverage regulariser (every source word attended once)")  # fmt: skip
-    g = p.add_argument_group("evaluation")
+                   help="weight of the coverage regulariser, every source word attended once "
+                   "(default: %(default)s)")  # fmt: skip
+    g = p.add_argument_group("evaluation and checkpoints")
     g.add_argument("--dev-size", type=non_negative_int, default=d.dev_size,
-                   help="pairs held out for dev")  # fmt: skip
-    g.add_argument("--eval-seconds", type=non_negative_float, default=d.eval_seconds)
-    g.add_argument("--save-seconds", type=non_negative_float, default=d.save_seconds)
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+                   help="pairs held out for dev, at most a tenth (default: %(default)s)")  # fmt: skip
+    g.add_argument("--eval-seconds", type=non_negative_float, default=d.eval_seconds,
+                   help="seconds between dev evaluations (default: %(default)s)")  # fmt: skip
+    g.add_argument("--save-seconds", type=non_negative_float, default=d.save_seconds,
+                   help="seconds between checkpoints, 0: every step (default: %(default)s)")  # fmt: skip
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: a bar on stderr)")  # fmt: skip
     add_threads_argument(p)
 
 
@@ -123,10 +147,10 @@ def options_from_args(args: argparse.Namespace):
 
 def _model_shape(args: argparse.Namespace) -> tuple[str, dict]:
     """Where the model shape comes from (the options, or the checkpoint when resuming), and it."""
-    from ..train import CONFIG_FILE, STATE_FILE
+    from ..train import CONFIG_FILE
 
     saved = os.path.join(args.out, CONFIG_FILE)
-    if args.resume and os.path.isfile(os.path.join(args.out, STATE_FILE)):
+    if args.resume and os.path.isfile(saved):
         try:
             with open(saved, encoding="utf-8") as f:
                 model = json.load(f)["model"]
@@ -176,9 +200,73 @@ def check_args(args: argparse.Namespace) -> None:
         if path is not None and not os.path.isfile(path):
             what = "is a directory" if os.path.isdir(path) else "no such file"
             raise CommandError(f"argument {option}: {what}: {path!r}; expected a text file")
+    _check_out(args)
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """--out fits --resume / --overwrite, holds a readable checkpoint to resume from, and can
+    be written."""
+    from ..train import CHECKPOINT_FILE, model_files
     from ._common import check_output_dir
 
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 checks and writes
+        return
     check_output_dir(args.out)
+    found = model_files(args.out)
+    if args.resume and CHECKPOINT_FILE not in found:
+        what = "it holds no model files" if os.path.isdir(args.out) else "no such directory"
+        if found:
+            what = f"it holds {', '.join(found)}, but no {CHECKPOINT_FILE}"
+        raise CommandError(
+            f"argument --resume: no checkpoint found in {args.out!r} ({what}); check the path, "
+            "or start a new run without --resume" + (" and with --overwrite" if found else "")
+        )
+    if args.resume:
+        from ..checkpoint import CheckpointError, read_checkpoint_state
+
+        try:
+            read_checkpoint_state(os.path.join(args.out, CHECKPOINT_FILE))
+        except (CheckpointError, OSError) as err:
+            raise CommandError(
+                f"argument --resume: cannot resume: {err}; start a new run with --overwrite"
+            ) from err
+    elif found and not args.overwrite:
+        shown = ", ".join(found[:3]) + (" ..." if len(found) > 3 else "")
+        raise CommandError(
+            f"argument --out: {args.out!r} already holds a model ({shown}); continue its "
+            "training with --resume, or replace it with --overwrite (or choose another --out)"
+        )
+    check_writable_dir(args.out)
+
+
+def check_writable_dir(path: str, option: str = "--out") -> None:
+    """A directory can be made at ``path`` (or written in, when it exists): tried by creating
+    it and a file in it, then removing what was created. `CommandError` when it cannot."""
+    import tempfile
+
+    target = os.path.abspath(path)
+    missing = []
+    while not os.path.exists(target):
+        missing.append(target)
+        target = os.path.dirname(target)
+    made = []
+    doing = f"cannot create the directory {path!r}"
+    try:
+        for directory in reversed(missing):
+            os.mkdir(directory)
+            made.append(directory)
+        doing = f"cannot write into {path!r}"
+        fd, probe = tempfile.mkstemp(prefix=".crossattn-write-test-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise CommandError(
+            f"argument {option}: {doing} ({err.strerror or err}); choose a directory you can "
+            "write to"
+        ) from err
+    finally:
+        for directory in reversed(made):
+            os.rmdir(directory)
 
 
 def read_examples(args: argparse.Namespace, opts) -> list:
@@ -209,11 +297,11 @@ def read_examples(args: argparse.Namespace, opts) -> list:
 def _check_resume(args: argparse.Namespace, opts: Any) -> None:
     """A resumed run keeps the saved model: options that set another shape are refused."""
     from ..models import Seq2SeqConfig
-    from ..train import CONFIG_FILE, STATE_FILE, _resume_conflicts
+    from ..train import CONFIG_FILE, _resume_conflicts
 
-    if not (args.resume and os.path.isfile(os.path.join(args.out, STATE_FILE))):
-        return
     saved = os.path.join(args.out, CONFIG_FILE)
+    if not args.resume:
+        return
     try:
         with open(saved, encoding="utf-8") as f:
             config = Seq2SeqConfig.from_dict(json.load(f)["model"])
@@ -238,16 +326,59 @@ def _check_resume(args: argparse.Namespace, opts: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import choose_threads, train
+    from ..checkpoint import CheckpointError  # torch is imported already (add_arguments)
 
-    check_args(args)
-    choose_threads(args.threads)
-    opts = options_from_args(args)
-    _check_resume(args, opts)
-    examples = read_examples(args, opts)
-    result = train(opts, examples)
+    try:
+        from ..train import choose_threads, train
+
+        check_args(args)
+        choose_threads(args.threads)
+        opts = options_from_args(args)
+        _check_resume(args, opts)
+        examples = read_examples(args, opts)
+        result = train(opts, examples)
+    except KeyboardInterrupt as err:
+        _say(interrupted_message(args, getattr(err, "step", None)))
+        return 130
+    except CheckpointError as err:
+        raise CommandError(f"argument --resume: cannot resume: {err}") from err
+    except OSError as err:
+        # a disk that fills up, a folder made read-only meanwhile, a model file removed
+        raise CommandError(f"argument --out: {args.out!r}: {err}") from err
 
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"out": str(result.out), "steps": result.steps,
                           "seconds": round(result.seconds, 1), "dev": result.dev}))  # fmt: skip
     return 0
+
+
+def _say(message: str) -> None:
+    import sys
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
+def interrupted_message(args: argparse.Namespace, step: int | None) -> str:
+    """One line for Ctrl-C: which checkpoint ``args.out`` keeps and how to go on."""
+    from ..checkpoint import read_checkpoint_state
+    from ..train import CHECKPOINT_FILE, model_files
+
+    try:
+        kept = int(read_checkpoint_state(os.path.join(args.out, CHECKPOINT_FILE))["step"])
+    except Exception:  # none, or unreadable: nothing to resume from
+        kept = None
+    where = "" if step is None else f" at step {step}"
+    if kept is None:
+        return (
+            f"crossattn train: interrupted{where} before the first checkpoint: nothing to "
+            f"resume in {args.out!r}; run the command again"
+            + (" with --overwrite" if model_files(args.out) and not args.overwrite else "")
+        )
+    how = "the same command again" if args.resume else "the same command with --resume"
+    if args.overwrite:
+        how += " in place of --overwrite"
+    return (
+        f"crossattn train: interrupted{where}: kept the checkpoint of step {kept} in "
+        f"{args.out!r}; to continue, run {how}"
+    )
