@@ -15,7 +15,7 @@ TINY = ["--d-model", "16", "--heads", "2", "--dim-ff", "24", "--encoder-layers",
         "--decoder-layers", "2", "--batch-tokens", "300", "--warmup", "2", "--dev-size", "20",
         "--no-progress", "--threads", "1", "--steps", "6"]  # fmt: skip
 WORD_MODEL_FILES = {"config.json", "model.safetensors", "source_vocab.json", "target_vocab.json",
-                    "extraction.json", "train_state.json", "optimizer.safetensors"}  # fmt: skip
+                    "extraction.json", "train_state.json", "checkpoint.safetensors"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

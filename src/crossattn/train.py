@@ -54,8 +54,8 @@ from .models.decoding import force_decode_attention, greedy_decode
 from .models.seq2seq import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Seq2SeqConfig, Seq2SeqTransformer
 from .models.tokenizer import (
     KINDS,
-    TOKENIZER_FILE,
     NORMALIZATIONS,
+    TOKENIZER_FILE,
     Tokenizer,
     load_tokenizers,
     resume_conflicts,

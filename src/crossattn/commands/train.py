@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tokens")
     g.add_argument("--tokenizer", choices=("word", "bpe", "unigram"), default=d.tokenizer,
                    help="model tokens: whole words, or subwords trained on --data by the "
-                   f"'tokenizers' library (default {d.tokenizer})")  # fmt: skip
+                   f"'tokenizers' library (default: {d.tokenizer})")  # fmt: skip
     g.add_argument("--vocab-size", type=int_at_least(5), default=None,
                    help="tokens per side, specials included (default: every word for word, "
                    "8000 for bpe and unigram)")  # fmt: skip
