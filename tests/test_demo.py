@@ -54,6 +54,28 @@ def test_tiny_demo_writes_metrics_and_pictures(demo_out, capsys):
 
 
 @pytest.mark.slow
+def test_tiny_vqa_demo_writes_metrics_for_both_models(tmp_path, capsys):
+    out = tmp_path / "demo-out-vqa"
+    began = time.perf_counter()
+    assert main(["demo", "--task", "vqa", "--out", str(out), "--tiny", "--threads", "1"]) == 0
+    assert time.perf_counter() - began < 30
+    printed = capsys.readouterr().out
+    assert "unsupervised" in printed and "guided" in printed and "pointing game" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "vqa"
+    for name in ("unsupervised", "guided"):
+        run = metrics[name]
+        for key in ("accuracy", "pointing_game", "mass_over_area", "baselines", "random_weights"):
+            assert key in run, (name, key)
+        assert 0 <= run["accuracy"] <= 1 and 0 <= run["pointing_game"] <= 1
+        assert (out / f"model-{name}" / "model.safetensors").is_file()
+    for name in metrics["pictures"]:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = main(["demo", "--task", "vqa", "--out", str(out), "--guided-alignment", "--tiny"])
+    assert again == 2 and "--guided-alignment" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_tiny_demo_with_guided_alignment_replaces_an_earlier_demo(demo_out, capsys):
     """Run after the test above, into the same folder: `make demo` run a second time."""
     out = demo_out

@@ -29,11 +29,22 @@ MARKER = ".crossattn-demo"
 TINY_BUDGET_MINUTES = 0.25  # a smoke test: the whole run, start-up included, well within 30 s
 
 
+OUT_DEFAULTS = {"translation": "demo-out", "vqa": "demo-out-vqa"}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--task",
+        choices=tuple(OUT_DEFAULTS),
+        default="translation",
+        help="translation: a translator and its word alignment; vqa: question answering over "
+        "generated scenes and where the questions look (default: %(default)s)",
+    )
+    parser.add_argument(
         "--out",
-        default="demo-out",
-        help="output folder; one that a demo wrote is replaced (default: %(default)s)",
+        default=None,
+        help="output folder; one that a demo wrote is replaced (default: demo-out, or "
+        "demo-out-vqa with --task vqa)",
     )
     parser.add_argument(
         "--overwrite",
@@ -115,8 +126,10 @@ def _bleu(hyps: list[str], refs: list[str]) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out is None:
+        args.out = OUT_DEFAULTS[args.task]
     try:
-        return _run(args)
+        return _run_vqa(args) if args.task == "vqa" else _run(args)
     except KeyboardInterrupt:
         print(
             f"crossattn demo: interrupted; {args.out!r} is incomplete: run the demo again to "
@@ -126,6 +139,24 @@ def run(args: argparse.Namespace) -> int:
         return 130
     except OSError as err:  # a disk that fills up, a folder made read-only meanwhile
         raise CommandError(f"cannot write the demo's output in {args.out!r}: {err}") from err
+
+
+def _run_vqa(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..train import choose_threads
+    from .demo_vqa import run_vqa_demo
+
+    if args.guided_alignment:
+        raise CommandError("argument --guided-alignment: a translation option; --task vqa "
+                           "trains a guided-grounding model beside the unsupervised one")  # fmt: skip
+    check_out(args)
+    choose_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by crossattn demo, which may replace this folder\n")
+    minutes = args.budget_minutes or (TINY_BUDGET_MINUTES if args.tiny else 4.0)
+    return run_vqa_demo(out, minutes, args.seed, args.tiny)
 
 
 def _run(args: argparse.Namespace) -> int:
