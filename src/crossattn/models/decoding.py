@@ -19,6 +19,9 @@ import torch
 from torch import Tensor
 
 from .beam_state import BeamState
+from .fast_encoder import encode as fast_encode
+from .fast_encoder import encoder_reasons
+from .incremental import fast_path_reasons
 from .seq2seq import Seq2SeqTransformer
 from .steppers import make_stepper
 
@@ -66,7 +69,9 @@ def _prepare(
             f"source_mask must be bool with the shape of source_ids {tuple(source_ids.shape)}, "
             f"got {source_mask.dtype} {tuple(source_mask.shape)}"
         )
-    return model.encode(source_ids, source_mask), source_mask  # (B, S, D), (B, S)
+    if fast_path_reasons(model) or encoder_reasons(model) or not bool(source_mask.any(1).all()):
+        return model.encode(source_ids, source_mask), source_mask  # (B, S, D), (B, S)
+    return fast_encode(model, source_ids, source_mask), source_mask
 
 
 def _default_max_len(model: Seq2SeqTransformer, source_mask: Tensor, max_len: int | None) -> int:
@@ -121,8 +126,7 @@ def greedy_decode(
     attns: list[Tensor] = []
     for t in range(steps):
         logits, attn = step.step(token)  # (B, V), (B, layers, heads, S)
-        best, token = logits.max(-1)  # (B,)
-        logp = best - torch.logsumexp(logits, -1)  # log-probability of the chosen token
+        logp, token = torch.log_softmax(logits, -1).max(-1)  # (B,): the chosen token
         token.masked_fill_(done, cfg.pad_id)
         scores += logp.masked_fill_(done, 0.0)
         produced[:, t] = token

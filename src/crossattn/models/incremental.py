@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -61,23 +63,59 @@ def fast_path_reasons(model: nn.Module) -> list[str]:
     return reasons
 
 
-def _packs(layer: TransformerDecoderLayer) -> dict[str, PackedLinear]:
-    packs = _PACKS.get(layer)
-    if packs is None:
-        packs = {}
-        sa, ca = layer.self_attn, layer.cross_attn_target_to_source
-        if packable(sa.to_q, sa.to_k, sa.to_v) and isinstance(sa.k_norm, nn.Identity):
-            packs["qkv"] = PackedLinear(sa.to_q, sa.to_k, sa.to_v)
-        if packable(ca.to_k, ca.to_v) and isinstance(ca.k_norm, nn.Identity):
-            packs["kv"] = PackedLinear(ca.to_k, ca.to_v)
-        _PACKS[layer] = packs
-    for pack in packs.values():
-        pack.refresh()
-    return packs
+def packs_of(owner: nn.Module, specs: dict[str, tuple[tuple[nn.Module, ...], bool]]):
+    """name -> `PackedLinear` for the specs (modules, fused ReLU) whose modules can be packed
+    now; packs are kept per owner between calls and refreshed from the parameters."""
+    kept = _PACKS.setdefault(owner, {})
+    out = {}
+    for name, (modules, relu) in specs.items():
+        if not packable(*modules):
+            continue
+        pack = kept.get(name)
+        if pack is None or pack.linears != modules or pack.relu != relu:
+            pack = kept[name] = PackedLinear(*modules, relu=relu)
+        out[name] = pack.refresh()
+    return out
+
+
+def _layer_packs(layer: TransformerDecoderLayer) -> dict[str, PackedLinear]:
+    sa, ca, ffn = layer.self_attn, layer.cross_attn_target_to_source, layer.ffn
+    specs = {
+        "self_out": ((sa.to_out,), False),
+        "cross_q": ((ca.to_q,), False),
+        "cross_out": ((ca.to_out,), False),
+        "ffn_in": ((ffn.linear_in,), type(ffn.act) is nn.ReLU),
+        "ffn_out": ((ffn.linear_out,), False),
+    }
+    if isinstance(sa.k_norm, nn.Identity):
+        specs["self_qkv"] = ((sa.to_q, sa.to_k, sa.to_v), False)
+    if isinstance(ca.k_norm, nn.Identity):
+        specs["cross_kv"] = ((ca.to_k, ca.to_v), False)
+    return packs_of(layer, specs)
+
+
+def norm_fn(norm: nn.Module) -> Callable[[Tensor], Tensor]:
+    """A plain `nn.LayerNorm` as a direct call of the op (no module dispatch); else the module."""
+    if type(norm) is nn.LayerNorm and not (norm._forward_hooks or norm._forward_pre_hooks):
+        shape, weight, bias, eps = norm.normalized_shape, norm.weight, norm.bias, norm.eps
+        return lambda features: torch.layer_norm(features, shape, weight, bias, eps)
+    return norm
+
+
+class _Linears(NamedTuple):
+    """The projections of one decoder layer: packed copies, or the modules themselves."""
+
+    self_qkv: PackedLinear | None  # None: to_q, to_k and to_v one by one
+    self_out: Callable[[Tensor], Tensor]
+    cross_q: Callable[[Tensor], Tensor]
+    cross_out: Callable[[Tensor], Tensor]
+    ffn_in: Callable[[Tensor], Tensor]
+    ffn_in_has_relu: bool
+    ffn_out: Callable[[Tensor], Tensor]
 
 
 @dataclass
-class _Attend:
+class Attend:
     """One attention call site: the backend is chosen on the first call, then reused."""
 
     pinned: str | None
@@ -94,9 +132,9 @@ class _Attend:
 def _source_kv(layer, memory: Tensor, mask: Tensor | None, packs) -> tuple[Tensor, Tensor]:
     """Cross-attention keys and values (B, H, S, D) of one layer, padding zeroed."""
     attn = layer.cross_attn_target_to_source
-    if "kv" in packs:
+    if "cross_kv" in packs:
         b, s, _ = memory.shape
-        kv = packs["kv"](memory).view(b, s, 2, attn.kv_heads, attn.dim_head)
+        kv = packs["cross_kv"](memory).view(b, s, 2, attn.kv_heads, attn.dim_head)
         key = kv[:, :, 0].transpose(1, 2).contiguous()  # (B, Hk, S, D)
         value = kv[:, :, 1].transpose(1, 2).contiguous()
     else:
@@ -132,18 +170,32 @@ class IncrementalDecoder:
         self.cross_mask = None if source_mask is None else source_mask[:, None, None, :]
         self.never = torch.tensor([cfg.pad_id, cfg.bos_id], device=memory.device)
         self.layers = []
+        self.output = packs_of(model, {"output": ((model.output,), False)}).get(
+            "output", model.output
+        )
         for layer in model.decoder:
-            packs = _packs(layer)
-            sa, ca = layer.self_attn, layer.cross_attn_target_to_source
+            packs = _layer_packs(layer)
+            sa, ca, ffn = layer.self_attn, layer.cross_attn_target_to_source, layer.ffn
             key, value = _source_kv(layer, memory, source_mask, packs)
             cache = KVCache(
                 self.n, sa.kv_heads, sa.dim_head, capacity, dtype=key.dtype, device=key.device
             )
+            linears = _Linears(
+                packs.get("self_qkv"), packs.get("self_out", sa.to_out),
+                packs.get("cross_q", ca.to_q), packs.get("cross_out", ca.to_out),
+                packs.get("ffn_in", ffn.linear_in), "ffn_in" in packs and packs["ffn_in"].relu,
+                packs.get("ffn_out", ffn.linear_out),
+            )  # fmt: skip
+            norms = tuple(
+                norm_fn(blk.norm) for blk in (layer.self_block, layer.cross_block, layer.ffn_block)
+            )
             self.layers.append((
-                layer, packs.get("qkv"), cache, key, value,
-                _Attend(sa.backend, 1.0 / math.sqrt(sa.dim_head)),
-                _Attend(ca.backend, 1.0 / math.sqrt(ca.dim_head)),
+                layer, linears, cache, key, value,
+                Attend(sa.backend, 1.0 / math.sqrt(sa.dim_head)),
+                Attend(ca.backend, 1.0 / math.sqrt(ca.dim_head)),
+                norms, layer.self_block.norm_first,
             ))  # fmt: skip
+        self.final_norm = norm_fn(model.decoder_norm)
         self.position = 0
 
     def reorder(self, rows: Tensor) -> None:
@@ -151,11 +203,11 @@ class IncrementalDecoder:
         for entry in self.layers:
             entry[2].reorder(rows)
 
-    def _self_attention(self, layer, qkv_pack, cache, attend, h: Tensor) -> Tensor:
+    def _self_attention(self, layer, linears: _Linears, cache, attend, h: Tensor) -> Tensor:
         sa, n = layer.self_attn, self.n
         hd = sa.heads * sa.dim_head
-        if qkv_pack is not None:
-            qkv = qkv_pack(h)  # (N, H*D + 2*Hk*D)
+        if linears.self_qkv is not None:
+            qkv = linears.self_qkv(h)  # (N, H*D + 2*Hk*D)
             q, kv = qkv[:, :hd], qkv[:, hd:].view(n, 2, sa.kv_heads, sa.dim_head)
         else:
             q = sa.to_q(h)
@@ -165,16 +217,17 @@ class IncrementalDecoder:
         q = sa.q_norm(q.view(n, sa.heads, 1, sa.dim_head))  # (N, H, 1, D)
         keys, values = cache.append(kv)  # (N, Hk, t, D)
         out, _ = attend(q, keys, values, None, False)  # (N, H, 1, D)
-        return sa.to_out(out.reshape(n, hd))
+        return linears.self_out(out.reshape(n, hd))
 
-    def _cross_attention(self, layer, key, value, attend, h: Tensor, want: bool):
+    def _cross_attention(self, layer, linears: _Linears, key, value, attend, h, want: bool):
         ca, b, k = layer.cross_attn_target_to_source, self.b, self.beams
-        q = ca.q_norm(ca.to_q(h).view(b, k, ca.heads, ca.dim_head).transpose(1, 2))
+        q = linears.cross_q(h).view(b, k, ca.heads, ca.dim_head).transpose(1, 2)
+        q = ca.q_norm(q)  # (B, H, k, D): the beams of an input are its queries
         out, weights = attend(q, key, value, self.cross_mask, want)  # (B, H, k, D)
         out = out.transpose(1, 2).reshape(self.n, ca.heads * ca.dim_head)
         if weights is not None:  # (B, H, k, S) -> (N, H, S)
             weights = weights.transpose(1, 2).reshape(self.n, ca.heads, -1)
-        return ca.to_out(out), weights
+        return linears.cross_out(out), weights
 
     def step(self, token_ids: Tensor) -> tuple[Tensor, Tensor | None]:
         """Feed one token per row; return the next-token logits and cross-attention maps.
@@ -191,29 +244,28 @@ class IncrementalDecoder:
         tokens = torch.add(pos, model.target_embed(token_ids), alpha=self.embed_scale)  # (N, D)
         self.position += 1
         maps = []
-        for i, (layer, qkv, cache, key, value, att_self, att_cross) in enumerate(self.layers):
-            blk = layer.self_block
-            h = blk.norm(tokens) if blk.norm_first else tokens
-            tokens = tokens + self._self_attention(layer, qkv, cache, att_self, h)
-            if not blk.norm_first:
-                tokens = blk.norm(tokens)
-            blk = layer.cross_block
-            h = blk.norm(tokens) if blk.norm_first else tokens
+        for i, entry in enumerate(self.layers):
+            layer, lin, cache, key, value, att_self, att_cross, norms, first = entry
+            h = norms[0](tokens) if first else tokens
+            tokens = tokens + self._self_attention(layer, lin, cache, att_self, h)
+            if not first:
+                tokens = norms[0](tokens)
+            h = norms[1](tokens) if first else tokens
             update, weights = self._cross_attention(
-                layer, key, value, att_cross, h, i in self.wanted
+                layer, lin, key, value, att_cross, h, i in self.wanted
             )
             tokens = tokens + update
-            if not blk.norm_first:
-                tokens = blk.norm(tokens)
+            if not first:
+                tokens = norms[1](tokens)
             if weights is not None:
                 maps.append(weights)
-            blk, ffn = layer.ffn_block, layer.ffn
-            h = blk.norm(tokens) if blk.norm_first else tokens
-            hidden = ffn.linear_in(h)
-            hidden = hidden.relu_() if type(ffn.act) is nn.ReLU else ffn.act(hidden)
-            tokens = tokens + ffn.linear_out(hidden)
-            if not blk.norm_first:
-                tokens = blk.norm(tokens)
-        logits = model.output(model.decoder_norm(tokens)).float()  # (N, V)
+            h = norms[2](tokens) if first else tokens
+            hidden = lin.ffn_in(h)
+            if not lin.ffn_in_has_relu:
+                hidden = layer.ffn.act(hidden)
+            tokens = tokens + lin.ffn_out(hidden)
+            if not first:
+                tokens = norms[2](tokens)
+        logits = self.output(self.final_norm(tokens)).float()  # (N, V)
         logits.index_fill_(1, self.never, float("-inf"))
         return logits, (torch.stack(maps, 1) if maps else None)
