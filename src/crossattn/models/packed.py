@@ -5,8 +5,8 @@ that read the same input, such as a self-attention's q, k and v projections, so 
 computes all of them (one linear alone is packed too). On the CPU in float32 or bfloat16 the
 weight is then reordered once into oneDNN's blocked layout and multiplied by oneDNN, with an
 optional ReLU fused in: on this project's benchmark machine (AMD Zen 4) that is 1.1-1.4x faster
-than `F.linear` for the (32-128) x (256-1024) matmuls of a decode step. Elsewhere (float64, other
-devices, a build without oneDNN) it is `F.linear`.
+than `F.linear` for the (32-128) x (256-1024) matmuls of a decode step. Below 16 rows, and
+elsewhere (float64, other devices, a build without oneDNN), it is `F.linear`.
 
 The copy is made from the parameters and remade whenever one of them changes: an in-place update
 (which bumps the parameter's ``_version``), a new tensor behind it, a new dtype or device. The
@@ -35,6 +35,11 @@ def _stamp(params: list[Tensor | None]) -> tuple:
     return tuple(
         None if p is None else (id(p), p._version, p.data_ptr(), p.dtype, p.device) for p in params
     )
+
+
+# Fewer rows than this run F.linear: at a single row (one-sentence greedy decoding) oneDNN's
+# packed matmul measured 1.6x slower than F.linear over a whole decode here.
+ONEDNN_MIN_ROWS = 16
 
 
 def _onednn_weight(weight: Tensor) -> Tensor | None:
@@ -97,8 +102,8 @@ class PackedLinear:
 
     def __call__(self, features: Tensor) -> Tensor:
         """(..., in_features) -> (..., out_features)."""
-        if self._onednn is not None and features.dtype == self.weight.dtype:
-            flat = features.reshape(-1, features.shape[-1])  # oneDNN takes 2-D inputs
+        flat = features.reshape(-1, features.shape[-1])  # (rows, in_features)
+        if self._onednn is not None and flat.shape[0] >= ONEDNN_MIN_ROWS:
             out = torch.ops.mkldnn._linear_pointwise(
                 flat, self._onednn, self.bias, "relu" if self.relu else "none", [], ""
             )
