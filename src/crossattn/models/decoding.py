@@ -205,7 +205,8 @@ def beam_search(
         rows, token = state.advance(torch.log_softmax(logits, -1), attn, t)
         if bool(state.done.all()):  # the one read from the device per step
             break
-        step.reorder(rows)
+        if t + 1 < steps:  # the caches follow the beams into the next step
+            step.reorder(rows)
     else:  # length limit: rank the unfinished beams too
         state.close()
     out = []
