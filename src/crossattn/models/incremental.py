@@ -18,9 +18,10 @@ work cut down:
 
 Hook points for other compute types: a projection that is not a plain `nn.Linear` without hooks
 (e.g. a quantised module) is called as a module and never fused (`packed.packable`); the source
-keys and values come from `Seq2SeqTransformer.prepare_contexts` (`PreparedContext` per layer)
-whenever the cross-attention key/value projections are not plain linears, and whatever tensors
-they hold are handed to the backend that the registry selects for them.
+keys and values are made in one place, `_source_kv` (by the layer's own `prepare_context`, a
+`PreparedContext`, whenever its key/value projections are not plain linears); the op is called in
+one place, `Attend`, which hands whatever key and value tensors it gets to the backend that the
+registry selects for them.
 
 `fast_path_reasons(model)` says why a model takes the general path (`model.decode`) instead.
 """
