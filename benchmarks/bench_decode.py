@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -85,6 +86,7 @@ def write(rows: list[dict], command: str) -> None:
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
+        "load_average": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
     (results / "decode.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [
@@ -95,7 +97,9 @@ def write(rows: list[dict], command: str) -> None:
         "every step and beam, against the general path projecting the encoder output to K/V "
         "again at every step (a decoder without a cross-attention cache). Medians, variants "
         "alternated in one process, "
-        f"torch {meta['torch']}, {meta['threads']} CPU thread(s).",
+        f"torch {meta['torch']}, {meta['threads']} CPU thread(s); load average at the end "
+        f"{meta['load_average']} on {os.cpu_count()} CPUs (a shared machine: compare the "
+        "speed-ups, not the times).",
         "",
         f"Command: `{command}`",
         "",
