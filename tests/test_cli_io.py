@@ -190,7 +190,7 @@ def test_output_is_written_atomically(monkeypatch, capsys, model, tmp_path):
 
 
 def test_n_best_is_a_list_inside_the_line(monkeypatch, capsys, model, translator):
-    from crossattn.models.decoding import _length_penalty
+    from crossattn.models.beam_state import _length_penalty
 
     _stdin(monkeypatch, b"a red car\n\n")
     code, out, err = _run(capsys, ["translate", "--model", model, "--json", "--beam", "4",

@@ -1,9 +1,11 @@
 """Greedy and beam-search decoding for `Seq2SeqTransformer`.
 
-The source is encoded and projected to every decoder layer's cross-attention keys and values once
-(`Seq2SeqTransformer.prepare_contexts`). Beam search selects the rows of those prepared contexts
-once, when it widens each input to its beams (all beams of one input share one source, so later
-reorderings of beams never touch them); only the decoder self-attention caches follow the beams.
+The source is encoded once and projected to every decoder layer's cross-attention keys and
+values once; every step then feeds one token per row to a stepper (`steppers.make_stepper`: the
+fast `IncrementalDecoder` with its static `KVCache`, or ``model.decode``). All beams of one input
+share its source keys and values; only the decoder self-attention caches follow the beams. Beam
+search keeps its hypotheses in preallocated tensors (`beam_state.BeamState`) and reads one flag
+from the device per step.
 
 Shapes: source_ids (B, S) long, source_mask (B, S) bool with True = valid token.
 """
@@ -16,8 +18,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..layers.attention import PreparedContext
+from .beam_state import BeamState
+from .fast_encoder import encode as fast_encode
+from .fast_encoder import encoder_reasons
+from .incremental import fast_path_reasons
 from .seq2seq import Seq2SeqTransformer
+from .steppers import make_stepper
 
 
 @dataclass
@@ -43,7 +49,7 @@ class Hypothesis:
 
 def _prepare(
     model: Seq2SeqTransformer, source_ids: Tensor, source_mask: Tensor | None
-) -> tuple[Tensor, Tensor, list[PreparedContext]]:
+) -> tuple[Tensor, Tensor]:
     if model.training:
         warnings.warn(
             "decoding a model in training mode: dropout is active, so the result changes from "
@@ -63,8 +69,9 @@ def _prepare(
             f"source_mask must be bool with the shape of source_ids {tuple(source_ids.shape)}, "
             f"got {source_mask.dtype} {tuple(source_mask.shape)}"
         )
-    memory = model.encode(source_ids, source_mask)  # (B, S, D)
-    return memory, source_mask, model.prepare_contexts(memory, source_mask)
+    if fast_path_reasons(model) or encoder_reasons(model) or not bool(source_mask.any(1).all()):
+        return model.encode(source_ids, source_mask), source_mask  # (B, S, D), (B, S)
+    return fast_encode(model, source_ids, source_mask), source_mask
 
 
 def _default_max_len(model: Seq2SeqTransformer, source_mask: Tensor, max_len: int | None) -> int:
@@ -75,41 +82,6 @@ def _default_max_len(model: Seq2SeqTransformer, source_mask: Tensor, max_len: in
     if not isinstance(max_len, int) or max_len <= 0:
         raise ValueError(f"max_len must be a positive int, got {max_len!r}")
     return min(limit, max_len)
-
-
-class _Stepper:
-    """One decoding step, incremental (self-attention cache) or full recomputation."""
-
-    def __init__(self, model, contexts, memory, source_mask, use_cache, reuse_context, layers):
-        self.model, self.use_cache, self.layers = model, use_cache, layers
-        self.contexts, self.memory, self.source_mask = contexts, memory, source_mask
-        self.reuse_context = reuse_context
-        self.caches: list[PreparedContext] | None = None
-
-    def __call__(self, prefix: Tensor) -> tuple[Tensor, Tensor | None]:
-        """prefix (N, t) -> log-probs (N, V) of the next token, attention (N, layers, heads, S)."""
-        kw = dict(attention_layers=self.layers)
-        if self.reuse_context:
-            kw["contexts"] = self.contexts
-        else:  # project the encoder output to K/V again, at every step
-            kw.update(contexts=self.memory, source_mask=self.source_mask)
-        if self.use_cache:
-            out = self.model.decode(prefix[:, -1:], caches=self.caches, use_cache=True, **kw)
-            self.caches = out.caches
-        else:
-            out = self.model.decode(prefix, **kw)
-        logits = out.logits[:, -1].float()  # (N, V)
-        cfg = self.model.config
-        logits[:, [cfg.pad_id, cfg.bos_id]] = float("-inf")  # never produced
-        logp = torch.log_softmax(logits, dim=-1)
-        attn = None
-        if self.layers:
-            attn = torch.stack([out.cross_weights[i][:, :, -1] for i in self.layers], 1)
-        return logp, attn  # attn: (N, layers, heads, S)
-
-    def reorder(self, rows: Tensor) -> None:
-        if self.caches is not None:
-            self.caches = [c.index_select(rows) for c in self.caches]
 
 
 @torch.no_grad()
@@ -138,48 +110,46 @@ def greedy_decode(
     Returns:
         One `Hypothesis` per input row.
     """
-    memory, source_mask, contexts = _prepare(model, source_ids, source_mask)
+    memory, source_mask = _prepare(model, source_ids, source_mask)
     steps = _default_max_len(model, source_mask, max_len)
     layers = list(range(len(model.decoder))) if return_attention else []
-    step = _Stepper(model, contexts, memory, source_mask, use_cache, reuse_context, layers)
-    b = source_ids.shape[0]
-    cfg = model.config
-    prefix = torch.full((b, 1), cfg.bos_id, dtype=torch.long, device=source_ids.device)
-    scores = torch.zeros(b, dtype=torch.float32, device=source_ids.device)
-    done = torch.zeros(b, dtype=torch.bool, device=source_ids.device)
-    lengths = torch.full((b,), steps, dtype=torch.long, device=source_ids.device)
+    step = make_stepper(
+        model, memory, source_mask, beams=1, steps=steps, layers=layers, use_cache=use_cache,
+        reuse_context=reuse_context,
+    )  # fmt: skip
+    b, dev, cfg = source_ids.shape[0], source_ids.device, model.config
+    produced = torch.full((b, steps), cfg.pad_id, dtype=torch.long, device=dev)
+    token = torch.full((b,), cfg.bos_id, dtype=torch.long, device=dev)
+    scores = torch.zeros(b, dtype=torch.float32, device=dev)
+    done = torch.zeros(b, dtype=torch.bool, device=dev)
+    lengths = torch.full((b,), steps, dtype=torch.long, device=dev)
     attns: list[Tensor] = []
     for t in range(steps):
-        logp, attn = step(prefix)
-        token = logp.argmax(-1)  # (B,)
-        token = torch.where(done, torch.full_like(token, cfg.pad_id), token)
-        scores += torch.where(done, 0.0, logp.gather(1, token[:, None])[:, 0])
+        logits, attn = step.step(token)  # (B, V), (B, layers, heads, S)
+        logp, token = torch.log_softmax(logits, -1).max(-1)  # (B,): the chosen token
+        token.masked_fill_(done, cfg.pad_id)
+        scores += logp.masked_fill_(done, 0.0)
+        produced[:, t] = token
         if attn is not None:
             attns.append(attn)
-        ended = ~done & (token == cfg.eos_id)
-        lengths = torch.where(ended, t + 1, lengths)
+        ended = (token == cfg.eos_id) & ~done
+        lengths.masked_fill_(ended, t + 1)
         done |= ended
-        prefix = torch.cat([prefix, token[:, None]], 1)
-        if bool(done.all()):
+        if bool(done.all()):  # the one read from the device per step
             break
     out = []
     columns = _valid_column_indices(source_mask)
+    rows, ends, finished = produced.tolist(), lengths.tolist(), done.tolist()
+    totals = scores.tolist()
     for i in range(b):
-        n = int(lengths[i])
-        seq = prefix[i, 1 : n + 1].tolist()
-        finished = bool(done[i])
-        tokens = seq[:-1] if finished else seq
+        n = ends[i]
+        tokens = rows[i][: n - 1] if finished[i] else rows[i][:n]
         att = None
         if attns:
             att = torch.stack([a[i] for a in attns[:n]], 2)  # (layers, H, T, S)
             att = _take_columns(att, columns[i])  # (layers, H, T, S_i)
-        out.append(Hypothesis(tokens, float(scores[i]), finished, att))
+        out.append(Hypothesis(tokens, totals[i], finished[i], att))
     return out
-
-
-def _length_penalty(length: int, alpha: float) -> float:
-    """GNMT length penalty ((5 + length) / 6) ** alpha (Wu et al. 2016); 1 when alpha = 0."""
-    return ((5.0 + length) / 6.0) ** alpha
 
 
 @torch.no_grad()
@@ -201,7 +171,8 @@ def beam_search(
 
     Hypotheses are ranked by ``score / ((5 + length) / 6) ** length_penalty`` (GNMT). An input is
     done once it has ``beam_size`` finished hypotheses (or at ``max_len``, where the unfinished
-    beams are ranked too).
+    beams are ranked too). Every step runs on tensors for the whole batch (`BeamState`); the
+    only read from the device per step is whether every input is done.
 
     Args:
         model: the translator (put it in eval mode).
@@ -218,109 +189,40 @@ def beam_search(
     Returns:
         One `Hypothesis` per input row; with ``n_best``, one list of hypotheses per input row.
     """
-    if not isinstance(beam_size, int) or beam_size <= 0:
+    if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size <= 0:
         raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
     if n_best is not None and not (isinstance(n_best, int) and 1 <= n_best <= beam_size):
         raise ValueError(f"n_best must be an int in 1..beam_size={beam_size}, got {n_best!r}")
-    memory, source_mask, contexts = _prepare(model, source_ids, source_mask)
+    memory, source_mask = _prepare(model, source_ids, source_mask)
     steps = _default_max_len(model, source_mask, max_len)
-    b, k, dev = source_ids.shape[0], beam_size, source_ids.device
-    cfg = model.config
-    # Widen every input to its k beams, once: rows b*k .. b*k + k - 1 belong to input b.
-    contexts = [c.repeat_interleave(k) for c in contexts]
-    memory = memory.repeat_interleave(k, 0)  # (B*k, S, D), only used without reuse_context
-    wide_mask = source_mask.repeat_interleave(k, 0)
     layers = list(range(len(model.decoder))) if return_attention else []
-    step = _Stepper(model, contexts, memory, wide_mask, use_cache, reuse_context, layers)
-    prefix = torch.full((b * k, 1), cfg.bos_id, dtype=torch.long, device=dev)
-    alive = torch.full((b, k), float("-inf"), device=dev)
-    alive[:, 0] = 0.0  # all beams start equal: keep one
-    history: Tensor | None = None  # (B*k, t, layers, heads, S)
-    finished: list[list[tuple[float, float, list[int], Tensor | None, bool]]] = [
-        [] for _ in range(b)
-    ]
-    done = [False] * b
-    neg_inf = float("-inf")
-    for _ in range(steps):
-        logp, attn = step(prefix)  # (B*k, V), (B*k, layers, heads, S)
-        vocab = logp.shape[-1]
-        cand = (alive.reshape(b * k, 1) + logp).view(b, k * vocab)
-        top_scores, top_idx = cand.topk(min(2 * k, k * vocab), dim=1)  # (B, 2k)
-        top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
-        rows, tokens, new_alive = [], [], []
-        end_rows: list[tuple[int, int, float]] = []
-        for i in range(b):
-            kept = 0
-            if not done[i]:
-                for s, idx in zip(top_scores[i], top_idx[i]):
-                    if s == neg_inf or kept == k:
-                        break
-                    row, tok = i * k + idx // vocab, idx % vocab
-                    if tok == cfg.eos_id:
-                        if len(finished[i]) < k:
-                            end_rows.append((i, row, s))
-                        continue
-                    rows.append(row)
-                    tokens.append(tok)
-                    new_alive.append(s)
-                    kept += 1
-            for _ in range(kept, k):  # pad with dead beams
-                rows.append(i * k)
-                tokens.append(cfg.pad_id)
-                new_alive.append(neg_inf)
-        for i, row, s in end_rows:
-            att = None
-            if attn is not None:
-                last = attn[row][None]  # (1, layers, heads, S)
-                att = last if history is None else torch.cat([history[row], last], 0)
-            seq = prefix[row, 1:].tolist()
-            finished[i].append(
-                (s / _length_penalty(len(seq) + 1, length_penalty), s, seq, att, True)
-            )
-        for i in range(b):
-            if not done[i] and len(finished[i]) >= k:
-                done[i] = True
-        if all(done):
+    step = make_stepper(
+        model, memory, source_mask, beams=beam_size, steps=steps, layers=layers,
+        use_cache=use_cache, reuse_context=reuse_context,
+    )  # fmt: skip
+    cfg = model.config
+    state = BeamState(
+        source_ids.shape[0], beam_size, steps, cfg, float(length_penalty), source_ids.device,
+        n_best=n_best or 1,
+    )  # fmt: skip
+    token = state.first_tokens()
+    for t in range(steps):
+        logits, attn = step.step(token)  # (B*k, V), (B*k, layers, heads, S)
+        rows, token = state.advance(torch.log_softmax(logits, -1), attn, t)
+        if bool(state.done.all()):  # the one read from the device per step
             break
-        index = torch.tensor(rows, dtype=torch.long, device=dev)
-        step.reorder(index)
-        prefix = torch.cat(
-            [prefix.index_select(0, index), torch.tensor(tokens, device=dev)[:, None]], 1
-        )
-        if attn is not None:
-            step_attn = attn.index_select(0, index)[:, None]  # (B*k, 1, layers, heads, S)
-            history = (
-                step_attn
-                if history is None
-                else torch.cat([history.index_select(0, index), step_attn], 1)
-            )
-        alive = torch.tensor(new_alive, device=dev).view(b, k)
-        for i in range(b):
-            if done[i]:
-                alive[i] = neg_inf
+        if t + 1 < steps:  # the caches follow the beams into the next step
+            step.reorder(rows)
     else:  # length limit: rank the unfinished beams too
-        for i in range(b):
-            if done[i]:
-                continue
-            for j in range(k):
-                s = float(alive[i, j])
-                if s == neg_inf:
-                    continue
-                row = i * k + j
-                seq = prefix[row, 1:].tolist()
-                att = None if history is None else history[row]
-                finished[i].append(
-                    (s / _length_penalty(len(seq), length_penalty), s, seq, att, False)
-                )
+        state.close()
     out = []
     columns = _valid_column_indices(source_mask)
-    for i in range(b):
-        ranked = sorted(finished[i], key=lambda h: h[0], reverse=True)  # stable: ties keep order
+    for i, ranked in enumerate(state.results()):
         hyps = []
-        for _, s, seq, att, ended in ranked[: n_best or 1]:
+        for tokens, score, ended, att in ranked:
             if att is not None:
                 att = _take_columns(att.permute(1, 2, 0, 3), columns[i])  # (layers, H, T, S_i)
-            hyps.append(Hypothesis(seq, s, ended, att))
+            hyps.append(Hypothesis(tokens, score, ended, att))
         out.append(hyps if n_best is not None else hyps[0])
     return out
 
@@ -390,7 +292,8 @@ def _valid_column_indices(source_mask: Tensor) -> list[Tensor | None]:
     """Per row, the indices of its valid source columns (None: all valid), wherever the padding
     is. The mask is read from the device once for the whole batch."""
     rows = source_mask.cpu()
-    return [None if bool(r.all()) else r.nonzero().squeeze(1) for r in rows]
+    full = rows.all(1).tolist()
+    return [None if full[i] else r.nonzero().squeeze(1) for i, r in enumerate(rows)]
 
 
 def _take_columns(att: Tensor, columns: Tensor | None) -> Tensor:
