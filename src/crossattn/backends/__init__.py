@@ -2,6 +2,7 @@
 
 from .base import AttentionInputs, Backend
 from .chunked import ChunkedBackend
+from .int8 import Int8Backend, Int8Tensor, quantize_rows
 from .reference import ReferenceBackend
 from .registry import (
     available_backends,
@@ -18,17 +19,21 @@ from .sdpa import SDPABackend
 register_backend(ReferenceBackend())
 register_backend(SDPABackend())
 register_backend(ChunkedBackend())
+register_backend(Int8Backend())
 
 __all__ = [
     "AttentionInputs",
     "Backend",
     "ChunkedBackend",
+    "Int8Backend",
+    "Int8Tensor",
     "ReferenceBackend",
     "SDPABackend",
     "available_backends",
     "current_backend",
     "get_backend",
     "preference",
+    "quantize_rows",
     "register_backend",
     "unregister_backend",
     "select_backend",

@@ -12,6 +12,7 @@ import argparse
 import time
 
 from ..cli import add_threads_argument, positive_float, positive_int
+from ._compute_type import add_compute_type_argument
 
 SENTENCES = (
     "the cat sits here",
@@ -45,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tiny", action="store_true", help="a tiny model and corpus (a smoke test, not a result)"
     )
     add_threads_argument(parser)
+    add_compute_type_argument(parser)  # of the evaluation; training is float32
 
 
 def _bleu(hyps: list[str], refs: list[str]) -> float:
@@ -70,8 +72,10 @@ def run(args: argparse.Namespace) -> int:
         write_json,
     )
     from ._common import check_output_dir
+    from ._compute_type import check_compute_type_runs
 
     check_output_dir(args.out)
+    check_compute_type_runs(args.compute_type)
     choose_threads(args.threads)
 
     budget = args.budget_minutes * 60.0
@@ -110,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
         opts.batch_tokens, opts.warmup, opts.dev_size = 800, 20, 60
     print(f"training for at most {minutes:.2f} min (guided alignment: {args.guided_alignment})")
     result = train(opts)
-    tr = Translator.load(out / "model")
+    tr = Translator.load(out / "model", compute_type=args.compute_type)
 
     # ---- dev / test: exact match and BLEU (greedy), AER of force-decoded gold pairs ----
     metrics: dict[str, object] = {}

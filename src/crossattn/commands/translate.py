@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from ..cli import CommandError, add_threads_argument, finite_float, positive_int
+from ._compute_type import add_compute_type_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length-penalty", type=finite_float, default=0.6)
     parser.add_argument("--json", action="store_true", help="one JSON object per sentence")
     add_threads_argument(parser)
+    add_compute_type_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
                 f"argument sentences: sentence {k} is empty ({sentence!r}); expected at least "
                 "one word"
             )
-    tr = load_translator(args.model)
+    tr = load_translator(args.model, compute_type=args.compute_type)
     if args.sentences:
         numbered = [(f"sentence {k}", s) for k, s in enumerate(args.sentences, 1)]
     else:
