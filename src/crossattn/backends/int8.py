@@ -115,7 +115,9 @@ def _quantised_op(func: Any, args: tuple, kwargs: dict) -> Int8Tensor | None:
     if func is _aten.masked_fill.Scalar and not kwargs and float(args[2]) == 0.0:
         mask = args[1]
         if mask.dim() <= t.dim() and (mask.dim() == 0 or mask.shape[-1] == 1):
-            return Int8Tensor(t.values.masked_fill(mask, 0), t.scales, t.dtype)
+            # scale 1 at the filled rows: a NaN or Inf scale of a padded token cannot leak
+            return Int8Tensor(t.values.masked_fill(mask, 0), t.scales.masked_fill(mask, 1.0),
+                              t.dtype)  # fmt: skip
         return None
     if func is _aten._to_copy.default and set(kwargs) <= {"dtype", "device", "non_blocking"}:
         dtype = kwargs.get("dtype") or t.dtype
