@@ -209,7 +209,7 @@ def speed(args: argparse.Namespace) -> dict:
                     max_batch_size=b,
                 )  # fmt: skip
         times: dict = {k: [] for k in engines}
-        for k, fn in engines.items():  # warm-up
+        for fn in engines.values():  # warm-up
             fn()
         for _ in range(args.repeats):
             for k, fn in engines.items():
