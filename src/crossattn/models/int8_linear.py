@@ -131,6 +131,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", weight_scale.to(torch.float32).contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self._packed = None  # FBGEMM's prepacked weights, made on first use
+        self._reduce_range = True
 
     @classmethod
     def from_float(
@@ -194,13 +195,16 @@ class Int8Linear(nn.Module):
                 f"{tuple(features.shape)}"
             )
         lead = features.shape[:-1]
-        rows = features.reshape(-1, self.in_features).to(torch.float32)  # (M, K)
+        rows = features.reshape(-1, self.in_features)  # (M, K)
+        if rows.dtype != torch.float32:
+            rows = rows.float()
         if rows.shape[0] == 0:
             out = rows.new_zeros(0, self.out_features)
         elif self.kernel == "fbgemm":
             if self._packed is None:
                 self._packed = _pack(self.weight_int8, self.weight_scale, self.bias)
-            out = torch.ops.quantized.linear_dynamic(rows, self._packed, _fbgemm_reduce_range())
+                self._reduce_range = _fbgemm_reduce_range()
+            out = torch.ops.quantized.linear_dynamic(rows, self._packed, self._reduce_range)
         else:
             # Per-row symmetric quantisation of the activations: |rows| <= 127 * x_scale.
             x_scale = rows.abs().amax(dim=1, keepdim=True).clamp_min_(_TINY).div_(INT8_MAX)
@@ -210,4 +214,6 @@ class Int8Linear(nn.Module):
                 out.mul_(self.weight_scale)
             else:
                 out = torch.addcmul(self.bias, out, self.weight_scale)
-        return out.to(features.dtype).reshape(*lead, self.out_features)
+        if out.dtype != features.dtype:
+            out = out.to(features.dtype)
+        return out.view(*lead, self.out_features)
