@@ -9,6 +9,12 @@ bytes of the prepared cross-attention memory of the test set::
     python benchmarks/bench_compute_types.py quality --model demo-out/model \\
         --data demo-out/data --out benchmarks/results/compute_types_quality.json
 
+Int8 kernels (``kernels``): one Linear at the decoder's sizes in float32, bfloat16 and through
+each int8 kernel of `Int8Linear` (FBGEMM's dynamic-quantised linear, ``torch._int_mm`` with
+per-row activation quantisation)::
+
+    python benchmarks/bench_compute_types.py kernels --threads 1
+
 Speed (``speed``): the model of issue 9's table (pre-norm d_model 256, 4 heads, 3+3 layers, FFN
 1024, vocabulary 600, random weights, EOS never produced), batch 32 x 20 source tokens, exactly
 22 new tokens, greedy and beam 4, 1 and 2 threads; crossattn at each compute type and, when
@@ -22,6 +28,7 @@ is -inf on PAD, BOS and EOS as ours). The variants alternate within each repeat;
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -225,6 +232,37 @@ def speed(args: argparse.Namespace) -> dict:
     return {"tokens_per_s": results, "batch": b, "source_len": s, "new_tokens": new}
 
 
+def kernels(args: argparse.Namespace) -> dict:
+    """One Linear at the decoder's sizes: float32, bfloat16 and each int8 kernel, alternated."""
+    from crossattn.models.int8_linear import KERNELS, Int8Linear, int8_kernel_reason
+
+    torch.set_num_threads(args.threads[0])
+    shapes = [(32, 256, 768), (32, 1024, 256), (128, 256, 1024), (128, 256, 600)]
+    results = {}
+    for m, k, n in shapes:
+        lin = torch.nn.Linear(k, n)
+        x = torch.randn(m, k)
+        variants = {"float32": (lin, x), "bfloat16": (copy.deepcopy(lin).bfloat16(), x.bfloat16())}
+        for kernel in KERNELS:
+            if int8_kernel_reason(kernel) is None:
+                variants[f"int8 {kernel}"] = (Int8Linear.from_float(lin, kernel=kernel), x)
+        times: dict = {name: [] for name in variants}
+        with torch.no_grad():
+            for _ in range(args.repeats):
+                for name, (layer, inp) in variants.items():
+                    layer(inp)
+                    t0 = time.perf_counter()
+                    for _ in range(50):
+                        layer(inp)
+                    times[name].append((time.perf_counter() - t0) / 50 * 1e6)
+        row = {name: statistics.median(ts) for name, ts in times.items()}
+        results[f"{m}x{k}x{n}"] = row
+        print(f"({m} x {k}) @ ({k} x {n}):", ", ".join(f"{a} {b:.0f} us" for a, b in row.items()),
+              flush=True)  # fmt: skip
+    print(f"load average: {load_average()}", flush=True)
+    return {"microseconds": results}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -234,12 +272,15 @@ def main() -> None:
     sp = sub.add_parser("speed")
     sp.add_argument("--repeats", type=int, default=5)
     sp.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    for p in (q, sp):
+    kn = sub.add_parser("kernels")
+    kn.add_argument("--repeats", type=int, default=7)
+    kn.add_argument("--threads", type=int, nargs=1, default=[1])
+    for p in (q, sp, kn):
         p.add_argument("--compute-types", nargs="+", default=list(COMPUTE_TYPES))
         p.add_argument("--out", help="JSON file to write")
     args = parser.parse_args()
     start = load_average()
-    result = quality(args) if args.what == "quality" else speed(args)
+    result = {"quality": quality, "speed": speed, "kernels": kernels}[args.what](args)
     result.update(command=" ".join(sys.argv), load_average_start=start,
                   load_average_end=load_average(), torch=torch.__version__)  # fmt: skip
     if args.out:
