@@ -50,6 +50,8 @@ class Int8Tensor(Tensor):
 
     values: Tensor
     scales: Tensor
+    # Only __torch_dispatch__: attribute reads (shape, dtype) skip the Python protocol.
+    __torch_function__ = torch._C._disabled_torch_function_impl
 
     @staticmethod
     def __new__(cls, values: Tensor, scales: Tensor, dtype: torch.dtype) -> Int8Tensor:
@@ -186,25 +188,29 @@ class Int8Backend(Backend):
         b, h, length, e = q.shape
         hk, g, s = inputs.kv_heads, inputs.groups, inputs.kv_len
         # The G query heads of a K/V head share its keys: fold them into the rows.
-        qg = q.to(cdt).reshape(b, hk, g * length, e)  # (B, Hk, G*L, E)
-        k_scale = key.scales.to(cdt).transpose(-1, -2) * inputs.scale  # (B, Hk, 1, S)
+        qg = _as(q, cdt).reshape(b, hk, g * length, e)  # (B, Hk, G*L, E)
+        k_scale = _as(key.scales, cdt).transpose(-1, -2) * inputs.scale  # (B, Hk, 1, S)
         scores = torch.matmul(qg, key.values.to(cdt).transpose(-1, -2))  # (B, Hk, G*L, S)
-        scores = (scores * k_scale).view(b, hk, g, length, s)  # (B, Hk, G, L, S)
+        scores = scores.mul_(k_scale).view(b, hk, g, length, s)  # (B, Hk, G, L, S)
         mask = grouped_mask(inputs.mask, h, g)
         if mask is not None:
             if mask.dtype == torch.bool:
-                scores = scores.masked_fill(~mask, float("-inf"))
+                scores = scores.masked_fill_(mask.logical_not(), float("-inf"))
             else:
-                scores = scores + mask.to(cdt)
+                scores = scores.add_(_as(mask, cdt))
         probs = torch.softmax(scores, dim=-1)  # (B, Hk, G, L, S)
-        v_scale = value.scales.to(cdt).transpose(-1, -2)  # (B, Hk, 1, S)
+        v_scale = _as(value.scales, cdt).transpose(-1, -2)  # (B, Hk, 1, S)
         weighted = probs.view(b, hk, g * length, s) * v_scale  # (B, Hk, G*L, S)
         out = torch.matmul(weighted, value.values.to(cdt))  # (B, Hk, G*L, Ev)
-        out = out.view(b, h, length, -1).to(q.dtype)  # (B, H, L, Ev)
+        out = _as(out.view(b, h, length, -1), q.dtype)  # (B, H, L, Ev)
         weights = None
         if inputs.return_weights:
             weights = probs.reshape(b, h, length, s)  # (B, H, L, S)
             if inputs.return_weights == "mean":
                 weights = weights.mean(dim=1)  # (B, L, S)
-            weights = weights.to(q.dtype)
+            weights = _as(weights, q.dtype)
         return out, weights
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
