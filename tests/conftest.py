@@ -28,8 +28,13 @@ from torch import Tensor
 import crossattn
 from crossattn.backends import AttentionInputs, ChunkedBackend, get_backend, register_backend
 
-BACKENDS: list[str] = crossattn.available_backends()
-"""The registered backends usable on this machine (the registry decides, not the tests)."""
+BACKENDS: list[str] = [
+    name
+    for name in crossattn.available_backends()
+    if not getattr(get_backend(name), "quantized_inputs", False)
+]
+"""The registered backends usable on this machine (the registry decides, not the tests), except
+those that take only quantised keys and values (int8: tests/test_backend_int8.py)."""
 
 TINY_CHUNKED = "chunked@tiny-blocks"
 """Backend case: the chunked backend with tiny tiles (many tiles on small shapes)."""

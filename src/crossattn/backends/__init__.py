@@ -2,6 +2,7 @@
 
 from .base import AttentionInputs, Backend
 from .chunked import ChunkedBackend
+from .int8 import Int8Backend, Int8Tensor, quantize_rows
 from .lse import LSEBackend
 from .reference import ReferenceBackend
 from .registry import (
@@ -20,17 +21,21 @@ register_backend(ReferenceBackend())
 register_backend(SDPABackend())
 register_backend(ChunkedBackend())
 register_backend(LSEBackend())
+register_backend(Int8Backend())
 
 __all__ = [
     "AttentionInputs",
     "Backend",
     "ChunkedBackend",
+    "Int8Backend",
+    "Int8Tensor",
     "ReferenceBackend",
     "SDPABackend",
     "available_backends",
     "current_backend",
     "get_backend",
     "preference",
+    "quantize_rows",
     "register_backend",
     "unregister_backend",
     "select_backend",

@@ -23,8 +23,9 @@ def brief(err: BaseException, limit: int = 240) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def load_translator(path: str, option: str = "--model") -> Any:
-    """`Translator.load(path)`; a missing, incomplete or corrupt directory is a clean error."""
+def load_translator(path: str, option: str = "--model", compute_type: str = "float32") -> Any:
+    """`Translator.load(path, compute_type=...)`; a missing, incomplete or corrupt directory, or
+    a compute type this machine cannot run, is a clean error."""
     if not os.path.exists(path):
         raise CommandError(
             f"argument {option}: no such directory: {path!r}; expected a model directory "
@@ -38,9 +39,11 @@ def load_translator(path: str, option: str = "--model") -> Any:
     from safetensors import SafetensorError
 
     from ..models import Translator
+    from ._compute_type import check_compute_type_runs
 
+    check_compute_type_runs(compute_type)
     try:
-        return Translator.load(path)
+        return Translator.load(path, compute_type=compute_type)
     except FileNotFoundError as err:  # says which file is missing
         raise CommandError(f"argument {option}: {err}") from err
     # malformed JSON or config, unreadable weights, weights of another shape

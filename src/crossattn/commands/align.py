@@ -11,6 +11,7 @@ import sys
 import warnings
 
 from ..cli import CommandError, add_threads_argument, positive_int
+from ._compute_type import add_compute_type_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=64,
                         help="pairs force-decoded at once")  # fmt: skip
     add_threads_argument(parser)
+    add_compute_type_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     choose_threads(args.threads)
 
-    tr = load_translator(args.model)
+    tr = load_translator(args.model, compute_type=args.compute_type)
     with warnings.catch_warnings():  # the skipped lines are reported below, in one plain line
         warnings.filterwarnings("ignore", message=r"skipped \d+ bad line", category=UserWarning)
         data = read_pairs(args.data, skip_bad_lines=args.skip_bad_lines)

@@ -14,6 +14,7 @@ import sys
 import time
 
 from ..cli import CommandError, add_threads_argument, positive_float, positive_int
+from ._compute_type import add_compute_type_argument
 
 SENTENCES = (
     "the cat sits here",
@@ -85,6 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: off)",
     )
     add_threads_argument(parser)
+    add_compute_type_argument(parser)  # of the evaluation; training is float32
 
 
 def check_out(args: argparse.Namespace) -> None:
@@ -167,8 +169,10 @@ def _run(args: argparse.Namespace) -> int:
     from ..data.toy_translation import generate_corpus, write_corpus
     from ..models import Translator
     from ..train import TrainOptions, choose_threads, train, write_json
+    from ._compute_type import check_compute_type_runs
 
     check_out(args)
+    check_compute_type_runs(args.compute_type)
     choose_threads(args.threads)
 
     budget = 60.0 * (args.budget_minutes or (TINY_BUDGET_MINUTES if args.tiny else 4.0))
@@ -210,7 +214,7 @@ def _run(args: argparse.Namespace) -> int:
         opts.batch_tokens, opts.warmup, opts.dev_size = 800, 20, 60
     print(f"training for at most {minutes:.2f} min (guided alignment: {args.guided_alignment})")
     result = train(opts)
-    tr = Translator.load(out / "model")
+    tr = Translator.load(out / "model", compute_type=args.compute_type)
 
     metrics = _evaluate(tr, corpus)
 

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from ..cli import CommandError, port, positive_int
+from ._compute_type import add_compute_type_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,13 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "or a list of [i, j] pairs",
     )
     parser.add_argument("--open", action="store_true", help="open the page in the web browser")
+    add_compute_type_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..viz.server import make_server
     from ._common import load_translator
 
-    translator = load_translator(args.model)
+    translator = load_translator(args.model, compute_type=args.compute_type)
     try:
         server = make_server(
             translator,

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
 from ..cli import CommandError, add_threads_argument, finite_float, positive_int
+from ._compute_type import add_compute_type_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="alignment in --json: a Pharaoh string '0-0 1-2' (as the server "
                         "answers) or a list of [i, j] pairs")  # fmt: skip
     add_threads_argument(parser)
+    add_compute_type_argument(parser)
 
 
 def _input_lines(args: argparse.Namespace) -> tuple[str, list[str]]:
@@ -192,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None:
         check_output_file(args.output, "--output")
     where, lines = _input_lines(args)
-    tr = load_translator(args.model)
+    tr = load_translator(args.model, compute_type=args.compute_type)
     _check_lengths(tr, where, lines)
     best: list[Any] = []  # the best hypothesis of each non-empty line, for the warning below
     if args.output is None:

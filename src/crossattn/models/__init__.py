@@ -1,10 +1,12 @@
 """Models built on crossattn's layers: an encoder-decoder translator, its decoding and its API."""
 
 from .decoding import Hypothesis, beam_search, force_decode_attention, greedy_decode
+from .quantize import COMPUTE_TYPES, quantize
 from .seq2seq import DecoderOutput, Seq2SeqConfig, Seq2SeqTransformer
 from .vocab import Vocabulary
 
 __all__ = [
+    "COMPUTE_TYPES",
     "DecoderOutput",
     "Hypothesis",
     "Seq2SeqConfig",
@@ -15,6 +17,7 @@ __all__ = [
     "beam_search",
     "force_decode_attention",
     "greedy_decode",
+    "quantize",
 ]
 
 

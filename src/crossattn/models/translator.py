@@ -130,20 +130,31 @@ class Translator:
         self.extraction = DEFAULT_EXTRACTION if extraction is None else extraction
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> Translator:
-        """Load a model directory written by `crossattn train` (or `crossattn demo`)."""
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        compute_type: str = "float32",
+    ) -> Translator:
+        """Load a model directory written by `crossattn train` (or `crossattn demo`).
+
+        `compute_type` is one of `crossattn.models.COMPUTE_TYPES` (see `quantize`).
+        """
         from ..align import DEFAULT_EXTRACTION, ExtractionConfig
         from ..train import EXTRACTION_FILE, load_model
+        from .quantize import check_compute_type, quantize
 
+        check_compute_type(compute_type)
         model, src, tgt = load_model(directory)
         src, tgt = load_tokenizers(directory, src, tgt)
+        model = quantize(model.to(device), compute_type, inplace=True)
         path = Path(directory) / EXTRACTION_FILE
         extraction = (
             ExtractionConfig.from_dict(json.loads(path.read_text()))
             if path.is_file()
             else DEFAULT_EXTRACTION
         )
-        return cls(model.to(device), src, tgt, extraction)
+        return cls(model, src, tgt, extraction)
 
     @property
     def device(self) -> torch.device:
