@@ -36,6 +36,7 @@ from torch import Tensor
 
 from .base import LOG2E, AttentionInputs, Backend
 from .reference import compute_dtype
+from .traced_tiles import traced_forward
 
 # Contexts up to this length are one key block (plain softmax, no online rescaling).
 MAX_SINGLE_BLOCK = 1024
@@ -636,6 +637,8 @@ class ChunkedBackend(Backend):
 
     def forward(self, inputs: AttentionInputs) -> tuple[Tensor, Tensor | None]:
         plan_ = plan(inputs, self.tile_elements, self.k_block, self.single_block)
+        if torch.jit.is_tracing():  # the same tiles, out of place (see traced_tiles)
+            return traced_forward(inputs, plan_, _Operands(inputs, plan_))
         seed = 0
         if inputs.dropout_p > 0:
             seed = int(torch.randint(0, 1 << 62, (), dtype=torch.int64).item())

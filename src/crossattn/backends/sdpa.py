@@ -2,6 +2,9 @@
 
 It gives PyTorch's fused kernels (flash, memory-efficient, cuDNN on CUDA; the flash CPU kernel on
 the CPU). SDPA returns no attention weights, so calls that ask for weights go elsewhere.
+
+Some of those kernels give 0, not NaN, for a query row that holds NaN (the CPU kernel does for
+some head sizes); the output of such rows is set to NaN, as every backend gives.
 """
 
 from __future__ import annotations
@@ -29,17 +32,23 @@ class SDPABackend(Backend):
 
     def forward(self, inputs: AttentionInputs) -> tuple[Tensor, Tensor | None]:
         q, k, v, mask = inputs.query, inputs.key, inputs.value, inputs.mask
-        gqa = inputs.groups > 1
-        if gqa and (mask is None or (mask.shape[1] == 1 and mask.shape[2] == 1)):
-            # Fold the query heads of a group into the query length: (B, Hk, G*L, E). The mask
-            # does not vary over heads or queries, so it broadcasts unchanged.
-            b, h, length, _ = q.shape
-            q = q.reshape(b, inputs.kv_heads, inputs.groups * length, -1)  # (B, Hk, G*L, E)
+        b, h, length, _ = q.shape
+        if inputs.groups == 1:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=inputs.dropout_p, scale=inputs.scale
             )
-            return out.reshape(b, h, length, -1), None  # (B, H, L, Ev)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=inputs.dropout_p, scale=inputs.scale, enable_gqa=gqa
-        )
-        return out, None
+        elif mask is None or (mask.shape[1] == 1 and mask.shape[2] == 1):
+            # Fold the query heads of a group into the query length: (B, Hk, G*L, E). The mask
+            # does not vary over heads or queries, so it broadcasts unchanged.
+            folded = q.reshape(b, inputs.kv_heads, inputs.groups * length, -1)  # (B, Hk, G*L, E)
+            out = F.scaled_dot_product_attention(
+                folded, k, v, attn_mask=mask, dropout_p=inputs.dropout_p, scale=inputs.scale
+            )
+            out = out.reshape(b, h, length, -1)  # (B, H, L, Ev)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=inputs.dropout_p, scale=inputs.scale,
+                enable_gqa=True,
+            )  # fmt: skip
+        nan_rows = torch.isnan(q).any(dim=-1, keepdim=True)  # (B, H, L, 1)
+        return out.masked_fill(nan_rows, float("nan")), None
