@@ -151,3 +151,25 @@ def test_diffusers_processor_takes_a_float32_mask_under_autocast():
     yardstick = (theirs.double() - exact).abs().max().item()
     eps = torch.finfo(AUTOCAST).eps * exact.abs().max().item()
     assert (ours.double() - exact).abs().max().item() <= TOLERANCE_FACTOR * yardstick + eps
+
+
+def test_diffusers_processor_upcast_attention_stays_float32_under_autocast():
+    """upcast_attention under bfloat16 autocast computes the attention in float32, as for a
+    bfloat16 module outside autocast (the op would otherwise cast it back to bfloat16)."""
+    pytest.importorskip("diffusers")
+    from diffusers.models.attention_processor import Attention
+
+    from crossattn.integrations.diffusers import CrossAttnProcessor
+
+    torch.manual_seed(0)
+    attn = Attention(
+        query_dim=16, cross_attention_dim=12, heads=4, dim_head=8, upcast_attention=True
+    ).eval()
+    attn.set_processor(CrossAttnProcessor(backend="sdpa"))
+    hidden, context = torch.randn(2, 5, 16), torch.randn(2, 7, 12)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=AUTOCAST):
+            under_autocast = attn(hidden, context)
+        bf16 = attn.to(AUTOCAST)(hidden.to(AUTOCAST), context.to(AUTOCAST))
+    assert under_autocast.dtype == AUTOCAST
+    assert torch.equal(under_autocast, bf16)
