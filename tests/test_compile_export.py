@@ -360,3 +360,24 @@ def test_onnx_export_of_the_seq2seq_encoder_matches_onnxruntime(exporter):
     with torch.no_grad():
         want = model(*runs[1])
     _close(_run_onnx(exported, names, runs[1]), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_compile_of_training_with_dropout_has_no_graph_break(dtype):
+    """Dispatch with dropout and gradients (a training step) compiles as one graph: it picks a
+    backend whose dropout torch.compile can capture."""
+    q, k, v, key_mask, attn_mask = _op_inputs("gqa+masks", 0)
+    q, k, v = (t.to(dtype).requires_grad_() for t in (q, k, v))
+
+    def step(q, k, v, key_mask, attn_mask):
+        out = cross_attention(
+            q, k, v, key_mask=key_mask, attn_mask=attn_mask.to(dtype), dropout_p=0.25
+        )
+        return out.float().square().sum()
+
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(step)(q, k, v, key_mask, attn_mask)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    loss = torch.compile(step, fullgraph=True, backend="eager")(q, k, v, key_mask, attn_mask)
+    loss.backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))

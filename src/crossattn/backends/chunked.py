@@ -633,6 +633,8 @@ class ChunkedBackend(Backend):
             )
         if inputs.value.shape[-1] == 0:
             reasons.append("value has Ev=0 features: there is no output to compute in blocks")
+        if inputs.dropout_p > 0.0 and torch.compiler.is_compiling():
+            reasons.append("its seeded per-tile dropout cannot be captured by torch.compile")
         return reasons
 
     def forward(self, inputs: AttentionInputs) -> tuple[Tensor, Tensor | None]:
