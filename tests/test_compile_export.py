@@ -303,13 +303,14 @@ LAYER_NAMES = ["queries", "context", "context_mask", "attn_mask"]
 ONNX_EXPORTERS = ["torchscript", pytest.param("dynamo", marks=pytest.mark.slow)]
 
 
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["kv_heads=heads", "grouped"])
 @pytest.mark.parametrize("exporter", ONNX_EXPORTERS)
 @pytest.mark.parametrize("backend", CASES, ids=IDS)
-def test_onnx_export_of_the_layer_matches_onnxruntime(backend, exporter):
-    """CrossAttention (heads == kv_heads) with a context mask and an additive mask, float32,
-    run by onnxruntime on other inputs, within 1e-5 of eager PyTorch."""
+def test_onnx_export_of_the_layer_matches_onnxruntime(backend, exporter, kv_heads):
+    """CrossAttention (4 heads on 4 or 2 K/V heads) with a context mask and an additive mask,
+    float32, run by onnxruntime on other inputs, within 1e-5 of eager PyTorch."""
     pytest.importorskip("onnxscript" if exporter == "dynamo" else "onnx")
-    model = _Call(_layer(backend))
+    model = _Call(_layer(backend, kv_heads))
     first, second = _layer_inputs("both", 0), _layer_inputs("both", 1)
     _refused(backend, exporter, lambda: _onnx_bytes(model, first, LAYER_NAMES, exporter))
     exported = _onnx_bytes(model, first, LAYER_NAMES, exporter)
