@@ -18,6 +18,7 @@ import warnings
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import crossattn
 from conftest import backend_reasons
@@ -113,6 +114,31 @@ def _close(got, want, tol: float = 1e-5) -> None:
 
 
 # --- the op ---------------------------------------------------------------------------------------
+
+
+class _HostReads(TorchDispatchMode):
+    """Records every read of a tensor value back to Python (`.item()`, `bool(t)`, ...)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default):
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("weights", [False, True, "mean"], ids=str)
+@pytest.mark.parametrize("case", list(OP_CASES))
+def test_the_op_reads_no_value_back(backend, case, weights):
+    """The whole call, validation and every backend included, reads shapes, never values."""
+    inputs = _op_inputs(case, 1)
+    if weights and backend_reasons(backend, *inputs[:3], return_weights=weights):
+        pytest.skip(f"{backend} returns no weights")
+    with _HostReads() as mode:
+        _op(backend, weights)(*inputs)
+    assert mode.reads == []
 
 
 @pytest.mark.parametrize("weights", [False, True, "mean"], ids=str)
