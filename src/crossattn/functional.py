@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .backends import AttentionInputs, select_backend
-from .masks import check_token_mask
+from .masks import check_token_mask, combine_masks, zero_padding
 
 WeightsArg = bool | Literal["mean"]
 
@@ -115,16 +115,14 @@ def cross_attention(
 
     key_mask = _check_key_mask(key_mask, query, b, s)
     attn_mask = _check_attn_mask(attn_mask, query, (b, h, length, s))
-    mask = _combine(attn_mask, key_mask)
+    mask = combine_masks(attn_mask, key_mask)
 
     # Everything below is tensor arithmetic whatever the mask holds: no value is read back to
     # the host, so the call traces, compiles and exports as one graph (and never waits for a
     # device).
     if key_mask is not None:
         # Zero padded keys and values so that NaN or Inf padding cannot leak through 0 * NaN.
-        pad = ~key_mask[:, None, :, None]  # (B, 1, S, 1)
-        key = key.masked_fill(pad, 0.0)
-        value = value.masked_fill(pad, 0.0)
+        key, value = zero_padding(key, key_mask), zero_padding(value, key_mask)
 
     # Rows with no allowed key: open them up for the backend, zero them afterwards.
     row_ok = None
@@ -332,18 +330,6 @@ def _check_attn_mask(
                 f"(B, H, L, S) = {expected}"
             )
     return mask.to(query.dtype) if convert else mask
-
-
-def _combine(attn_mask: Tensor | None, key_mask: Tensor | None) -> Tensor | None:
-    """One mask broadcastable to (B, H, L, S): bool (True = may attend) or additive float."""
-    if key_mask is None:
-        return attn_mask
-    km = key_mask[:, None, None, :]  # (B, 1, 1, S)
-    if attn_mask is None:
-        return km
-    if attn_mask.dtype == torch.bool:
-        return attn_mask & km
-    return attn_mask.masked_fill(~km, float("-inf"))
 
 
 def _rows_with_a_key(mask: Tensor) -> Tensor:
