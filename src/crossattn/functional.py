@@ -150,9 +150,11 @@ def cross_attention(
             out, weights = chosen.forward(inputs)
 
     if row_ok is not None:
-        out = out.masked_fill(~row_ok, 0.0)
+        # torch.where: one pass, where masked_fill copies first (a mask broadcast over the
+        # last dimension is slow in both; this is the cheaper).
+        out = torch.where(row_ok, out, 0.0)
         if weights is not None:
-            weights = weights.masked_fill(~row_ok if weights.dim() == 4 else ~row_ok[:, 0], 0.0)
+            weights = torch.where(row_ok if weights.dim() == 4 else row_ok[:, 0], weights, 0.0)
     if return_weights == "mean" and backend_weights is True:
         weights = weights.mean(dim=1)  # (B, L, S)
     if return_weights:

@@ -53,7 +53,7 @@ class SDPABackend(Backend):
         # A row sum is NaN where the row holds a NaN (never for finite values, which may only
         # overflow to Inf): ~100x cheaper than isnan(q).any(-1) on the CPU.
         nan_rows = torch.isnan(q.sum(dim=-1, keepdim=True))  # (B, H, L, 1)
-        return out.masked_fill(nan_rows, float("nan")), None
+        return torch.where(nan_rows, float("nan"), out), None
 
 
 def _folded_mask(mask: Tensor | None, kv_heads: int, groups: int, length: int) -> Tensor | None:
