@@ -17,6 +17,7 @@ from conftest import (
     BACKENDS,
     TOLERANCE_FACTOR,
     backend_reasons,
+    expected,
     float64_floor,
     randn,
     reference,
@@ -386,3 +387,51 @@ def test_use_backend_is_per_thread(gen, monkeypatch):
     assert seen["worker_default"] == pinned
     assert seen["worker_after"] is None
     assert pinned in spy.calls
+
+
+# --- NaN queries ---------------------------------------------------------------------------------
+
+# (B, H, Hk, L, S, E, Ev): head dims of 8, where SDPA's CPU kernel once gave 0 for a NaN query.
+NAN_SHAPES = {
+    "mha": (2, 4, 4, 5, 7, 8, 8),
+    "gqa": (2, 4, 2, 5, 7, 8, 8),
+    "L=1": (2, 4, 4, 1, 7, 8, 8),
+}
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")], ids=str)
+@pytest.mark.parametrize("masked", [False, True], ids=["no-mask", "masked"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", list(NAN_SHAPES))
+def test_nan_query_gives_nan_out_where_the_row_can_attend(
+    backend, shape, dtype, masked, poison, gen
+):
+    """A query row holding NaN (or Inf) gives NaN output on every backend, as plain math does;
+    a fully masked row gives 0 even then; every other row stays finite and exact."""
+    b, h, hk, length, s, e, ev = NAN_SHAPES[shape]
+    q, k, v = (t.detach().to(dtype) for t in _qkv(gen, b, h, hk, length, s, e, ev))
+    bad = torch.zeros(b, h, length, dtype=torch.bool)
+    bad[0, 1, length - 1] = bad[1, 0, 0] = bad[1, 3, 0] = True
+    q_bad = q.masked_fill(bad[..., None] & (torch.arange(e) == 2), poison)
+    attn_mask = key_mask = None
+    empty = torch.zeros(b, h, length, dtype=torch.bool)
+    if masked:
+        key_mask = torch.ones(b, s, dtype=torch.bool)
+        key_mask[0, 4:] = False
+        attn_mask = torch.ones(b, h, length, s, dtype=torch.bool)
+        attn_mask[1, 3, 0] = False  # a poisoned row that may attend to nothing
+        empty[1, 3, 0] = True
+    out = cross_attention(q_bad, k, v, attn_mask=attn_mask, key_mask=key_mask, backend=backend)
+    nan_rows = bad & ~empty
+    assert out[nan_rows].isnan().all(), "a NaN/Inf query row that can attend must give NaN"
+    assert torch.all(out[empty] == 0), "a fully masked row gives 0, even for a NaN query"
+    clean = ~bad & ~empty
+    exp = expected(q, k, v, dtype, attn_mask=attn_mask, key_mask=key_mask)
+    torch.testing.assert_close(out[clean].double(), exp.out[clean], rtol=0, atol=exp.out_tol)
+    if backend_reasons(backend, q, k, v, return_weights=True):
+        return
+    out_w, weights = cross_attention(
+        q_bad, k, v, attn_mask=attn_mask, key_mask=key_mask, backend=backend, return_weights=True
+    )
+    assert out_w[nan_rows].isnan().all() and weights[nan_rows].isnan().all()
+    assert torch.all(weights[empty] == 0)

@@ -8,6 +8,7 @@ Mask convention, everywhere in crossattn: boolean True means "may attend".
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Literal, overload
 
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .backends import AttentionInputs, select_backend
-from .masks import check_token_mask
+from .masks import check_token_mask, combine_masks, zero_padding
 
 WeightsArg = bool | Literal["mean"]
 
@@ -67,9 +68,12 @@ def cross_attention(
     Args:
         query: (B, H, L, E).
         key: (B, Hk, S, E). H must be divisible by Hk; query head h uses K/V head h // (H / Hk).
-        value: (B, Hk, S, Ev). Ev may differ from E.
+        value: (B, Hk, S, Ev). Ev may differ from E. Query, key and value share one dtype
+            (under autocast they may differ: every one but float64 is cast to the autocast
+            dtype).
         attn_mask: boolean (True = may attend) or additive float mask, broadcastable to
-            (B, H, L, S). A float mask must have the query's dtype and hold no NaN or +inf.
+            (B, H, L, S). A float mask holds no NaN or +inf and has the query's dtype; under
+            autocast it may have any float dtype and is converted to the compute dtype.
             It blocks attention, not values: a NaN or Inf in a key or value that only
             ``attn_mask`` blocks still reaches the output (0 x NaN); mark padding with
             ``key_mask``.
@@ -83,10 +87,21 @@ def cross_attention(
         return_weights: False; True for weights (B, H, L, S); "mean" for the head mean (B, L, S).
 
     Returns:
-        out (B, H, L, Ev) in the query's dtype, or ``(out, weights)`` when weights are asked for.
+        out (B, H, L, Ev), or ``(out, weights)`` when weights are asked for, in the compute
+        dtype whatever the backend and whatever ``return_weights`` asks: the query's dtype
+        outside autocast; inside ``torch.autocast`` the autocast dtype (float64 inputs stay
+        float64), as SDPA and ``nn.Linear`` give. The backend then runs with autocast off on
+        inputs already in that dtype, so each keeps its own precision rules.
         A query row with no key it may attend to gets output 0 and weights 0, never NaN.
+        A query row holding NaN or Inf that may attend to a key gets NaN output (and NaN
+        weights), as the plain math does, on every backend.
+
+    The call path reads shapes and dtypes only, never values: it traces (``torch.jit.trace``),
+    compiles (``torch.compile(fullgraph=True)``) and exports (``torch.export``, ONNX) as one
+    graph, and never waits for an accelerator.
     """
-    _check_qkv(query, key, value)
+    compute = _compute_dtype(query, key, value)
+    query, key, value = (t if t.dtype == compute else t.to(compute) for t in (query, key, value))
     b, h, length, e = query.shape
     s = key.shape[2]
     if not (isinstance(return_weights, bool) or _is_mean(return_weights)):
@@ -100,24 +115,20 @@ def cross_attention(
 
     key_mask = _check_key_mask(key_mask, query, b, s)
     attn_mask = _check_attn_mask(attn_mask, query, (b, h, length, s))
-    mask = _combine(attn_mask, key_mask)
+    mask = combine_masks(attn_mask, key_mask)
 
-    if key_mask is not None and not bool(key_mask.all()):
+    # Everything below is tensor arithmetic whatever the mask holds: no value is read back to
+    # the host, so the call traces, compiles and exports as one graph (and never waits for a
+    # device).
+    if key_mask is not None:
         # Zero padded keys and values so that NaN or Inf padding cannot leak through 0 * NaN.
-        pad = ~key_mask[:, None, :, None]  # (B, 1, S, 1)
-        key = key.masked_fill(pad, 0.0)
-        value = value.masked_fill(pad, 0.0)
+        key, value = zero_padding(key, key_mask), zero_padding(value, key_mask)
 
     # Rows with no allowed key: open them up for the backend, zero them afterwards.
     row_ok = None
     if mask is not None:
         row_ok = _rows_with_a_key(mask)  # (B|1, H|1, L|1, 1)
-        if bool(row_ok.all()):
-            row_ok = None
-        elif mask.dtype == torch.bool:
-            mask = mask | ~row_ok
-        else:
-            mask = mask.masked_fill(~row_ok, 0.0)
+        mask = mask | ~row_ok if mask.dtype == torch.bool else mask.masked_fill(~row_ok, 0.0)
 
     backend_weights = return_weights
     if return_weights == "mean" and row_ok is not None and row_ok.shape[1] > 1:
@@ -132,20 +143,58 @@ def cross_attention(
         return_weights=backend_weights,
     )
     chosen = select_backend(inputs, backend)  # a pinned backend is checked even when empty
-    if b == 0 or length == 0:
-        out, weights = _empty_result(inputs)
-    else:
-        out, weights = chosen.forward(inputs)
+    with _autocast_off(query):  # inputs are in the compute dtype: backends keep their precision
+        if b == 0 or length == 0:
+            out, weights = _empty_result(inputs)
+        else:
+            out, weights = chosen.forward(inputs)
 
     if row_ok is not None:
-        out = out.masked_fill(~row_ok, 0.0)
+        # torch.where: one pass, where masked_fill copies first (a mask broadcast over the
+        # last dimension is slow in both; this is the cheaper).
+        out = torch.where(row_ok, out, 0.0)
         if weights is not None:
-            weights = weights.masked_fill(~row_ok if weights.dim() == 4 else ~row_ok[:, 0], 0.0)
+            weights = torch.where(row_ok if weights.dim() == 4 else row_ok[:, 0], weights, 0.0)
     if return_weights == "mean" and backend_weights is True:
         weights = weights.mean(dim=1)  # (B, L, S)
     if return_weights:
         return out, weights
     return out
+
+
+def _autocast_dtype(t: Tensor) -> torch.dtype | None:
+    """The dtype autocast computes in on `t`'s device, or None where autocast is off."""
+    device = t.device.type
+    if device == "meta" or not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
+
+
+def _compute_dtype(query: Tensor, key: Tensor, value: Tensor) -> torch.dtype:
+    """The dtype the call computes in, after checking the inputs (see `_check_qkv`).
+
+    Outside autocast: the query's, which key and value must share. Under autocast: the autocast
+    dtype (as SDPA and nn.Linear), for every float input but float64, which autocast leaves
+    alone; q, k and v may then come in different dtypes if they agree after the cast.
+    """
+    _check_qkv(query, key, value)
+    autocast = _autocast_dtype(query)
+    dtypes = [t.dtype for t in (query, key, value)]
+    if autocast is not None:
+        dtypes = [d if d == torch.float64 else autocast for d in dtypes]
+    if len(set(dtypes)) != 1:
+        raise TypeError(
+            f"query, key and value must share one dtype, got {query.dtype}, {key.dtype}, "
+            f"{value.dtype}; cast them, e.g. key.to(query.dtype)"
+        )
+    return dtypes[0]
+
+
+def _autocast_off(query: Tensor):
+    """A block where autocast is off on the query's device (a no-op where it already is)."""
+    if _autocast_dtype(query) is None:
+        return contextlib.nullcontext()
+    return torch.autocast(query.device.type, enabled=False)
 
 
 def _empty_result(inputs: AttentionInputs) -> tuple[Tensor, Tensor | None]:
@@ -186,11 +235,6 @@ def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
             )
         if not t.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    if not (query.dtype == key.dtype == value.dtype):
-        raise TypeError(
-            f"query, key and value must share one dtype, got {query.dtype}, {key.dtype}, "
-            f"{value.dtype}; cast them, e.g. key.to(query.dtype)"
-        )
     if not (query.device == key.device == value.device):
         raise ValueError(
             f"query, key and value must be on one device, got {query.device}, {key.device}, "
@@ -265,7 +309,9 @@ def _check_attn_mask(
             f"attn_mask must be bool (True = may attend) or floating (added to the scores), "
             f"got {attn_mask.dtype}"
         )
-    if attn_mask.is_floating_point() and attn_mask.dtype != query.dtype:
+    # Under autocast a float mask of any float dtype is taken in the compute dtype (as by SDPA).
+    convert = attn_mask.is_floating_point() and attn_mask.dtype != query.dtype
+    if convert and _autocast_dtype(query) is None:
         raise TypeError(
             f"a float attn_mask must have the query's dtype {query.dtype}, got {attn_mask.dtype}; "
             "use attn_mask.to(query.dtype)"
@@ -285,19 +331,7 @@ def _check_attn_mask(
                 f"attn_mask of shape {_shape(attn_mask)} is not broadcastable to "
                 f"(B, H, L, S) = {expected}"
             )
-    return mask
-
-
-def _combine(attn_mask: Tensor | None, key_mask: Tensor | None) -> Tensor | None:
-    """One mask broadcastable to (B, H, L, S): bool (True = may attend) or additive float."""
-    if key_mask is None:
-        return attn_mask
-    km = key_mask[:, None, None, :]  # (B, 1, 1, S)
-    if attn_mask is None:
-        return km
-    if attn_mask.dtype == torch.bool:
-        return attn_mask & km
-    return attn_mask.masked_fill(~km, float("-inf"))
+    return mask.to(query.dtype) if convert else mask
 
 
 def _rows_with_a_key(mask: Tensor) -> Tensor:

@@ -10,9 +10,19 @@ A backend sees inputs that `crossattn.cross_attention` has already validated and
   against a softmax over nothing.
 - keys and values at padded positions (``key_mask`` False) are already zero, so NaN padding
   cannot leak through ``0 * NaN``.
+- query, key, value and a float mask share one dtype, the compute dtype (under
+  ``torch.autocast``, the autocast dtype: the functional layer has cast them), and the backend
+  runs with autocast off, so that its own precision rules hold.
 
 A backend returns ``(out, weights)``: out (B, H, L, Ev) in the query dtype, and weights None
-unless ``inputs.return_weights`` asked for them: (B, H, L, S) for True, (B, L, S) for "mean".
+unless ``inputs.return_weights`` asked for them: (B, H, L, S) for True, (B, L, S) for "mean"
+(also in the query dtype). A query row holding NaN gives NaN output (and weights), as the plain
+math does; the functional layer then zeroes the rows that may attend to nothing.
+
+A backend must trace, compile and export (``tests/test_compile_export.py`` runs every registered
+backend): its call path reads shapes and dtypes, never values (no ``.item()``, ``bool(t)`` or
+``tolist()`` on data), and under ``torch.jit.trace`` it writes no results into preallocated
+buffers (``out=``, in place), which the TorchScript-based ONNX exporter cannot express.
 """
 
 from __future__ import annotations

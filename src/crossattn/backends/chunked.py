@@ -36,6 +36,7 @@ from torch import Tensor
 
 from .base import LOG2E, AttentionInputs, Backend
 from .reference import compute_dtype
+from .traced_tiles import traced_forward
 
 # Contexts up to this length are one key block (plain softmax, no online rescaling).
 MAX_SINGLE_BLOCK = 1024
@@ -633,10 +634,14 @@ class ChunkedBackend(Backend):
             )
         if inputs.value.shape[-1] == 0:
             reasons.append("value has Ev=0 features: there is no output to compute in blocks")
+        if inputs.dropout_p > 0.0 and torch.compiler.is_compiling():
+            reasons.append("its seeded per-tile dropout cannot be captured by torch.compile")
         return reasons
 
     def forward(self, inputs: AttentionInputs) -> tuple[Tensor, Tensor | None]:
         plan_ = plan(inputs, self.tile_elements, self.k_block, self.single_block)
+        if torch.jit.is_tracing():  # the same tiles, out of place (see traced_tiles)
+            return traced_forward(inputs, plan_, _Operands(inputs, plan_))
         seed = 0
         if inputs.dropout_p > 0:
             seed = int(torch.randint(0, 1 << 62, (), dtype=torch.int64).item())

@@ -42,6 +42,7 @@ those calls go to ``sdpa``, which never falls that far behind.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -53,6 +54,10 @@ from .chunked import MAX_SINGLE_BLOCK
 
 _REGISTRY: dict[str, Backend] = {}
 _DEFAULT: ContextVar[str | None] = ContextVar("crossattn_default_backend", default=None)
+# Open `use_backend` blocks in all threads: a plain int read first, so that a call made with no
+# block open anywhere never touches the context variable (which torch.compile cannot trace).
+_OPEN = 0
+_OPEN_LOCK = threading.Lock()
 
 
 def register_backend(backend: Backend, *, replace: bool = False) -> Backend:
@@ -104,18 +109,23 @@ def use_backend(name: str | None) -> Iterator[None]:
         with crossattn.use_backend("reference"):
             out = crossattn.cross_attention(q, k, v)
     """
+    global _OPEN
     if name is not None:
         get_backend(name)
+    with _OPEN_LOCK:
+        _OPEN += 1
     token = _DEFAULT.set(name)
     try:
         yield
     finally:
         _DEFAULT.reset(token)
+        with _OPEN_LOCK:
+            _OPEN -= 1
 
 
 def current_backend() -> str | None:
     """The default set by the innermost `use_backend`, or None for automatic dispatch."""
-    return _DEFAULT.get()
+    return _DEFAULT.get() if _OPEN else None
 
 
 def passive_wait() -> bool:
@@ -149,7 +159,7 @@ def _long_context_few_queries(inputs: AttentionInputs) -> bool:
 
 def select_backend(inputs: AttentionInputs, name: str | None = None) -> Backend:
     """The backend that runs `inputs`: the pinned one, or the first in `preference`."""
-    name = name if name is not None else _DEFAULT.get()
+    name = name if name is not None else current_backend()
     if name is not None:
         backend = get_backend(name)
         reasons = backend.not_supported_reasons(inputs)

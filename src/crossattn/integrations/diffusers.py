@@ -11,6 +11,7 @@ diffusers' masks are additive floats (0 = keep, a large negative number = drop) 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -290,6 +291,7 @@ class CrossAttnProcessor:
             mask = attn.prepare_attention_mask(attention_mask, s, b)
             mask = mask.view(b, heads, -1, mask.shape[-1])  # (B, heads, 1|L, S)
             if mask.is_floating_point():
+                # (under autocast the op takes it in any float dtype, in the compute dtype)
                 mask = mask.to(hidden_states.dtype)
 
         if attn.group_norm is not None:
@@ -308,21 +310,24 @@ class CrossAttnProcessor:
             k = attn.norm_k(k)
 
         out_dtype = q.dtype
-        if q.dtype in (torch.float16, torch.bfloat16) and (
+        upcast = q.dtype in (torch.float16, torch.bfloat16) and (
             getattr(attn, "upcast_attention", False) or getattr(attn, "upcast_softmax", False)
-        ):
+        )
+        if upcast:
             q, k, v = q.float(), k.float(), v.float()
             mask = mask.float() if mask is not None and mask.is_floating_point() else mask
         want = self.record_weights if self.record is not None else False
-        res = cross_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            scale=float(attn.scale),
-            backend=self.backend,
-            return_weights=want,
-        )
+        # Upcast attention runs in float32 even under autocast (which would cast it back).
+        with torch.autocast(q.device.type, enabled=False) if upcast else contextlib.nullcontext():
+            res = cross_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                scale=float(attn.scale),
+                backend=self.backend,
+                return_weights=want,
+            )
         if want:
             out, weights = res
             self.record(self.name, weights)

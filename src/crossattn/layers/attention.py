@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..capture.hook import layer_call
 from ..functional import cross_attention
+from ..masks import combine_masks, zero_padding
 from ._common import check_features, check_mask, check_nonempty
 
 
@@ -32,12 +33,16 @@ class PreparedContext:
         value: (B, kv_heads, S, dim_head), contiguous.
         key_mask: (B, S) bool, True = valid context token; or None.
         layer_id: identity of the layer that made it (it is refused by any other layer).
+        padding_zeroed: True when keys and values are 0 wherever ``key_mask`` is False (as
+            `prepare_context` leaves them): the layer then does not zero them again at every
+            call, which would cost a decoding step about as much as the attention itself.
     """
 
     key: Tensor
     value: Tensor
     key_mask: Tensor | None
     layer_id: int
+    padding_zeroed: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -235,7 +240,16 @@ class CrossAttention(nn.Module):
         key = self.to_k(context).view(b, s, hk, d).transpose(1, 2)  # (B, Hk, S, D)
         key = self.k_norm(key).contiguous()
         value = self.to_v(values).view(b, s, hk, d).transpose(1, 2).contiguous()  # (B, Hk, S, D)
-        return PreparedContext(key=key, value=value, key_mask=context_mask, layer_id=id(self))
+        if context_mask is not None:
+            # Zeroed once here, so that NaN padding cannot leak (see `_op_masks`).
+            key, value = zero_padding(key, context_mask), zero_padding(value, context_mask)
+        return PreparedContext(
+            key=key,
+            value=value,
+            key_mask=context_mask,
+            layer_id=id(self),
+            padding_zeroed=context_mask is not None,
+        )
 
     def forward(
         self,
@@ -305,12 +319,13 @@ class CrossAttention(nn.Module):
         mask = _layer_attn_mask(attn_mask, b, self.heads, length, prepared.length)
         recording = layer_call(self)  # None unless an AttentionRecorder wants this call's maps
         asked = return_weights if recording is None else recording.ask(return_weights)
+        op_attn_mask, op_key_mask = _op_masks(mask, prepared)
         res = cross_attention(
             q,
             prepared.key,
             prepared.value,
-            attn_mask=mask,
-            key_mask=prepared.key_mask,
+            attn_mask=op_attn_mask,
+            key_mask=op_key_mask,
             dropout_p=self.dropout if self.training else 0.0,
             backend=self.backend,
             return_weights=asked,
@@ -429,6 +444,19 @@ class CrossAttention(nn.Module):
         from ..integrations.transformers import crossattention_from_transformers
 
         return crossattention_from_transformers(module)
+
+
+def _op_masks(
+    attn_mask: Tensor | None, prepared: PreparedContext
+) -> tuple[Tensor | None, Tensor | None]:
+    """The op's ``(attn_mask, key_mask)``. Where the prepared keys and values are already 0 at
+    the padding, the key mask joins the attention mask instead: the op gives the same result
+    (the same combined mask, the same rows opened and zeroed) without zeroing them again."""
+    key_mask = prepared.key_mask
+    mergeable = attn_mask is None or attn_mask.dtype == torch.bool or attn_mask.is_floating_point()
+    if key_mask is None or not prepared.padding_zeroed or not mergeable:
+        return attn_mask, key_mask
+    return combine_masks(attn_mask, key_mask), None  # (B|1, 1|H, 1|L, S)
 
 
 def _layer_attn_mask(
