@@ -354,16 +354,10 @@ class _Encoder(torch.nn.Module):
         return self.model.encode(source_ids, source_mask)
 
 
-# Seq2SeqTransformer._embed checks the id range with `int(torch.aminmax(ids))`, a read of the
-# data that torch.export refuses; skipping that check while compiling
-# (`not torch.compiler.is_compiling()`) lets the dynamo exporter through.
-ENCODER_DYNAMO = pytest.mark.xfail(
-    strict=True, reason="Seq2SeqTransformer._embed reads the source ids (aminmax) on the host"
-)
-
-
+# Seq2SeqTransformer._embed checks the id range on the host only outside compilation (a read of
+# the data that torch.export refuses), so the dynamo exporter goes through.
 @pytest.mark.parametrize(
-    "exporter", ["torchscript", pytest.param("dynamo", marks=[pytest.mark.slow, ENCODER_DYNAMO])]
+    "exporter", ["torchscript", pytest.param("dynamo", marks=[pytest.mark.slow])]
 )
 def test_onnx_export_of_the_seq2seq_encoder_matches_onnxruntime(exporter):
     pytest.importorskip("onnxscript" if exporter == "dynamo" else "onnx")

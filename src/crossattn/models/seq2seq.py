@@ -182,7 +182,7 @@ class Seq2SeqTransformer(nn.Module):
         length = ids.shape[1]
         # Checked on the CPU, where it costs nothing; on an accelerator the embedding kernel
         # asserts the range itself, and reading it here would wait for the device every step.
-        if ids.device.type == "cpu" and ids.numel():
+        if ids.device.type == "cpu" and ids.numel() and not torch.compiler.is_compiling():
             low, high = (int(x) for x in torch.aminmax(ids))
             if low < 0 or high >= table.num_embeddings:
                 raise ValueError(
