@@ -115,4 +115,6 @@ def zero_padding(t: Tensor, key_mask: Tensor) -> Tensor:
     """Keys or values (B, Hk, S, D) with the positions where ``key_mask`` (B, S) is False set
     to 0, NaN and Inf included (``torch.where``: about twice as fast here as ``masked_fill``
     with a mask broadcast over the last dimension)."""
+    if type(t) is not Tensor:  # a tensor subclass (int8 K/V) keeps its kind through masked_fill
+        return t.masked_fill(~key_mask[:, None, :, None], 0.0)
     return torch.where(key_mask[:, None, :, None], t, 0.0)  # (B, Hk, S, D)

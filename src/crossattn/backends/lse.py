@@ -270,9 +270,16 @@ class LSEBackend(Backend):
 
     def forward(self, inputs: AttentionInputs) -> tuple[Tensor, Tensor | None]:
         lse = None
-        if kernel_runs(inputs):
+        # Without weights the log-sum-exp is not needed: the public op gives the same output
+        # (and exports). While tracing, the aten kernel is left out too: the weights pass then
+        # finds each row's log-sum-exp from its own block.
+        if inputs.return_weights and kernel_runs(inputs) and not torch.jit.is_tracing():
             out, lse = attention_with_lse(inputs)
-        else:  # dropout, a mask with gradients, Ev != E: the public op's other kernels
+            # The kernel may give 0 for a query row holding NaN (Inf gives NaN scores already):
+            # NaN in, NaN out, as on every backend. A NaN row sum marks them cheaply.
+            nan_rows = torch.isnan(inputs.query.sum(dim=-1, keepdim=True))  # (B, H, L, 1)
+            out = torch.where(nan_rows, float("nan"), out)
+        else:  # no weights; or dropout, a mask with gradients, Ev != E: the public op
             out, _ = _SDPA.forward(replace(inputs, return_weights=False))
         if not inputs.return_weights:
             return out, None
@@ -280,6 +287,11 @@ class LSEBackend(Backend):
             weights = weights_from_lse(
                 inputs, None if lse is None else lse.detach(), self.tile_bytes
             )
+            # a row whose scores hold NaN is NaN throughout, masked keys included (as softmax)
+            bad = ~torch.isfinite(out).all(dim=-1, keepdim=True)  # (B, H, L, 1)
+            if inputs.return_weights == "mean":
+                bad = bad.any(dim=1)  # (B, L, 1): any head of the row
+            weights = torch.where(bad, float("nan"), weights)
         return out, weights
 
 
