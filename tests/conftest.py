@@ -345,3 +345,29 @@ def tol64(ref: Tensor, reduction: int) -> float:
     """Float64 bound for two summation orders over `reduction` terms, at the result's scale
     (for layers compared with their explicit float64 computation)."""
     return 16 * reduction * EPS64 * (1.0 + ref.detach().abs().max().item())
+
+
+def train_word_task(model, task, *, steps: int, lengths: tuple[int, int], lr: float = 1e-2):
+    """Train a `Seq2SeqTransformer` briefly with Adam on ``task(g, rows, n) -> (src, tgt)``
+    (32 rows of ``n`` tokens, n drawn from ``lengths``, inclusive), seeded; returns it in eval
+    mode. The tests' trained models, whose decisions are learned rather than random."""
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr)
+    g = torch.Generator().manual_seed(0)
+    bos, eos = model.config.bos_id, model.config.eos_id
+    for _ in range(steps):
+        src, tgt = task(g, 32, int(torch.randint(lengths[0], lengths[1] + 1, (1,), generator=g)))
+        target_in = torch.cat([torch.full((32, 1), bos), tgt], 1)
+        target_out = torch.cat([tgt, torch.full((32, 1), eos)], 1)
+        logits = model(src, None, target_in).logits
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target_out)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def mod7_task(g: torch.Generator, rows: int, n: int) -> tuple[Tensor, Tensor]:
+    """A copy-like task whose hypotheses end at varied steps: target = (source % 7) + 4."""
+    src = torch.randint(4, 13, (rows, n), generator=g)
+    return src, (src % 7) + 4

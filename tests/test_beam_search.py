@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 
+from conftest import mod7_task, train_word_task
 from crossattn.models import Seq2SeqConfig, Seq2SeqTransformer, beam_search, greedy_decode
 from crossattn.models.incremental import IncrementalDecoder
 from crossattn.models.steppers import GeneralStepper, make_stepper
@@ -31,21 +32,7 @@ def _model(seed=0, dtype=torch.float32, **kw) -> Seq2SeqTransformer:
 def trained() -> Seq2SeqTransformer:
     """Trained briefly on a copy-like task: hypotheses end at varied steps."""
     model = _model(seed=0)
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(150):
-        n = int(torch.randint(1, 7, (1,), generator=g))
-        src = torch.randint(4, 13, (32, n), generator=g)
-        tgt = (src % 7) + 4
-        target_in = torch.cat([torch.full((32, 1), model.config.bos_id), tgt], 1)
-        target_out = torch.cat([tgt, torch.full((32, 1), model.config.eos_id)], 1)
-        logits = model(src, None, target_in).logits
-        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target_out)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return train_word_task(model, mod7_task, steps=150, lengths=(1, 6))
 
 
 def _source(seed=1, b=5, s=7, left=False):

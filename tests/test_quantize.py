@@ -10,7 +10,7 @@ from contextlib import redirect_stderr, redirect_stdout
 import pytest
 import torch
 
-from conftest import write_tiny_translator
+from conftest import train_word_task, write_tiny_translator
 from crossattn.backends import Int8Tensor
 from crossattn.cli import main
 from crossattn.models import (
@@ -53,19 +53,8 @@ def trained() -> Seq2SeqTransformer:
     torch.manual_seed(0)
     config = Seq2SeqConfig(30, 14, d_model=32, heads=2, encoder_layers=1, decoder_layers=2,
                            dim_ff=64, dropout=0.0, max_len=24)  # fmt: skip
-    model = Seq2SeqTransformer(config).train()
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(300):  # about 10 s; the loss ends near 0.1
-        src, tgt = _task(g, 32, int(torch.randint(2, 9, (1,), generator=g)))
-        target_in = torch.cat([torch.full((32, 1), config.bos_id), tgt], 1)
-        target_out = torch.cat([tgt, torch.full((32, 1), config.eos_id)], 1)
-        logits = model(src, None, target_in).logits
-        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target_out)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    model = Seq2SeqTransformer(config)
+    return train_word_task(model, _task, steps=300, lengths=(2, 8))  # about 10 s
 
 
 def _batch(seed: int, rows: int = 12, n: int = 8):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import mod7_task, train_word_task
 from crossattn.layers.attention import PreparedContext
 from crossattn.models import (
     Seq2SeqConfig,
@@ -41,21 +42,7 @@ def _model(dtype=torch.float32, seed=0, **kw) -> Seq2SeqTransformer:
 def trained() -> Seq2SeqTransformer:
     """A model trained briefly on a copy-like task, so that decoding ends at varied lengths."""
     model = _model()
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(150):
-        n = int(torch.randint(1, 7, (1,), generator=g))
-        src = torch.randint(4, 13, (32, n), generator=g)
-        tgt = (src % 7) + 4
-        target_in = torch.cat([torch.full((32, 1), model.config.bos_id), tgt], 1)
-        target_out = torch.cat([tgt, torch.full((32, 1), model.config.eos_id)], 1)
-        logits = model(src, None, target_in).logits
-        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target_out)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return train_word_task(model, mod7_task, steps=150, lengths=(1, 6))
 
 
 def _source(seed=1):
