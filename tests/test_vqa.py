@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,10 +17,13 @@ from crossattn.models.vqa import VQAConfig, VQAModel, patch_positions
 from crossattn.vqa_training import (
     VQAOptions,
     VQAPredictor,
+    _learning_rate,
     box_share,
+    choose_head,
     examples_from_scenes,
     grounding_map,
     load_vqa,
+    map_information,
     save_vqa,
     score,
     train_vqa,
@@ -27,16 +32,19 @@ from crossattn.vqa_training import (
 SMALL = {"d_model": 32, "heads": 4, "dim_ff": 64}
 
 
-def test_maps_are_the_attention_of_the_answer_call():
+@pytest.mark.parametrize("readout, rows", [("query", 1), ("mean", 3)])
+def test_maps_are_the_attention_of_the_answer_call(readout, rows):
     torch.manual_seed(0)
-    model = VQAModel(VQAConfig(vocab_size=10, n_answers=3, **SMALL)).eval()
+    model = VQAModel(VQAConfig(vocab_size=10, n_answers=3, readout=readout, **SMALL)).eval()
     images = torch.rand(2, 3, 64, 64)
     ids = torch.tensor([[4, 5, 6], [7, 8, 0]])
     out = model(images, ids, ids != 0, return_maps=True)
     assert out.logits.shape == (2, 3) and len(out.maps) == 2
     for m in out.maps:
-        assert m.shape == (2, 4, 3, 64)
-        torch.testing.assert_close(m.sum(-1), torch.ones(2, 4, 3))
+        assert m.shape == (2, 4, rows, 64)
+        torch.testing.assert_close(m.sum(-1), torch.ones(2, 4, rows))
+    want_mask = torch.ones(2, 1, dtype=torch.bool) if readout == "query" else ids != 0
+    assert torch.equal(out.map_mask, want_mask)
     plain = model(images, ids, ids != 0)
     torch.testing.assert_close(plain.logits, out.logits)  # maps do not change the answer
     assert plain.maps is None
@@ -59,6 +67,8 @@ def test_patch_positions_distinct():
         ({"stem": "vit"}, "stem"),
         ({"cross_layers": 0}, "cross_layers"),
         ({"grid": True}, "grid"),
+        ({"readout": "cls"}, "readout"),
+        ({"readout": "query", "text_layers": 0}, "text_layers"),
     ],
 )
 def test_config_errors(kwargs, match):
@@ -83,8 +93,32 @@ def test_grounding_map_mean_and_guided():
     torch.testing.assert_close(mean[0], want)
     guided = grounding_map(maps, mask, "guided")
     torch.testing.assert_close(guided[1], maps[-1][1, 0].mean(0))
-    with pytest.raises(ValueError, match="grounding choice"):
-        grounding_map(maps, mask, "max")
+    one = grounding_map(maps, mask, "head:0:2")
+    torch.testing.assert_close(one[0], maps[0][0, 2, :2].mean(0))
+    torch.testing.assert_close(grounding_map(maps, mask, "head:-1:0"), guided)
+    for bad in ("max", "head:0", "head:a:1"):
+        with pytest.raises(ValueError, match="grounding choice"):
+            grounding_map(maps, mask, bad)
+    with pytest.raises(ValueError, match="names no head"):
+        grounding_map(maps, mask, "head:2:0")
+
+
+def test_map_information_hand_computed():
+    eye = torch.eye(4)  # four maps, each on its own cell
+    assert map_information(eye) == pytest.approx(math.log(4))
+    assert map_information(eye[[1, 1, 1, 1]]) == pytest.approx(0.0, abs=1e-6)  # a sink
+    assert map_information(torch.full((4, 4), 0.25)) == pytest.approx(0.0, abs=1e-6)  # uniform
+    half = torch.tensor([[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])  # H(mean) = log 4, H = log 2
+    assert map_information(half) == pytest.approx(math.log(2))
+
+
+def test_learning_rate_warmup_and_cosine():
+    opts = VQAOptions(lr=1e-3, warmup=10)
+    assert _learning_rate(opts, 0, 0.0) == pytest.approx(1e-4)
+    assert _learning_rate(opts, 9, 0.0) == pytest.approx(1e-3)
+    assert _learning_rate(opts, 50, 0.5) == pytest.approx(0.55e-3)
+    assert _learning_rate(opts, 99, 1.0) == pytest.approx(1e-4)
+    assert _learning_rate(replace(opts, cosine=False), 99, 1.0) == pytest.approx(1e-3)
 
 
 def test_box_share_hand_computed():
@@ -111,6 +145,27 @@ def test_short_training_learns(trained):
     s = score(predictor.predict(test), test)
     assert result.steps == 300
     assert s["accuracy"] > s["majority_baseline"] + 0.05, s
+
+
+def test_choose_head_takes_the_most_informative_map(trained):
+    train, result = trained
+    choice, scores = choose_head(result.model, result.vocab, train, limit=64)
+    config = result.model.config
+    assert len(scores) == 1 + config.cross_layers * config.heads
+    assert scores[choice] == max(scores.values())
+    assert all(-1e-6 <= v <= math.log(64) + 1e-6 for v in scores.values())
+    rows = list(range(64))
+    predictor = VQAPredictor(result.model, result.vocab, result.answers, choice)
+    maps = torch.tensor([p["map"] for p in predictor.predict(train.subset(rows))]).reshape(64, -1)
+    assert map_information(maps) == pytest.approx(scores[choice], abs=1e-3)
+
+
+def test_callback_sees_every_step():
+    train = examples_from_scenes(generate_scenes(8, seed=0))
+    seen = []
+    options = VQAOptions(seconds=1e9, max_steps=3, batch_size=4, config=SMALL)
+    result = train_vqa(train, options, callback=lambda step, model: seen.append(step))
+    assert seen == [1, 2, 3] and result.steps == 3
 
 
 def test_save_load_round_trip(tmp_path):
@@ -163,6 +218,18 @@ def test_cli_train_answer_score(tmp_path):
     assert scored.returncode == 0, scored.stderr
     result = json.loads(scored.stdout)
     assert result["n"] == n and 0 <= result["accuracy"] <= 1 and 0 <= result["pointing_game"] <= 1
+    assert json.loads((out / "vqa.json").read_text())["grounding"] == "guided"
+
+
+def test_cli_train_chooses_an_unsupervised_map(tmp_path):
+    write_vqa_jsonl(generate_scenes(6, seed=0), tmp_path / "train.jsonl")
+    out = tmp_path / "model"
+    run = cli("train", "--data", str(tmp_path / "train.jsonl"), "--out", str(out),
+              "--minutes", "0.05", "--threads", "1")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    meta = json.loads((out / "vqa.json").read_text())
+    assert meta["grounding"] in meta["map_information"]
+    assert meta["map_information"][meta["grounding"]] == max(meta["map_information"].values())
 
 
 def test_cli_errors(tmp_path):

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,8 @@ __all__ = [
     "VQAPredictor",
     "VQATrainResult",
     "box_share",
+    "choose_head",
+    "map_information",
     "score",
     "examples_from_records",
     "examples_from_scenes",
@@ -165,6 +167,8 @@ class VQAOptions:
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 100
+    cosine: bool = True
+    label_smoothing: float = 0.0
     weight_decay: float = 0.01
     guided_grounding: bool = False
     guided_weight: float = 0.5
@@ -190,21 +194,66 @@ def _encode(vocab: Vocabulary, questions: Sequence[Sequence[str]]) -> tuple[Tens
     return ids, ids != 0
 
 
-def grounding_map(maps: Sequence[Tensor], question_mask: Tensor, choice: str) -> Tensor:
+def _head_of(choice: str) -> tuple[int, int] | None:
+    """``"head:L:H"`` -> (L, H); None for any other string."""
+    parts = choice.split(":")
+    if len(parts) == 3 and parts[0] == "head" and all(p.lstrip("-").isdigit() for p in parts[1:]):
+        return int(parts[1]), int(parts[2])
+    return None
+
+
+def grounding_map(maps: Sequence[Tensor], map_mask: Tensor, choice: str) -> Tensor:
     """(Q, P): the grounding map from each layer's (Q, heads, T, P) maps.
 
-    ``choice`` "mean": mean over layers, heads and real question tokens; "guided": the supervised
-    head (`GUIDED_HEAD`), mean over the real question tokens.
+    ``map_mask`` (Q, T) bool marks the real tokens (`VQAOutput.map_mask`). ``choice`` "mean": the
+    mean over layers, heads and real tokens; "guided": the supervised head (`GUIDED_HEAD`), mean
+    over the real tokens; "head:L:H": layer L's head H, mean over the real tokens (the choice
+    `choose_head` makes on training data).
     """
-    keep = question_mask[:, None, :, None].to(maps[0].dtype)  # (Q, 1, T, 1)
-    count = keep.sum(2).clamp_min(1.0)  # (Q, 1, 1)
-    if choice == "guided":
-        layer, head = GUIDED_HEAD
-        return (maps[layer][:, head : head + 1] * keep).sum(2)[:, 0] / count[:, 0]
+    keep = map_mask[:, None, :, None].to(maps[0].dtype)  # (Q, 1, T, 1)
+    count = keep.sum(2).clamp_min(1.0)[:, 0]  # (Q, 1)
+    head = GUIDED_HEAD if choice == "guided" else _head_of(choice)
+    if head is not None:
+        layer, h = head
+        if not (-len(maps) <= layer < len(maps) and -maps[0].shape[1] <= h < maps[0].shape[1]):
+            raise ValueError(f"grounding choice {choice!r} names no head of {len(maps)} layers "
+                             f"x {maps[0].shape[1]} heads")  # fmt: skip
+        return (maps[layer][:, h : h + 1] * keep).sum(2)[:, 0] / count
     if choice != "mean":
-        raise ValueError(f"grounding choice must be 'mean' or 'guided', got {choice!r}")
-    per_layer = [(m * keep).sum(2).mean(1) / count[:, 0] for m in maps]  # (Q, P) each
+        raise ValueError(f"grounding choice must be 'mean', 'guided' or 'head:L:H', got {choice!r}")
+    per_layer = [(m * keep).sum(2).mean(1) / count for m in maps]  # (Q, P) each
     return torch.stack(per_layer).mean(0)
+
+
+def _entropy(p: Tensor) -> Tensor:
+    """Entropy in nats along the last dimension."""
+    return -(p * p.clamp_min(1e-12).log()).sum(-1)
+
+
+def map_information(maps: Tensor) -> float:
+    """How much a map depends on its input: H(mean map) - mean H(map), in nats, for (Q, P) maps.
+
+    Zero for a map that is the same on every input (an attention sink) and for a uniform map;
+    up to log(P) for maps that each point at one cell, a different cell per input. It needs no
+    box or mask, so it can choose a grounding map on unlabelled training questions.
+    """
+    return float(_entropy(maps.mean(0)) - _entropy(maps).mean())
+
+
+@torch.no_grad()
+def choose_head(
+    model: VQAModel, vocab: Vocabulary, examples: VQAExamples, *, limit: int = 512
+) -> tuple[str, dict[str, float]]:
+    """The grounding choice, among every single head and the mean, whose maps carry the most
+    `map_information` on (up to ``limit`` of) ``examples``, and every candidate's score."""
+    rows = torch.arange(min(limit, len(examples)))
+    ids, mask = _encode(vocab, [examples.questions[r] for r in rows.tolist()])
+    res = model.eval()(_images(examples, rows), ids, mask, return_maps=True)
+    candidates = ["mean"] + [
+        f"head:{layer}:{h}" for layer in range(len(res.maps)) for h in range(res.maps[0].shape[1])
+    ]  # fmt: skip
+    scores = {c: map_information(grounding_map(res.maps, res.map_mask, c)) for c in candidates}
+    return max(candidates, key=lambda c: scores[c]), scores
 
 
 def _images(ex: VQAExamples, rows: Tensor) -> Tensor:
@@ -219,17 +268,44 @@ def _progress(total: float, enabled: bool):
     )
 
 
+def _learning_rate(options: VQAOptions, step: int, done: float) -> float:
+    """Linear warmup over ``options.warmup`` steps, then (``cosine``) a cosine decay to a tenth
+    over the run; ``done`` in [0, 1] is the share of the run (steps or seconds) behind us."""
+    warm = min(1.0, (step + 1) / options.warmup)
+    if not options.cosine:
+        return options.lr * warm
+    return options.lr * warm * (0.1 + 0.45 * (1.0 + math.cos(math.pi * min(1.0, done))))
+
+
+def _loss(model: VQAModel, examples: VQAExamples, rows: Tensor, ids: Tensor, mask: Tensor,
+          labels: Tensor, options: VQAOptions) -> Tensor:  # fmt: skip
+    """The answer loss of one batch, plus the guided grounding loss when asked for."""
+    guided = options.guided_grounding
+    out = model(_images(examples, rows), ids[rows], mask[rows], return_maps=guided)
+    loss = F.cross_entropy(out.logits, labels[rows], label_smoothing=options.label_smoothing)
+    if guided:
+        head = grounding_map(out.maps, out.map_mask, "guided")
+        target = examples.targets[rows]
+        loss = loss + options.guided_weight * F.kl_div(
+            head.clamp_min(1e-8).log(), target, reduction="batchmean"
+        )
+    return loss
+
+
 def train_vqa(
     examples: VQAExamples,
     options: VQAOptions = VQAOptions(),
     *,
     deadline: float | None = None,
     progress: bool = False,
+    callback: Callable[[int, VQAModel], None] | None = None,
 ) -> VQATrainResult:
-    """Train a `VQAModel` on ``examples`` until ``options.seconds`` (or ``deadline``) pass.
+    """Train a `VQAModel` on ``examples`` until ``options.seconds`` (or ``deadline``) pass or
+    ``options.max_steps`` steps are taken.
 
-    Returns the model (eval mode), the question vocabulary, the answer list (logit order), the
-    steps taken and the seconds the loop ran.
+    ``callback(step, model)``, when given, is called after every step (the model in train mode;
+    a callback that evaluates switches modes itself). Returns the model (eval mode), the question
+    vocabulary, the answer list (logit order), the steps taken and the seconds the loop ran.
     """
     if examples.answers is None:
         raise ValueError("training examples need an answer on every question")
@@ -251,22 +327,18 @@ def train_vqa(
     model.train()
     while step == 0 or (time.monotonic() < end and step != options.max_steps):  # >= 1 step
         rows = torch.randint(len(examples), (options.batch_size,), generator=gen)
-        out = model(
-            _images(examples, rows), ids[rows], mask[rows], return_maps=options.guided_grounding
-        )  # noqa: E501
-        loss = F.cross_entropy(out.logits, labels[rows])
-        if options.guided_grounding:
-            head = grounding_map(out.maps, mask[rows], "guided")
-            grounding = F.kl_div(
-                head.clamp_min(1e-8).log(), examples.targets[rows], reduction="batchmean"
-            )  # noqa: E501
-            loss = loss + options.guided_weight * grounding
+        loss = _loss(model, examples, rows, ids, mask, labels, options)
+        done = (time.monotonic() - start) / max(end - start, 1e-9)
+        if options.max_steps:
+            done = max(done, step / options.max_steps)
         for group in opt.param_groups:
-            group["lr"] = options.lr * min(1.0, (step + 1) / options.warmup)
+            group["lr"] = _learning_rate(options, step, done)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
+        if callback is not None:
+            callback(step, model)
         if step % 20 == 0:
             bar.n = min(bar.total, round(time.monotonic() - start))
             bar.set_postfix_str(f"step {step} loss {loss.item():.3f}")
@@ -296,7 +368,7 @@ class VQAPredictor:
             rows = torch.arange(lo, min(lo + batch_size, len(examples)))
             ids, mask = _encode(self.vocab, [examples.questions[r] for r in rows.tolist()])
             res = self.model(_images(examples, rows), ids, mask, return_maps=True)
-            maps = grounding_map(res.maps, mask, self.grounding).reshape(-1, grid, grid)
+            maps = grounding_map(res.maps, res.map_mask, self.grounding).reshape(-1, grid, grid)
             for k, r in enumerate(rows.tolist()):
                 m = maps[k].double().numpy()
                 x, y = map_point(m, examples.original_sizes[r])
