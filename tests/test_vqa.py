@@ -7,12 +7,15 @@ import math
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from crossattn.data.toy_scenes import generate_scenes
-from crossattn.data.vqa import write_vqa_jsonl
+from crossattn.data.vqa import VQARecord, write_vqa_jsonl
+from crossattn.grounding import pointing_game
 from crossattn.models.vqa import VQAConfig, VQAModel, patch_positions
 from crossattn.vqa_training import (
     VQAOptions,
@@ -20,10 +23,12 @@ from crossattn.vqa_training import (
     _learning_rate,
     box_share,
     choose_head,
+    examples_from_records,
     examples_from_scenes,
     grounding_map,
     load_vqa,
     map_information,
+    pointable_target,
     save_vqa,
     score,
     train_vqa,
@@ -53,6 +58,26 @@ def test_maps_are_the_attention_of_the_answer_call(readout, rows):
     torch.testing.assert_close(short.logits, out.logits[1:], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("image_size, grid", [(64, 8), (48, 12), (32, 16)])
+def test_cnn_stem_sees_only_the_pixels_around_its_patch(image_size, grid):
+    torch.manual_seed(0)
+    config = VQAConfig(vocab_size=10, n_answers=3, image_size=image_size, grid=grid,
+                       stem="cnn", image_layers=0, **SMALL)  # fmt: skip
+    stem = VQAModel(config).patches.stem
+    patch = image_size // grid
+    images = torch.rand(1, 3, image_size, image_size, requires_grad=True)
+    row, col = grid // 2, grid // 2 - 1
+    feats = stem(images)  # (1, d, grid, grid)
+    assert feats.shape == (1, 32, grid, grid)
+    feats[0, :, row, col].pow(2).sum().backward()
+    seen = images.grad.abs().sum((0, 1)) > 0  # (H, W)
+    ys, xs = seen.nonzero(as_tuple=True)
+    half = (2 * patch - 2) / 2  # a (2 * patch - 2)-pixel square centred on the patch
+    centre_y, centre_x = (row + 0.5) * patch - 0.5, (col + 0.5) * patch - 0.5
+    assert ys.min() == centre_y - half + 0.5 and ys.max() == centre_y + half - 0.5
+    assert xs.min() == centre_x - half + 0.5 and xs.max() == centre_x + half - 0.5
+
+
 def test_patch_positions_distinct():
     pos = patch_positions(8, 32)
     assert pos.shape == (64, 32)
@@ -65,6 +90,7 @@ def test_patch_positions_distinct():
         ({"image_size": 60}, "multiple of grid"),
         ({"d_model": 30}, "d_model"),
         ({"stem": "vit"}, "stem"),
+        ({"stem": "cnn", "grid": 16, "image_size": 48}, "power of 2"),
         ({"cross_layers": 0}, "cross_layers"),
         ({"grid": True}, "grid"),
         ({"readout": "cls"}, "readout"),
@@ -127,6 +153,27 @@ def test_box_share_hand_computed():
     # 16 x 12 pixels over two full columns of patches and one and a half rows
     assert share[0, 0] == pytest.approx(64 / 192) and share[1, 0] == pytest.approx(32 / 192)
     assert share[2:].sum() == 0 and share[:, 2:].sum() == 0
+
+
+def test_pointable_target_hand_computed():
+    share = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    inside = torch.tensor([False, True, False, False])
+    torch.testing.assert_close(pointable_target(share, inside), torch.tensor([0.25, 0.65, 0.1, 0]))
+    torch.testing.assert_close(pointable_target(share, torch.zeros(4, dtype=torch.bool)), share)
+
+
+def test_guided_targets_point_inside_every_object():
+    """The target's own maximum wins the pointing game on every object (the share alone misses
+    small objects whose largest patch has its centre off the object)."""
+    examples = examples_from_scenes(generate_scenes(120, seed=1))
+    maps = examples.targets.reshape(-1, 8, 8)
+    torch.testing.assert_close(maps.sum((1, 2)), torch.ones(len(examples)))
+    assert all(pointing_game(maps, examples.boxes, image_size=(64, 64)))
+    blank = np.zeros((64, 64, 3), np.uint8)
+    records = [VQARecord(blank, (64, 64), q, None, box, Path("x.png"), k + 1) for k, (q, box) in
+               enumerate(zip(examples.questions, examples.boxes))]  # fmt: skip
+    from_boxes = examples_from_records(records).targets.reshape(-1, 8, 8)
+    assert all(pointing_game(from_boxes, examples.boxes, image_size=(64, 64)))
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,9 @@
 The pieces of ``crossattn vqa train|answer|score`` and ``crossattn demo --task vqa``:
 
 * `VQAExamples`: questions with their images (shared between questions), answers, boxes in the
-  original pixels and grounding targets over the patch grid (the object's share of each patch:
-  the exact mask for generated scenes, the box for the user's JSONL data).
+  original pixels and grounding targets over the patch grid (`pointable_target`: the object's
+  share of each patch, plus the patches whose centre is on it; from the exact mask for generated
+  scenes, from the box for the user's JSONL data).
 * `train_vqa`: AdamW on the answer loss, plus with ``guided_grounding`` a KL loss that pulls one
   head (layer -1, head 0, mean over the question tokens) towards the normalised target; bounded by
   a deadline (``time.monotonic()``) so the whole command keeps to its ``--minutes``.
@@ -48,6 +49,7 @@ __all__ = [
     "VQAPredictor",
     "VQATrainResult",
     "box_share",
+    "pointable_target",
     "choose_head",
     "map_information",
     "score",
@@ -120,6 +122,34 @@ def box_share(box: Sequence[float], size: tuple[int, int], grid: int) -> Tensor:
     return share / share.sum().clamp_min(1e-12)
 
 
+def pointable_target(share: Tensor, centre_inside: Tensor) -> Tensor:
+    """The guided grounding target (P,): the object's share of each patch plus one on the
+    patches whose centre lies on the object, normalised to sum 1.
+
+    The share alone spreads over every patch the object touches, and its largest cell's centre
+    can miss a small object (the pointing game reads that centre); the extra mass puts the
+    target's maximum on a patch whose centre is on the object whenever one is.
+    """
+    target = share + centre_inside.to(share.dtype)
+    return target / target.sum().clamp_min(1e-12)
+
+
+def _centres_in_mask(mask: Tensor, grid: int) -> Tensor:
+    """(H, W) bool -> (grid * grid,) bool: is the pixel under each patch centre on the mask?"""
+    h, w = mask.shape
+    rows = ((torch.arange(grid) + 0.5) * h / grid).long().clamp_max(h - 1)
+    cols = ((torch.arange(grid) + 0.5) * w / grid).long().clamp_max(w - 1)
+    return mask[rows[:, None], cols[None, :]].reshape(-1)
+
+
+def _centres_in_box(box: Sequence[float], size: tuple[int, int], grid: int) -> Tensor:
+    """(grid * grid,) bool: does each patch centre fall inside the box (x1, y1 exclusive)?"""
+    centre = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
+    xs, ys = centre * size[0], centre * size[1]
+    x0, y0, x1, y1 = box
+    return (((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]).reshape(-1)
+
+
 def examples_from_scenes(scenes: Sequence[Scene], grid: int = 8) -> VQAExamples:
     """Every question of every scene; grounding targets from the exact object masks."""
     images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2)
@@ -133,7 +163,11 @@ def examples_from_scenes(scenes: Sequence[Scene], grid: int = 8) -> VQAExamples:
             answers.append(q.answer)
             boxes.append(tuple(float(v) for v in obj.box))
             sizes.append((width, height))
-            targets.append(_grid_share(torch.from_numpy(obj.mask.copy()), grid))
+            mask = torch.from_numpy(obj.mask.copy())
+            inside = _centres_in_mask(mask, grid)
+            if not inside.any():  # a small round object between the centres: use its box
+                inside = _centres_in_box(obj.box, (width, height), grid)
+            targets.append(pointable_target(_grid_share(mask, grid), inside))
             masks.append(obj.mask)
     return VQAExamples(
         images.contiguous(), torch.tensor(index), questions, answers, boxes, sizes,
@@ -150,7 +184,11 @@ def examples_from_records(records: Sequence[VQARecord], grid: int = 8) -> VQAExa
     answers = [r.answer for r in records]
     targets = None
     if all(b is not None for b in boxes):
-        targets = torch.stack([box_share(r.box, r.original_size, grid) for r in records])
+        targets = torch.stack([
+            pointable_target(box_share(r.box, r.original_size, grid),
+                             _centres_in_box(r.box, r.original_size, grid))
+            for r in records
+        ])  # fmt: skip
     return VQAExamples(
         images.contiguous(), torch.arange(len(records)), [r.question for r in records],
         None if any(a is None for a in answers) else answers, boxes,

@@ -48,7 +48,7 @@ class VQAConfig:
     text_layers: int = 1
     image_layers: int = 1
     cross_layers: int = 2
-    stem: Literal["linear", "conv"] = "linear"
+    stem: Literal["linear", "conv", "cnn"] = "linear"
     readout: Literal["query", "mean"] = "query"
     dropout: float = 0.0
     pad_id: int = 0
@@ -65,8 +65,12 @@ class VQAConfig:
             raise ValueError(f"image_size={self.image_size} must be a multiple of grid={self.grid}")
         if self.d_model % self.heads or self.d_model % 4:
             raise ValueError(f"d_model={self.d_model} must divide by heads={self.heads} and by 4")
-        if self.stem not in ("linear", "conv"):
-            raise ValueError(f"stem must be 'linear' or 'conv', got {self.stem!r}")
+        if self.stem not in ("linear", "conv", "cnn"):
+            raise ValueError(f"stem must be 'linear', 'conv' or 'cnn', got {self.stem!r}")
+        patch = self.image_size // self.grid
+        if self.stem == "cnn" and (patch < 2 or patch & (patch - 1)):
+            raise ValueError(f"stem='cnn' needs image_size / grid to be a power of 2 >= 2, got "
+                             f"{self.image_size} / {self.grid} = {patch}")  # fmt: skip
         if self.readout not in ("query", "mean"):
             raise ValueError(f"readout must be 'query' or 'mean', got {self.readout!r}")
         if self.readout == "query" and self.text_layers < 1:
@@ -110,6 +114,22 @@ def patch_positions(grid: int, dim: int) -> Tensor:
     return torch.cat([rows, cols], dim=2).reshape(grid * grid, dim).float()
 
 
+def _cnn_stem(d_model: int, patch: int) -> nn.Sequential:
+    """log2(patch) convolutions of stride 2 (4 x 4, the last 2 x 2), channels doubling up to
+    ``d_model``: each patch feature sees the (2 * patch - 2)-pixel square centred on its patch
+    (14 pixels for 8-pixel patches) and nothing farther away, so what the answer can learn of an
+    object is in the patches on it, not spread over the image."""
+    steps = patch.bit_length() - 1
+    channels = [3] + [max(8, d_model >> (steps - 1 - k)) for k in range(steps)]
+    layers: list[nn.Module] = []
+    for k in range(steps):
+        last = k == steps - 1
+        layers.append(nn.Conv2d(channels[k], channels[k + 1], 2 if last else 4, stride=2,
+                                padding=0 if last else 1))  # fmt: skip
+        layers.append(nn.GELU())
+    return nn.Sequential(*layers[:-1])  # no activation on the features
+
+
 class _PatchEncoder(nn.Module):
     """Images (B, 3, H, W) -> patch features (B, P, d_model) with positions and self-attention."""
 
@@ -118,6 +138,8 @@ class _PatchEncoder(nn.Module):
         self.grid, patch = c.grid, c.image_size // c.grid
         if c.stem == "linear":
             self.stem = nn.Conv2d(3, c.d_model, kernel_size=patch, stride=patch)  # = patchify
+        elif c.stem == "cnn":
+            self.stem = _cnn_stem(c.d_model, patch)
         else:
             self.stem = nn.Sequential(
                 nn.Conv2d(3, c.d_model // 2, 3, padding=1),
