@@ -40,7 +40,8 @@ SMALL = {"d_model": 32, "heads": 4, "dim_ff": 64}
 @pytest.mark.parametrize("readout, rows", [("query", 1), ("mean", 3)])
 def test_maps_are_the_attention_of_the_answer_call(readout, rows):
     torch.manual_seed(0)
-    model = VQAModel(VQAConfig(vocab_size=10, n_answers=3, readout=readout, **SMALL)).eval()
+    config = VQAConfig(vocab_size=10, n_answers=3, readout=readout, cross_layers=2, **SMALL)
+    model = VQAModel(config).eval()
     images = torch.rand(2, 3, 64, 64)
     ids = torch.tensor([[4, 5, 6], [7, 8, 0]])
     out = model(images, ids, ids != 0, return_maps=True)

@@ -203,8 +203,8 @@ class VQAOptions:
     seconds: float = 240.0
     max_steps: int | None = None
     batch_size: int = 64
-    lr: float = 1e-3
-    warmup: int = 100
+    lr: float = 2e-3
+    warmup: int = 50
     cosine: bool = True
     label_smoothing: float = 0.0
     weight_decay: float = 0.01

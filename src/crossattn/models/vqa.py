@@ -47,7 +47,7 @@ class VQAConfig:
     dim_ff: int = 256
     text_layers: int = 1
     image_layers: int = 1
-    cross_layers: int = 2
+    cross_layers: int = 1
     stem: Literal["linear", "conv", "cnn"] = "linear"
     readout: Literal["query", "mean"] = "query"
     dropout: float = 0.0
