@@ -3,8 +3,9 @@
 The pieces of ``crossattn vqa train|answer|score`` and ``crossattn demo --task vqa``:
 
 * `VQAExamples`: questions with their images (shared between questions), answers, boxes in the
-  original pixels and grounding targets over the patch grid (the object's share of each patch:
-  the exact mask for generated scenes, the box for the user's JSONL data).
+  original pixels and grounding targets over the patch grid (`pointable_target`: the object's
+  share of each patch, plus the patches whose centre is on it; from the exact mask for generated
+  scenes, from the box for the user's JSONL data).
 * `train_vqa`: AdamW on the answer loss, plus with ``guided_grounding`` a KL loss that pulls one
   head (layer -1, head 0, mean over the question tokens) towards the normalised target; bounded by
   a deadline (``time.monotonic()``) so the whole command keeps to its ``--minutes``.
@@ -26,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ __all__ = [
     "VQAPredictor",
     "VQATrainResult",
     "box_share",
+    "pointable_target",
+    "choose_head",
+    "map_information",
     "score",
     "examples_from_records",
     "examples_from_scenes",
@@ -118,6 +122,34 @@ def box_share(box: Sequence[float], size: tuple[int, int], grid: int) -> Tensor:
     return share / share.sum().clamp_min(1e-12)
 
 
+def pointable_target(share: Tensor, centre_inside: Tensor) -> Tensor:
+    """The guided grounding target (P,): the object's share of each patch plus one on the
+    patches whose centre lies on the object, normalised to sum 1.
+
+    The share alone spreads over every patch the object touches, and its largest cell's centre
+    can miss a small object (the pointing game reads that centre); the extra mass puts the
+    target's maximum on a patch whose centre is on the object whenever one is.
+    """
+    target = share + centre_inside.to(share.dtype)
+    return target / target.sum().clamp_min(1e-12)
+
+
+def _centres_in_mask(mask: Tensor, grid: int) -> Tensor:
+    """(H, W) bool -> (grid * grid,) bool: is the pixel under each patch centre on the mask?"""
+    h, w = mask.shape
+    rows = ((torch.arange(grid) + 0.5) * h / grid).long().clamp_max(h - 1)
+    cols = ((torch.arange(grid) + 0.5) * w / grid).long().clamp_max(w - 1)
+    return mask[rows[:, None], cols[None, :]].reshape(-1)
+
+
+def _centres_in_box(box: Sequence[float], size: tuple[int, int], grid: int) -> Tensor:
+    """(grid * grid,) bool: does each patch centre fall inside the box (x1, y1 exclusive)?"""
+    centre = (torch.arange(grid, dtype=torch.float64) + 0.5) / grid
+    xs, ys = centre * size[0], centre * size[1]
+    x0, y0, x1, y1 = box
+    return (((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]).reshape(-1)
+
+
 def examples_from_scenes(scenes: Sequence[Scene], grid: int = 8) -> VQAExamples:
     """Every question of every scene; grounding targets from the exact object masks."""
     images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2)
@@ -131,7 +163,11 @@ def examples_from_scenes(scenes: Sequence[Scene], grid: int = 8) -> VQAExamples:
             answers.append(q.answer)
             boxes.append(tuple(float(v) for v in obj.box))
             sizes.append((width, height))
-            targets.append(_grid_share(torch.from_numpy(obj.mask.copy()), grid))
+            mask = torch.from_numpy(obj.mask.copy())
+            inside = _centres_in_mask(mask, grid)
+            if not inside.any():  # a small round object between the centres: use its box
+                inside = _centres_in_box(obj.box, (width, height), grid)
+            targets.append(pointable_target(_grid_share(mask, grid), inside))
             masks.append(obj.mask)
     return VQAExamples(
         images.contiguous(), torch.tensor(index), questions, answers, boxes, sizes,
@@ -148,7 +184,11 @@ def examples_from_records(records: Sequence[VQARecord], grid: int = 8) -> VQAExa
     answers = [r.answer for r in records]
     targets = None
     if all(b is not None for b in boxes):
-        targets = torch.stack([box_share(r.box, r.original_size, grid) for r in records])
+        targets = torch.stack([
+            pointable_target(box_share(r.box, r.original_size, grid),
+                             _centres_in_box(r.box, r.original_size, grid))
+            for r in records
+        ])  # fmt: skip
     return VQAExamples(
         images.contiguous(), torch.arange(len(records)), [r.question for r in records],
         None if any(a is None for a in answers) else answers, boxes,
@@ -163,8 +203,10 @@ class VQAOptions:
     seconds: float = 240.0
     max_steps: int | None = None
     batch_size: int = 64
-    lr: float = 1e-3
-    warmup: int = 100
+    lr: float = 2e-3
+    warmup: int = 50
+    cosine: bool = True
+    label_smoothing: float = 0.0
     weight_decay: float = 0.01
     guided_grounding: bool = False
     guided_weight: float = 0.5
@@ -190,21 +232,66 @@ def _encode(vocab: Vocabulary, questions: Sequence[Sequence[str]]) -> tuple[Tens
     return ids, ids != 0
 
 
-def grounding_map(maps: Sequence[Tensor], question_mask: Tensor, choice: str) -> Tensor:
+def _head_of(choice: str) -> tuple[int, int] | None:
+    """``"head:L:H"`` -> (L, H); None for any other string."""
+    parts = choice.split(":")
+    if len(parts) == 3 and parts[0] == "head" and all(p.lstrip("-").isdigit() for p in parts[1:]):
+        return int(parts[1]), int(parts[2])
+    return None
+
+
+def grounding_map(maps: Sequence[Tensor], map_mask: Tensor, choice: str) -> Tensor:
     """(Q, P): the grounding map from each layer's (Q, heads, T, P) maps.
 
-    ``choice`` "mean": mean over layers, heads and real question tokens; "guided": the supervised
-    head (`GUIDED_HEAD`), mean over the real question tokens.
+    ``map_mask`` (Q, T) bool marks the real tokens (`VQAOutput.map_mask`). ``choice`` "mean": the
+    mean over layers, heads and real tokens; "guided": the supervised head (`GUIDED_HEAD`), mean
+    over the real tokens; "head:L:H": layer L's head H, mean over the real tokens (the choice
+    `choose_head` makes on training data).
     """
-    keep = question_mask[:, None, :, None].to(maps[0].dtype)  # (Q, 1, T, 1)
-    count = keep.sum(2).clamp_min(1.0)  # (Q, 1, 1)
-    if choice == "guided":
-        layer, head = GUIDED_HEAD
-        return (maps[layer][:, head : head + 1] * keep).sum(2)[:, 0] / count[:, 0]
+    keep = map_mask[:, None, :, None].to(maps[0].dtype)  # (Q, 1, T, 1)
+    count = keep.sum(2).clamp_min(1.0)[:, 0]  # (Q, 1)
+    head = GUIDED_HEAD if choice == "guided" else _head_of(choice)
+    if head is not None:
+        layer, h = head
+        if not (-len(maps) <= layer < len(maps) and -maps[0].shape[1] <= h < maps[0].shape[1]):
+            raise ValueError(f"grounding choice {choice!r} names no head of {len(maps)} layers "
+                             f"x {maps[0].shape[1]} heads")  # fmt: skip
+        return (maps[layer][:, h : h + 1] * keep).sum(2)[:, 0] / count
     if choice != "mean":
-        raise ValueError(f"grounding choice must be 'mean' or 'guided', got {choice!r}")
-    per_layer = [(m * keep).sum(2).mean(1) / count[:, 0] for m in maps]  # (Q, P) each
+        raise ValueError(f"grounding choice must be 'mean', 'guided' or 'head:L:H', got {choice!r}")
+    per_layer = [(m * keep).sum(2).mean(1) / count for m in maps]  # (Q, P) each
     return torch.stack(per_layer).mean(0)
+
+
+def _entropy(p: Tensor) -> Tensor:
+    """Entropy in nats along the last dimension."""
+    return -(p * p.clamp_min(1e-12).log()).sum(-1)
+
+
+def map_information(maps: Tensor) -> float:
+    """How much a map depends on its input: H(mean map) - mean H(map), in nats, for (Q, P) maps.
+
+    Zero for a map that is the same on every input (an attention sink) and for a uniform map;
+    up to log(P) for maps that each point at one cell, a different cell per input. It needs no
+    box or mask, so it can choose a grounding map on unlabelled training questions.
+    """
+    return float(_entropy(maps.mean(0)) - _entropy(maps).mean())
+
+
+@torch.no_grad()
+def choose_head(
+    model: VQAModel, vocab: Vocabulary, examples: VQAExamples, *, limit: int = 512
+) -> tuple[str, dict[str, float]]:
+    """The grounding choice, among every single head and the mean, whose maps carry the most
+    `map_information` on (up to ``limit`` of) ``examples``, and every candidate's score."""
+    rows = torch.arange(min(limit, len(examples)))
+    ids, mask = _encode(vocab, [examples.questions[r] for r in rows.tolist()])
+    res = model.eval()(_images(examples, rows), ids, mask, return_maps=True)
+    candidates = ["mean"] + [
+        f"head:{layer}:{h}" for layer in range(len(res.maps)) for h in range(res.maps[0].shape[1])
+    ]  # fmt: skip
+    scores = {c: map_information(grounding_map(res.maps, res.map_mask, c)) for c in candidates}
+    return max(candidates, key=lambda c: scores[c]), scores
 
 
 def _images(ex: VQAExamples, rows: Tensor) -> Tensor:
@@ -219,17 +306,44 @@ def _progress(total: float, enabled: bool):
     )
 
 
+def _learning_rate(options: VQAOptions, step: int, done: float) -> float:
+    """Linear warmup over ``options.warmup`` steps, then (``cosine``) a cosine decay to a tenth
+    over the run; ``done`` in [0, 1] is the share of the run (steps or seconds) behind us."""
+    warm = min(1.0, (step + 1) / options.warmup)
+    if not options.cosine:
+        return options.lr * warm
+    return options.lr * warm * (0.1 + 0.45 * (1.0 + math.cos(math.pi * min(1.0, done))))
+
+
+def _loss(model: VQAModel, examples: VQAExamples, rows: Tensor, ids: Tensor, mask: Tensor,
+          labels: Tensor, options: VQAOptions) -> Tensor:  # fmt: skip
+    """The answer loss of one batch, plus the guided grounding loss when asked for."""
+    guided = options.guided_grounding
+    out = model(_images(examples, rows), ids[rows], mask[rows], return_maps=guided)
+    loss = F.cross_entropy(out.logits, labels[rows], label_smoothing=options.label_smoothing)
+    if guided:
+        head = grounding_map(out.maps, out.map_mask, "guided")
+        target = examples.targets[rows]
+        loss = loss + options.guided_weight * F.kl_div(
+            head.clamp_min(1e-8).log(), target, reduction="batchmean"
+        )
+    return loss
+
+
 def train_vqa(
     examples: VQAExamples,
     options: VQAOptions = VQAOptions(),
     *,
     deadline: float | None = None,
     progress: bool = False,
+    callback: Callable[[int, VQAModel], None] | None = None,
 ) -> VQATrainResult:
-    """Train a `VQAModel` on ``examples`` until ``options.seconds`` (or ``deadline``) pass.
+    """Train a `VQAModel` on ``examples`` until ``options.seconds`` (or ``deadline``) pass or
+    ``options.max_steps`` steps are taken.
 
-    Returns the model (eval mode), the question vocabulary, the answer list (logit order), the
-    steps taken and the seconds the loop ran.
+    ``callback(step, model)``, when given, is called after every step (the model in train mode;
+    a callback that evaluates switches modes itself). Returns the model (eval mode), the question
+    vocabulary, the answer list (logit order), the steps taken and the seconds the loop ran.
     """
     if examples.answers is None:
         raise ValueError("training examples need an answer on every question")
@@ -251,22 +365,18 @@ def train_vqa(
     model.train()
     while step == 0 or (time.monotonic() < end and step != options.max_steps):  # >= 1 step
         rows = torch.randint(len(examples), (options.batch_size,), generator=gen)
-        out = model(
-            _images(examples, rows), ids[rows], mask[rows], return_maps=options.guided_grounding
-        )  # noqa: E501
-        loss = F.cross_entropy(out.logits, labels[rows])
-        if options.guided_grounding:
-            head = grounding_map(out.maps, mask[rows], "guided")
-            grounding = F.kl_div(
-                head.clamp_min(1e-8).log(), examples.targets[rows], reduction="batchmean"
-            )  # noqa: E501
-            loss = loss + options.guided_weight * grounding
+        loss = _loss(model, examples, rows, ids, mask, labels, options)
+        done = (time.monotonic() - start) / max(end - start, 1e-9)
+        if options.max_steps:
+            done = max(done, step / options.max_steps)
         for group in opt.param_groups:
-            group["lr"] = options.lr * min(1.0, (step + 1) / options.warmup)
+            group["lr"] = _learning_rate(options, step, done)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
+        if callback is not None:
+            callback(step, model)
         if step % 20 == 0:
             bar.n = min(bar.total, round(time.monotonic() - start))
             bar.set_postfix_str(f"step {step} loss {loss.item():.3f}")
@@ -296,7 +406,7 @@ class VQAPredictor:
             rows = torch.arange(lo, min(lo + batch_size, len(examples)))
             ids, mask = _encode(self.vocab, [examples.questions[r] for r in rows.tolist()])
             res = self.model(_images(examples, rows), ids, mask, return_maps=True)
-            maps = grounding_map(res.maps, mask, self.grounding).reshape(-1, grid, grid)
+            maps = grounding_map(res.maps, res.map_mask, self.grounding).reshape(-1, grid, grid)
             for k, r in enumerate(rows.tolist()):
                 m = maps[k].double().numpy()
                 x, y = map_point(m, examples.original_sizes[r])

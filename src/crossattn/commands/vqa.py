@@ -69,7 +69,7 @@ def _load(path: str):
 
 
 def _train(args: argparse.Namespace, start: float) -> int:
-    from ..vqa_training import VQAOptions, VQAPredictor, save_vqa, train_vqa
+    from ..vqa_training import VQAOptions, VQAPredictor, choose_head, save_vqa, train_vqa
     from ._common import check_output_dir
 
     check_output_dir(args.out)
@@ -83,10 +83,14 @@ def _train(args: argparse.Namespace, start: float) -> int:
     options = VQAOptions(seconds=args.minutes * 60, guided_grounding=args.guided_grounding,
                          seed=args.seed)  # fmt: skip
     result = train_vqa(examples, options, deadline=deadline, progress=True)
-    grounding = "guided" if args.guided_grounding else "mean"
+    extra: dict = {"steps": result.steps}
+    if args.guided_grounding:
+        grounding = "guided"
+    else:  # the most informative map on training questions; no box is read
+        grounding, extra["map_information"] = choose_head(result.model, result.vocab, examples)
     predictor = VQAPredictor(result.model, result.vocab, result.answers, grounding)
     with input_errors("argument --out", (OSError,)):
-        save_vqa(args.out, predictor, {"steps": result.steps})
+        save_vqa(args.out, predictor, extra)
     print(f"crossattn vqa train: {result.steps} steps in {result.seconds:.0f} s; model in "
           f"{args.out}", file=sys.stderr)  # fmt: skip
     return 0

@@ -3,9 +3,14 @@
 Built from the library's layers: a patch encoder (linear patchify or a small conv stem) with 2-D
 sinusoidal position encodings and self-attention over the patches, a question encoder
 (`TransformerEncoderLayer`), then ``cross_layers`` blocks in which the question tokens attend to
-the patches through `crossattn.CrossAttention`, and an answer head on the mean of the question
-tokens. The cross-attention maps ``(B, heads, T, P)`` over the ``P = grid * grid`` patches are a
-return value (``return_maps=True``), from the same call that computes the answer.
+the patches through `crossattn.CrossAttention`, and an answer head. ``readout`` says which tokens
+attend and what the head reads: ``"query"`` (the default) prepends one learned query token to the
+question, lets only that token (which has read the question in the question encoder) attend to
+the patches, and answers from it, so that every bit of the image the answer uses passes through
+one attention row per head; ``"mean"`` lets every question token attend and answers from their
+mean. The cross-attention maps ``(B, heads, T', P)`` over the ``P = grid * grid`` patches are a
+return value (``return_maps=True``), from the same call that computes the answer, with
+``map_mask`` ``(B, T')`` saying which rows are real tokens (``T' = 1`` for ``"query"``).
 
 Shapes: images (B, 3, H, W) float in [0, 1] with H = W = ``image_size``; question_ids (B, T) long;
 question_mask (B, T) bool, True = a real token. Patch ``p`` is row ``p // grid``, column
@@ -42,15 +47,16 @@ class VQAConfig:
     dim_ff: int = 256
     text_layers: int = 1
     image_layers: int = 1
-    cross_layers: int = 2
-    stem: Literal["linear", "conv"] = "linear"
+    cross_layers: int = 1
+    stem: Literal["linear", "conv", "cnn"] = "linear"
+    readout: Literal["query", "mean"] = "query"
     dropout: float = 0.0
     pad_id: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("stem", "dropout"):
+            if f.name in ("stem", "readout", "dropout"):
                 continue
             minimum = 0 if f.name in ("text_layers", "image_layers", "pad_id") else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -59,8 +65,17 @@ class VQAConfig:
             raise ValueError(f"image_size={self.image_size} must be a multiple of grid={self.grid}")
         if self.d_model % self.heads or self.d_model % 4:
             raise ValueError(f"d_model={self.d_model} must divide by heads={self.heads} and by 4")
-        if self.stem not in ("linear", "conv"):
-            raise ValueError(f"stem must be 'linear' or 'conv', got {self.stem!r}")
+        if self.stem not in ("linear", "conv", "cnn"):
+            raise ValueError(f"stem must be 'linear', 'conv' or 'cnn', got {self.stem!r}")
+        patch = self.image_size // self.grid
+        if self.stem == "cnn" and (patch < 2 or patch & (patch - 1)):
+            raise ValueError(f"stem='cnn' needs image_size / grid to be a power of 2 >= 2, got "
+                             f"{self.image_size} / {self.grid} = {patch}")  # fmt: skip
+        if self.readout not in ("query", "mean"):
+            raise ValueError(f"readout must be 'query' or 'mean', got {self.readout!r}")
+        if self.readout == "query" and self.text_layers < 1:
+            raise ValueError("readout='query' needs text_layers >= 1 for the query to read the "
+                             f"question, got text_layers={self.text_layers}")  # fmt: skip
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.pad_id >= self.vocab_size:
@@ -79,10 +94,13 @@ class VQAConfig:
 
 
 class VQAOutput(NamedTuple):
-    """logits (B, n_answers); maps: one (B, heads, T, P) per cross layer, or None."""
+    """logits (B, n_answers); maps: one (B, heads, T', P) per cross layer, or None; map_mask
+    (B, T') bool, True where a row of the maps is a real token (the question mask for readout
+    "mean", one True column for readout "query")."""
 
     logits: Tensor
     maps: list[Tensor] | None
+    map_mask: Tensor
 
 
 def patch_positions(grid: int, dim: int) -> Tensor:
@@ -96,6 +114,22 @@ def patch_positions(grid: int, dim: int) -> Tensor:
     return torch.cat([rows, cols], dim=2).reshape(grid * grid, dim).float()
 
 
+def _cnn_stem(d_model: int, patch: int) -> nn.Sequential:
+    """log2(patch) convolutions of stride 2 (4 x 4, the last 2 x 2), channels doubling up to
+    ``d_model``: each patch feature sees the (2 * patch - 2)-pixel square centred on its patch
+    (14 pixels for 8-pixel patches) and nothing farther away, so what the answer can learn of an
+    object is in the patches on it, not spread over the image."""
+    steps = patch.bit_length() - 1
+    channels = [3] + [max(8, d_model >> (steps - 1 - k)) for k in range(steps)]
+    layers: list[nn.Module] = []
+    for k in range(steps):
+        last = k == steps - 1
+        layers.append(nn.Conv2d(channels[k], channels[k + 1], 2 if last else 4, stride=2,
+                                padding=0 if last else 1))  # fmt: skip
+        layers.append(nn.GELU())
+    return nn.Sequential(*layers[:-1])  # no activation on the features
+
+
 class _PatchEncoder(nn.Module):
     """Images (B, 3, H, W) -> patch features (B, P, d_model) with positions and self-attention."""
 
@@ -104,6 +138,8 @@ class _PatchEncoder(nn.Module):
         self.grid, patch = c.grid, c.image_size // c.grid
         if c.stem == "linear":
             self.stem = nn.Conv2d(3, c.d_model, kernel_size=patch, stride=patch)  # = patchify
+        elif c.stem == "cnn":
+            self.stem = _cnn_stem(c.d_model, patch)
         else:
             self.stem = nn.Sequential(
                 nn.Conv2d(3, c.d_model // 2, 3, padding=1),
@@ -154,6 +190,8 @@ class VQAModel(nn.Module):
         self.config = c = config
         self.patches = _PatchEncoder(c)
         self.embed = nn.Embedding(c.vocab_size, c.d_model, padding_idx=c.pad_id)
+        if c.readout == "query":
+            self.query = nn.Parameter(torch.randn(c.d_model) * 0.02)  # the one token that looks
         self.text_layers = nn.ModuleList(
             TransformerEncoderLayer(c.d_model, heads=c.heads, dim_ff=c.dim_ff, dropout=c.dropout)
             for _ in range(c.text_layers)
@@ -193,13 +231,20 @@ class VQAModel(nn.Module):
         return_maps: bool = False,
     ) -> VQAOutput:
         """Answer logits (B, n_answers) and, with ``return_maps``, each cross layer's maps
-        (B, heads, T, P); rows of padded question tokens are there but meaningless."""
+        (B, heads, T', P) with their ``map_mask`` (B, T'); rows of padded question tokens are
+        there but meaningless."""
         self._check(images, question_ids, question_mask)
         patches = self.patches(images)  # (B, P, d)
-        t = question_ids.shape[1]
-        tokens = self.embed(question_ids) + sinusoidal_positions(t, self.config.d_model).to(patches)
+        b, t = question_ids.shape
+        tokens = self.embed(question_ids)  # (B, T, d)
+        if self.config.readout == "query":
+            tokens = torch.cat([self.query.expand(b, 1, -1), tokens], dim=1)  # (B, 1 + T, d)
+            question_mask = torch.cat([question_mask.new_ones(b, 1), question_mask], dim=1)
+        tokens = tokens + sinusoidal_positions(tokens.shape[1], self.config.d_model).to(patches)
         for layer in self.text_layers:
             tokens = layer(tokens, token_mask=question_mask)
+        if self.config.readout == "query":
+            tokens, question_mask = tokens[:, :1], question_mask[:, :1]  # (B, 1, d), (B, 1)
         maps = []
         for block in self.cross:
             tokens, weights = block(tokens, patches, return_maps)
@@ -207,4 +252,4 @@ class VQAModel(nn.Module):
         keep = question_mask.unsqueeze(-1).to(tokens.dtype)  # (B, T, 1)
         pooled = (tokens * keep).sum(1) / keep.sum(1).clamp_min(1.0)  # (B, d)
         logits = self.answer_head(self.norm_out(pooled))
-        return VQAOutput(logits, maps if return_maps else None)
+        return VQAOutput(logits, maps if return_maps else None, question_mask)
