@@ -69,8 +69,11 @@ def test_tiny_vqa_demo_writes_metrics_for_both_models(tmp_path, capsys):
             assert key in run, (name, key)
         assert 0 <= run["accuracy"] <= 1 and 0 <= run["pointing_game"] <= 1
         assert (out / f"model-{name}" / "model.safetensors").is_file()
-    for name in metrics["pictures"]:
+    pngs = [name for name in metrics["pictures"] if name.endswith(".png")]
+    assert pngs and set(metrics["pictures"]) == {*pngs, "viewer.html"}
+    for name in pngs:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "viewer.html").read_text().lstrip().lower().startswith("<!doctype html")
     again = main(["demo", "--task", "vqa", "--out", str(out), "--guided-alignment", "--tiny"])
     assert again == 2 and "--guided-alignment" in capsys.readouterr().err
 

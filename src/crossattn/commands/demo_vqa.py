@@ -92,6 +92,36 @@ def _pictures(out: Path, examples: Any, runs: dict[str, dict]) -> list[str]:
     return written
 
 
+def _viewer(out: Path, examples: Any, runs: dict[str, dict], shown: int = 12) -> str:
+    """``viewer.html``: the first test questions over their images, each model's maps (every
+    layer and head) and the object's box; returns the file name."""
+    import torch
+
+    from ..viz import batch_examples, to_html
+    from ..vqa_training import _encode, _images
+
+    rows = torch.arange(min(shown, len(examples)))
+    items = []
+    for name, ev in runs.items():
+        predictor = ev["predictor"]
+        questions = [examples.questions[r] for r in rows.tolist()]
+        ids, mask = _encode(predictor.vocab, questions)
+        with torch.no_grad():
+            res = predictor.model(_images(examples, rows), ids, mask, return_maps=True)
+        one_row = predictor.model.config.readout == "query"  # one query reads the question
+        tokens = [[" ".join(q)] if one_row else list(q) for q in questions]
+        answers = [ev["predictions"][r]["answer"] for r in rows.tolist()]
+        items += batch_examples(
+            res.maps, tokens, images=examples.images, image_index=examples.image_index[rows],
+            boxes=[examples.boxes[r] for r in rows.tolist()],
+            box_sizes=[examples.original_sizes[r] for r in rows.tolist()],
+            titles=[f"{name} {k}: {' '.join(q)}" for k, q in enumerate(questions)],
+            captions=[f"answer: {a}" for a in answers],
+        )  # fmt: skip
+    to_html(items, path=out / "viewer.html", title="crossattn demo --task vqa")
+    return "viewer.html"
+
+
 def _line(name: str, ev: dict) -> str:
     return (
         f"  {name:<12} accuracy {100 * ev['accuracy']:5.1f}%  pointing game "
@@ -126,12 +156,17 @@ def run_vqa_demo(out: Path, minutes: float, seed: int, tiny: bool) -> int:
         ev["grounding"] = grounding
         runs[name] = ev
         save_vqa(out / f"model-{name}", predictor, {"steps": result.steps})
+        ev["predictor"] = predictor
     pictures = _pictures(out, test, runs)
+    pictures.append(_viewer(out, test, runs))
     metrics = {
         "task": "vqa",
         "train_questions": len(train),
         "test_questions": len(test),
-        **{name: {k: v for k, v in ev.items() if k != "predictions"} for name, ev in runs.items()},
+        **{
+            name: {k: v for k, v in ev.items() if k not in ("predictions", "predictor")}
+            for name, ev in runs.items()
+        },
         "pictures": pictures,
         "seconds": round(time.monotonic() - start, 1),
     }
