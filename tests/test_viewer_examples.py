@@ -211,7 +211,7 @@ def test_batch_examples_from_a_vqa_model():
 
     torch.manual_seed(0)
     cfg = VQAConfig(vocab_size=9, n_answers=3, image_size=32, grid=4, d_model=16, heads=2,
-                    dim_ff=16, cross_layers=2)  # fmt: skip
+                    dim_ff=16, cross_layers=2, readout="mean")  # fmt: skip
     model = VQAModel(cfg).eval()
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     ids = torch.tensor([[1, 2, 3, 4], [5, 6, 0, 0]])

@@ -13,8 +13,8 @@ def add_compute_type_argument(parser: argparse.ArgumentParser) -> None:
         "--compute-type",
         choices=COMPUTE_TYPES,
         default="float32",
-        help="weights and arithmetic of the model: float32 (default), bfloat16, int8 (int8 "
-        "Linears and cross-attention memory) or int8_bfloat16; see docs/compute-types.md",
+        help="weights and arithmetic of the model: float32, bfloat16, int8 (int8 Linears and "
+        "cross-attention memory) or int8_bfloat16; see docs/compute-types.md (default: float32)",
     )
 
 

@@ -154,10 +154,13 @@ class OnnxEncoder(nn.Module):
         if m.norm_first:
             x = m.norm(x, "encoder_norm")
         keys, values = [], []
+        valid = source_mask[:, None, :, None]  # (B, 1, S, 1): padded keys and values are zero
         for i in range(m.decoder_layers):
             a = f"decoder.{i}.cross_attn_target_to_source"
-            keys.append(m.heads_of(m.linear(x, f"{a}.to_k", bias=False)))  # (B, H, S, Dh)
-            values.append(m.heads_of(m.linear(x, f"{a}.to_v")))
+            k = m.heads_of(m.linear(x, f"{a}.to_k", bias=False))  # (B, H, S, Dh)
+            v = m.heads_of(m.linear(x, f"{a}.to_v"))
+            keys.append(torch.where(valid, k, 0.0))
+            values.append(torch.where(valid, v, 0.0))
         return torch.stack(keys), torch.stack(values)  # (L, B, H, S, Dh)
 
 
