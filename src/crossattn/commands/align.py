@@ -119,8 +119,9 @@ def _choose_by_agreement(forward, backward):
     return config
 
 
-def _align(args, translators, kept) -> list[set]:
-    """Word links per kept pair: one direction, or two symmetrised."""
+def _align(args, translators, kept) -> tuple[list[set], list]:
+    """Word links per kept pair (one direction, or two symmetrised), and the results of the
+    forward model (then the reverse one)."""
     from ..align_spec import parse_extraction
 
     try:
