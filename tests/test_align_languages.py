@@ -18,7 +18,7 @@ from crossattn.data.toy_translation import generate_corpus, language_rules, writ
 REORDERING = 8
 SMALL = ["--d-model", "32", "--heads", "2", "--dim-ff", "64", "--encoder-layers", "1",
          "--decoder-layers", "2", "--batch-tokens", "600", "--warmup", "20", "--dev-size", "50",
-         "--no-progress", "--threads", "1", "--steps", "400"]  # fmt: skip
+         "--no-progress", "--threads", "1", "--steps", "1200"]  # fmt: skip
 
 
 def test_the_reordering_language_has_the_rules_it_is_chosen_for():

@@ -23,7 +23,7 @@ from ..cli import CommandError, add_threads_argument, positive_int
 #: the reverse model's directory inside a --both-directions model directory
 REVERSE_DIR = "reverse"
 #: default combination of two directions, chosen by measurement (docs/alignment.md)
-DEFAULT_SYMMETRIZE = "grow-diag-final-and"
+DEFAULT_SYMMETRIZE = "grow-diag-final"
 #: pairs the ``agreement`` extraction looks at (the first ones of --data)
 AGREEMENT_PAIRS = 500
 
