@@ -55,6 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-after", type=positive_int,
                    help="end this run after N steps, schedule kept (default: none)")  # fmt: skip
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
+    p.add_argument("--both-directions", action="store_true",
+                   help="also train a target-to-source model into OUT/reverse (for crossattn "
+                   "align --symmetrize); --minutes is split in half between the two, --steps "
+                   "applies to each (default: off)")  # fmt: skip
     g = p.add_argument_group("tokens")
     g.add_argument("--tokenizer", choices=("word", "bpe", "unigram"), default=d.tokenizer,
                    help="model tokens: whole words, or subwords trained on --data by the "
@@ -336,7 +340,11 @@ def run(args: argparse.Namespace) -> int:
         opts = options_from_args(args)
         _check_resume(args, opts)
         examples = read_examples(args, opts)
-        result = train(opts, examples)
+        for opts_k, examples_k in _directions(args, opts, examples):
+            result = train(opts_k, examples_k)
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(json.dumps({"out": str(result.out), "steps": result.steps,
+                                  "seconds": round(result.seconds, 1), "dev": result.dev}))  # fmt: skip
     except KeyboardInterrupt as err:
         _say(interrupted_message(args, getattr(err, "step", None)))
         return 130
@@ -345,10 +353,6 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         # a disk that fills up, a folder made read-only meanwhile, a model file removed
         raise CommandError(f"argument --out: {args.out!r}: {err}") from err
-
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"out": str(result.out), "steps": result.steps,
-                          "seconds": round(result.seconds, 1), "dev": result.dev}))  # fmt: skip
     return 0
 
 
@@ -382,3 +386,22 @@ def interrupted_message(args: argparse.Namespace, step: int | None) -> str:
         f"crossattn train: interrupted{where}: kept the checkpoint of step {kept} in "
         f"{args.out!r}; to continue, run {how}"
     )
+
+
+def _directions(args: argparse.Namespace, opts: Any, examples: list) -> list[tuple[Any, list]]:
+    """(options, examples) of each model to train: source->target, and with
+    ``--both-directions`` target->source into OUT/reverse, the minutes split in half."""
+    if not args.both_directions:
+        return [(opts, examples)]
+    from ..data.parallel import ParallelExample
+
+    def flip(links):
+        return frozenset((j, i) for i, j in links)
+
+    swapped = [
+        ParallelExample(e.target, e.source, flip(e.sure), flip(e.possible)) for e in examples
+    ]
+    half = None if opts.minutes is None else opts.minutes / 2
+    forward = dataclasses.replace(opts, minutes=half)
+    reverse = dataclasses.replace(opts, minutes=half, out=os.path.join(opts.out, "reverse"))
+    return [(forward, examples), (reverse, swapped)]
