@@ -18,7 +18,6 @@ import time
 
 import torch
 
-from crossattn.data.toy_scenes import generate_scenes
 from crossattn.grounding import pointing_game
 from crossattn.models.vocab import Vocabulary
 from crossattn.models.vqa import VQAConfig, VQAModel
@@ -27,20 +26,11 @@ from crossattn.vqa_training import (
     _encode,
     _images,
     _loss,
-    examples_from_scenes,
     grounding_map,
     map_information,
+    scene_questions,
     train_vqa,
 )
-
-
-def _questions(count: int, seed: int):
-    n = max(2, count // 5)
-    while True:
-        ex = examples_from_scenes(generate_scenes(n, seed=seed))
-        if len(ex) >= count:
-            return ex.subset(range(count))
-        n = int(n * 1.1) + 1
 
 
 @torch.no_grad()
@@ -71,8 +61,8 @@ def _evaluate(model, vocab, answers, train, test) -> dict:
 
 
 def steps(args) -> None:
-    train = _questions(args.train, 0)
-    test = _questions(args.test, 1)
+    train = scene_questions(args.train, 0)
+    test = scene_questions(args.test, 1)
     probe = train.subset(range(256))
     config = json.loads(args.config)
     opts = VQAOptions(
@@ -95,7 +85,7 @@ def steps(args) -> None:
 
 
 def timing(args) -> None:
-    train = _questions(2000, 0)
+    train = scene_questions(2000, 0)
     config = json.loads(args.config)
     vocab = Vocabulary.build(train.questions)
     answers = sorted(set(train.answers))

@@ -175,6 +175,18 @@ def examples_from_scenes(scenes: Sequence[Scene], grid: int = 8) -> VQAExamples:
     )  # fmt: skip
 
 
+def scene_questions(count: int, seed: int) -> VQAExamples:
+    """``count`` questions about generated scenes (seeded), from as few scenes as it takes."""
+    from .data.toy_scenes import generate_scenes
+
+    n = max(2, count // 5)
+    while True:
+        examples = examples_from_scenes(generate_scenes(n, seed=seed))
+        if len(examples) >= count:
+            return examples.subset(range(count))
+        n = int(n * 1.1) + 1
+
+
 def examples_from_records(records: Sequence[VQARecord], grid: int = 8) -> VQAExamples:
     """Questions read by `read_vqa_jsonl` (with ``size=``); targets from the boxes, if all have one."""
     if not records:

@@ -21,19 +21,6 @@ TEST_QUESTIONS = 500
 SHOWN = 4
 
 
-def _questions(count: int, seed: int) -> Any:
-    """At least ``count`` questions (then cut to ``count``) from as few scenes as it takes."""
-    from ..data.toy_scenes import generate_scenes
-    from ..vqa_training import examples_from_scenes
-
-    n = max(2, count // 5)
-    while True:
-        examples = examples_from_scenes(generate_scenes(n, seed=seed))
-        if len(examples) >= count:
-            return examples.subset(range(count))
-        n = int(n * 1.1) + 1
-
-
 def _evaluate(predictor: Any, examples: Any, masks: list) -> dict[str, Any]:
     import numpy as np
 
@@ -132,12 +119,19 @@ def _line(name: str, ev: dict) -> str:
 
 def run_vqa_demo(out: Path, minutes: float, seed: int, tiny: bool) -> int:
     """Train, evaluate and write the demo's outputs into ``out``; returns the exit status."""
-    from ..vqa_training import VQAOptions, VQAPredictor, choose_head, save_vqa, train_vqa
+    from ..vqa_training import (
+        VQAOptions,
+        VQAPredictor,
+        choose_head,
+        save_vqa,
+        scene_questions,
+        train_vqa,
+    )
 
     start = time.monotonic()
     end = start + minutes * 60
-    train = _questions(200 if tiny else TRAIN_QUESTIONS, seed)
-    test = _questions(50 if tiny else TEST_QUESTIONS, seed + 1)
+    train = scene_questions(200 if tiny else TRAIN_QUESTIONS, seed)
+    test = scene_questions(50 if tiny else TEST_QUESTIONS, seed + 1)
     masks = test.masks
     print(f"crossattn demo --task vqa: {len(train)} training and {len(test)} test questions "
           f"({time.monotonic() - start:.0f} s)", file=sys.stderr)  # fmt: skip
