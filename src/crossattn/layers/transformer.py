@@ -18,7 +18,14 @@ import torch
 from torch import Tensor, nn
 
 from ..masks import causal_mask
-from ._common import FeedForward, check_features, check_mask, check_nonempty, check_positive
+from ._common import (
+    FastDropout,
+    FeedForward,
+    check_features,
+    check_mask,
+    check_nonempty,
+    check_positive,
+)
 from .attention import CrossAttention, PreparedContext, WeightsArg
 
 
@@ -43,7 +50,7 @@ class _Residual(nn.Module):
     def __init__(self, d_model: int, dropout: float, norm_first: bool, norm_eps: float):
         super().__init__()
         self.norm = nn.LayerNorm(d_model, eps=norm_eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
         self.norm_first = norm_first
 
     def inputs(self, tokens: Tensor) -> Tensor:
