@@ -34,9 +34,8 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_md import write_section  # noqa: E402
-
 from crossattn.models import Seq2SeqConfig, Seq2SeqTransformer  # noqa: E402
+from results_md import write_section  # noqa: E402
 
 D_MODEL, HEADS, LAYERS, FFN, VOCAB, DROPOUT = 256, 4, 3, 1024, 600, 0.1
 
@@ -132,7 +131,7 @@ def measure(args: argparse.Namespace) -> dict:
             for name, (model, fwd) in engines.items()
         }
         times: dict[str, list[float]] = {name: [] for name in steps}
-        for name, step in steps.items():  # warm-up
+        for step in steps.values():  # warm-up
             for _ in range(args.warmup):
                 step()
         for _ in range(args.repeats):
