@@ -108,3 +108,29 @@ def test_translator_training_step_drops_and_trains():
     assert not torch.allclose(a, b)  # dropout is active in training
     a.sum().backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_trainer_optimizer_is_fused_and_steps_like_plain_adamw(tmp_path):
+    from crossattn.train import TrainOptions, _make_optimizer
+
+    torch.manual_seed(0)
+    config = Seq2SeqConfig(23, 29, d_model=16, heads=2, encoder_layers=1, decoder_layers=1,
+                           dim_ff=24, dropout=0.0)  # fmt: skip
+    model = Seq2SeqTransformer(config).double()
+    twin = Seq2SeqTransformer(config).double()
+    twin.load_state_dict(model.state_dict())
+    opts = TrainOptions(data=tmp_path, out=tmp_path / "m", lr=1e-2, weight_decay=0.1)
+    fused = _make_optimizer(model, opts)
+    assert all(g["fused"] for g in fused.param_groups)
+    plain = _make_optimizer(twin, opts)
+    for g in plain.param_groups:
+        g["fused"], g["foreach"] = None, False
+    src = torch.randint(4, 23, (3, 6))
+    tgt = torch.randint(4, 29, (3, 5))
+    for _ in range(3):
+        for m, opt in ((model, fused), (twin, plain)):
+            opt.zero_grad()
+            m(src, None, tgt).logits.square().mean().backward()
+            opt.step()
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
