@@ -7,8 +7,8 @@ cross-entropy, ``backward``, ``torch.optim.AdamW`` (the same default AdamW for e
 in float32 and under ``torch.autocast("cpu", dtype=torch.bfloat16)``. crossattn is
 `Seq2SeqTransformer` (pre-norm); ``torch.nn.Transformer`` gets embeddings, sinusoidal positions
 and an output projection (``norm_first=True``, ``batch_first=True``); HF is ``MarianMTModel``
-built from a config (random weights, ``attn_implementation`` chosen with ``--hf-attn``). The
-engines alternate within each repeat; the table gives medians::
+built from a config (random weights, ``attn_implementation`` chosen with ``--hf-attn``;
+``eager,sdpa`` runs both). The engines alternate within each repeat; the table gives medians::
 
     python benchmarks/bench_train.py --threads 2 --repeats 7 \\
         --out benchmarks/results/train_step.json
@@ -109,12 +109,14 @@ def build_engines(
         activation_dropout=DROPOUT, activation_function="relu", max_position_embeddings=128,
         pad_token_id=0, decoder_start_token_id=1, eos_token_id=2,
     )  # fmt: skip
-    hf = MarianMTModel._from_config(hf_config, attn_implementation=hf_attn)
-    engines[f"HF Marian ({hf_attn})"] = (
-        hf,
-        lambda s, t: hf(input_ids=s, decoder_input_ids=t).logits,
-    )
+    for impl in hf_attn.split(","):
+        hf = MarianMTModel._from_config(hf_config, attn_implementation=impl)
+        engines[f"HF Marian ({impl})"] = (hf, _hf_forward(hf))
     return engines
+
+
+def _hf_forward(hf: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
+    return lambda s, t: hf(input_ids=s, decoder_input_ids=t).logits
 
 
 def make_step(model: nn.Module, forward, src: Tensor, tgt: Tensor, bf16: bool) -> Callable:
@@ -200,7 +202,12 @@ def main() -> None:
     parser.add_argument("--target-len", type=int, default=22)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--hf-attn", choices=["eager", "sdpa"], default="sdpa")
+    parser.add_argument(
+        "--hf-attn",
+        choices=["eager", "sdpa", "eager,sdpa"],
+        default="sdpa",
+        help="HF attn_implementation; 'eager,sdpa' runs both",
+    )
     parser.add_argument(
         "--torch-dropout", action="store_true", help="also crossattn with nn.Dropout modules"
     )
