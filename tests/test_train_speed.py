@@ -134,3 +134,30 @@ def test_trainer_optimizer_is_fused_and_steps_like_plain_adamw(tmp_path):
             opt.step()
     for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_residual_dropout_add_is_tokens_plus_dropped_update(norm_first):
+    from crossattn.layers.transformer import _Residual
+
+    block = _Residual(19, 0.3, norm_first, 1e-5).double().train()
+    tokens = torch.randn(3, 7, 19, dtype=torch.float64, requires_grad=True)
+    update = torch.randn(3, 7, 19, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(5)
+    out = block.add(tokens, update)
+    torch.manual_seed(5)
+    mask = fast_dropout(torch.ones_like(update), 0.3)  # the same draws
+    ref = tokens + update * mask
+    ref = ref if norm_first else block.norm(ref)
+    torch.testing.assert_close(out, ref, rtol=1e-14, atol=1e-14)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (tokens, update), grad)
+    want = torch.autograd.grad(ref, (tokens, update), grad)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-13, atol=1e-13)
+    assert 0 < (mask == 0).sum() < mask.numel()  # some dropped, some kept
+    block.eval()
+    plain = tokens + update
+    torch.testing.assert_close(
+        block.add(tokens, update), plain if norm_first else block.norm(plain), rtol=0, atol=0
+    )

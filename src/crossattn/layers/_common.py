@@ -100,10 +100,16 @@ def fast_dropout(features: Tensor, p: float, training: bool = True) -> Tensor:
         return features
     if p >= 1.0:
         return features * 0.0
-    draws = torch.empty(features.shape, dtype=torch.int32, device=features.device).random_()
+    return features * dropout_mask(features, p)
+
+
+def dropout_mask(like: Tensor, p: float) -> Tensor:
+    """The scaled keep-mask of `fast_dropout`: ``1 / (1 - p)`` with probability ``1 - p``, else 0,
+    in the shape, dtype and device of `like`, for ``0 < p < 1``."""
+    draws = torch.empty(like.shape, dtype=torch.int32, device=like.device).random_()
     keep = draws >= round(p * _RANDOM_RANGE)
-    scale = torch.tensor(1.0 / (1.0 - p), dtype=features.dtype, device=features.device)
-    return features * torch.where(keep, scale, scale.new_zeros(()))
+    scale = torch.tensor(1.0 / (1.0 - p), dtype=like.dtype, device=like.device)
+    return torch.where(keep, scale, scale.new_zeros(()))
 
 
 class FastDropout(nn.Dropout):

@@ -25,6 +25,7 @@ from ._common import (
     check_mask,
     check_nonempty,
     check_positive,
+    dropout_mask,
 )
 from .attention import CrossAttention, PreparedContext, WeightsArg
 
@@ -57,7 +58,11 @@ class _Residual(nn.Module):
         return self.norm(tokens) if self.norm_first else tokens
 
     def add(self, tokens: Tensor, update: Tensor) -> Tensor:
-        out = tokens + self.dropout(update)
+        p = self.dropout.p
+        if self.training and 0.0 < p < 1.0:  # tokens + dropout(update), in one pass
+            out = torch.addcmul(tokens, update, dropout_mask(update, p))
+        else:
+            out = tokens + self.dropout(update)
         return out if self.norm_first else self.norm(out)
 
 
