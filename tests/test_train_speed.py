@@ -161,3 +161,26 @@ def test_residual_dropout_add_is_tokens_plus_dropped_update(norm_first):
     torch.testing.assert_close(
         block.add(tokens, update), plain if norm_first else block.norm(plain), rtol=0, atol=0
     )
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.GELU])
+def test_feed_forward_training_dropout_matches_the_plain_composition(activation):
+    torch.manual_seed(0)
+    ffn = FeedForward(11, 37, activation=activation, dropout=0.4).double().train()
+    x = torch.randn(2, 9, 11, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(8)
+    out = ffn(x)
+    torch.manual_seed(8)
+    hidden = ffn.linear_in(x)
+    mask = fast_dropout(torch.ones_like(hidden), 0.4)  # the same draws
+    ref = ffn.linear_out(ffn.act(hidden) * mask)
+    torch.testing.assert_close(out, ref, rtol=1e-13, atol=1e-13)
+    grad = torch.randn_like(out)
+    params = (x, *ffn.parameters())
+    got = torch.autograd.grad(out, params, grad)
+    want = torch.autograd.grad(ref, params, grad)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    ffn.eval()
+    plain = ffn.linear_out(ffn.act(ffn.linear_in(x)))
+    torch.testing.assert_close(ffn(x), plain, rtol=0, atol=0)

@@ -147,4 +147,9 @@ class FeedForward(nn.Module):
         self.linear_out = nn.Linear(hidden_dim, dim)
 
     def forward(self, features: Tensor) -> Tensor:
+        p = self.dropout.p
+        if self.training and 0.0 < p < 1.0 and type(self.act) is nn.ReLU:
+            # relu(h) * mask == relu(h * mask) for a mask >= 0: one fresh buffer instead of two
+            hidden = self.linear_in(features)
+            return self.linear_out((hidden * dropout_mask(hidden, p)).relu_())
         return self.linear_out(self.dropout(self.act(self.linear_in(features))))
