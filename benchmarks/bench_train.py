@@ -20,7 +20,6 @@ the torch.profiler table of crossattn's step instead.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -71,18 +70,8 @@ class TorchSeq2Seq(nn.Module):
         return self.output(out)
 
 
-def with_torch_dropout(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose dropout modules are ``nn.Dropout`` (``bernoulli_`` masks)."""
-    model = copy.deepcopy(model)
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, nn.Dropout):
-                setattr(module, name, nn.Dropout(child.p))
-    return model
-
-
 def build_engines(
-    hf_attn: str, torch_dropout: bool = False
+    hf_attn: str,
 ) -> dict[str, tuple[nn.Module, Callable[[Tensor, Tensor], Tensor]]]:
     """name -> (model, forward(src, tgt_in) -> logits (B, T, V))."""
     config = Seq2SeqConfig(
@@ -95,9 +84,6 @@ def build_engines(
         "crossattn": (ours, lambda s, t: ours(s, None, t).logits),
         "torch.nn.Transformer": (theirs, theirs),
     }
-    if torch_dropout:  # crossattn with nn.Dropout, to see what the fast dropout gains
-        plain = with_torch_dropout(ours)
-        engines["crossattn, nn.Dropout"] = (plain, lambda s, t: plain(s, None, t).logits)
     try:
         from transformers import MarianConfig, MarianMTModel
     except ImportError:  # a benchmark dependency only
@@ -141,7 +127,7 @@ def measure(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     src = torch.randint(4, VOCAB, (args.batch, args.source_len))
     tgt = torch.randint(4, VOCAB, (args.batch, args.target_len + 1))
-    engines = build_engines(args.hf_attn, args.torch_dropout)
+    engines = build_engines(args.hf_attn)
     results: dict = {}
     for precision in ("float32", "bfloat16 autocast"):
         steps = {
@@ -207,9 +193,6 @@ def main() -> None:
         choices=["eager", "sdpa", "eager,sdpa"],
         default="sdpa",
         help="HF attn_implementation; 'eager,sdpa' runs both",
-    )
-    parser.add_argument(
-        "--torch-dropout", action="store_true", help="also crossattn with nn.Dropout modules"
     )
     parser.add_argument("--quick", action="store_true", help="two repeats, one warm-up step")
     parser.add_argument("--profile", metavar="ENGINE", help="profile one engine's step")
