@@ -890,13 +890,15 @@ def train(opts: TrainOptions, examples: Sequence[Any] | None = None) -> TrainRes
 
 
 def _make_optimizer(model: Seq2SeqTransformer, opts: TrainOptions) -> torch.optim.AdamW:
-    """AdamW, with weight decay on the matrices other than the embeddings."""
+    """AdamW, with weight decay on the matrices other than the embeddings; the fused kernel (one
+    pass over each parameter instead of a dozen elementwise ops) on CPU and CUDA parameters."""
     decay = [p for n, p in model.named_parameters() if p.dim() > 1 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() > 1 and "embed" not in n)]
+    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": opts.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}],
-        lr=opts.lr, betas=(0.9, 0.98), eps=1e-9,
+        lr=opts.lr, betas=(0.9, 0.98), eps=1e-9, fused=fused or None,
     )  # fmt: skip
 
 

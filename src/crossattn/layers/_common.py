@@ -1,4 +1,5 @@
-"""Small helpers shared by the composite layers: argument checks and a GELU feed-forward."""
+"""Small helpers shared by the composite layers: argument checks, a fast dropout and a GELU
+feed-forward."""
 
 from __future__ import annotations
 
@@ -78,6 +79,50 @@ def check_nonnegative(**values: object) -> None:
             raise ValueError(f"{name} must be a non-negative int, got {val!r}")
 
 
+_RANDOM_RANGE = 2**31  # int32 ``random_()`` draws uniformly from [0, 2**31)
+
+
+def fast_dropout(features: Tensor, p: float, training: bool = True) -> Tensor:
+    """Dropout with the same law as ``torch.nn.functional.dropout``, faster on the CPU.
+
+    Each element is kept with probability ``1 - p`` (to within 2**-31) and scaled by
+    ``1 / (1 - p)``. The keep-mask comes from int32 ``random_()`` draws of the default generator
+    (seeded by ``torch.manual_seed``), compared with a threshold: on the CPU that is several times
+    cheaper than ``bernoulli_``, which dominated dropout's cost. The mask is made in the input's
+    dtype (bfloat16 under autocast), so the multiplication and its backward read half the bytes.
+
+    Args:
+        features: any shape, floating point.
+        p: drop probability in [0, 1].
+        training: identity when False (or when ``p`` is 0).
+    """
+    if not training or p == 0.0:
+        return features
+    if p >= 1.0:
+        return features * 0.0
+    return features * dropout_mask(features, p)
+
+
+def dropout_mask(like: Tensor, p: float) -> Tensor:
+    """The scaled keep-mask of `fast_dropout`: ``1 / (1 - p)`` with probability ``1 - p``, else 0,
+    in the shape, dtype and device of `like`, for ``0 < p < 1``."""
+    draws = torch.empty(like.shape, dtype=torch.int32, device=like.device).random_()
+    keep = draws >= round(p * _RANDOM_RANGE)
+    scale = torch.tensor(1.0 / (1.0 - p), dtype=like.dtype, device=like.device)
+    return torch.where(keep, scale, scale.new_zeros(()))
+
+
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` (same arguments, no parameters, so the same state dict) that drops with
+    `fast_dropout`. ``inplace`` is not supported."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__(p)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return fast_dropout(features, self.p, self.training)
+
+
 class FeedForward(nn.Module):
     """Position-wise MLP, no norm: linear_out(dropout(act(linear_in(x)))).
 
@@ -98,8 +143,13 @@ class FeedForward(nn.Module):
         check_positive(dim=dim, hidden_dim=hidden_dim)
         self.linear_in = nn.Linear(dim, hidden_dim)
         self.act = activation()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
         self.linear_out = nn.Linear(hidden_dim, dim)
 
     def forward(self, features: Tensor) -> Tensor:
+        p = self.dropout.p
+        if self.training and 0.0 < p < 1.0 and type(self.act) is nn.ReLU:
+            # relu(h) * mask == relu(h * mask) for a mask >= 0: one fresh buffer instead of two
+            hidden = self.linear_in(features)
+            return self.linear_out((hidden * dropout_mask(hidden, p)).relu_())
         return self.linear_out(self.dropout(self.act(self.linear_in(features))))

@@ -18,7 +18,15 @@ import torch
 from torch import Tensor, nn
 
 from ..masks import causal_mask
-from ._common import FeedForward, check_features, check_mask, check_nonempty, check_positive
+from ._common import (
+    FastDropout,
+    FeedForward,
+    check_features,
+    check_mask,
+    check_nonempty,
+    check_positive,
+    dropout_mask,
+)
 from .attention import CrossAttention, PreparedContext, WeightsArg
 
 
@@ -43,14 +51,18 @@ class _Residual(nn.Module):
     def __init__(self, d_model: int, dropout: float, norm_first: bool, norm_eps: float):
         super().__init__()
         self.norm = nn.LayerNorm(d_model, eps=norm_eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
         self.norm_first = norm_first
 
     def inputs(self, tokens: Tensor) -> Tensor:
         return self.norm(tokens) if self.norm_first else tokens
 
     def add(self, tokens: Tensor, update: Tensor) -> Tensor:
-        out = tokens + self.dropout(update)
+        p = self.dropout.p
+        if self.training and 0.0 < p < 1.0:  # tokens + dropout(update), in one pass
+            out = torch.addcmul(tokens, update, dropout_mask(update, p))
+        else:
+            out = tokens + self.dropout(update)
         return out if self.norm_first else self.norm(out)
 
 

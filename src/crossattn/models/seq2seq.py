@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..layers._common import FastDropout
 from ..layers.attention import PreparedContext
 from ..layers.transformer import TransformerDecoderLayer, TransformerEncoderLayer
 
@@ -147,7 +148,7 @@ class Seq2SeqTransformer(nn.Module):
         self.register_buffer(
             "positions", sinusoidal_positions(c.max_len, c.d_model), persistent=False
         )
-        self.embed_dropout = nn.Dropout(c.dropout)
+        self.embed_dropout = FastDropout(c.dropout)
         kw = dict(heads=c.heads, dim_ff=c.dim_ff, dropout=c.dropout, norm_first=c.norm_first)
         self.encoder = nn.ModuleList(
             TransformerEncoderLayer(c.d_model, **kw) for _ in range(c.encoder_layers)
