@@ -59,7 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="also train a target-to-source model into OUT/reverse (for crossattn "
                    "align --symmetrize); --minutes is split in half between the two, --steps "
                    "applies to each (default: off)")  # fmt: skip
-    g = p.add_argument_group("tokens")
+    _add_token_arguments(p.add_argument_group("tokens"), d)
+    _add_model_and_training_arguments(p, d)
+
+
+def _add_token_arguments(g: argparse._ArgumentGroup, d: Any) -> None:
     g.add_argument("--tokenizer", choices=("word", "bpe", "unigram"), default=d.tokenizer,
                    help="model tokens: whole words, or subwords trained on --data by the "
                    f"'tokenizers' library (default: {d.tokenizer})")  # fmt: skip
@@ -69,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--normalization", choices=("nfkc", "nfc", "none"), default=None,
                    help="Unicode normalisation of every word (default: none for word, nfkc "
                    "for bpe and unigram)")  # fmt: skip
+
+
+def _add_model_and_training_arguments(p: argparse.ArgumentParser, d: Any) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--d-model", type=positive_int, default=d.d_model,
                    help="model width, a multiple of --heads (default: %(default)s)")  # fmt: skip
