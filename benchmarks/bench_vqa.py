@@ -23,11 +23,11 @@ from crossattn.models.vocab import Vocabulary
 from crossattn.models.vqa import VQAConfig, VQAModel
 from crossattn.vqa_training import (
     VQAOptions,
-    _encode,
-    _images,
     _loss,
+    encode_questions,
     grounding_map,
     map_information,
+    question_images,
     scene_questions,
     train_vqa,
 )
@@ -36,8 +36,8 @@ from crossattn.vqa_training import (
 @torch.no_grad()
 def _maps(model, vocab, ex):
     rows = torch.arange(len(ex))
-    ids, mask = _encode(vocab, ex.questions)
-    res = model(_images(ex, rows), ids, mask, return_maps=True)
+    ids, mask = encode_questions(vocab, ex.questions)
+    res = model(question_images(ex, rows), ids, mask, return_maps=True)
     return res
 
 
@@ -89,7 +89,7 @@ def timing(args) -> None:
     config = json.loads(args.config)
     vocab = Vocabulary.build(train.questions)
     answers = sorted(set(train.answers))
-    ids, mask = _encode(vocab, train.questions)
+    ids, mask = encode_questions(vocab, train.questions)
     labels = torch.tensor([answers.index(a) for a in train.answers])
     gen = torch.Generator().manual_seed(0)
     result = {}

@@ -50,7 +50,7 @@ from torch import Tensor
 from .checkpoint import CheckpointError as CheckpointError  # re-exported: raised by train
 from .checkpoint import atomic_write as _atomic
 from .checkpoint import load_checkpoint, save_checkpoint, temporaries, write_json
-from .models.decoding import force_decode_attention, greedy_decode
+from .models.decoding import force_decode_attention
 from .models.seq2seq import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Seq2SeqConfig, Seq2SeqTransformer
 from .models.tokenizer import (
     KINDS,
@@ -623,40 +623,6 @@ def evaluate_loss(
     model.train(was)
     loss = nll / max(tokens, 1.0)
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "accuracy": correct / max(tokens, 1.0)}
-
-
-@torch.no_grad()
-def translate_ids(
-    model: Seq2SeqTransformer,
-    sources: Sequence[Sequence[int]],
-    *,
-    beam_size: int = 1,
-    batch_size: int = 64,
-    return_attention: bool = False,
-) -> list:
-    """Decode id sequences (greedy for beam_size 1, else beam search), batched by length."""
-    from .models.decoding import beam_search
-
-    device = next(model.parameters()).device
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    results: list = [None] * len(sources)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        s = max(len(sources[i]) for i in idx)
-        ids = torch.full((len(idx), s), PAD_ID, dtype=torch.long)
-        for r, i in enumerate(idx):
-            ids[r, : len(sources[i])] = torch.tensor(list(sources[i]), dtype=torch.long)
-        ids = ids.to(device)
-        mask = ids != PAD_ID
-        if beam_size == 1:
-            hyps = greedy_decode(model, ids, mask, return_attention=return_attention)
-        else:
-            hyps = beam_search(
-                model, ids, mask, beam_size=beam_size, return_attention=return_attention
-            )
-        for r, i in enumerate(idx):
-            results[i] = hyps[r]
-    return results
 
 
 @torch.no_grad()

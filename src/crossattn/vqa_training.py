@@ -48,6 +48,8 @@ __all__ = [
     "VQAOptions",
     "VQAPredictor",
     "VQATrainResult",
+    "encode_questions",
+    "question_images",
     "box_share",
     "pointable_target",
     "choose_head",
@@ -235,7 +237,9 @@ class VQATrainResult:
     seconds: float
 
 
-def _encode(vocab: Vocabulary, questions: Sequence[Sequence[str]]) -> tuple[Tensor, Tensor]:
+def encode_questions(
+    vocab: Vocabulary, questions: Sequence[Sequence[str]]
+) -> tuple[Tensor, Tensor]:
     t = max(1, max((len(q) for q in questions), default=1))
     ids = torch.zeros(len(questions), t, dtype=torch.long)  # 0 = <pad>
     for k, q in enumerate(questions):
@@ -297,8 +301,8 @@ def choose_head(
     """The grounding choice, among every single head and the mean, whose maps carry the most
     `map_information` on (up to ``limit`` of) ``examples``, and every candidate's score."""
     rows = torch.arange(min(limit, len(examples)))
-    ids, mask = _encode(vocab, [examples.questions[r] for r in rows.tolist()])
-    res = model.eval()(_images(examples, rows), ids, mask, return_maps=True)
+    ids, mask = encode_questions(vocab, [examples.questions[r] for r in rows.tolist()])
+    res = model.eval()(question_images(examples, rows), ids, mask, return_maps=True)
     candidates = ["mean"] + [
         f"head:{layer}:{h}" for layer in range(len(res.maps)) for h in range(res.maps[0].shape[1])
     ]  # fmt: skip
@@ -306,7 +310,7 @@ def choose_head(
     return max(candidates, key=lambda c: scores[c]), scores
 
 
-def _images(ex: VQAExamples, rows: Tensor) -> Tensor:
+def question_images(ex: VQAExamples, rows: Tensor) -> Tensor:
     return ex.images[ex.image_index[rows]].float() / 255.0
 
 
@@ -331,7 +335,7 @@ def _loss(model: VQAModel, examples: VQAExamples, rows: Tensor, ids: Tensor, mas
           labels: Tensor, options: VQAOptions) -> Tensor:  # fmt: skip
     """The answer loss of one batch, plus the guided grounding loss when asked for."""
     guided = options.guided_grounding
-    out = model(_images(examples, rows), ids[rows], mask[rows], return_maps=guided)
+    out = model(question_images(examples, rows), ids[rows], mask[rows], return_maps=guided)
     loss = F.cross_entropy(out.logits, labels[rows], label_smoothing=options.label_smoothing)
     if guided:
         head = grounding_map(out.maps, out.map_mask, "guided")
@@ -366,7 +370,7 @@ def train_vqa(
     answers = sorted(set(examples.answers))
     config = VQAConfig(vocab_size=len(vocab), n_answers=len(answers), **options.config)
     model = VQAModel(config)
-    ids, mask = _encode(vocab, examples.questions)
+    ids, mask = encode_questions(vocab, examples.questions)
     answer_id = {a: i for i, a in enumerate(answers)}
     labels = torch.tensor([answer_id[a] for a in examples.answers])
     opt = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
@@ -416,8 +420,8 @@ class VQAPredictor:
         out: list[dict[str, Any]] = []
         for lo in range(0, len(examples), batch_size):
             rows = torch.arange(lo, min(lo + batch_size, len(examples)))
-            ids, mask = _encode(self.vocab, [examples.questions[r] for r in rows.tolist()])
-            res = self.model(_images(examples, rows), ids, mask, return_maps=True)
+            ids, mask = encode_questions(self.vocab, [examples.questions[r] for r in rows.tolist()])
+            res = self.model(question_images(examples, rows), ids, mask, return_maps=True)
             maps = grounding_map(res.maps, res.map_mask, self.grounding).reshape(-1, grid, grid)
             for k, r in enumerate(rows.tolist()):
                 m = maps[k].double().numpy()

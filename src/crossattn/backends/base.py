@@ -138,11 +138,3 @@ def grouped_mask(mask: Tensor | None, heads: int, groups: int) -> Tensor | None:
     if h == 1:
         return mask.unsqueeze(2)  # (B|1, 1, 1, L|1, S|1)
     return mask.reshape(b, heads // groups, groups, length, s)  # (B|1, Hk, G, L|1, S|1)
-
-
-def reduce_grad_to(grad: Tensor, shape: torch.Size) -> Tensor:
-    """Sum a gradient over the dimensions that were broadcast from `shape`."""
-    dims = [i for i, (g, s) in enumerate(zip(grad.shape, shape)) if s == 1 and g != 1]
-    if dims:
-        grad = grad.sum(dim=dims, keepdim=True)
-    return grad

@@ -166,7 +166,6 @@ class _Operands:
             self.q_groups = [q5[:, :, gi].reshape(n, length, e) for gi in range(g)]  # (B*Hk, L, E)
         self.key_t = inputs.key.reshape(n, -1, e).transpose(1, 2)  # (B*Hk, E, S)
         self.value = inputs.value.reshape(n, -1, ev)  # (B*Hk, S, Ev)
-        self.scale2 = inputs.scale * LOG2E  # scores in log2 units
         mask = inputs.mask
         self.mask = mask  # (B|1, H|1, L|1, S|1)
         self.mask_is_bool = mask is not None and mask.dtype == torch.bool
@@ -616,15 +615,9 @@ class ChunkedBackend(Backend):
     name = "chunked"
     description = "online softmax over query/key tiles; memory bounded by the tile size"
 
-    def __init__(
-        self,
-        tile_elements: int | None = None,
-        k_block: int | None = None,
-        single_block: int = MAX_SINGLE_BLOCK,
-    ):
-        self.tile_elements = tile_elements
-        self.k_block = k_block
-        self.single_block = single_block
+    def __init__(self, tile_elements: int | None = None, k_block: int | None = None,
+                 single_block: int = MAX_SINGLE_BLOCK):  # fmt: skip
+        self.tile_elements, self.k_block, self.single_block = tile_elements, k_block, single_block
 
     def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
         reasons = []

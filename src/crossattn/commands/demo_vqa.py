@@ -85,16 +85,16 @@ def _viewer(out: Path, examples: Any, runs: dict[str, dict], shown: int = 12) ->
     import torch
 
     from ..viz import batch_examples, to_html
-    from ..vqa_training import _encode, _images
+    from ..vqa_training import encode_questions, question_images
 
     rows = torch.arange(min(shown, len(examples)))
     items = []
     for name, ev in runs.items():
         predictor = ev["predictor"]
         questions = [examples.questions[r] for r in rows.tolist()]
-        ids, mask = _encode(predictor.vocab, questions)
+        ids, mask = encode_questions(predictor.vocab, questions)
         with torch.no_grad():
-            res = predictor.model(_images(examples, rows), ids, mask, return_maps=True)
+            res = predictor.model(question_images(examples, rows), ids, mask, return_maps=True)
         one_row = predictor.model.config.readout == "query"  # one query reads the question
         tokens = [[" ".join(q)] if one_row else list(q) for q in questions]
         answers = [ev["predictions"][r]["answer"] for r in rows.tolist()]

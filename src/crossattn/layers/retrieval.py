@@ -38,14 +38,6 @@ from ._common import (
 from .attention import CrossAttention
 
 
-def neighbour_chunk_index(length: int, chunk_size: int, *, causal_offset: bool) -> Tensor:
-    """(L,) long: the chunk whose neighbours token p attends to; -1 for none."""
-    p = torch.arange(length)
-    if causal_offset:
-        return (p + 1) // chunk_size - 1
-    return p // chunk_size
-
-
 class RetrievalCrossAttention(nn.Module):
     """Each chunk of the sequence attends to the neighbours retrieved for it (RETRO's CCA).
 
