@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from crossattn.viz import batch_examples, to_html, view
+from crossattn.viz._assets import JS_MODULES, viewer_script
 from crossattn.viz._record import as_record
-from crossattn.viz.html import JS_MODULES, MiB, _asset
+from crossattn.viz.html import MiB
 
 XSS = "</script><img src=x onerror=alert(1)>"
 QUESTION = ["what", "colour", "is", "the", "square", "?"]
@@ -258,7 +259,7 @@ def test_batch_examples_from_a_vqa_model():
 
 def test_script_modules_stay_small():
     """The page inlines the modules in one scope; each file, and each function, stays small."""
-    bundle = _asset("viewer.js")
+    bundle = viewer_script()
     for name in JS_MODULES:
         text = resources.files("crossattn.viz").joinpath("assets", name).read_text("utf-8")
         assert text in bundle

@@ -21,12 +21,11 @@ import struct
 import uuid
 import zlib
 from collections.abc import Sequence
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import numpy as np
 
+from ._assets import asset, viewer_script
 from ._colors import COLOR_STOPS
 from ._record import AttentionRecord, as_record, check_int, check_real
 from .examples import is_example_list, normalize_examples
@@ -35,22 +34,6 @@ __all__ = ["Viewer", "to_html", "view"]
 
 MiB = 1 << 20
 _BITS_16_LIMIT = 16 * MiB  # raw bytes of 16-bit weights past which 8 bits are used
-
-
-# The viewer's script, in the order the page runs it: small modules sharing one scope.
-JS_MODULES = (
-    "util.js", "maps.js", "controls.js", "tokens.js", "image.js", "matrix.js", "overview.js",
-    "mount.js", "examples.js", "main.js",
-)  # fmt: skip
-
-
-@cache
-def _asset(name: str) -> str:
-    """An asset's text; "viewer.js" is the whole script: `JS_MODULES` in one function scope."""
-    if name == "viewer.js":
-        parts = [f"// ---- {m}\n{_asset(m)}" for m in JS_MODULES]
-        return '(function () {\n  "use strict";\n' + "\n".join(parts) + "})();\n"
-    return resources.files("crossattn.viz").joinpath("assets", name).read_text(encoding="utf-8")
 
 
 def quantize(weights: np.ndarray, bits: int) -> tuple[bytes, list[float]]:
@@ -205,13 +188,13 @@ def _fragment(data: dict[str, Any], *, with_assets: bool = True) -> str:
     root_id = "ca-" + uuid.uuid4().hex[:12]
     parts = []
     if with_assets:
-        parts.append(f"<style>\n{_asset('viewer.css')}</style>")
+        parts.append(f"<style>\n{asset('viewer.css')}</style>")
     parts.append(
         f'<div class="ca-viewer" id="{root_id}" data-ca-auto="1">'
         f'<script type="application/json" class="ca-data">{script_json(data)}</script></div>'
     )
     if with_assets:
-        parts.append(f"<script>\n{_asset('viewer.js')}</script>")
+        parts.append(f"<script>\n{viewer_script()}</script>")
     return "\n".join(parts)
 
 

@@ -1,7 +1,7 @@
 /* crossattn viewer: token view, matrix view, image overlay and overview of cross-attention maps.
  *
  * Self-contained: no network, no dependencies. The page builder joins these modules into one
- * function scope (see crossattn.viz.html.JS_MODULES). Data comes from a JSON script element
+ * function scope (see crossattn.viz._assets.JS_MODULES). Data comes from a JSON script element
  * (class ca-data) inside each .ca-viewer root, or from crossattnViewer.mount(root, data).
  * Weights arrive quantised (8 or 16 bits, one scale per layer and head) and base64-encoded;
  * rows are target tokens, columns source tokens. Tokens are only ever written with textContent.
