@@ -21,6 +21,7 @@ import numpy as np
 
 from ._colors import POSSIBLE_COLOR, PREDICTED_COLOR, SURE_COLOR, colormap
 from ._record import (
+    AttentionRecord,
     Link,
     _image_array,
     _tokens,
@@ -73,50 +74,94 @@ def _tick_step(n: int, max_labels: int) -> int:
 def _draw_links(ax: Any, links: list[Link], predicted: list[Link], cell_pt: float) -> list:
     """Markers on the cells of links: open squares (sure), open circles (possible), dots
     (predicted). Returns legend handles."""
-    handles = []
     size = max(2.0, 0.8 * cell_pt)
-    sure = [k for k in links if k.sure]
-    possible = [k for k in links if not k.sure]
-    if sure:
-        handles.append(
-            ax.scatter(
-                [k.source for k in sure],
-                [k.target for k in sure],
-                marker="s",
-                s=size**2,
-                facecolors="none",
-                edgecolors=SURE_COLOR,
-                linewidths=1.4,
-                label="gold (sure)",
-            )
+    sure = {"marker": "s", "s": size**2, "edgecolors": SURE_COLOR, "linewidths": 1.4}
+    possible = {"marker": "o", "s": (0.75 * size) ** 2, "edgecolors": POSSIBLE_COLOR}
+    possible.update(linewidths=1.1, linestyle="--")
+    dot = {"marker": "o", "s": (0.3 * size) ** 2, "color": PREDICTED_COLOR, "linewidths": 0}
+    groups = (
+        ([k for k in links if k.sure], {**sure, "facecolors": "none"}, "gold (sure)"),
+        ([k for k in links if not k.sure], {**possible, "facecolors": "none"}, "gold (possible)"),
+        (predicted, dot, "predicted"),
+    )
+    return [
+        ax.scatter([k.source for k in group], [k.target for k in group], label=label, **style)
+        for group, style, label in groups
+        if group
+    ]
+
+
+def _check_heatmap_options(
+    heads: Any, vmax: Any, max_labels: Any, cell_size: Any, dpi: Any, title: Any
+) -> tuple[list[int] | None, int]:
+    """`heads` as a list of ints (or None) and `max_labels` as an int, once every option of
+    `heatmap` that is not about the record is checked."""
+    max_labels = check_int(max_labels, "max_labels", minimum=1)
+    if cell_size is not None and check_real(cell_size, "cell_size") <= 0:
+        raise ValueError(f"cell_size must be a positive number of inches, got {cell_size!r}")
+    if vmax is not None and check_real(vmax, "vmax") <= 0:
+        raise ValueError(f"vmax must be a positive number, got {vmax!r}")
+    _check_figure_options(dpi, title)
+    if heads is not None:
+        if isinstance(heads, numbers.Integral) and not isinstance(heads, bool):
+            heads = [heads]
+        elif isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
+            raise TypeError(f"heads must be an int or a list of head indices, got {heads!r}")
+        heads = [check_int(h, "heads[...]") for h in heads]
+    return heads, max_labels
+
+
+def _head_ids(heads: list[int] | None, n_heads: int) -> list[int]:
+    """The heads to draw: `heads`, each checked against H = `n_heads`, or all of them."""
+    head_ids = list(range(n_heads)) if heads is None else list(heads)
+    bad = [h for h in head_ids if not 0 <= h < n_heads]
+    if bad or not head_ids:
+        raise ValueError(f"heads must be indices in [0, {n_heads}), got {list(heads or [])}")
+    return head_ids
+
+
+class _Layout:
+    """The sizes of a heatmap figure: panels of (L, S) cells with token labels, the font, and
+    the tick steps (at most `max_labels` labels an axis)."""
+
+    def __init__(self, rec: AttentionRecord, cell_size: float | None, max_labels: int):
+        _, _, self.length, self.source_length = rec.shape
+        self.src = rec.source_tokens
+        self.tgt = rec.target_tokens or [str(i) for i in range(self.length)]
+        # Panel size: about 7 inches on the longer side, plus room for the labels.
+        if cell_size is None:
+            cell_size = min(0.3, 7.0 / max(self.length, self.source_length))
+        labels = self.src + self.tgt
+        longest = max(len(t) for t in labels) if labels else 1
+        label_in = min(2.0, 0.09 * longest + 0.3)
+        self.panel_w = self.source_length * cell_size + label_in
+        self.panel_h = self.length * cell_size + label_in
+        self.fontsize = float(np.clip(cell_size * 72 * 0.7, 5, 10))
+        self.cell_pt = cell_size * 72
+        self.step_s = _tick_step(self.source_length, max_labels)
+        self.step_t = _tick_step(self.length, max_labels)
+        self.cmap = colormap()
+
+    def figsize(self, rows: int, cols: int, colorbar: bool, title: Any, legend: bool) -> tuple:
+        """(width, height) in inches of `rows` x `cols` panels and what is drawn around them."""
+        fig_w = cols * self.panel_w + (1.0 if colorbar else 0.3)
+        fig_h = rows * self.panel_h + (0.6 if title else 0.2) + (0.4 if legend else 0)
+        return fig_w, fig_h
+
+    def panel(self, ax: Any, weights: np.ndarray, vmax: float) -> Any:
+        """Draw one (L, S) map on `ax` with its token labels, every k-th on long sequences."""
+        image = ax.imshow(
+            weights, cmap=self.cmap, vmin=0.0, vmax=vmax, aspect="equal", interpolation="nearest"
         )
-    if possible:
-        handles.append(
-            ax.scatter(
-                [k.source for k in possible],
-                [k.target for k in possible],
-                marker="o",
-                s=(0.75 * size) ** 2,
-                facecolors="none",
-                edgecolors=POSSIBLE_COLOR,
-                linewidths=1.1,
-                linestyle="--",
-                label="gold (possible)",
-            )
-        )
-    if predicted:
-        handles.append(
-            ax.scatter(
-                [k.source for k in predicted],
-                [k.target for k in predicted],
-                marker="o",
-                s=(0.3 * size) ** 2,
-                color=PREDICTED_COLOR,
-                linewidths=0,
-                label="predicted",
-            )
-        )
-    return handles
+        ax.set_xticks(range(0, self.source_length, self.step_s))
+        ax.set_yticks(range(0, self.length, self.step_t))
+        ax.set_xticklabels(self.src[:: self.step_s], rotation=90, fontsize=self.fontsize)
+        ax.set_yticklabels(self.tgt[:: self.step_t], fontsize=self.fontsize)
+        ax.xaxis.tick_top()
+        ax.tick_params(length=0, pad=2)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        return image
 
 
 def heatmap(
@@ -165,18 +210,7 @@ def heatmap(
     Returns:
         The `matplotlib.figure.Figure` (on an Agg canvas; pyplot is never touched).
     """
-    max_labels = check_int(max_labels, "max_labels", minimum=1)
-    if cell_size is not None and check_real(cell_size, "cell_size") <= 0:
-        raise ValueError(f"cell_size must be a positive number of inches, got {cell_size!r}")
-    if vmax is not None and check_real(vmax, "vmax") <= 0:
-        raise ValueError(f"vmax must be a positive number, got {vmax!r}")
-    _check_figure_options(dpi, title)
-    if heads is not None:
-        if isinstance(heads, numbers.Integral) and not isinstance(heads, bool):
-            heads = [heads]
-        elif isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
-            raise TypeError(f"heads must be an int or a list of head indices, got {heads!r}")
-        heads = [check_int(h, "heads[...]") for h in heads]
+    heads, max_labels = _check_heatmap_options(heads, vmax, max_labels, cell_size, dpi, title)
     rec = as_record(
         weights,
         source_tokens,
@@ -186,64 +220,27 @@ def heatmap(
         layer_names=layer_names,
         **record_options,
     )
-    arr = rec.weights  # (layers, H, L, S)
-    n_layers, n_heads, length, source_length = arr.shape
-    head_ids = list(range(n_heads)) if heads is None else list(heads)
-    bad = [h for h in head_ids if not 0 <= h < n_heads]
-    if bad or not head_ids:
-        raise ValueError(f"heads must be indices in [0, {n_heads}), got {list(heads or [])}")
-    arr = arr[:, head_ids]
-    n_cols = len(head_ids)
-    src = rec.source_tokens
-    tgt = rec.target_tokens or [str(i) for i in range(length)]
+    n_layers, n_heads, length, source_length = rec.shape
+    head_ids = _head_ids(heads, n_heads)
+    arr = rec.weights[:, head_ids]  # (layers, heads drawn, L, S)
     if vmax is None:
         vmax = float(arr.max()) or 1.0
-
-    # Panel size: about 7 inches on the longer side, plus room for the labels.
-    if cell_size is None:
-        cell_size = min(0.3, 7.0 / max(length, source_length))
-    longest = max(len(t) for t in src + tgt) if src + tgt else 1
-    label_in = min(2.0, 0.09 * longest + 0.3)
-    panel_w = source_length * cell_size + label_in
-    panel_h = length * cell_size + label_in
-    fig_w = n_cols * panel_w + (1.0 if colorbar else 0.3)
-    fig_h = (
-        n_layers * panel_h + (0.6 if title else 0.2) + (0.4 if rec.links or rec.predicted else 0)
-    )
-    fig = _new_figure((fig_w, fig_h), dpi)
-    axes = fig.subplots(n_layers, n_cols, squeeze=False)
-    cmap = colormap()
-    fontsize = float(np.clip(cell_size * 72 * 0.7, 5, 10))
-    cell_pt = cell_size * 72
-    step_s = _tick_step(source_length, max_labels)
-    step_t = _tick_step(length, max_labels)
+    layout = _Layout(rec, cell_size, max_labels)
+    legend = bool(rec.links or rec.predicted)
+    fig = _new_figure(layout.figsize(n_layers, len(head_ids), colorbar, title, legend), dpi)
+    axes = fig.subplots(n_layers, len(head_ids), squeeze=False)
     image = None
     handles: list = []
     for i in range(n_layers):
         for j, head in enumerate(head_ids):
             ax = axes[i, j]
-            image = ax.imshow(
-                arr[i, j],
-                cmap=cmap,
-                vmin=0.0,
-                vmax=vmax,
-                aspect="equal",
-                interpolation="nearest",
-            )
-            ax.set_xticks(range(0, source_length, step_s))
-            ax.set_yticks(range(0, length, step_t))
-            ax.set_xticklabels(src[::step_s], rotation=90, fontsize=fontsize)
-            ax.set_yticklabels(tgt[::step_t], fontsize=fontsize)
-            ax.xaxis.tick_top()
-            ax.tick_params(length=0, pad=2)
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            hs = _draw_links(ax, rec.links, rec.predicted, cell_pt)
+            image = layout.panel(ax, arr[i, j], vmax)
+            hs = _draw_links(ax, rec.links, rec.predicted, layout.cell_pt)
             handles = handles or hs
             ax.set_xlim(-0.5, source_length - 0.5)
             ax.set_ylim(length - 0.5, -0.5)
             name = "head mean" if rec.head_mean else f"head {head}"
-            if n_layers > 1 or n_cols > 1:
+            if n_layers > 1 or len(head_ids) > 1:
                 label = f"{rec.layer_names[i]} · {name}" if n_layers > 1 else name
                 ax.set_xlabel(label, fontsize=9)
     if colorbar and image is not None:
@@ -257,12 +254,17 @@ def heatmap(
             ncol=len(handles),
             fontsize=8,
             frameon=False,
-            markerscale=min(1.0, 10.0 / max(cell_pt, 1e-6)),
+            markerscale=min(1.0, 10.0 / max(layout.cell_pt, 1e-6)),
         )
+    _finish(fig, title, path)
+    return fig
+
+
+def _finish(fig: Figure, title: str | None, path: str | os.PathLike | None) -> None:
+    """The figure's title, then the file at `path` (if any)."""
     if title:
         fig.suptitle(title, fontsize=12)
     _save(fig, path)
-    return fig
 
 
 def _upsample(patches: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -311,6 +313,44 @@ def image_overlay(
     alpha = check_real(alpha, "alpha")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    arr, grid = _patch_weights(weights, grid)  # (L, S), (h, w)
+    tokens = _tokens(tokens, "tokens")
+    if tokens is not None and len(tokens) != arr.shape[1]:
+        raise ValueError(
+            f"tokens has {len(tokens)} tokens but weights have S = {arr.shape[1]} columns"
+        )
+    img = _image_array(image)
+    indices = _token_indices(token, tokens, arr.shape[1])
+    n = len(indices)
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    height, width = img.shape[:2]
+    panel = 3.2
+    fig = _new_figure((cols * panel * width / max(height, width) + 0.8, rows * panel + 0.4), dpi)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    cmap = colormap()
+    shown = None
+    for k, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if k >= n:
+            continue
+        s = indices[k]
+        heat = _upsample(arr[:, s].reshape(grid), (height, width))
+        top = float(heat.max()) if normalize else 1.0
+        ax.imshow(img, interpolation="bilinear")
+        shown = ax.imshow(
+            heat, cmap=cmap, alpha=alpha, vmin=0.0, vmax=top or 1.0, interpolation="bilinear"
+        )
+        ax.set_title(tokens[s] if tokens is not None else f"token {s}", fontsize=10)
+    if shown is not None and not normalize:
+        bar = fig.colorbar(shown, ax=axes, shrink=0.7, pad=0.02)
+        bar.set_label("attention weight", fontsize=9)
+    _finish(fig, title, path)
+    return fig
+
+
+def _patch_weights(weights: Any, grid: Any) -> tuple[np.ndarray, tuple[int, int]]:
+    """The (L, S) text-to-image map (the head mean of (H, L, S)) and its (h, w) patch grid."""
     arr = to_numpy(weights, "weights")
     if arr.ndim not in (2, 3):
         raise ValueError(
@@ -320,20 +360,18 @@ def image_overlay(
     check_weight_values(arr)
     if arr.ndim == 3:  # (H, L, S) -> head mean
         arr = arr.mean(axis=0)
-    length, source_length = arr.shape
+    length = arr.shape[0]
     if grid is None:
         side = math.isqrt(length)
         if side * side != length:
             raise ValueError(f"grid=(h, w) is needed: L = {length} patches is not a square number")
         grid = (side, side)
-    grid = check_grid(grid, length)
-    tokens = _tokens(tokens, "tokens")
-    if tokens is not None:
-        if len(tokens) != source_length:
-            raise ValueError(
-                f"tokens has {len(tokens)} tokens but weights have S = {source_length} columns"
-            )
-    img = _image_array(image)
+    h, w = check_grid(grid, length)
+    return arr, (int(h), int(w))
+
+
+def _token_indices(token: Any, tokens: list[str] | None, source_length: int) -> list[int]:
+    """`token` (an index, a text token, or a list or 1-D array of them) as indices into S."""
     if hasattr(token, "tolist") and getattr(token, "ndim", 0) > 0:  # 1-D array or tensor
         token = token.tolist()
     elif hasattr(token, "item") and getattr(token, "ndim", None) == 0:  # 0-d array or tensor
@@ -355,37 +393,4 @@ def image_overlay(
             if not -source_length <= int(t) < source_length:
                 raise ValueError(f"token={t} is out of range for S = {source_length} text tokens")
             indices.append(int(t) % source_length)
-    n = len(indices)
-    cols = min(n, 4)
-    rows = math.ceil(n / cols)
-    height, width = img.shape[:2]
-    panel = 3.2
-    fig = _new_figure((cols * panel * width / max(height, width) + 0.8, rows * panel + 0.4), dpi)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    cmap = colormap()
-    shown = None
-    for k, ax in enumerate(axes.ravel()):
-        ax.axis("off")
-        if k >= n:
-            continue
-        s = indices[k]
-        heat = _upsample(arr[:, s].reshape(int(grid[0]), int(grid[1])), (height, width))
-        top = float(heat.max()) if normalize else 1.0
-        ax.imshow(img, interpolation="bilinear")
-        shown = ax.imshow(
-            heat,
-            cmap=cmap,
-            alpha=alpha,
-            vmin=0.0,
-            vmax=top or 1.0,
-            interpolation="bilinear",
-        )
-        label = tokens[s] if tokens is not None else f"token {s}"
-        ax.set_title(label, fontsize=10)
-    if shown is not None and not normalize:
-        bar = fig.colorbar(shown, ax=axes, shrink=0.7, pad=0.02)
-        bar.set_label("attention weight", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=12)
-    _save(fig, path)
-    return fig
+    return indices
