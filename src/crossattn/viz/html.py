@@ -370,72 +370,15 @@ def view(
 ) -> Viewer:
     """The interactive viewer of attention maps, as an object for Jupyter or `.save(path)`.
 
-    Takes the arguments of `to_html` (but `path`); see there.
-    """
-    if is_example_list(weights):
-        options = dict(title=title, threshold=threshold, layer=layer, head=head, bits=bits)
-        per_record = dict(
-            source_tokens=source_tokens, target_tokens=target_tokens, caption=caption,
-            links=links, predicted=predicted, image=image, grid=grid, box=box,
-            layer_names=layer_names, layers=layers, batch=batch, step=step,
-        )  # fmt: skip
-        return _examples_viewer(weights, {**options, "max_bytes": max_bytes}, per_record)
-    max_bytes = _check_max_bytes(max_bytes)
-    rec = as_record(
-        weights,
-        source_tokens,
-        target_tokens,
-        links=links,
-        predicted=predicted,
-        image=image,
-        grid=grid,
-        box=box,
-        layer_names=layer_names,
-        layers=layers,
-        batch=batch,
-        step=step,
-    )
-    data = payload(
-        rec, title=title, caption=caption, threshold=threshold, layer=layer, head=head, bits=bits
-    )
-    return Viewer(rec, data, max_bytes)
-
-
-def to_html(
-    weights: Any,
-    source_tokens: Sequence[str] | None = None,
-    target_tokens: Sequence[str] | None = None,
-    *,
-    path: str | os.PathLike | None = None,
-    title: str | None = None,
-    caption: str | None = None,
-    threshold: float = 0.1,
-    layer: int | str | None = None,
-    head: int | str | None = None,
-    links: Any = None,
-    predicted: Any = None,
-    image: Any = None,
-    grid: tuple[int, int] | None = None,
-    box: Any = None,
-    layer_names: Sequence[str] | None = None,
-    layers: Sequence[str] | None = None,
-    batch: int = 0,
-    step: int | str | None = None,
-    bits: int | None = None,
-    max_bytes: int | None = 40 * MiB,
-) -> str:
-    """One self-contained HTML page (inline JS and CSS, no network) to explore attention maps.
-
     Args:
         weights: (L, S), (H, L, S) or (layers, H, L, S), rows target tokens, columns source
             tokens; or a capture in place of weights: an `AttentionRecorder`, the path of a file
             it saved, or its `maps` (layer name -> list of (B, L, S) or (B, heads, L, S)).
             Or a list of examples, each an `AttentionRecord` or a dict with its own weights,
             tokens, image, box and links (see `crossattn.viz.examples`): the page browses
-            them. With a list, the second argument may be the path: ``to_html(examples, path)``.
+            them.
         source_tokens: S strings (default: the capture's tokens, else their indices).
         target_tokens: L strings (default likewise).
-        path: also write the page to this file.
         title: page title; caption: a line under it (e.g. the translation).
         threshold: initial highlight threshold in [0, 1] (adjustable on the page).
         layer: initial layer (index, name or "mean"); head: initial head (index or "mean",
@@ -461,34 +404,51 @@ def to_html(
             limit).
 
     Returns:
+        The `Viewer`; its ``html`` is the page.
+    """
+    tokens = dict(source_tokens=source_tokens, target_tokens=target_tokens)
+    record_args = dict(
+        links=links, predicted=predicted, image=image, grid=grid, box=box,
+        layer_names=layer_names, layers=layers, batch=batch, step=step,
+    )  # fmt: skip
+    options = dict(title=title, threshold=threshold, layer=layer, head=head, bits=bits)
+    if is_example_list(weights):
+        per_record = {**tokens, "caption": caption, **record_args}
+        return _examples_viewer(weights, {**options, "max_bytes": max_bytes}, per_record)
+    max_bytes = _check_max_bytes(max_bytes)
+    rec = as_record(weights, **tokens, **record_args)
+    return Viewer(rec, payload(rec, caption=caption, **options), max_bytes)
+
+
+def to_html(
+    weights: Any,
+    source_tokens: Sequence[str] | None = None,
+    target_tokens: Sequence[str] | None = None,
+    *,
+    path: str | os.PathLike | None = None,
+    **options: Any,
+) -> str:
+    """One self-contained HTML page (inline JS and CSS, no network) to explore attention maps.
+
+    Args:
+        weights: (L, S), (H, L, S) or (layers, H, L, S) maps, a capture, or a list of examples,
+            as `view` takes them. With a list, the second argument may be the path:
+            ``to_html(examples, path)``.
+        source_tokens: S strings (default: the capture's tokens, else their indices).
+        target_tokens: L strings (default likewise).
+        path: also write the page to this file.
+        **options: the keyword arguments of `view` (title, caption, threshold, layer, head,
+            links, predicted, image, grid, box, layer_names, layers, batch, step, bits,
+            max_bytes); see there.
+
+    Returns:
         The HTML document as a string.
     """
     if is_example_list(weights) and isinstance(source_tokens, (str, os.PathLike)):
         if path is not None:
             raise ValueError("path is given twice: as the second argument and as path=")
         source_tokens, path = None, source_tokens
-    v = view(
-        weights,
-        source_tokens,
-        target_tokens,
-        title=title,
-        caption=caption,
-        threshold=threshold,
-        layer=layer,
-        head=head,
-        links=links,
-        predicted=predicted,
-        image=image,
-        grid=grid,
-        box=box,
-        layer_names=layer_names,
-        layers=layers,
-        batch=batch,
-        step=step,
-        bits=bits,
-        max_bytes=max_bytes,
-    )
-    text = v.html
+    text = view(weights, source_tokens, target_tokens, **options).html
     if path is not None:
         _write(path, text)
     return text

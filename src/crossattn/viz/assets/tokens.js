@@ -17,27 +17,27 @@ function tokenRow(v, side, label, tokens) {
     var t = ev.target.closest ? ev.target.closest(".ca-tok") : null;
     return t && box.contains(t) ? { side: side, i: +t.getAttribute("data-i") } : null;
   }
-  box.addEventListener("mouseover", function (ev) {
-    var a = tokenAt(ev);
-    if (a) v.setHover(a);
-  });
-  box.addEventListener("mouseleave", function () { v.setHover(null); });
-  box.addEventListener("click", function (ev) {
-    var a = tokenAt(ev);
-    if (a) v.togglePin(a);
-  });
-  box.addEventListener("focusin", function (ev) {
-    var a = tokenAt(ev);
-    if (a) v.setHover(a);
-  });
-  box.addEventListener("focusout", function () { v.setHover(null); });
-  box.addEventListener("keydown", function (ev) {
-    var a = tokenAt(ev);
-    if (a && (ev.key === "Enter" || ev.key === " ")) {
+  // `act(token, event)` for an event on a token of this row.
+  function onToken(type, act) {
+    box.addEventListener(type, function (ev) {
+      var a = tokenAt(ev);
+      if (a) act(a, ev);
+    });
+  }
+  function hover(a) { v.setHover(a); }
+  function pin(a) { v.togglePin(a); }
+  // Pointer and keyboard alike: hover or focus shows a token, a click, Enter or Space pins it.
+  onToken("mouseover", hover);
+  onToken("focusin", hover);
+  onToken("click", pin);
+  onToken("keydown", function (a, ev) {
+    if (ev.key === "Enter" || ev.key === " ") {
       ev.preventDefault();
-      v.togglePin(a);
+      pin(a);
     }
   });
+  box.addEventListener("mouseleave", function () { v.setHover(null); });
+  box.addEventListener("focusout", function () { v.setHover(null); });
   return els;
 }
 
