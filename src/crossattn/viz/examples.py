@@ -45,7 +45,8 @@ def is_example_list(obj: Any) -> bool:
     )
 
 
-def _text(value: Any, name: str) -> str | None:
+def check_text(value: Any, name: str) -> str | None:
+    """`value` if it is a string or None; TypeError naming `name` otherwise."""
     if value is not None and not isinstance(value, str):
         raise TypeError(f"{name} must be a string or None, got {value!r} ({type(value).__name__})")
     return value
@@ -85,8 +86,8 @@ def _one(item: Any, k: int) -> tuple[AttentionRecord, str | None, str | None]:
         raise type(err)(f"{where}: {err}") from err
     return (
         rec,
-        _text(item.get("title"), f"{where}['title']"),
-        _text(item.get("caption"), f"{where}['caption']"),
+        check_text(item.get("title"), f"{where}['title']"),
+        check_text(item.get("caption"), f"{where}['caption']"),
     )
 
 

@@ -32,6 +32,7 @@ from ._record import (
     check_weight_values,
     to_numpy,
 )
+from .examples import check_text
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -63,8 +64,7 @@ def _save(fig: Figure, path: str | os.PathLike | None) -> None:
 def _check_figure_options(dpi: Any, title: Any) -> None:
     if check_real(dpi, "dpi") <= 0:
         raise ValueError(f"dpi must be a positive number, got {dpi!r}")
-    if title is not None and not isinstance(title, str):
-        raise TypeError(f"title must be a string or None, got {type(title).__name__}")
+    check_text(title, "title")
 
 
 def _tick_step(n: int, max_labels: int) -> int:

@@ -28,7 +28,7 @@ import numpy as np
 from ._assets import asset, viewer_script
 from ._colors import COLOR_STOPS
 from ._record import AttentionRecord, as_record, check_int, check_real
-from .examples import is_example_list, normalize_examples
+from .examples import check_text, is_example_list, normalize_examples
 
 __all__ = ["Viewer", "to_html", "view"]
 
@@ -141,11 +141,8 @@ def payload(
     threshold = check_real(threshold, "threshold")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
-    for name, text in (("title", title), ("caption", caption)):
-        if text is not None and not isinstance(text, str):
-            raise TypeError(
-                f"{name} must be a string or None, got {text!r} ({type(text).__name__})"
-            )
+    check_text(title, "title")
+    check_text(caption, "caption")
     n_layers, n_heads, length, source_length = rec.shape
     bits = choose_bits(rec.weights) if bits is None else _check_bits(bits)
     raw, scales = quantize(rec.weights, bits)
@@ -266,8 +263,7 @@ def examples_payload(
         payload(rec, title=name or f"example {k}", caption=caption, bits=bits, **options)
         for k, (rec, name, caption) in enumerate(examples)
     ]
-    if title is not None and not isinstance(title, str):
-        raise TypeError(f"title must be a string or None, got {title!r} ({type(title).__name__})")
+    check_text(title, "title")
     # Questions about one image share its picture: each image travels once, examples name it.
     images: dict[str, int] = {}
     for p in pages:
