@@ -16,6 +16,7 @@ from crossattn.viz import batch_examples, to_html, view
 from crossattn.viz._assets import JS_MODULES, viewer_script
 from crossattn.viz._record import as_record
 from crossattn.viz.html import MiB
+from crossattn.viz.server import serve_page
 
 XSS = "</script><img src=x onerror=alert(1)>"
 QUESTION = ["what", "colour", "is", "the", "square", "?"]
@@ -257,16 +258,51 @@ def test_batch_examples_from_a_vqa_model():
 # ---------------------------------------------------------------- the script's modules
 
 
+def _function_lengths(text: str) -> list[tuple[str, int]]:
+    """Every JS function of `text` (nested ones and immediately invoked ones too) as (its first
+    line, the number of lines between its braces); strings and comments are skipped."""
+    out = []
+    for m in re.finditer(r"\bfunction\b[^(]*\(", text):
+        j = text.index("{", m.end())
+        start, depth = j, 0
+        while True:
+            c = text[j]
+            if c in "\"'":
+                j += 1
+                while text[j] != c:
+                    j += 2 if text[j] == "\\" else 1
+            elif text.startswith("//", j):
+                j = text.index("\n", j)
+            elif text.startswith("/*", j):
+                j = text.index("*/", j) + 1
+            elif c == "{":
+                depth += 1
+            elif c == "}":
+                depth -= 1
+                if depth == 0:
+                    break
+            j += 1
+        first = text[m.start() : text.index("\n", m.start())]
+        out.append((first, text.count("\n", start, j) - 1))
+    return out
+
+
 def test_script_modules_stay_small():
-    """The page inlines the modules in one scope; each file, and each function, stays small."""
+    """The page inlines the modules in one scope; each file, and each function (nested ones and
+    closures too), stays small; every script of the assets is inlined by a page."""
+    giant = "(function () {\n" + "  x();\n" * 100 + "})();\n"
+    assert _function_lengths(giant) == [("function () {", 100)]  # the check can fail
     bundle = viewer_script()
-    for name in JS_MODULES:
-        text = resources.files("crossattn.viz").joinpath("assets", name).read_text("utf-8")
-        assert text in bundle
+    scripts = resources.files("crossattn.viz").joinpath("assets")
+    names = sorted(f.name for f in scripts.iterdir() if f.name.endswith(".js"))
+    assert sorted([*JS_MODULES, "serve.js"]) == names
+    served = serve_page()
+    for name in names:
+        text = scripts.joinpath(name).read_text("utf-8")
+        assert text in (bundle if name in JS_MODULES else served)
         lines = text.splitlines()
         assert len(lines) < 650, f"{name} has {len(lines)} lines"
-        starts = [i for i, line in enumerate(lines) if line.startswith("function ")]
-        for i in starts:
-            end = next(j for j in range(i + 1, len(lines)) if lines[j] == "}")
-            assert end - i - 1 <= 90, f"{name}: {lines[i]} has {end - i - 1} lines"
+        for first, length in _function_lengths(text):
+            assert length <= 90, f"{name}: {first} has {length} lines"
     assert bundle.count("function mount(") == 1 and "window.crossattnViewer" in bundle
+    assert bundle in served and "<script src" not in served  # one offline page
