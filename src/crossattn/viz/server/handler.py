@@ -22,7 +22,15 @@ from urllib.parse import urlsplit
 
 from .service import RequestError, TranslationService
 
-__all__ = ["MAX_BODY_BYTES", "Handler", "TranslationServer", "body_length", "host_allowed"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "ROUTES",
+    "Handler",
+    "TranslationServer",
+    "body_length",
+    "host_allowed",
+    "parse_json",
+]
 
 MAX_BODY_BYTES = 16 * 1024
 
