@@ -46,7 +46,10 @@ def cli_reference() -> str:
 def _command_section(parser: argparse.ArgumentParser, level: int) -> str:
     text = _parser_section(parser, level, formatter=type(parser._get_formatter()))
     for sub in _subparsers(parser):
-        for child in sub.choices.values():
+        helps = {choice.dest: choice.help for choice in sub._choices_actions}
+        for name, child in sub.choices.items():
+            if not child.description and helps.get(name):
+                child.description = helps[name]
             text += "\n" + _command_section(child, level + 1)
     return text
 
