@@ -15,7 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mkdocs.exceptions import PluginError
+
 MARKER = "<!-- cli-reference -->"
+PAGE = "cli.md"
 WIDTH = 96  # columns of the usage lines, fixed so that the page does not depend on the terminal
 
 
@@ -29,6 +32,10 @@ def on_config(config: Any) -> Any:
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     if MARKER not in markdown:
+        if page.file.src_uri == PAGE:
+            raise PluginError(
+                f"{PAGE} lost its marker line {MARKER!r}: the CLI reference goes there"
+            )
         return markdown
     return markdown.replace(MARKER, cli_reference())
 
@@ -59,7 +66,8 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[argparse._SubParsersAct
 
 
 def _parser_section(parser: argparse.ArgumentParser, level: int, formatter: type) -> str:
-    lines = [f"{'#' * level} `{parser.prog}`", ""]
+    anchor = "cli-" + parser.prog.replace(" ", "-")  # e.g. #cli-crossattn-train
+    lines = [f"{'#' * level} `{parser.prog}` {{ #{anchor} }}", ""]
     if parser.description:
         lines += [_sentence(parser.description), ""]
     lines += ["```text", _usage(parser, formatter).rstrip(), "```", ""]
