@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench browser-deps clean docs
+.PHONY: demo test lint format bench browser-deps clean
 
 # A .venv whose python cannot run pip (an interrupted creation, a removed interpreter) is made
 # again: its stamp is forgotten here, and the rule below starts it afresh.
@@ -45,8 +45,9 @@ test: $(STAMP) browser-deps lint docs
 	$(BIN)/python -m pytest
 
 # The documentation site, offline, into site/: a broken link or an unreadable docstring fails it.
+.PHONY: docs
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_op.py
