@@ -41,11 +41,16 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks conftest.py
 	$(BIN)/ruff format src tests benchmarks conftest.py
 
-test: $(STAMP) browser-deps lint
+test: $(STAMP) browser-deps lint docs
 	$(BIN)/python -m pytest
+
+# The documentation site, offline, into site/: a broken link or an unreadable docstring fails it.
+.PHONY: docs
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_op.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache build *.egg-info src/*.egg-info
+	rm -rf $(VENV) demo-out .pytest_cache build site *.egg-info src/*.egg-info
