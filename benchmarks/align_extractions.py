@@ -40,9 +40,9 @@ def _links(results, config, swap=False):
 
 def main(argv=None) -> int:
     from crossattn.align import DEFAULT_EXTRACTION, aer, select_extraction
-    from crossattn.align_agreement import select_by_agreement
+    from crossattn.align.agreement import select_by_agreement
+    from crossattn.align.symmetrize import SYMMETRIZATIONS, symmetrize
     from crossattn.models import Translator
-    from crossattn.symmetrize import SYMMETRIZATIONS, symmetrize
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for name in ("--model", "--reverse-model", "--test", "--gold", "--dev", "--dev-gold"):
