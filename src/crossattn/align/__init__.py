@@ -19,9 +19,9 @@ The package, one concept a module:
 Links are `crossattn.data.pharaoh.Link` pairs ``(source, target)``, 0-indexed.
 """
 
-from ..data.parallel import Link as Link
-from ..data.parallel import parse_pharaoh as parse_pharaoh
 from ..data.parallel import read_alignment_file as read_alignment_file
+from ..data.pharaoh import Link as Link
+from ..data.pharaoh import parse_pharaoh as parse_pharaoh
 from .agreement import one_best_agreement, select_by_agreement
 from .config import DEFAULT_EXTRACTION, ExtractionConfig
 from .config import METHODS as METHODS

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..data.parallel import Link
+from ..data.pharaoh import Link
 from .config import DEFAULT_EXTRACTION, ExtractionConfig, _count_arg
 
 if TYPE_CHECKING:
@@ -264,7 +264,7 @@ def extract_alignment(
         )
         valid = torch.ones_like(scores, dtype=torch.bool)
         links = _decide(scores, valid, config.method, float(config.threshold))
-        return {(int(i), int(j)) for j, i in links.nonzero().tolist()}
+        return {Link(i, j) for j, i in links.nonzero().tolist()}
 
 
 def word_links_from_subwords(
@@ -284,5 +284,5 @@ def word_links_from_subwords(
                 f"subword link ({i}, {j}) is out of range for {n_src} source and {n_tgt} target "
                 "subwords (len(source_word_of), len(target_word_of))"
             )
-        out.add((source_word_of[i], target_word_of[j]))
+        out.add(Link(source_word_of[i], target_word_of[j]))
     return out

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 from numbers import Integral
 from typing import Any
 
-from ..data.parallel import Link, parse_pharaoh, read_alignment_file
+from ..data.parallel import read_alignment_file
+from ..data.pharaoh import Link, parse_pharaoh
 
 __all__ = ["AERResult", "aer", "read_alignments"]
 

@@ -97,6 +97,7 @@ def _keep_pairs(args, data, translators) -> tuple[list, dict]:
 def _links(results, config, swap: bool) -> list[set]:
     """(source, target) word links of each result under ``config`` (None: as aligned)."""
     from ..align import extract_alignment
+    from ..data.pharaoh import flip_links
 
     out = []
     for r in results:
@@ -105,7 +106,7 @@ def _links(results, config, swap: bool) -> list[set]:
         else:
             ns, nt = len(r.source_tokens), len(r.target_tokens)
             links = extract_alignment(r.decoder_attention, config, ns, nt)
-        out.append({(j, i) for i, j in links} if swap else links)
+        out.append(flip_links(links) if swap else links)
     return out
 
 
@@ -153,7 +154,7 @@ def _align(args, translators, kept) -> tuple[list[set], list]:
 
 def run(args: argparse.Namespace) -> int:
     from ..align.spec import parse_extraction
-    from ..data.parallel import format_pharaoh
+    from ..data.pharaoh import format_pharaoh
     from ..models.translator import describe_unknown
     from ..train import choose_threads
     from ._common import load_translator, read_pairs

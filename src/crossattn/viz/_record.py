@@ -9,9 +9,11 @@ Accepted in place of weights:
     (layer name -> list with one tensor per call, each (B, L, S) or (B, heads, L, S)).
 
 Alignment links are given in Pharaoh order, source index first: ``"0-0 1-2 3p4"``
-(``p`` or ``?`` marks a possible link), pairs ``(source, target)``, triples
-``(source, target, "sure" | "possible")``, ``{"sure": pairs, "possible": pairs}``, or a bool
-(L, S) matrix with True at each link.
+(``p``, ``P`` or ``?`` marks a possible link), pairs ``(source, target)`` (a
+`crossattn.data.pharaoh.PossibleLink` is possible), triples ``(source, target, "sure" |
+"possible")``, ``{"sure": pairs, "possible": pairs}``, or a bool (L, S) matrix with True at each
+link. The record holds them as `Link` / `PossibleLink` pairs ``(source, target)``, the one link
+type of `crossattn.data.pharaoh`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,19 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from ..data.pharaoh import Link, PossibleLink, read_link
 from ._image import check_box, patch_axis, square_grid
 from ._image import image_array as _image_array
 
 __all__ = ["AttentionRecord", "Link", "as_record", "normalize_links", "to_numpy"]
-
-
-@dataclass(frozen=True)
-class Link:
-    """One alignment link between target token `target` and source token `source`."""
-
-    target: int
-    source: int
-    sure: bool = True
 
 
 @dataclass
@@ -378,7 +371,7 @@ def _pair(item: Any, name: str) -> tuple[int, int, bool]:
             f"{name} items must be (source, target) or (source, target, 'sure'|'possible'), "
             f"got {item!r}"
         )
-    kind = item[2] if len(item) == 3 else "sure"
+    kind = item[2] if len(item) == 3 else getattr(item, "sure", "sure")
     if kind not in ("sure", "possible", True, False):
         raise ValueError(f"{name}: the kind of a link must be 'sure' or 'possible', got {kind!r}")
     source, target = item[0], item[1]
@@ -397,13 +390,13 @@ def normalize_links(links: Any, length: int, source_length: int, name: str = "li
     triples: list[tuple[int, int, bool]] = []
     if isinstance(links, str):
         for item in links.split():
-            m = re.fullmatch(r"([0-9]+)([-pP?])([0-9]+)", item)
-            if m is None:
+            link = read_link(item, possible="pP?")
+            if link is None:
                 raise ValueError(
                     f"{name}: {item!r} is not a Pharaoh link 'source-target' (or 'sourcePtarget' "
                     "for a possible link)"
                 )
-            triples.append((int(m.group(1)), int(m.group(3)), m.group(2) == "-"))
+            triples.append((link.source, link.target, link.sure))
     elif isinstance(links, Mapping):
         unknown = set(links) - {"sure", "possible"}
         if unknown:
@@ -440,8 +433,9 @@ def normalize_links(links: Any, length: int, source_length: int, name: str = "li
                 f"{name}: link (source {s}, target {t}) is outside the map of {length} target x "
                 f"{source_length} source tokens"
             )
-        out.append(Link(target=t, source=s, sure=sure))
-    return sorted(set(out), key=lambda k: (k.target, k.source, not k.sure))
+        out.append(Link(s, t) if sure else PossibleLink(s, t))
+    # by target, then source; a link given as sure and as possible is sure
+    return list(dict.fromkeys(sorted(out, key=lambda k: (k.target, k.source, not k.sure))))
 
 
 def check_weight_values(arr: np.ndarray) -> None:
