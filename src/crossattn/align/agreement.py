@@ -30,16 +30,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from .config import METHODS, SHIFTS, ExtractionConfig
-from .extract import (
-    _as_4d,
-    _check_values,
-    _decide,
-    _normalised,
-    _one_thread,
-    _resolve,
-    _rows_needed,
-    _shifted_rows,
-)
+from .extract import _as_4d, _check_values, _decide, _one_thread, _reading, _resolve, _rows_needed
 from .select import _THRESHOLDS, _unit_grid
 
 if TYPE_CHECKING:
@@ -50,7 +41,7 @@ __all__ = ["one_best_agreement", "select_by_agreement"]
 
 def _scores(mean: torch.Tensor, shift: str, n_rows: int, n_cols: int) -> torch.Tensor:
     """(n_rows, n_cols) renormalised scores of one averaged map ``mean`` (T, S)."""
-    return _normalised(_shifted_rows(mean[:, :n_cols], shift, n_rows))
+    return _reading(mean[:, :n_cols], shift, n_rows)
 
 
 def _links(scores: torch.Tensor, method: str, threshold: float, flip: bool) -> set:

@@ -103,6 +103,12 @@ def _shifted_rows(mean: torch.Tensor, shift: str, n_target: int) -> torch.Tensor
     return feed if shift == "feed" else 0.5 * (predict + feed)
 
 
+def _reading(mean: torch.Tensor, shift: str, n_target: int) -> torch.Tensor:
+    """``(..., n_target, S)`` scores: the shifted rows of ``mean`` ``(..., T, S)``, each
+    renormalised to sum to 1 (or 0 where it has no mass)."""
+    return _normalised(_shifted_rows(mean, shift, n_target))
+
+
 def _normalised(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """``x`` divided by its sums along ``dim``; zeros where a sum is 0."""
     import torch
@@ -201,7 +207,7 @@ def alignment_scores(
     w = w[..., source_start : source_start + n_source]  # (layers, heads, T, n_source)
     _check_values(w[:, :, _rows_used(config.shift, n_target)], "weights")
     mean = w.mean(dim=(0, 1))  # (T, n_source)
-    return _normalised(_shifted_rows(mean, config.shift, n_target))  # (n_target, n_source)
+    return _reading(mean, config.shift, n_target)  # (n_target, n_source)
 
 
 def _live(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
