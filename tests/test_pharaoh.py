@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crossattn.align import extract_alignment, symmetrize
+from crossattn.align import extract_alignment
+from crossattn.align.symmetrize import symmetrize
 from crossattn.data import Link, ParallelFormatError, PossibleLink, parse_pharaoh
 from crossattn.data.pharaoh import flip_links, format_pharaoh, read_link
 from crossattn.viz._record import as_record, normalize_links

@@ -12,7 +12,8 @@ The package, one concept a module:
 * `crossattn.align.select`: `select_extraction`, the config tuned on a dev split with gold;
 * `crossattn.align.agreement`: `select_by_agreement`, the config chosen without gold by the
   agreement of two translation directions;
-* `crossattn.align.symmetrize`: `symmetrize`, two directions' links combined into one;
+* `crossattn.align.symmetrize`: `symmetrize`, two directions' links combined into one (import
+  it from there: the package keeps the name for the module);
 * `crossattn.align.spec`: `parse_extraction`, the ``--extraction`` mini-language of
   ``crossattn align``.
 
@@ -30,11 +31,9 @@ from .extract import alignment_scores, extract_alignment, word_links_from_subwor
 from .metrics import AERResult, aer, read_alignments
 from .select import select_extraction
 from .spec import parse_extraction
-from .symmetrize import SYMMETRIZATIONS, symmetrize
 
 __all__ = [
     "DEFAULT_EXTRACTION",
-    "SYMMETRIZATIONS",
     "AERResult",
     "ExtractionConfig",
     "aer",
@@ -45,6 +44,5 @@ __all__ = [
     "read_alignments",
     "select_by_agreement",
     "select_extraction",
-    "symmetrize",
     "word_links_from_subwords",
 ]
