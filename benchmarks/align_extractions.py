@@ -29,12 +29,13 @@ def _read(text_path, gold_path):
 
 def _links(results, config, swap=False):
     from crossattn.align import extract_alignment
+    from crossattn.data.pharaoh import flip_links
 
     out = []
     for r in results:
         ns, nt = len(r.source_tokens), len(r.target_tokens)
         links = extract_alignment(r.decoder_attention, config, ns, nt)
-        out.append({(j, i) for i, j in links} if swap else links)
+        out.append(flip_links(links) if swap else links)
     return out
 
 
