@@ -29,20 +29,21 @@ def _read(text_path, gold_path):
 
 def _links(results, config, swap=False):
     from crossattn.align import extract_alignment
+    from crossattn.data.pharaoh import flip_links
 
     out = []
     for r in results:
         ns, nt = len(r.source_tokens), len(r.target_tokens)
         links = extract_alignment(r.decoder_attention, config, ns, nt)
-        out.append({(j, i) for i, j in links} if swap else links)
+        out.append(flip_links(links) if swap else links)
     return out
 
 
 def main(argv=None) -> int:
     from crossattn.align import DEFAULT_EXTRACTION, aer, select_extraction
-    from crossattn.align_agreement import select_by_agreement
+    from crossattn.align.agreement import select_by_agreement
+    from crossattn.align.symmetrize import SYMMETRIZATIONS, symmetrize
     from crossattn.models import Translator
-    from crossattn.symmetrize import SYMMETRIZATIONS, symmetrize
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for name in ("--model", "--reverse-model", "--test", "--gold", "--dev", "--dev-gold"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -619,3 +620,41 @@ def test_extract_alignment_checks_config_and_counts():
     assert extract_alignment(
         w, DEFAULT_EXTRACTION, np.int64(4), np.int32(4), source_start=np.int64(1)
     ) == extract_alignment(w, DEFAULT_EXTRACTION, 4, 4, source_start=1)
+
+
+def test_feed_reads_row_j_plus_1_which_is_predicts_row_for_the_next_word():
+    """A hand-made map whose row t attends to source word c[t] only: "predict" links target word
+    j to c[j], "feed" to c[j + 1]. The feed links of a map are its predict links one row down,
+    so a model that looks at the source of the word it is about to write is one word off."""
+    c = [2, 0, 3, 1, 4]  # the source word each of the T = 5 rows attends to
+    w = torch.zeros(len(c), 5)  # (T, S): 4 target words + the row that predicts EOS
+    w[torch.arange(len(c)), torch.tensor(c)] = 1.0
+    predict = extract_alignment(w, ExtractionConfig(shift="predict", method="argmax"), 5, 4)
+    feed = extract_alignment(w, ExtractionConfig(shift="feed", method="argmax"), 5, 4)
+    assert predict == {(c[j], j) for j in range(4)}  # rows 0..3
+    assert feed == {(c[j + 1], j) for j in range(4)}  # rows 1..4
+    gen = torch.Generator().manual_seed(5)
+    w = torch.rand(2, 3, 7, 6, generator=gen).softmax(-1)  # (layers, heads, T, S)
+    for method in ("argmax", "bidirectional", "threshold"):
+        config = ExtractionConfig(shift="feed", method=method)
+        shifted = replace(config, shift="predict")
+        assert extract_alignment(w, config, 6, 6) == extract_alignment(w[:, :, 1:], shifted, 6, 6)
+
+
+def test_a_translators_row_j_plus_1_is_the_step_that_reads_target_word_j(tmp_path):
+    """In `Translator.align_batch`'s maps, changing target word j leaves rows 0..j as they were
+    and changes row j + 1: that row is computed with w_j as the decoder's input, the step
+    shift="feed" is meant to read."""
+    from conftest import write_tiny_translator
+    from crossattn.models import Translator
+
+    source, target = "a b c d".split(), "w x y z".split()
+    write_tiny_translator(tmp_path, source, target, seed=3)
+    tr = Translator.load(tmp_path)
+    j = 2
+    changed = list(target)
+    changed[j] = "w"
+    before, after = (r.decoder_attention for r in tr.align_batch([source] * 2, [target, changed]))
+    assert before.shape == (2, 2, len(target) + 1, len(source))  # (layers, heads, T + 1, S)
+    torch.testing.assert_close(before[:, :, : j + 1], after[:, :, : j + 1], rtol=0, atol=1e-6)
+    assert (before[:, :, j + 1] - after[:, :, j + 1]).abs().max() > 1e-4

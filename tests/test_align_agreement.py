@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from crossattn.align import extract_alignment
-from crossattn.align_agreement import one_best_agreement, select_by_agreement
+from crossattn.align.agreement import one_best_agreement, select_by_agreement
 
 LAYERS, HEADS = 2, 3
 TRUE_LAYER, TRUE_HEAD = 1, 2

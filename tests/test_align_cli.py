@@ -9,8 +9,8 @@ import shutil
 import pytest
 
 from conftest import write_tiny_translator
+from crossattn.align.symmetrize import SYMMETRIZATIONS, symmetrize
 from crossattn.cli import main
-from crossattn.symmetrize import SYMMETRIZATIONS, symmetrize
 
 SOURCE = "the boy sees water a red car".split()
 TARGET = "le garçon voit eau la voiture rouge".split()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crossattn.align import DEFAULT_EXTRACTION, ExtractionConfig
-from crossattn.align_spec import parse_extraction
+from crossattn.align.spec import parse_extraction
 
 SAVED = ExtractionConfig(layers=(1,), heads=(0, 2), shift="predict", method="threshold",
                          threshold=0.45, dev_aer=0.02)  # fmt: skip

@@ -5,7 +5,7 @@ The layers, from the bottom (a module may import from its own layer and the ones
     0  backends, masks, data, _checks, compute_types
     1  functional
     2  layers
-    3  capture, integrations, align (and its helpers), grounding
+    3  capture, integrations, align, grounding
     4  models
     5  training, viz
     6  commands, cli
@@ -36,9 +36,6 @@ LAYERS = {
     "capture": 3,
     "integrations": 3,
     "align": 3,
-    "align_spec": 3,
-    "align_agreement": 3,
-    "symmetrize": 3,
     "grounding": 3,
     "models": 4,
     "training": 5,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from crossattn.symmetrize import SYMMETRIZATIONS, symmetrize
+from crossattn.align.symmetrize import SYMMETRIZATIONS, symmetrize
 
 FORK = ({(0, 0), (1, 1), (2, 1)}, {(0, 0), (1, 1), (1, 2)})
 

@@ -39,7 +39,7 @@ def _warn_if_one_indexed(gold: list, path: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..align import aer, read_alignments
-    from ..data.parallel import ParallelFormatError
+    from ..data.pharaoh import ParallelFormatError
 
     try:
         gold = read_alignments(args.gold, one_indexed=args.gold_one_indexed)

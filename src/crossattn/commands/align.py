@@ -3,11 +3,11 @@
 Force-decodes each pair and prints one Pharaoh line per pair on stdout: ``i-j`` links with i the
 source word and j the target word, 0-indexed.
 
-``--extraction`` says how attention becomes links (`crossattn.align_spec`: the model's
+``--extraction`` says how attention becomes links (`crossattn.align.spec`: the model's
 extraction.json by default, ``default``, ``agreement``, or ``key=value`` overrides).
 ``--reverse-model`` adds a target-to-source model (by default MODEL/reverse when it exists, as
 ``crossattn train --both-directions`` writes it): the swapped pairs are aligned with it, its
-links flipped, and the two directions combined by ``--symmetrize`` (`crossattn.symmetrize`).
+links flipped, and the two directions combined by ``--symmetrize`` (`crossattn.align.symmetrize`).
 See docs/alignment.md.
 """
 
@@ -30,7 +30,7 @@ AGREEMENT_PAIRS = 500
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..symmetrize import SYMMETRIZATIONS
+    from ..align.symmetrize import SYMMETRIZATIONS
 
     parser.add_argument("--model", required=True, help="model directory of crossattn train")
     parser.add_argument("--data", required=True, help="parallel text: 'source ||| target' or TSV")
@@ -97,6 +97,7 @@ def _keep_pairs(args, data, translators) -> tuple[list, dict]:
 def _links(results, config, swap: bool) -> list[set]:
     """(source, target) word links of each result under ``config`` (None: as aligned)."""
     from ..align import extract_alignment
+    from ..data.pharaoh import flip_links
 
     out = []
     for r in results:
@@ -105,12 +106,12 @@ def _links(results, config, swap: bool) -> list[set]:
         else:
             ns, nt = len(r.source_tokens), len(r.target_tokens)
             links = extract_alignment(r.decoder_attention, config, ns, nt)
-        out.append({(j, i) for i, j in links} if swap else links)
+        out.append(flip_links(links) if swap else links)
     return out
 
 
 def _choose_by_agreement(forward, backward):
-    from ..align_agreement import select_by_agreement
+    from ..align.agreement import select_by_agreement
 
     f, b = forward[:AGREEMENT_PAIRS], backward[:AGREEMENT_PAIRS]
     config = select_by_agreement(
@@ -124,7 +125,7 @@ def _choose_by_agreement(forward, backward):
 def _align(args, translators, kept) -> tuple[list[set], list]:
     """Word links per kept pair (one direction, or two symmetrised), and the results of the
     forward model (then the reverse one)."""
-    from ..align_spec import parse_extraction
+    from ..align.spec import parse_extraction
 
     try:
         spec = parse_extraction(args.extraction)
@@ -144,7 +145,7 @@ def _align(args, translators, kept) -> tuple[list[set], list]:
         return _links(forward, None, swap=False), forward
     backward = translators[1].align_batch(targets, sources, batch_size=size)
     config = _choose_by_agreement(forward, backward) if spec.base == "agreement" else None
-    from ..symmetrize import symmetrize
+    from ..align.symmetrize import symmetrize
 
     method = args.symmetrize or DEFAULT_SYMMETRIZE
     pairs = zip(_links(forward, config, swap=False), _links(backward, config, swap=True))
@@ -152,8 +153,8 @@ def _align(args, translators, kept) -> tuple[list[set], list]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..align_spec import parse_extraction
-    from ..data.parallel import format_pharaoh
+    from ..align.spec import parse_extraction
+    from ..data.pharaoh import format_pharaoh
     from ..models.translator import describe_unknown
     from ..train import choose_threads
     from ._common import load_translator, read_pairs

@@ -7,7 +7,8 @@ Formats read:
   line has it, else TSV.
 * **alignments** in Pharaoh format, one line per pair: ``i-j`` is a sure link and ``ipj`` a possible
   one, ``i`` the source word and ``j`` the target word, 0-indexed (``one_indexed=True`` for
-  1-indexed files such as the shared gold sets; ``--one-indexed`` on the command line).
+  1-indexed files such as the shared gold sets; ``--one-indexed`` on the command line). The
+  parser, the writer and the `Link` type live in `crossattn.data.pharaoh`.
 
 Tokens are words: each side is stripped of ASCII spaces, then split on runs of ASCII spaces
 (``" "``) only. Other whitespace stays inside tokens: the Japanese-English gold set uses the
@@ -32,9 +33,18 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .pharaoh import (
+    ALIGNMENT_FORMATS,
+    Link,
+    ParallelFormatError,
+    alignment_as,
+    format_pharaoh,
+    parse_pharaoh,
+)
 
 __all__ = [
     "ALIGNMENT_FORMATS",
@@ -52,8 +62,6 @@ __all__ = [
 ]
 
 _SPACES = re.compile(" +")
-_LINK = re.compile(r"([0-9]+)([-p])([0-9]+)")  # ASCII digits only (\d matches "\u0661")
-Link = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -73,15 +81,6 @@ class ParallelExample:
     def pharaoh(self) -> str:
         """The alignment as one Pharaoh line, 0-indexed, sorted: ``i-j`` sure, ``ipj`` possible."""
         return format_pharaoh(self.sure, self.possible)
-
-
-class ParallelFormatError(ValueError):
-    """Malformed parallel text or alignments; ``path`` and ``line`` (1-based) say where."""
-
-    def __init__(self, path: str | os.PathLike[str], line: int | None, message: str) -> None:
-        self.path, self.line, self.reason = str(path), line, message
-        where = f"{path}:{line}" if line is not None else str(path)
-        super().__init__(f"{where}: {message}")
 
 
 @dataclass(frozen=True)
@@ -111,79 +110,6 @@ def tokenize(text: str) -> tuple[str, ...]:
         raise TypeError(f"tokenize expects a str, got {type(text).__name__}")
     text = text.strip(" ")
     return tuple(_SPACES.split(text)) if text else ()
-
-
-def format_pharaoh(sure: frozenset[Link] | set[Link], possible: frozenset[Link] | set[Link] = frozenset()) -> str:  # fmt: skip
-    """One Pharaoh line, 0-indexed and sorted: ``i-j`` for sure links, ``ipj`` for possible ones
-    (a link in both sets is written once, as sure)."""
-    links = [(i, j, "-") for i, j in sure] + [
-        (i, j, "p") for i, j in possible if (i, j) not in sure
-    ]
-    return " ".join(f"{i}{sep}{j}" for i, j, sep in sorted(links))
-
-
-def parse_pharaoh(
-    line: str,
-    *,
-    one_indexed: bool = False,
-    path: str | os.PathLike[str] = "<string>",
-    lineno: int | None = None,
-    n_source: int | None = None,
-    n_target: int | None = None,
-) -> tuple[frozenset[Link], frozenset[Link]]:
-    """Parse one Pharaoh line into 0-indexed ``(sure, possible)`` link sets (disjoint).
-
-    ``n_source`` / ``n_target``, when given, bound the indices (after the 1-indexed shift).
-    Raises `ParallelFormatError` naming ``path`` and ``lineno`` for a malformed link, an index
-    below the base (0 in a 1-indexed file) or an index out of range.
-    """
-    sure: set[Link] = set()
-    possible: set[Link] = set()
-    base = 1 if one_indexed else 0
-    for item in line.split():
-        m = _LINK.fullmatch(item)
-        if m is None:
-            raise ParallelFormatError(
-                path,
-                lineno,
-                f"bad alignment link {item!r}: expected 'i-j' (sure) or 'ipj' (possible)",
-            )
-        i, j = int(m.group(1)) - base, int(m.group(3)) - base
-        if i < 0 or j < 0:
-            raise ParallelFormatError(
-                path,
-                lineno,
-                f"alignment link {item!r} has index 0 but the file is read as 1-indexed",
-            )
-        if (n_source is not None and i >= n_source) or (n_target is not None and j >= n_target):
-            hint = (
-                ""
-                if one_indexed
-                else " (is the file 1-indexed? pass one_indexed=True, or --one-indexed on the "
-                "command line)"
-            )
-            raise ParallelFormatError(
-                path,
-                lineno,
-                f"alignment link {item!r} is out of range for a pair of {n_source} source and "
-                f"{n_target} target words ({'1' if one_indexed else '0'}-indexed){hint}",
-            )
-        (sure if m.group(2) == "-" else possible).add((i, j))
-    return frozenset(sure), frozenset(possible - sure)
-
-
-ALIGNMENT_FORMATS = ("pharaoh", "pairs")
-
-
-def alignment_as(links: Iterable[Link], fmt: str = "pharaoh") -> str | list[list[int]]:
-    """Word links ``(i, j)`` (source i, target j, 0-indexed) for JSON, sorted: ``"pharaoh"``
-    gives one Pharaoh line ``"0-0 1-2"``, ``"pairs"`` a list ``[[0, 0], [1, 2]]``."""
-    if fmt not in ALIGNMENT_FORMATS:
-        raise ValueError(f"alignment format must be one of {ALIGNMENT_FORMATS}, got {fmt!r}")
-    ordered = sorted((int(i), int(j)) for i, j in links)
-    if fmt == "pairs":
-        return [[i, j] for i, j in ordered]
-    return " ".join(f"{i}-{j}" for i, j in ordered)
 
 
 def strip_line_end(text: str) -> str:

@@ -9,9 +9,11 @@ Accepted in place of weights:
     (layer name -> list with one tensor per call, each (B, L, S) or (B, heads, L, S)).
 
 Alignment links are given in Pharaoh order, source index first: ``"0-0 1-2 3p4"``
-(``p`` or ``?`` marks a possible link), pairs ``(source, target)``, triples
-``(source, target, "sure" | "possible")``, ``{"sure": pairs, "possible": pairs}``, or a bool
-(L, S) matrix with True at each link.
+(``p``, ``P`` or ``?`` marks a possible link), pairs ``(source, target)`` (a
+`crossattn.data.pharaoh.PossibleLink` is possible), triples ``(source, target, "sure" |
+"possible")``, ``{"sure": pairs, "possible": pairs}``, or a bool (L, S) matrix with True at each
+link. The record holds them as `Link` / `PossibleLink` pairs ``(source, target)``, the one link
+type of `crossattn.data.pharaoh`.
 """
 
 from __future__ import annotations
@@ -19,27 +21,21 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
+from ..data.pharaoh import Link, PossibleLink, read_link
 from ._image import check_box, patch_axis, square_grid
 from ._image import image_array as _image_array
 
-__all__ = ["AttentionRecord", "Link", "as_record", "normalize_links", "to_numpy"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-
-@dataclass(frozen=True)
-class Link:
-    """One alignment link between target token `target` and source token `source`."""
-
-    target: int
-    source: int
-    sure: bool = True
+__all__ = ["AttentionRecord", "Link", "RecordOptions", "as_record", "normalize_links", "to_numpy"]
 
 
 @dataclass
@@ -378,7 +374,7 @@ def _pair(item: Any, name: str) -> tuple[int, int, bool]:
             f"{name} items must be (source, target) or (source, target, 'sure'|'possible'), "
             f"got {item!r}"
         )
-    kind = item[2] if len(item) == 3 else "sure"
+    kind = item[2] if len(item) == 3 else getattr(item, "sure", "sure")
     if kind not in ("sure", "possible", True, False):
         raise ValueError(f"{name}: the kind of a link must be 'sure' or 'possible', got {kind!r}")
     source, target = item[0], item[1]
@@ -397,13 +393,13 @@ def normalize_links(links: Any, length: int, source_length: int, name: str = "li
     triples: list[tuple[int, int, bool]] = []
     if isinstance(links, str):
         for item in links.split():
-            m = re.fullmatch(r"([0-9]+)([-pP?])([0-9]+)", item)
-            if m is None:
+            link = read_link(item, possible="pP?")
+            if link is None:
                 raise ValueError(
                     f"{name}: {item!r} is not a Pharaoh link 'source-target' (or 'sourcePtarget' "
                     "for a possible link)"
                 )
-            triples.append((int(m.group(1)), int(m.group(3)), m.group(2) == "-"))
+            triples.append((link.source, link.target, link.sure))
     elif isinstance(links, Mapping):
         unknown = set(links) - {"sure", "possible"}
         if unknown:
@@ -440,8 +436,9 @@ def normalize_links(links: Any, length: int, source_length: int, name: str = "li
                 f"{name}: link (source {s}, target {t}) is outside the map of {length} target x "
                 f"{source_length} source tokens"
             )
-        out.append(Link(target=t, source=s, sure=sure))
-    return sorted(set(out), key=lambda k: (k.target, k.source, not k.sure))
+        out.append(Link(s, t) if sure else PossibleLink(s, t))
+    # by target, then source; a link given as sure and as possible is sure
+    return list(dict.fromkeys(sorted(out, key=lambda k: (k.target, k.source, not k.sure))))
 
 
 def check_weight_values(arr: np.ndarray) -> None:
@@ -454,22 +451,34 @@ def check_weight_values(arr: np.ndarray) -> None:
         raise ValueError(f"weights must be non-negative, got a minimum of {float(arr.min()):.3g}")
 
 
+class RecordOptions(TypedDict, total=False):
+    """What `as_record` takes by keyword beside the weights and tokens (see there for each),
+    declared once for the viewers that pass it on."""
+
+    links: Any
+    predicted: Any
+    image: Any
+    grid: tuple[int, int] | None
+    box: Any
+    layer_names: Sequence[str] | None
+    layers: Sequence[str] | None
+    batch: int
+    step: int | str | None
+
+
+RECORD_OPTIONS = tuple(RecordOptions.__annotations__)  # the keywords, in the order above
+
+
 def as_record(
     weights: Any,
     source_tokens: Sequence[str] | None = None,
     target_tokens: Sequence[str] | None = None,
-    *,
-    links: Any = None,
-    predicted: Any = None,
-    image: Any = None,
-    grid: tuple[int, int] | None = None,
-    box: Any = None,
-    layer_names: Sequence[str] | None = None,
-    layers: Sequence[str] | None = None,
-    batch: int = 0,
-    step: int | str | None = None,
+    **options: Unpack[RecordOptions],
 ) -> AttentionRecord:
     """Check and normalise viewer input into an `AttentionRecord`.
+
+    Keyword arguments are those of `RecordOptions`, all optional (None, and batch 0, by
+    default); another keyword raises a TypeError.
 
     Args:
         weights: (L, S), (H, L, S) or (layers, H, L, S); or a capture (see the module docstring).
@@ -489,9 +498,17 @@ def as_record(
             joins one-token decoding steps, 'mean' averages timesteps, 'last' keeps the last
             call; None decides from the shapes.
     """
+    unknown = [k for k in options if k not in RECORD_OPTIONS]
+    if unknown:
+        raise TypeError(
+            f"as_record() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+            f"it takes {', '.join(RECORD_OPTIONS)}"
+        )
     meta: dict[str, Any] = {}
     head_mean = False
-    batch = check_int(batch, "batch")
+    image, grid, layers, step = (options.get(k) for k in ("image", "grid", "layers", "step"))
+    layer_names = options.get("layer_names")
+    batch = check_int(options.get("batch", 0), "batch")
     if step is not None and not isinstance(step, str):
         step = check_int(step, "step")
     if layers is not None and (isinstance(layers, str) or not isinstance(layers, Iterable)):
@@ -534,7 +551,7 @@ def as_record(
     meta_src, meta_tgt = _meta_tokens(meta, batch)
     src = _tokens(source_tokens if source_tokens is not None else meta_src, "source_tokens")
     tgt = _tokens(target_tokens if target_tokens is not None else meta_tgt, "target_tokens")
-    img, grid, patches, box = _image_part(image, grid, box, src, tgt, arr.shape)
+    img, grid, patches, box = _image_part(image, grid, options.get("box"), src, tgt, arr.shape)
     if src is None and patches != "source":
         src = [str(i) for i in range(source_length)]
     if tgt is None and patches != "target":
@@ -554,8 +571,8 @@ def as_record(
         head_mean=head_mean,
         source_tokens=src,
         target_tokens=tgt,
-        links=normalize_links(links, length, source_length, "links"),
-        predicted=normalize_links(predicted, length, source_length, "predicted"),
+        links=normalize_links(options.get("links"), length, source_length, "links"),
+        predicted=normalize_links(options.get("predicted"), length, source_length, "predicted"),
         image=img,
         grid=grid,
         patches=patches,

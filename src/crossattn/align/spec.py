@@ -6,7 +6,7 @@ items after it override fields of that base::
     model                          the model's extraction.json (the default)
     default                        crossattn.align.DEFAULT_EXTRACTION
     agreement                      chosen on the pairs to align by the agreement of the two
-                                   directions (needs a reverse model; see align_agreement)
+                                   directions (needs a reverse model; see crossattn.align.agreement)
     shift=feed,threshold=0.2       the model's extraction with two fields changed
     default,method=argmax          DEFAULT_EXTRACTION with another method
     layers=-1,heads=0+2            layers and heads: ints joined by '+', or 'all'
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .align import DEFAULT_EXTRACTION, METHODS, SHIFTS, ExtractionConfig
+from .config import DEFAULT_EXTRACTION, METHODS, SHIFTS, ExtractionConfig
 
 __all__ = ["BASES", "KEYS", "ExtractionSpec", "parse_extraction"]
 

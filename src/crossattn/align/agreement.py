@@ -16,7 +16,7 @@ which looks at gold links:
    high loses links the other direction has, one too low adds links it has not.
 
 Ties go to the broadest average, the first shift and method listed and the lowest threshold,
-as in `crossattn.align.select_extraction`, the gold-tuned counterpart. The two are compared on
+as in `crossattn.align.select.select_extraction`, the gold-tuned counterpart. The two are compared on
 the toy languages in docs/alignment.md.
 
 Maps are ``(layers, heads, T, S)`` word-level decoder-to-encoder attention, as
@@ -29,19 +29,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from .align import (
-    _THRESHOLDS,
-    METHODS,
-    SHIFTS,
-    ExtractionConfig,
-    _as_4d,
-    _check_values,
-    _decide,
-    _one_thread,
-    _resolve,
-    _rows_needed,
-    _unit_grid,
-)
+from .config import METHODS, SHIFTS, ExtractionConfig
+from .extract import _as_4d, _check_values, _decide, _one_thread, _reading, _resolve, _rows_needed
+from .select import _THRESHOLDS, _unit_grid
 
 if TYPE_CHECKING:
     import torch
@@ -51,17 +41,7 @@ __all__ = ["one_best_agreement", "select_by_agreement"]
 
 def _scores(mean: torch.Tensor, shift: str, n_rows: int, n_cols: int) -> torch.Tensor:
     """(n_rows, n_cols) renormalised scores of one averaged map ``mean`` (T, S)."""
-    import torch
-
-    m = mean[: n_rows + 1, :n_cols]
-    if shift == "predict":
-        rows = m[:n_rows]
-    elif shift == "feed":
-        rows = m[1 : n_rows + 1]
-    else:
-        rows = 0.5 * (m[:n_rows] + m[1 : n_rows + 1])
-    total = rows.sum(dim=-1, keepdim=True)
-    return torch.where(total > 0, rows / total.clamp_min(1e-30), torch.zeros_like(rows))
+    return _reading(mean[:, :n_cols], shift, n_rows)
 
 
 def _links(scores: torch.Tensor, method: str, threshold: float, flip: bool) -> set:

@@ -26,16 +26,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ..data.pharaoh import Link
+
 __all__ = ["SYMMETRIZATIONS", "symmetrize"]
 
-Link = tuple[int, int]
 SYMMETRIZATIONS = ("intersect", "union", "grow-diag", "grow-diag-final", "grow-diag-final-and")
 _NEIGHBOURS = ((-1, 0), (0, -1), (1, 0), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
 
 
 def _links(value: Iterable, name: str) -> set[Link]:
     try:
-        links = {(int(i), int(j)) for i, j in value}
+        links = {Link(int(i), int(j)) for i, j in value}
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be an iterable of (source, target) int pairs") from None
     if any(i < 0 or j < 0 for i, j in links):
@@ -74,7 +75,7 @@ def _grow_diag(kept: _Alignment, union: set[Link]) -> None:
                 if (i, j) not in kept.links:
                     continue
                 for di, dj in _NEIGHBOURS:
-                    new = (i + di, j + dj)
+                    new = Link(i + di, j + dj)
                     if new in union and new not in kept.links and kept.either_free(new):
                         kept.add(new)
                         added = True
