@@ -4,7 +4,7 @@ Used for modules that are not crossattn layers (torch MultiheadAttention, transf
 diffusers attention): their forward keeps its own fast path, and the maps are recomputed from
 the same inputs with `crossattn.cross_attention(..., return_weights=...)`, one block of queries
 at a time, so the extra memory is one block's scores plus the map being recorded. Also used for
-crossattn layers pinned to a backend, whose op call is left as it is (see `capture.hook`).
+crossattn layers that hand over no weights (see `crossattn.layers.hooks`).
 """
 
 from __future__ import annotations

@@ -11,10 +11,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..layers import hooks
 from . import diffusers as diffusers_source
-from . import hook
 from . import mha as mha_source
 from . import transformers as transformers_source
+from .recompute import recompute_weights
 from .reduce import HeadsArg, check_grid, check_heads, infer_hw, nbytes, select_heads, to_grid
 from .reduce import to_dense as _to_dense
 from .reduce import top_k as _top_k
@@ -213,7 +214,7 @@ class AttentionRecorder:
             self._handles.append(
                 self.model.register_forward_pre_hook(self._model_pre_hook, with_kwargs=True)
             )
-        self._token = hook.activate(self)
+        self._token = hooks.activate(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -225,7 +226,7 @@ class AttentionRecorder:
             handle.remove()
         self._handles.clear()
         if self._token is not None:
-            hook.deactivate(self._token)
+            hooks.deactivate(self._token)
             self._token = None
         self._kv_memo.clear()
         self._anonymous.clear()
@@ -267,8 +268,9 @@ class AttentionRecorder:
                 return None
         return _Claim(name, step, timestep, "mean" if self.heads == "mean" else True)
 
-    def _claim_layer_call(self, layer: nn.Module) -> _Claim | None:
-        """Called by `CrossAttention.forward` (see `crossattn.capture.hook`)."""
+    def claim_call(self, layer: nn.Module) -> _Claim | None:
+        """A claim when this call of a crossattn `layer` is to be recorded (the hook protocol
+        of `crossattn.layers.hooks`)."""
         name = self._names.get(id(layer))
         if name is None:
             if self.model is not None or (layer.role == "self" and not self._explicit_layers):
@@ -281,7 +283,20 @@ class AttentionRecorder:
                 return None
         return self._claim(name, CROSSATTN)
 
-    def _record_layer_weights(self, claim: _Claim, weights: Tensor) -> None:
+    def record_call(self, claim: _Claim, call: hooks.AttentionCall) -> None:
+        """Keep the maps of a claimed layer call: the weights its op returned, or, where it
+        returned none, the weights recomputed from its queries, keys and masks."""
+        weights = call.weights
+        if weights is None:
+            weights = recompute_weights(
+                call.query,
+                call.key,
+                heads="mean" if claim.weights == "mean" else "all",
+                scale=call.scale,
+                attn_mask=call.attn_mask,
+                key_mask=call.key_mask,
+                backend=self.backend,
+            )
         self._store(claim, weights)
 
     def _project_once(
