@@ -27,6 +27,18 @@ def mask_4d(mask: Tensor | None) -> Tensor | None:
     return mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
 
 
+def merge_masks(base: Tensor | None, extra: Tensor | None) -> Tensor | None:
+    """One attention mask from an additive float `base` (or None) and `extra`: None, bool
+    (True = may attend: -inf in `base` where False) or additive float (added)."""
+    if base is None:
+        return extra
+    if extra is None:
+        return base
+    if extra.dtype == torch.bool:
+        return base.masked_fill(~extra, float("-inf"))
+    return base + extra
+
+
 def recompute_weights(
     query: Tensor,
     key: Tensor,
