@@ -70,16 +70,16 @@ class HierarchicalCrossAttention(nn.Module):
         super().__init__()
         # query_dim, context_dim, heads and dim_head are checked by the CrossAttention below
         check_positive(block_size=block_size, top_k=top_k, query_block_size=query_block_size)
-        self.block_size, self.top_k, self.query_block_size = block_size, top_k, query_block_size
-        self.backend = backend
         self.attn = CrossAttention(
             query_dim, context_dim, heads=heads, dim_head=dim_head, bias=bias, backend=backend
         )
+        self.block_size, self.top_k, self.query_block_size = block_size, top_k, query_block_size
+        self.backend = backend  # of the fine attention, as the layer's
 
     def forward(
         self,
         queries: Tensor,
-        context: Tensor,
+        context: Tensor | PreparedContext,
         *,
         context_mask: Tensor | None = None,
         return_selection: bool = False,
