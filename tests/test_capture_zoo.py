@@ -217,3 +217,32 @@ def test_hierarchical_maps(heads, length, s):
     want = exp.weights.mean(dim=1) if heads == "mean" else exp.weights
     assert_within(recorded, want, exp.weights_tol, "hierarchical map")
     assert recorded.shape == ((B, length, s) if heads == "mean" else (B, 2, length, s))
+
+
+@pytest.mark.parametrize("model_given", [True, False])
+def test_bidirectional_shared_maps(model_given):
+    # "shared" mode has no CrossAttention: it hands both maps of its one similarity matrix over,
+    # under the names the two attentions of mode "two" have.
+    torch.manual_seed(0)
+    layer = crossattn.BidirectionalCrossAttention(8, 6, heads=2, dim_head=4, mode="shared").eval()
+    a_mask, b_mask = _mask(5, 4), _mask(3, 2)
+    a, b = _poisoned(_randn(B, 5, 8), a_mask), _poisoned(_randn(B, 3, 6), b_mask)
+    with torch.no_grad():
+        with AttentionRecorder(layer if model_given else None, heads="all") as rec:
+            layer(a, b, a_mask=a_mask, b_mask=b_mask)
+        a0, b0 = a.masked_fill(~a_mask[..., None], 0.0), b.masked_fill(~b_mask[..., None], 0.0)
+        qk_a = layer.to_qk_a(a0).view(B, 5, 2, 4).transpose(1, 2)  # (B, H, La, D)
+        qk_b = layer.to_qk_b(b0).view(B, 3, 2, 4).transpose(1, 2)  # (B, H, Lb, D)
+    prefix = "BidirectionalCrossAttention" if model_given else "BidirectionalCrossAttention_0"
+    for part, q, k, rows, keys in (
+        ("attn_a_to_b", qk_a, qk_b, a_mask, b_mask),
+        ("attn_b_to_a", qk_b, qk_a, b_mask, a_mask),
+    ):
+        exp = expected(q, k, k, torch.float32, attn_mask=rows[:, None, :, None], key_mask=keys,
+                       return_weights=True)  # fmt: skip
+        (recorded,) = rec.maps[f"{prefix}.{part}"]
+        assert_within(recorded, exp.weights, exp.weights_tol, part)
+    with AttentionRecorder(layer, layers=["BidirectionalCrossAttention.attn_a_to_b"]) as rec:
+        layer(a, b, a_mask=a_mask, b_mask=b_mask)
+    assert rec.layer_names == ["BidirectionalCrossAttention.attn_a_to_b"]
+    assert rec.maps[rec.layer_names[0]][0].shape == (B, 5, 3)

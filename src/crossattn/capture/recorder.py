@@ -168,7 +168,7 @@ class AttentionRecorder:
         self.query_grid: dict[str, tuple[int, int]] = {}
         self.nbytes = 0
         self._calls: dict[str, int] = {}
-        self._names: dict[int, str] = {}
+        self._names: dict[tuple[int, str | None], str] = {}
         self._anonymous: list[nn.Module] = []
         self._handles: list[Any] = []
         self._token = None
@@ -192,7 +192,14 @@ class AttentionRecorder:
                     found[name] = CROSSATTN
                     wanted = module.role != "self" or self._explicit_layers
                     if self._layer_ok(name) and wanted:
-                        self._names[id(module)] = name
+                        self._names[(id(module), None)] = name
+                    continue
+                parts = getattr(module, "attention_parts", ())
+                for part in parts:  # maps of a layer without CrossAttention modules
+                    found[f"{name}.{part}"] = CROSSATTN
+                    if self._layer_ok(f"{name}.{part}"):
+                        self._names[(id(module), part)] = f"{name}.{part}"
+                if parts:
                     continue
                 for source in _HOOKED_SOURCES:
                     if source.matches(module):
@@ -268,17 +275,22 @@ class AttentionRecorder:
                 return None
         return _Claim(name, step, timestep, "mean" if self.heads == "mean" else True)
 
-    def claim_call(self, layer: nn.Module) -> _Claim | None:
-        """A claim when this call of a crossattn `layer` is to be recorded (the hook protocol
-        of `crossattn.layers.hooks`)."""
-        name = self._names.get(id(layer))
+    def claim_call(self, layer: nn.Module, part: str | None = None) -> _Claim | None:
+        """A claim when this call of a crossattn `layer` (its map `part`) is to be recorded
+        (the hook protocol of `crossattn.layers.hooks`)."""
+        name = self._names.get((id(layer), part))
         if name is None:
-            if self.model is not None or (layer.role == "self" and not self._explicit_layers):
+            role = getattr(layer, "role", "cross")
+            if self.model is not None or (role == "self" and not self._explicit_layers):
                 return None
             if not any(m is layer for m in self._anonymous):
                 self._anonymous.append(layer)
             index = next(i for i, m in enumerate(self._anonymous) if m is layer)
-            name = f"CrossAttention_{index}"
+            name = (
+                f"CrossAttention_{index}"
+                if part is None
+                else f"{type(layer).__name__}_{index}.{part}"
+            )
             if not self._layer_ok(name):
                 return None
         return self._claim(name, CROSSATTN)

@@ -67,8 +67,9 @@ class Claim(Protocol):
 class AttentionObserver(Protocol):
     """What a recorder implements to see layer calls (see `observe`)."""
 
-    def claim_call(self, layer: nn.Module) -> Claim | None:
-        """A claim when this call of `layer` is to be recorded, else None."""
+    def claim_call(self, layer: nn.Module, part: str | None = None) -> Claim | None:
+        """A claim when this call of `layer` (and of its map `part`, for a layer that computes
+        several, see `hand_over_maps`) is to be recorded, else None."""
 
     def record_call(self, claim: Claim, call: AttentionCall) -> None:
         """Keep the maps of a claimed call."""
@@ -153,8 +154,8 @@ class LayerCall:
         return weights
 
 
-def layer_call(layer: nn.Module) -> LayerCall | None:
-    """None unless an open observer wants the maps of this call of `layer`."""
+def layer_call(layer: nn.Module, part: str | None = None) -> LayerCall | None:
+    """None unless an open observer wants the maps of this call of `layer` (its map `part`)."""
     if not _OPEN:
         return None
     observers = _ACTIVE.get()
@@ -162,10 +163,33 @@ def layer_call(layer: nn.Module) -> LayerCall | None:
         return None
     claims = []
     for observer in observers:
-        claim = observer.claim_call(layer)
+        claim = observer.claim_call(layer, part)
         if claim is not None:
             claims.append((observer, claim))
     if not claims:
         return None
     pinned = getattr(layer, "backend", None) is not None or current_backend() is not None
     return LayerCall(claims, pinned)
+
+
+def hand_over_maps(
+    layer: nn.Module,
+    part: str,
+    query: Tensor,
+    key: Tensor,
+    *,
+    scale: float | None = None,
+    key_mask: Tensor | None = None,
+    query_mask: Tensor | None = None,
+) -> None:
+    """For a layer that computes several maps with no `CrossAttention` of its own (it lists
+    their names in ``layer.attention_parts``): give the queries (B, H, L, E) and keys
+    (B, Hk, S, E) of map `part` to the open observers that want it. `key_mask` (B, S) and
+    `query_mask` (B, L) are bool, True = valid token; a padded query's row is 0. `scale`
+    defaults to 1 / sqrt(E). Costs one int read when nothing records."""
+    recording = layer_call(layer, part)
+    if recording is None:
+        return
+    rows = None if query_mask is None else query_mask[:, None, :, None]  # (B, 1, L, 1)
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    recording.hand_over(AttentionCall(layer, query, key, scale, rows, key_mask), False)
