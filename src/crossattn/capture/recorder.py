@@ -57,7 +57,11 @@ class AttentionRecorder:
 
     Sources: every `crossattn.CrossAttention` called inside the block (of `model` when given,
     of any model when `model` is None; layers whose ``role`` is "self", the self-attention of
-    crossattn's transformer layers, only when ``layers=`` selects them), and, inside `model`, `torch.nn.MultiheadAttention`
+    crossattn's transformer layers, only when ``layers=`` selects them), the crossattn layers
+    that attend without calling one (`HierarchicalCrossAttention`, under its ``attn``;
+    ``BidirectionalCrossAttention(mode="shared")``, as ``attn_a_to_b`` and ``attn_b_to_a``),
+    all through the hook protocol of `crossattn.layers.hooks` (docs/capture.md), and, inside
+    `model`, `torch.nn.MultiheadAttention`
     (cross-attention calls: query is not key), transformers encoder-decoder cross-attention
     (BART-like and T5-like modules, `generate()` included) and diffusers ``Attention`` modules
     called with ``encoder_hidden_states``. The model's outputs are not changed: crossattn

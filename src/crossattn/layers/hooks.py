@@ -13,7 +13,9 @@ whose caller asks for no weights keeps its op call exactly as it is: the pinned 
 return no weights at all (SDPA), and recording must never break or change the model. It then
 hands over no weights, and the observer recomputes them from the queries, keys and masks of the
 `AttentionCall`. A layer whose op never returns the map it computes (the hierarchical layer's
-gathered blocks) hands over its queries and keys with a mask of what each query saw.
+gathered blocks) hands over its queries and keys with a mask of what each query saw; a layer
+with several maps and no `CrossAttention` of its own lists them in ``attention_parts`` and
+hands each over with `hand_over_maps`.
 
 Observers implement `AttentionObserver` (`crossattn.capture.AttentionRecorder` does); this
 module knows nothing of them, so the layers import nothing from the tools above them.
