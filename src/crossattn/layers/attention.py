@@ -236,7 +236,8 @@ class CrossAttention(nn.Module):
         check_mask(
             "context_mask", context_mask, (b, s), "(B, S)", like=context, like_name="the context is"
         )
-        key, value = self.project_keys(context), self.project_values(values)  # (B, Hk, S, D)
+        key = self.k_norm(self._heads(self.to_k(context), self.kv_heads)).contiguous()
+        value = self._heads(self.to_v(values), self.kv_heads).contiguous()  # (B, Hk, S, D)
         if context_mask is not None:
             # Zeroed once here, so that NaN padding cannot leak (see `_op_masks`).
             key, value = zero_padding(key, context_mask), zero_padding(value, context_mask)
@@ -254,23 +255,31 @@ class CrossAttention(nn.Module):
         return 1.0 / math.sqrt(self.dim_head)
 
     def project_queries(self, queries: Tensor) -> Tensor:
-        """Queries (B, L, query_dim) -> (B, heads, L, dim_head), normalised by ``q_norm``."""
-        b, length, _ = queries.shape
-        q = self.to_q(queries).view(b, length, self.heads, self.dim_head).transpose(1, 2)
-        return self.q_norm(q)  # (B, H, L, D)
+        """Queries (B, L, query_dim) -> (B, heads, L, dim_head), normalised by ``q_norm``: what
+        `forward` attends from. Checked as `forward` checks them."""
+        check_features(
+            "queries", queries, self.query_dim, "(B, L, query_dim)", like=self.to_q.weight
+        )
+        return self.q_norm(self._heads(self.to_q(queries), self.heads))  # (B, H, L, D)
 
     def project_keys(self, context: Tensor) -> Tensor:
         """Context (B, S, context_dim) -> keys (B, kv_heads, S, dim_head), normalised by
-        ``k_norm``, contiguous."""
-        b, s, _ = context.shape
-        key = self.to_k(context).view(b, s, self.kv_heads, self.dim_head).transpose(1, 2)
-        return self.k_norm(key).contiguous()  # (B, Hk, S, D)
+        ``k_norm``, contiguous: the keys of `prepare_context`, without the zeroed padding."""
+        check_features(
+            "context", context, self.context_dim, "(B, S, context_dim)", like=self.to_k.weight
+        )
+        return self.k_norm(self._heads(self.to_k(context), self.kv_heads)).contiguous()
 
     def project_values(self, values: Tensor) -> Tensor:
-        """Values (B, S, value_dim) -> (B, kv_heads, S, dim_head), contiguous."""
-        b, s, _ = values.shape
-        value = self.to_v(values).view(b, s, self.kv_heads, self.dim_head).transpose(1, 2)
-        return value.contiguous()  # (B, Hk, S, D)
+        """Values (B, S, value_dim) -> (B, kv_heads, S, dim_head), contiguous: the values of
+        `prepare_context`, without the zeroed padding."""
+        check_features("values", values, self.value_dim, "(B, S, value_dim)", like=self.to_v.weight)
+        return self._heads(self.to_v(values), self.kv_heads).contiguous()
+
+    def _heads(self, projected: Tensor, heads: int) -> Tensor:
+        """(B, N, heads * dim_head) -> (B, heads, N, dim_head)."""
+        b, n, _ = projected.shape
+        return projected.view(b, n, heads, self.dim_head).transpose(1, 2)
 
     def context_for(
         self,
@@ -348,12 +357,9 @@ class CrossAttention(nn.Module):
         Returns:
             (B, L, out_dim), or ``(out, weights)`` when weights are asked for.
         """
-        check_features(
-            "queries", queries, self.query_dim, "(B, L, query_dim)", like=self.to_q.weight
-        )
-        b, length, _ = queries.shape
-        prepared = self.context_for(context, values, context_mask, batch=b, need_tokens=length > 0)
         q = self.project_queries(queries)  # (B, H, L, D)
+        b, length = q.shape[0], q.shape[2]
+        prepared = self.context_for(context, values, context_mask, batch=b, need_tokens=length > 0)
         mask = _layer_attn_mask(attn_mask, b, self.heads, length, prepared.length)
         recording = layer_call(self)  # None unless a recorder wants this call's maps
         asked = return_weights if recording is None else recording.ask(return_weights)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional import cross_attention
-from ._common import check_features, check_positive
+from ._common import check_positive
 from .attention import CrossAttention, PreparedContext
 from .hooks import AttentionCall, layer_call
 
@@ -101,13 +101,10 @@ class HierarchicalCrossAttention(nn.Module):
         Queries and context must have the dtype and device of the layer's parameters.
         """
         attn = self.attn
-        check_features(
-            "queries", queries, attn.query_dim, "(B, L, query_dim)", like=attn.to_q.weight
-        )
-        b, length, _ = queries.shape
+        q = attn.project_queries(queries)  # (B, H, L, D)
+        b, length = q.shape[0], q.shape[2]
         prepared = attn.context_for(context, context_mask=context_mask, batch=b)
         key, value, valid = _whole_blocks(prepared, self.block_size)  # (B, H, nb*bs, D), (B, nb*bs)
-        q = attn.project_queries(queries)  # (B, H, L, D)
         selection = self._select(q, key, valid)  # (B, H, nq, k)
         out = self._attend_selected(q, key, value, valid, selection)  # (B, H, L, D)
         recording = layer_call(attn)  # None unless a recorder wants this call's maps
