@@ -632,8 +632,8 @@ def test_timesteps_need_a_timestep_argument():
 @pytest.mark.parametrize("heads", ["all", [1]], ids=str)
 def test_heads_kept_need_head_weights_error(heads):
     # A layer that hands the recorder head-mean weights (B, L, S) through the hook protocol
-    # (`crossattn.capture.hook`), while the recorder keeps heads: refused, not stored.
-    from crossattn.capture.hook import layer_call
+    # (`crossattn.layers.hooks`), while the recorder keeps heads: refused, not stored.
+    from crossattn.layers.hooks import AttentionCall, layer_call
 
     layer = CrossAttention(12, 10, heads=2, dim_head=3)
     queries, context, _ = make_inputs(poison=False)
@@ -649,7 +649,8 @@ def test_heads_kept_need_head_weights_error(heads):
                 "weights of shape (2, 7, 5); expected (B, heads, L, S)"
             ),
         ):
-            call.hand_over(mean, False)
+            q, k, _ = heads_split(layer, queries, context)
+            call.hand_over(AttentionCall(layer, q, k, layer.scale, weights=mean), False)
     assert rec.maps == {} and rec.nbytes == 0
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TOLERANCE_FACTOR
+from conftest import TOLERANCE_FACTOR, rounding_floor
 from crossattn import CrossAttention, PreparedContext
 
 
@@ -366,3 +366,42 @@ def test_layer_under_autocast(gen):
     )
     yardstick = (low.double() - exact).abs().max().item()
     assert (out.double() - exact).abs().max().item() <= TOLERANCE_FACTOR * yardstick
+
+
+def test_public_projections_are_the_layers_own():
+    # project_queries / project_keys / project_values give what forward attends with: the
+    # output of plain attention over them, through to_out, is the layer's output.
+    torch.manual_seed(0)
+    layer = CrossAttention(6, 5, 3, heads=4, dim_head=2, kv_heads=2, qk_norm="rms_norm").eval()
+    queries, context, values = torch.randn(2, 7, 6), torch.randn(2, 3, 5), torch.randn(2, 3, 3)
+    with torch.no_grad():
+        q = layer.project_queries(queries)
+        k, v = layer.project_keys(context), layer.project_values(values)
+        assert q.shape == (2, 4, 7, 2) and k.shape == v.shape == (2, 2, 3, 2)
+        prepared = layer.prepare_context(context, values)
+        assert torch.equal(prepared.key, k) and torch.equal(prepared.value, v)
+        k2, v2 = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)  # (B, H, S, D)
+
+        def plain(dtype):
+            probs = torch.softmax(q.to(dtype) @ k2.to(dtype).transpose(-1, -2) * layer.scale, -1)
+            merged = (probs @ v2.to(dtype)).transpose(1, 2).reshape(2, 7, 8)  # (B, L, H*D)
+            return nn.functional.linear(
+                merged, layer.to_out.weight.to(dtype), layer.to_out.bias.to(dtype)
+            )
+
+        exact, yardstick = plain(torch.float64), plain(torch.float32)
+        got = layer(queries, context, values)
+    err = (yardstick.double() - exact).abs().max().item()
+    tol = TOLERANCE_FACTOR * err + rounding_floor(exact, torch.float32)
+    assert (got.double() - exact).abs().max().item() <= tol
+    assert layer.scale == 1 / math.sqrt(2)
+    with pytest.raises(
+        ValueError, match=r"queries must have shape \(B, L, query_dim\) with last dim 6"
+    ):
+        layer.project_queries(torch.randn(2, 7, 5))
+    with pytest.raises(
+        ValueError, match=r"context must have shape \(B, S, context_dim\) with last dim 5"
+    ):
+        layer.project_keys(torch.randn(2, 3, 6))
+    with pytest.raises(TypeError, match=r"values must be a floating-point tensor"):
+        layer.project_values(torch.ones(2, 3, 3, dtype=torch.long))

@@ -375,7 +375,7 @@ def test_hierarchical_gradients_and_errors(gen):
         assert (g - w).abs().max().item() <= tol64(w, 21)
     queries, context = queries.float().detach(), context.float().detach()
     layer.float()
-    with pytest.raises(ValueError, match=r"queries have B=2 but context has B=1"):
+    with pytest.raises(ValueError, match=r"queries have B=2 but the context has B=1"):
         layer(queries, context[:1])
     with pytest.raises(ValueError, match=r"context must have shape \(B, S, context_dim\) with last dim 6"):  # fmt: skip
         layer(queries, torch.zeros(2, 5, 8))

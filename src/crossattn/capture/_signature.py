@@ -30,3 +30,22 @@ def call_arguments(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> di
         elif param.kind is not inspect.Parameter.VAR_POSITIONAL:
             out[name] = value
     return out
+
+
+def claimed_cross_call(
+    recorder: Any,
+    name: str,
+    kind: str,
+    module: nn.Module,
+    args: tuple,
+    kwargs: dict[str, Any],
+    context_arg: str,
+) -> tuple[dict[str, Any], Any] | None:
+    """``(arguments by name, the recorder's claim)`` for a call of `module` that passes
+    `context_arg` (a cross-attention call) and that the recorder keeps; None otherwise
+    (self-attention calls are not recorded)."""
+    call = call_arguments(module, args, kwargs)
+    if call.get(context_arg) is None:
+        return None
+    claim = recorder._claim(name, kind)
+    return None if claim is None else (call, claim)

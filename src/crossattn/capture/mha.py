@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._signature import call_arguments
-from .recompute import mask_4d, recompute_weights
+from .recompute import mask_4d, merge_masks, recompute_weights
 
 KIND = "torch.nn.MultiheadAttention"
 
@@ -145,11 +145,5 @@ def _masks(
         if am.dim() == 3:
             am = am.reshape(b, h, length, am.shape[-1])  # (B*H, L, S0) -> (B, H, L, S0)
         am = F.pad(am, (0, extra), value=False) if am.dtype == torch.bool else F.pad(am, (0, extra))
-        allowed = ~am if am.dtype == torch.bool else am.to(dtype)
-        if attn_mask is None:
-            attn_mask = allowed
-        elif allowed.dtype == torch.bool:
-            attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
-        else:
-            attn_mask = attn_mask + allowed
+        attn_mask = merge_masks(attn_mask, ~am if am.dtype == torch.bool else am.to(dtype))
     return attn_mask, key_mask

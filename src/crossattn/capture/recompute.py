@@ -4,7 +4,7 @@ Used for modules that are not crossattn layers (torch MultiheadAttention, transf
 diffusers attention): their forward keeps its own fast path, and the maps are recomputed from
 the same inputs with `crossattn.cross_attention(..., return_weights=...)`, one block of queries
 at a time, so the extra memory is one block's scores plus the map being recorded. Also used for
-crossattn layers pinned to a backend, whose op call is left as it is (see `capture.hook`).
+crossattn layers that hand over no weights (see `crossattn.layers.hooks`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,18 @@ def mask_4d(mask: Tensor | None) -> Tensor | None:
     if mask.dim() > 4:
         raise ValueError(f"attention mask must have at most 4 dims, got {tuple(mask.shape)}")
     return mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+
+
+def merge_masks(base: Tensor | None, extra: Tensor | None) -> Tensor | None:
+    """One attention mask from an additive float `base` (or None) and `extra`: None, bool
+    (True = may attend: -inf in `base` where False) or additive float (added)."""
+    if base is None:
+        return extra
+    if extra is None:
+        return base
+    if extra.dtype == torch.bool:
+        return base.masked_fill(~extra, float("-inf"))
+    return base + extra
 
 
 def recompute_weights(

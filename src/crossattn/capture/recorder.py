@@ -11,10 +11,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..layers import hooks
 from . import diffusers as diffusers_source
-from . import hook
 from . import mha as mha_source
 from . import transformers as transformers_source
+from .recompute import recompute_weights
 from .reduce import HeadsArg, check_grid, check_heads, infer_hw, nbytes, select_heads, to_grid
 from .reduce import to_dense as _to_dense
 from .reduce import top_k as _top_k
@@ -56,7 +57,11 @@ class AttentionRecorder:
 
     Sources: every `crossattn.CrossAttention` called inside the block (of `model` when given,
     of any model when `model` is None; layers whose ``role`` is "self", the self-attention of
-    crossattn's transformer layers, only when ``layers=`` selects them), and, inside `model`, `torch.nn.MultiheadAttention`
+    crossattn's transformer layers, only when ``layers=`` selects them), the crossattn layers
+    that attend without calling one (`HierarchicalCrossAttention`, under its ``attn``;
+    ``BidirectionalCrossAttention(mode="shared")``, as ``attn_a_to_b`` and ``attn_b_to_a``),
+    all through the hook protocol of `crossattn.layers.hooks` (docs/capture.md), and, inside
+    `model`, `torch.nn.MultiheadAttention`
     (cross-attention calls: query is not key), transformers encoder-decoder cross-attention
     (BART-like and T5-like modules, `generate()` included) and diffusers ``Attention`` modules
     called with ``encoder_hidden_states``. The model's outputs are not changed: crossattn
@@ -167,7 +172,7 @@ class AttentionRecorder:
         self.query_grid: dict[str, tuple[int, int]] = {}
         self.nbytes = 0
         self._calls: dict[str, int] = {}
-        self._names: dict[int, str] = {}
+        self._names: dict[tuple[int, str | None], str] = {}
         self._anonymous: list[nn.Module] = []
         self._handles: list[Any] = []
         self._token = None
@@ -191,7 +196,14 @@ class AttentionRecorder:
                     found[name] = CROSSATTN
                     wanted = module.role != "self" or self._explicit_layers
                     if self._layer_ok(name) and wanted:
-                        self._names[id(module)] = name
+                        self._names[(id(module), None)] = name
+                    continue
+                parts = getattr(module, "attention_parts", ())
+                for part in parts:  # maps of a layer without CrossAttention modules
+                    found[f"{name}.{part}"] = CROSSATTN
+                    if self._layer_ok(f"{name}.{part}"):
+                        self._names[(id(module), part)] = f"{name}.{part}"
+                if parts:
                     continue
                 for source in _HOOKED_SOURCES:
                     if source.matches(module):
@@ -213,7 +225,7 @@ class AttentionRecorder:
             self._handles.append(
                 self.model.register_forward_pre_hook(self._model_pre_hook, with_kwargs=True)
             )
-        self._token = hook.activate(self)
+        self._token = hooks.activate(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -225,7 +237,7 @@ class AttentionRecorder:
             handle.remove()
         self._handles.clear()
         if self._token is not None:
-            hook.deactivate(self._token)
+            hooks.deactivate(self._token)
             self._token = None
         self._kv_memo.clear()
         self._anonymous.clear()
@@ -267,21 +279,40 @@ class AttentionRecorder:
                 return None
         return _Claim(name, step, timestep, "mean" if self.heads == "mean" else True)
 
-    def _claim_layer_call(self, layer: nn.Module) -> _Claim | None:
-        """Called by `CrossAttention.forward` (see `crossattn.capture.hook`)."""
-        name = self._names.get(id(layer))
+    def claim_call(self, layer: nn.Module, part: str | None = None) -> _Claim | None:
+        """A claim when this call of a crossattn `layer` (its map `part`) is to be recorded
+        (the hook protocol of `crossattn.layers.hooks`)."""
+        name = self._names.get((id(layer), part))
         if name is None:
-            if self.model is not None or (layer.role == "self" and not self._explicit_layers):
+            role = getattr(layer, "role", "cross")
+            if self.model is not None or (role == "self" and not self._explicit_layers):
                 return None
             if not any(m is layer for m in self._anonymous):
                 self._anonymous.append(layer)
             index = next(i for i, m in enumerate(self._anonymous) if m is layer)
-            name = f"CrossAttention_{index}"
+            name = (
+                f"CrossAttention_{index}"
+                if part is None
+                else f"{type(layer).__name__}_{index}.{part}"
+            )
             if not self._layer_ok(name):
                 return None
         return self._claim(name, CROSSATTN)
 
-    def _record_layer_weights(self, claim: _Claim, weights: Tensor) -> None:
+    def record_call(self, claim: _Claim, call: hooks.AttentionCall) -> None:
+        """Keep the maps of a claimed layer call: the weights its op returned, or, where it
+        returned none, the weights recomputed from its queries, keys and masks."""
+        weights = call.weights
+        if weights is None:
+            weights = recompute_weights(
+                call.query,
+                call.key,
+                heads="mean" if claim.weights == "mean" else "all",
+                scale=call.scale,
+                attn_mask=call.attn_mask,
+                key_mask=call.key_mask,
+                backend=self.backend,
+            )
         self._store(claim, weights)
 
     def _project_once(

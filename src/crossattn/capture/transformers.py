@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._signature import call_arguments
-from .recompute import recompute_weights
+from ._signature import claimed_cross_call
+from .recompute import merge_masks, recompute_weights
 
 BART = "transformers:bart-like"
 T5 = "transformers:t5-like"
@@ -50,13 +50,11 @@ def make_hook(recorder: Any, name: str):
     def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         nonlocal kind
         kind = kind or family(module)
-        call = call_arguments(module, args, kwargs)
-        context = call.get("key_value_states")
-        if context is None:
-            return  # self-attention: not recorded
-        claim = recorder._claim(name, kind)
-        if claim is None:
+        found = claimed_cross_call(recorder, name, kind, module, args, kwargs, "key_value_states")
+        if found is None:
             return
+        call, claim = found
+        context = call["key_value_states"]
         hidden = call["hidden_states"]
         if kind == BART:
             to_q, to_k, head_dim, scale = (
@@ -103,11 +101,5 @@ def _masks(
         else:
             attn_mask = mask.to(dtype)
     if bias is not None:
-        bias = bias.detach().to(dtype)
-        if attn_mask is None:
-            attn_mask = bias
-        elif attn_mask.dtype == torch.bool:
-            attn_mask = bias.masked_fill(~attn_mask, float("-inf"))
-        else:
-            attn_mask = bias + attn_mask
+        attn_mask = merge_masks(bias.detach().to(dtype), attn_mask)
     return attn_mask, key_mask

@@ -20,23 +20,9 @@ from torch import Tensor, nn
 
 from ..functional import cross_attention
 from ..layers.attention import CrossAttention
+from .diffusers_attention import DiffusersAttention
 
 RecordHook = Callable[[str | None, Tensor], None]
-
-
-def _attention_geometry(attn: Any) -> tuple[int, int, int]:
-    """(heads, kv_heads, dim_head) of a diffusers Attention, read from its projections."""
-    heads = int(attn.heads)
-    inner = attn.to_q.out_features
-    if inner % heads != 0:
-        raise ValueError(f"to_q has {inner} output features, not a multiple of heads={heads}")
-    dim_head = inner // heads
-    kv_inner = attn.to_k.out_features
-    if kv_inner % dim_head != 0:
-        raise ValueError(
-            f"to_k has {kv_inner} output features, not a multiple of dim_head={dim_head}"
-        )
-    return heads, kv_inner // dim_head, dim_head
 
 
 def _qk_norm_kind(norm: nn.Module, dim_head: int, which: str) -> Literal["layer_norm", "rms_norm"]:
@@ -91,8 +77,8 @@ def crossattention_from_diffusers(attn: nn.Module) -> CrossAttention:
             "CrossAttention; run the module with "
             "crossattn.integrations.diffusers.CrossAttnProcessor instead"
         )
-    heads, kv_heads, dim_head = _attention_geometry(attn)
-    scale = float(getattr(attn, "scale", dim_head**-0.5))
+    read = DiffusersAttention(attn)
+    heads, kv_heads, dim_head, scale = read.heads, read.kv_heads, read.dim_head, read.scale
     if abs(scale - dim_head**-0.5) > 1e-12 * dim_head**-0.5:
         raise ValueError(
             f"from_diffusers: the Attention scales scores by {scale} (scale_qk=False?), "
@@ -283,31 +269,22 @@ class CrossAttnProcessor:
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         b, length = hidden_states.shape[:2]
         s = context.shape[1]
-        heads, kv_heads, dim_head = _attention_geometry(attn)
-
+        read = DiffusersAttention(attn)
         mask = None
         if attention_mask is not None:
-            # The module's own helper pads and repeats the mask per head: (B*heads, 1|L, S).
-            mask = attn.prepare_attention_mask(attention_mask, s, b)
-            mask = mask.view(b, heads, -1, mask.shape[-1])  # (B, heads, 1|L, S)
+            # The module's own helper pads and repeats the mask per head: (B, heads, 1|L, S).
+            mask = read.attention_mask(attention_mask, s, b)
             if mask.is_floating_point():
                 # (under autocast the op takes it in any float dtype, in the compute dtype)
                 mask = mask.to(hidden_states.dtype)
-
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        hidden_states = read.normed_hidden(hidden_states)
         if encoder_hidden_states is None:
             context = hidden_states
-        elif attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(encoder_hidden_states)
-
-        q = attn.to_q(hidden_states).view(b, length, heads, dim_head).transpose(1, 2)
-        k = attn.to_k(context).view(b, s, kv_heads, dim_head).transpose(1, 2)  # (B, Hk, S, D)
-        v = attn.to_v(context).view(b, s, kv_heads, dim_head).transpose(1, 2)  # (B, Hk, S, D)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)  # (B, H, L, D)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
+        else:
+            context = read.normed_context(encoder_hidden_states)
+        q = read.project_queries(hidden_states)  # (B, H, L, D)
+        k = read.project_keys(context)  # (B, Hk, S, D)
+        v = read.project_values(context)  # (B, Hk, S, D)
 
         out_dtype = q.dtype
         upcast = q.dtype in (torch.float16, torch.bfloat16) and (
@@ -324,7 +301,7 @@ class CrossAttnProcessor:
                 k,
                 v,
                 attn_mask=mask,
-                scale=float(attn.scale),
+                scale=read.scale,
                 backend=self.backend,
                 return_weights=want,
             )
@@ -333,7 +310,7 @@ class CrossAttnProcessor:
             self.record(self.name, weights)
         else:
             out = res
-        out = out.to(out_dtype).transpose(1, 2).reshape(b, length, heads * dim_head)  # (B, L, H*D)
+        out = out.to(out_dtype).transpose(1, 2).reshape(b, length, read.heads * read.dim_head)
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)  # dropout
 

@@ -15,10 +15,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..capture.hook import layer_call
 from ..functional import cross_attention
 from ..masks import combine_masks, zero_padding
 from ._common import check_features, check_mask, check_nonempty
+from .hooks import AttentionCall, layer_call
 
 
 @dataclass(frozen=True)
@@ -236,10 +236,8 @@ class CrossAttention(nn.Module):
         check_mask(
             "context_mask", context_mask, (b, s), "(B, S)", like=context, like_name="the context is"
         )
-        hk, d = self.kv_heads, self.dim_head
-        key = self.to_k(context).view(b, s, hk, d).transpose(1, 2)  # (B, Hk, S, D)
-        key = self.k_norm(key).contiguous()
-        value = self.to_v(values).view(b, s, hk, d).transpose(1, 2).contiguous()  # (B, Hk, S, D)
+        key = self.k_norm(self._heads(self.to_k(context), self.kv_heads)).contiguous()
+        value = self._heads(self.to_v(values), self.kv_heads).contiguous()  # (B, Hk, S, D)
         if context_mask is not None:
             # Zeroed once here, so that NaN padding cannot leak (see `_op_masks`).
             key, value = zero_padding(key, context_mask), zero_padding(value, context_mask)
@@ -250,6 +248,89 @@ class CrossAttention(nn.Module):
             layer_id=id(self),
             padding_zeroed=context_mask is not None,
         )
+
+    @property
+    def scale(self) -> float:
+        """The score scale, 1 / sqrt(dim_head)."""
+        return 1.0 / math.sqrt(self.dim_head)
+
+    def project_queries(self, queries: Tensor) -> Tensor:
+        """Queries (B, L, query_dim) -> (B, heads, L, dim_head), normalised by ``q_norm``: what
+        `forward` attends from. Checked as `forward` checks them."""
+        check_features(
+            "queries", queries, self.query_dim, "(B, L, query_dim)", like=self.to_q.weight
+        )
+        return self.q_norm(self._heads(self.to_q(queries), self.heads))  # (B, H, L, D)
+
+    def project_keys(self, context: Tensor) -> Tensor:
+        """Context (B, S, context_dim) -> keys (B, kv_heads, S, dim_head), normalised by
+        ``k_norm``, contiguous: the keys of `prepare_context`, without the zeroed padding."""
+        check_features(
+            "context", context, self.context_dim, "(B, S, context_dim)", like=self.to_k.weight
+        )
+        return self.k_norm(self._heads(self.to_k(context), self.kv_heads)).contiguous()
+
+    def project_values(self, values: Tensor) -> Tensor:
+        """Values (B, S, value_dim) -> (B, kv_heads, S, dim_head), contiguous: the values of
+        `prepare_context`, without the zeroed padding."""
+        check_features("values", values, self.value_dim, "(B, S, value_dim)", like=self.to_v.weight)
+        return self._heads(self.to_v(values), self.kv_heads).contiguous()
+
+    def _heads(self, projected: Tensor, heads: int) -> Tensor:
+        """(B, N, heads * dim_head) -> (B, heads, N, dim_head)."""
+        b, n, _ = projected.shape
+        return projected.view(b, n, heads, self.dim_head).transpose(1, 2)
+
+    def context_for(
+        self,
+        context: Tensor | PreparedContext,
+        values: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        *,
+        batch: int,
+        need_tokens: bool = True,
+    ) -> PreparedContext:
+        """The `PreparedContext` a call attends to: `context` projected now (a tensor), or
+        `context` itself once checked (a `PreparedContext`, which must come from this layer).
+
+        Args:
+            context: (B, S, context_dim), or a `PreparedContext` made by this layer.
+            values: (B, S, value_dim) or None; not with a PreparedContext.
+            context_mask: (B, S) bool, True = valid token; not with a PreparedContext.
+            batch: B of the queries, which the context must match.
+            need_tokens: refuse S = 0 (ValueError): the queries need something to attend to.
+        """
+        if isinstance(context, PreparedContext):
+            if context.layer_id != id(self):
+                raise ValueError(
+                    "this PreparedContext was made by another layer; call prepare_context on "
+                    "the layer that uses it"
+                )
+            if context_mask is not None:
+                raise ValueError(
+                    "context_mask was given with a PreparedContext, which carries its own mask; "
+                    "pass it to prepare_context(context, context_mask=...) instead"
+                )
+            if values is not None:
+                raise ValueError("values were given with a PreparedContext, which holds them")
+            prepared, shape = context, context.key.shape
+            what = " (a PreparedContext: keys (B, heads, S, dim_head))"
+            hint = "prepare it from", "prepare_context's context_mask"
+        else:
+            prepared, shape = self.prepare_context(context, values, context_mask), context.shape
+            what, hint = "", ("pass", "context_mask")
+        if prepared.batch_size != batch:
+            raise ValueError(
+                f"queries have B={batch} but the context has B={prepared.batch_size}; "
+                "use PreparedContext.index_select to pick context rows"
+            )
+        if need_tokens:
+            check_nonempty(
+                "context", prepared.length, shape, f"S=0 tokens{what}",
+                f"{hint[0]} at least one context token per row (keep padding tokens and mark "
+                f"them False in {hint[1]})",
+            )  # fmt: skip
+        return prepared
 
     def forward(
         self,
@@ -276,48 +357,11 @@ class CrossAttention(nn.Module):
         Returns:
             (B, L, out_dim), or ``(out, weights)`` when weights are asked for.
         """
-        check_features(
-            "queries", queries, self.query_dim, "(B, L, query_dim)", like=self.to_q.weight
-        )
-        if isinstance(context, PreparedContext):
-            if context.layer_id != id(self):
-                raise ValueError(
-                    "this PreparedContext was made by another layer; call prepare_context on "
-                    "the layer that uses it"
-                )
-            if context_mask is not None:
-                raise ValueError(
-                    "context_mask was given with a PreparedContext, which carries its own mask; "
-                    "pass it to prepare_context(context, context_mask=...) instead"
-                )
-            if values is not None:
-                raise ValueError("values were given with a PreparedContext, which holds them")
-            prepared = context
-        else:
-            prepared = self.prepare_context(context, values, context_mask)
-        b, length, _ = queries.shape
-        if prepared.batch_size != b:
-            raise ValueError(
-                f"queries have B={b} but the context has B={prepared.batch_size}; "
-                "use PreparedContext.index_select to pick context rows"
-            )
-        if length and isinstance(context, Tensor):
-            check_nonempty(
-                "context", prepared.length, context.shape, "S=0 tokens",
-                "pass at least one token (keep padding tokens and mark them False in "
-                "context_mask)",
-            )  # fmt: skip
-        elif length:
-            check_nonempty(
-                "context", prepared.length, prepared.key.shape,
-                "S=0 tokens (a PreparedContext: keys (B, heads, S, dim_head))",
-                "prepare it from at least one token (keep padding tokens and mark them False "
-                "in prepare_context's context_mask)",
-            )  # fmt: skip
-        q = self.to_q(queries).view(b, length, self.heads, self.dim_head).transpose(1, 2)
-        q = self.q_norm(q)  # (B, H, L, D)
+        q = self.project_queries(queries)  # (B, H, L, D)
+        b, length = q.shape[0], q.shape[2]
+        prepared = self.context_for(context, values, context_mask, batch=b, need_tokens=length > 0)
         mask = _layer_attn_mask(attn_mask, b, self.heads, length, prepared.length)
-        recording = layer_call(self)  # None unless an AttentionRecorder wants this call's maps
+        recording = layer_call(self)  # None unless a recorder wants this call's maps
         asked = return_weights if recording is None else recording.ask(return_weights)
         op_attn_mask, op_key_mask = _op_masks(mask, prepared)
         res = cross_attention(
@@ -332,21 +376,10 @@ class CrossAttention(nn.Module):
         )
         out, weights = res if asked else (res, None)
         if recording is not None:
-
-            def recompute(mode: WeightsArg) -> Tensor:
-                """The maps of a pinned call that returned none, from its q, keys and mask."""
-                from ..capture.recompute import recompute_weights
-
-                return recompute_weights(
-                    q,
-                    prepared.key,
-                    heads="mean" if mode == "mean" else "all",
-                    scale=1.0 / math.sqrt(self.dim_head),
-                    attn_mask=mask,
-                    key_mask=prepared.key_mask,
-                )
-
-            weights = recording.hand_over(weights, return_weights, recompute)
+            call = AttentionCall(
+                self, q, prepared.key, self.scale, mask, prepared.key_mask, weights
+            )
+            weights = recording.hand_over(call, return_weights)
         out = out.transpose(1, 2).reshape(b, length, self.heads * self.dim_head)  # (B, L, H*D)
         out = self.to_out(out)  # (B, L, out_dim)
         return (out, weights) if return_weights else out
@@ -362,45 +395,9 @@ class CrossAttention(nn.Module):
         Head-mean weights (``return_weights="mean"``) match MHA's averaged weights. The new
         layer is on ``mha``'s device, in its dtype and in its train/eval mode.
         """
-        if not isinstance(mha, nn.MultiheadAttention):
-            raise TypeError(
-                f"from_torch expects torch.nn.MultiheadAttention, got {type(mha).__name__}"
-            )
-        if mha.bias_k is not None or mha.add_zero_attn:
-            raise ValueError(
-                "from_torch: add_bias_kv and add_zero_attn have no CrossAttention equivalent"
-            )
-        e, h = mha.embed_dim, mha.num_heads
-        has_bias = mha.in_proj_bias is not None
-        layer = cls(
-            e,
-            mha.kdim,
-            mha.vdim,
-            heads=h,
-            dim_head=e // h,
-            bias=has_bias,
-            out_bias=mha.out_proj.bias is not None,
-            dropout=mha.dropout,
-        )
-        ref = mha.out_proj.weight
-        layer = layer.to(device=ref.device, dtype=ref.dtype)
-        if mha._qkv_same_embed_dim:
-            wq, wk, wv = mha.in_proj_weight.chunk(3, dim=0)
-        else:
-            wq, wk, wv = mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
-        with torch.no_grad():
-            layer.to_q.weight.copy_(wq)
-            layer.to_k.weight.copy_(wk)
-            layer.to_v.weight.copy_(wv)
-            if has_bias:
-                bq, bk, bv = mha.in_proj_bias.chunk(3, dim=0)
-                layer.to_q.bias.copy_(bq)
-                layer.to_k.bias.copy_(bk)
-                layer.to_v.bias.copy_(bv)
-            layer.to_out.weight.copy_(mha.out_proj.weight)
-            if mha.out_proj.bias is not None:
-                layer.to_out.bias.copy_(mha.out_proj.bias)
-        return layer.train(mha.training)
+        from ..integrations.torch_mha import crossattention_from_torch
+
+        return crossattention_from_torch(mha)
 
     @classmethod
     def from_diffusers(cls, attn: nn.Module) -> CrossAttention:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ..functional import bidirectional_attention
 from ._common import check_features, check_mask, check_nonempty, check_positive
 from .attention import CrossAttention
+from .hooks import hand_over_maps
 
 Mode = Literal["two", "shared"]
 
@@ -82,6 +83,7 @@ class BidirectionalCrossAttention(nn.Module):
             self.to_v_b = nn.Linear(dim_b, inner, bias=bias)
             self.to_out_a = nn.Linear(inner, out_a)
             self.to_out_b = nn.Linear(inner, out_b)
+            self.attention_parts = ("attn_a_to_b", "attn_b_to_a")  # recorded maps, as in "two"
 
     def forward(
         self,
@@ -151,6 +153,8 @@ class BidirectionalCrossAttention(nn.Module):
                 qk_a, qk_b, v_a, v_b, a_mask=a_mask, b_mask=b_mask, backend=self.backend,
                 return_weights=return_weights,
             )  # fmt: skip
+            hand_over_maps(self, "attn_a_to_b", qk_a, qk_b, key_mask=b_mask, query_mask=a_mask)
+            hand_over_maps(self, "attn_b_to_a", qk_b, qk_a, key_mask=a_mask, query_mask=b_mask)
             a_out = res[0].transpose(1, 2).reshape(batch, la, h * d)  # (B, La, H*D)
             b_out = res[1].transpose(1, 2).reshape(batch, lb, h * d)  # (B, Lb, H*D)
             a_out, b_out = self.to_out_a(a_out), self.to_out_b(b_out)

@@ -22,13 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from ..functional import cross_attention
-from ._common import (
-    check_features,
-    check_mask,
-    check_nonempty,
-    check_positive,
-)
+from ._common import check_positive
 from .attention import CrossAttention, PreparedContext
+from .hooks import AttentionCall, layer_call
 
 COARSE_MAX_ELEMENTS = 1 << 24
 """Coarse weights up to this many elements (64 MiB in float32) use the "reference" backend."""
@@ -72,26 +68,18 @@ class HierarchicalCrossAttention(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        check_positive(
-            query_dim=query_dim,
-            heads=heads,
-            dim_head=dim_head,
-            block_size=block_size,
-            top_k=top_k,
-            query_block_size=query_block_size,
-        )
-        if context_dim is not None:
-            check_positive(context_dim=context_dim)
-        self.block_size, self.top_k, self.query_block_size = block_size, top_k, query_block_size
-        self.backend = backend
+        # query_dim, context_dim, heads and dim_head are checked by the CrossAttention below
+        check_positive(block_size=block_size, top_k=top_k, query_block_size=query_block_size)
         self.attn = CrossAttention(
             query_dim, context_dim, heads=heads, dim_head=dim_head, bias=bias, backend=backend
         )
+        self.block_size, self.top_k, self.query_block_size = block_size, top_k, query_block_size
+        self.backend = backend  # of the fine attention, as the layer's
 
     def forward(
         self,
         queries: Tensor,
-        context: Tensor,
+        context: Tensor | PreparedContext,
         *,
         context_mask: Tensor | None = None,
         return_selection: bool = False,
@@ -113,74 +101,31 @@ class HierarchicalCrossAttention(nn.Module):
         Queries and context must have the dtype and device of the layer's parameters.
         """
         attn = self.attn
-        check_features(
-            "queries", queries, attn.query_dim, "(B, L, query_dim)", like=attn.to_q.weight
-        )
-        b, length, _ = queries.shape
-        empty_hint = (
-            "pass at least one context token per row (keep padding tokens and mark them False "
-            "in context_mask)"
-        )
-        if isinstance(context, PreparedContext):
-            if context.layer_id != id(attn):
-                raise ValueError(
-                    "this PreparedContext was made by another layer; use "
-                    "layer.attn.prepare_context(context, context_mask=...) of this layer"
-                )
-            if context_mask is not None:
-                raise ValueError(
-                    "context_mask was given with a PreparedContext, which carries its own mask"
-                )
-            prepared = context
-            s = prepared.length
-            check_nonempty(
-                "context",
-                s,
-                prepared.key.shape,
-                "S=0 tokens (a PreparedContext: keys (B, heads, S, dim_head))",
-                empty_hint,
-            )
-        else:
-            check_features(
-                "context", context, attn.context_dim, "(B, S, context_dim)", like=attn.to_k.weight
-            )
-            s = context.shape[1]
-            check_nonempty("context", s, context.shape, "S=0 tokens", empty_hint)
-            check_mask("context_mask", context_mask, (context.shape[0], s), "(B, S)")
-            prepared = attn.prepare_context(context, context_mask=context_mask)
-        if prepared.batch_size != b:
-            raise ValueError(
-                f"queries have B={b} but context has B={prepared.batch_size}: queries "
-                f"{tuple(queries.shape)}, context {tuple(prepared.key.shape)} (B, heads, S, D)"
-            )
-        context_mask = prepared.key_mask
-        h, d = attn.heads, attn.dim_head
+        q = attn.project_queries(queries)  # (B, H, L, D)
+        b, length = q.shape[0], q.shape[2]
+        prepared = attn.context_for(context, context_mask=context_mask, batch=b)
+        key, value, valid = _whole_blocks(prepared, self.block_size)  # (B, H, nb*bs, D), (B, nb*bs)
+        selection = self._select(q, key, valid)  # (B, H, nq, k)
+        out = self._attend_selected(q, key, value, valid, selection)  # (B, H, L, D)
+        recording = layer_call(attn)  # None unless a recorder wants this call's maps
+        if recording is not None:
+            # The map is the fine attention's: each query over the tokens of its blocks.
+            s, bs, qbs = prepared.length, self.block_size, self.query_block_size
+            seen = _selected_tokens(selection, bs, qbs, length, s)  # (B, H, L, S)
+            call = AttentionCall(attn, q, prepared.key, attn.scale, seen, prepared.key_mask)
+            recording.hand_over(call, False)
+        out = out.transpose(1, 2).reshape(b, length, attn.heads * attn.dim_head)  # (B, L, H*D)
+        out = attn.to_out(out)  # (B, L, out_dim)
+        return (out, selection) if return_selection else out
+
+    def _select(self, q: Tensor, key: Tensor, valid: Tensor) -> Tensor:
+        """Coarse step: the `top_k` blocks (B, H, nq, k) of each query block and head, sorted,
+        from the queries' weights over the block means of `key` (B, H, nb*bs, D)."""
+        b, h, length, d = q.shape
         bs, qbs = self.block_size, self.query_block_size
-        nb, nq = -(-s // bs), -(-length // qbs)
-        k_sel = min(self.top_k, nb)
-
-        key, value = prepared.key, prepared.value  # (B, H, S, D)
-        valid = (
-            torch.ones(b, s, dtype=torch.bool, device=key.device)
-            if context_mask is None
-            else context_mask
-        )
-        if nb * bs != s:  # pad S to whole blocks, padding invalid
-            pad = nb * bs - s
-            key = torch.cat([key, key.new_zeros(b, h, pad, d)], dim=2)  # (B, H, nb*bs, D)
-            value = torch.cat([value, value.new_zeros(b, h, pad, d)], dim=2)
-            valid = torch.cat([valid, valid.new_zeros(b, pad)], dim=1)  # (B, nb*bs)
-        if not bool(valid.all()):
-            key = key.masked_fill(~valid[:, None, :, None], 0.0)  # NaN padding cannot leak
-            value = value.masked_fill(~valid[:, None, :, None], 0.0)
-
-        q = attn.to_q(queries).view(b, length, h, d).transpose(1, 2)  # (B, H, L, D)
-        q = attn.q_norm(q)
-
-        # 1. Coarse: attend to the block means, select top-k blocks per query block and head.
+        nb, nq = key.shape[2] // bs, -(-length // qbs)
         with torch.no_grad():
-            valid_b = valid.view(b, nb, bs)  # (B, nb, bs)
-            count = valid_b.sum(dim=-1)  # (B, nb)
+            count = valid.view(b, nb, bs).sum(dim=-1)  # (B, nb)
             pooled = key.view(b, h, nb, bs, d).sum(dim=3)  # (B, H, nb, D)
             pooled = pooled / count.clamp(min=1)[:, None, :, None].to(pooled.dtype)
             block_ok = count > 0  # (B, nb)
@@ -199,14 +144,22 @@ class HierarchicalCrossAttention(nn.Module):
             if nq * qbs != length:
                 coarse = torch.cat([coarse, coarse.new_zeros(b, h, nq * qbs - length, nb)], 2)
             score = coarse.view(b, h, nq, qbs, nb).sum(dim=3)  # (B, H, nq, nb)
-            selection = score.topk(k_sel, dim=-1).indices.sort(dim=-1).values  # (B, H, nq, k)
+            return score.topk(min(self.top_k, nb), dim=-1).indices.sort(dim=-1).values
 
-        # 2. Fine: full attention of each query block to its gathered blocks.
+    def _attend_selected(
+        self, q: Tensor, key: Tensor, value: Tensor, valid: Tensor, selection: Tensor
+    ) -> Tensor:
+        """Fine step: each query block attends fully to its selected blocks, gathered into
+        (B*H*nq, 1, k*bs, D) for one `cross_attention` call. Returns (B, H, L, D)."""
+        b, h, length, d = q.shape
+        bs, qbs = self.block_size, self.query_block_size
+        nb, nq, k_sel = key.shape[2] // bs, selection.shape[2], selection.shape[3]
         bh = torch.arange(b * h, device=q.device)[:, None]  # (B*H, 1)
         index = selection.reshape(b * h, nq * k_sel)  # (B*H, nq*k)
         k_blocks = key.reshape(b * h, nb, bs, d)[bh, index]  # (B*H, nq*k, bs, D)
         v_blocks = value.reshape(b * h, nb, bs, d)[bh, index]
-        m_blocks = valid_b[:, None].expand(b, h, nb, bs).reshape(b * h, nb, bs)[bh, index]
+        valid_b = valid.view(b, 1, nb, bs).expand(b, h, nb, bs)
+        m_blocks = valid_b.reshape(b * h, nb, bs)[bh, index]
         n = b * h * nq
         k_blocks = k_blocks.reshape(n, 1, k_sel * bs, d)  # (B*H*nq, 1, k*bs, D)
         v_blocks = v_blocks.reshape(n, 1, k_sel * bs, d)
@@ -219,8 +172,33 @@ class HierarchicalCrossAttention(nn.Module):
         out = cross_attention(
             q_blocks, k_blocks, v_blocks, key_mask=m_blocks, backend=self.backend
         )  # (B*H*nq, 1, qbs, D)
-        out = out.reshape(b, h, nq * qbs, d)[:, :, :length]  # (B, H, L, D)
-        out = attn.to_out(out.transpose(1, 2).reshape(b, length, h * d))  # (B, L, out_dim)
-        if return_selection:
-            return out, selection
-        return out
+        return out.reshape(b, h, nq * qbs, d)[:, :, :length]  # (B, H, L, D)
+
+
+def _whole_blocks(prepared: PreparedContext, bs: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Keys and values (B, H, nb*bs, D) padded to whole blocks of `bs` tokens, 0 wherever a
+    token is padding (so that NaN padding cannot leak), and the valid tokens (B, nb*bs)."""
+    key, value = prepared.key, prepared.value  # (B, H, S, D)
+    b, h, s, d = key.shape
+    nb = -(-s // bs)
+    mask = prepared.key_mask
+    valid = torch.ones(b, s, dtype=torch.bool, device=key.device) if mask is None else mask
+    if nb * bs != s:  # pad S to whole blocks, padding invalid
+        pad = nb * bs - s
+        key = torch.cat([key, key.new_zeros(b, h, pad, d)], dim=2)  # (B, H, nb*bs, D)
+        value = torch.cat([value, value.new_zeros(b, h, pad, d)], dim=2)
+        valid = torch.cat([valid, valid.new_zeros(b, pad)], dim=1)  # (B, nb*bs)
+    if not bool(valid.all()):
+        key = key.masked_fill(~valid[:, None, :, None], 0.0)
+        value = value.masked_fill(~valid[:, None, :, None], 0.0)
+    return key, value, valid
+
+
+def _selected_tokens(selection: Tensor, bs: int, qbs: int, length: int, s: int) -> Tensor:
+    """(B, H, L, S) bool: True where query i's block selected the block of key token j."""
+    b, h, nq, _ = selection.shape
+    nb = -(-s // bs)
+    blocks = torch.zeros(b, h, nq, nb, dtype=torch.bool, device=selection.device)
+    blocks.scatter_(-1, selection, True)  # (B, H, nq, nb)
+    tokens = blocks[..., None].expand(b, h, nq, nb, bs).reshape(b, h, nq, 1, nb * bs)[..., :s]
+    return tokens.expand(b, h, nq, qbs, s).reshape(b, h, nq * qbs, s)[:, :, :length]

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..backends import AttentionInputs, select_backend
-from ..capture import hook as capture_hook
+from ..layers import hooks as capture_hook
 from ..layers.attention import PreparedContext
 from ..layers.transformer import TransformerDecoderLayer
 from .kv_cache import KVCache
