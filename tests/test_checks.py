@@ -1,0 +1,156 @@
+"""The argument rules of `crossattn._checks`: one meaning for each, whatever the caller."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from crossattn import _checks
+
+INTS = [
+    7,
+    np.int64(7),
+    np.int32(7),
+    np.uint8(7),
+    torch.tensor(7),
+    torch.tensor(7, dtype=torch.int16),
+]
+NOT_INTS = [
+    True,
+    False,
+    np.bool_(True),
+    torch.tensor(True),
+    7.0,
+    np.float32(7),
+    torch.tensor(7.0),
+    torch.tensor([7]),
+    np.array([7]),
+    "7",
+    None,
+]
+
+
+@pytest.mark.parametrize("value", INTS, ids=repr)
+def test_integers_of_every_kind_are_accepted_as_int(value):
+    for rule in (_checks.positive_int, _checks.nonnegative_int):
+        got = rule(value, "n")
+        assert type(got) is int and got == 7
+    assert _checks.positive_ints(a=value, b=3) == (7, 3)
+    assert _checks.nonnegative_ints(a=value) == (7,)
+
+
+@pytest.mark.parametrize("value", NOT_INTS, ids=repr)
+def test_bools_floats_and_others_are_refused_with_a_type_error(value):
+    for rule in (_checks.positive_int, _checks.nonnegative_int):
+        with pytest.raises(TypeError, match="^heads must be a (positive|non-negative) int, got "):
+            rule(value, "heads")
+    # the same error is a ValueError too, for callers that caught ValueError before
+    with pytest.raises(ValueError, match="heads"):
+        _checks.positive_ints(dim=4, heads=value)
+
+
+def test_the_error_names_what_was_received():
+    with pytest.raises(TypeError, match=r"got True \(bool\)"):
+        _checks.positive_int(True, "dim")
+    with pytest.raises(TypeError, match=r"got 2\.5$"):
+        _checks.positive_int(2.5, "dim")
+    with pytest.raises(ValueError, match="dim must be a positive int, got 0$"):
+        _checks.positive_int(0, "dim")
+    with pytest.raises(ValueError, match="depth must be a non-negative int, got -1$"):
+        _checks.nonnegative_int(-1, "depth")
+    with pytest.raises(ValueError, match=r"n must be an int >= 5, got np.int64\(4\)|got 4 "):
+        _checks.integer(np.int64(4), "n", minimum=5)
+    assert _checks.nonnegative_int(0, "depth") == 0
+
+
+def test_positive_ints_names_the_first_bad_argument():
+    with pytest.raises(ValueError, match="^b must be a positive int, got 0$"):
+        _checks.positive_ints(a=1, b=0, c=-1)
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 0.5, np.float32(0.25), torch.tensor(0.1), 0.999])
+def test_probability_accepts_zero_to_one_open(value):
+    got = _checks.probability(value, "dropout")
+    assert type(got) is float and 0.0 <= got < 1.0
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (1.0, ValueError),
+        (-0.1, ValueError),
+        (float("nan"), ValueError),
+        (True, TypeError),
+        ("0.1", TypeError),
+        (None, TypeError),
+        (torch.tensor([0.1]), TypeError),
+    ],
+    ids=repr,
+)
+def test_probability_refuses_out_of_range_and_non_reals(value, error):
+    with pytest.raises(error, match=r"dropout must be a real number in \[0, 1\), got "):
+        _checks.probability(value, "dropout")
+
+
+def test_finite_real():
+    assert _checks.finite_real(np.float64(-2.5), "scale") == -2.5
+    assert _checks.finite_real(3, "scale") == 3.0
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="scale must be a finite real number"):
+            _checks.finite_real(bad, "scale")
+    with pytest.raises(TypeError, match="scale must be a finite real number, got False"):
+        _checks.finite_real(False, "scale")
+    assert _checks.real(1.0, "p", low=0.0, high=1.0, high_open=False) == 1.0
+
+
+def test_choice():
+    assert _checks.choice("two", "mode", ("two", "shared")) == "two"
+    with pytest.raises(ValueError, match="mode must be one of 'two', 'shared'; got 'three'"):
+        _checks.choice("three", "mode", ("two", "shared"))
+    with pytest.raises(TypeError, match="mode must be one of 'two', 'shared'; got 2"):
+        _checks.choice(2, "mode", ("two", "shared"))
+
+
+def test_input_file(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("x")
+    assert _checks.input_file(path, "--src") == str(path)
+    with pytest.raises(ValueError, match="--src: no such file: .*missing"):
+        _checks.input_file(tmp_path / "missing", "--src")
+    with pytest.raises(ValueError, match="--src must be a file, got a directory"):
+        _checks.input_file(tmp_path, "--src")
+    with pytest.raises(TypeError, match="--src must be a path"):
+        _checks.input_file(3, "--src")
+    if os.geteuid() != 0:
+        path.chmod(0)
+        with pytest.raises(ValueError, match="cannot read"):
+            _checks.input_file(path, "--src")
+
+
+def test_tensor_rank_and_dtype():
+    t = torch.zeros(2, 3)
+    assert _checks.tensor(t, "x", rank=2, legend="(B, S)", floating=True) is t
+    with pytest.raises(TypeError, match=r"x must be a torch.Tensor \(B, S\), got list"):
+        _checks.tensor([1], "x", rank=2, legend="(B, S)")
+    with pytest.raises(ValueError, match=r"x must be 2-D \(B, S\), got shape \(2, 3, 1\)"):
+        _checks.tensor(t[..., None], "x", rank=2, legend="(B, S)")
+    with pytest.raises(TypeError, match="x must be a floating-point tensor, got dtype torch.int64"):
+        _checks.tensor(t.long(), "x", floating=True)
+    with pytest.raises(TypeError, match="x must have dtype torch.bool, got torch.float32"):
+        _checks.tensor(t, "x", dtype=torch.bool)
+
+
+def test_token_mask():
+    like = torch.zeros(2, 5, 4)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    assert _checks.token_mask("m", None, (2, 5), "(B, S)") is None
+    assert _checks.token_mask("m", mask, (2, 5), "(B, S)", like=like) is mask
+    with pytest.raises(TypeError, match=r"m must be a bool tensor \(B, S\), True = valid"):
+        _checks.token_mask("m", mask.float(), (2, 5), "(B, S)")
+    with pytest.raises(ValueError, match=r"m must have shape \(B, S\) = \(2, 5\), got \(2, 4\)"):
+        _checks.token_mask("m", mask[:, :4], (2, 5), "(B, S)")
+    with pytest.raises(ValueError, match="m is on meta but the context is on cpu"):
+        _checks.token_mask("m", mask.to("meta"), (2, 5), "(B, S)", like, "the context is")
