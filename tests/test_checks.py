@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import crossattn
 from crossattn import _checks
 
 INTS = [
@@ -91,7 +92,8 @@ def test_probability_accepts_zero_to_one_open(value):
     ids=repr,
 )
 def test_probability_refuses_out_of_range_and_non_reals(value, error):
-    with pytest.raises(error, match=r"dropout must be a real number in \[0, 1\), got "):
+    expected = "must be in" if error is ValueError else "must be a real number in"
+    with pytest.raises(error, match=rf"^dropout {expected} \[0, 1\), got "):
         _checks.probability(value, "dropout")
 
 
@@ -99,7 +101,7 @@ def test_finite_real():
     assert _checks.finite_real(np.float64(-2.5), "scale") == -2.5
     assert _checks.finite_real(3, "scale") == 3.0
     for bad in (float("inf"), float("nan")):
-        with pytest.raises(ValueError, match="scale must be a finite real number"):
+        with pytest.raises(ValueError, match="scale must be a finite real number, got (nan|inf)$"):
             _checks.finite_real(bad, "scale")
     with pytest.raises(TypeError, match="scale must be a finite real number, got False"):
         _checks.finite_real(False, "scale")
@@ -110,7 +112,7 @@ def test_choice():
     assert _checks.choice("two", "mode", ("two", "shared")) == "two"
     with pytest.raises(ValueError, match="mode must be one of 'two', 'shared'; got 'three'"):
         _checks.choice("three", "mode", ("two", "shared"))
-    with pytest.raises(TypeError, match="mode must be one of 'two', 'shared'; got 2"):
+    with pytest.raises(TypeError, match="mode must be a string, one of 'two', 'shared'; got 2"):
         _checks.choice(2, "mode", ("two", "shared"))
 
 
@@ -154,3 +156,47 @@ def test_token_mask():
         _checks.token_mask("m", mask[:, :4], (2, 5), "(B, S)")
     with pytest.raises(ValueError, match="m is on meta but the context is on cpu"):
         _checks.token_mask("m", mask.to("meta"), (2, 5), "(B, S)", like, "the context is")
+
+
+# --- every public entry point of the layers, functional and masks follows the one rule ------
+
+SMALL = {"heads": 2, "dim_head": 4}
+ENTRY_POINTS = [
+    ("GatedFusion", lambda n: crossattn.GatedFusion(n)),
+    ("FiLM", lambda n: crossattn.FiLM(n, 3)),
+    ("Bidirectional", lambda n: crossattn.BidirectionalCrossAttention(n, 3, heads=n, dim_head=2)),
+    ("Bidirectional-out_dim", lambda n: crossattn.BidirectionalCrossAttention(4, 3, out_dim=n)),
+    ("Gated", lambda n: crossattn.GatedCrossAttentionBlock(n, 3, heads=2, dim_head=n, ff_mult=n)),
+    ("PerceiverEncoder", lambda n: crossattn.PerceiverEncoder(
+        n, num_latents=n, latent_dim=8, depth=n, input_chunk_size=n, **SMALL)),
+    ("PerceiverDecoder", lambda n: crossattn.PerceiverDecoder(n, 8, out_dim=n, ff_mult=n)),
+    ("PerceiverIO", lambda n: crossattn.PerceiverIO(
+        4, num_latents=2, latent_dim=8, depth=1, query_dim=6, num_outputs=n, **SMALL)),
+    ("Retrieval", lambda n: crossattn.RetrievalCrossAttention(n, 3, chunk_size=n, **SMALL)),
+    ("SelfDoc", lambda n: crossattn.SelfDocAttention(n, 3, heads=n, dim_head=2)),
+    ("Encoder", lambda n: crossattn.TransformerEncoderLayer(n, heads=n, dim_ff=n)),
+    ("Decoder", lambda n: crossattn.TransformerDecoderLayer(n, n, heads=n, dim_ff=n)),
+    ("causal_mask", lambda n: crossattn.causal_mask(n, n)),
+    ("lengths_to_key_mask", lambda n: crossattn.lengths_to_key_mask(torch.tensor([1, 2]), n)),
+]  # fmt: skip
+INT_KINDS = [np.int64(4), np.int32(4), torch.tensor(4), torch.tensor(4, dtype=torch.int32)]
+
+
+def _signature(made):
+    """What an entry point built: the shapes of a module's state, or a tensor's values."""
+    if isinstance(made, torch.Tensor):
+        return made.tolist()
+    return {k: tuple(v.shape) for k, v in made.state_dict().items()}
+
+
+@pytest.mark.parametrize("kind", INT_KINDS, ids=lambda v: f"{type(v).__name__}-{v.dtype}")
+@pytest.mark.parametrize(("name", "make"), ENTRY_POINTS, ids=[e[0] for e in ENTRY_POINTS])
+def test_entry_points_take_numpy_and_torch_ints_as_ints(name, make, kind):
+    assert _signature(make(kind)) == _signature(make(4))
+
+
+@pytest.mark.parametrize("bad", [True, 4.0], ids=repr)
+@pytest.mark.parametrize(("name", "make"), ENTRY_POINTS, ids=[e[0] for e in ENTRY_POINTS])
+def test_entry_points_refuse_bools_and_floats(name, make, bad):
+    with pytest.raises(TypeError, match=rf"must be a (positive|non-negative) int, got {bad}"):
+        make(bad)

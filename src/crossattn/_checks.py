@@ -105,23 +105,28 @@ def real(
 ) -> float:
     """`value` as a finite ``float`` (ints, NumPy and 0-d torch reals accepted; bool refused),
     within ``[low, high)`` (``[low, high]`` with ``high_open=False``) where bounds are given."""
-    expected = _interval(low, high, high_open)
-    try:
-        if _is_bool(value) or isinstance(value, str) or getattr(value, "ndim", 0) != 0:
-            raise TypeError
-        result = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ArgumentTypeError(f"{name} must be {expected}, got {_describe(value)}") from None
-    inside = math.isfinite(result)
-    inside = inside and (low is None or result >= low)
+    if type(value) is float:  # the common case, first
+        result = value
+    else:
+        try:
+            if _is_bool(value) or isinstance(value, str) or getattr(value, "ndim", 0) != 0:
+                raise TypeError
+            result = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ArgumentTypeError(
+                f"{name} must be {_interval(low, high, high_open)}, got {_describe(value)}"
+            ) from None
+    inside = math.isfinite(result) and (low is None or result >= low)
     if high is not None:
         inside = inside and (result < high if high_open else result <= high)
     if not inside:
-        raise ValueError(f"{name} must be {expected}, got {_describe(value)}")
+        bounds = _interval(low, high, high_open).replace("a real number in", "in")
+        raise ValueError(f"{name} must be {bounds}, got {_describe(value)}")
     return result
 
 
 def _interval(low: float | None, high: float | None, high_open: bool) -> str:
+    """What `real` expects: "a finite real number", "a real number in [0, 1)"."""
     if low is None and high is None:
         return "a finite real number"
     left = "(-inf" if low is None else f"[{low:g}"
@@ -144,7 +149,7 @@ def choice(value: object, name: str, choices: Iterable[str]) -> str:
     options = tuple(choices)
     valid = ", ".join(repr(c) for c in options)
     if not isinstance(value, str):
-        raise ArgumentTypeError(f"{name} must be one of {valid}; got {_describe(value)}")
+        raise ArgumentTypeError(f"{name} must be a string, one of {valid}; got {_describe(value)}")
     if value not in options:
         raise ValueError(f"{name} must be one of {valid}; got {value!r}")
     return value

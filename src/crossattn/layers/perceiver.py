@@ -26,13 +26,12 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
+from .. import _checks
 from ..backends import use_backend
 from ._common import (
     FeedForward,
     check_features,
-    check_mask,
     check_nonempty,
-    check_positive,
 )
 from .attention import CrossAttention, PreparedContext
 
@@ -181,7 +180,18 @@ class PerceiverEncoder(nn.Module):
         input_backend: str | None = "auto",
     ):
         super().__init__()
-        check_positive(
+        (
+            input_dim,
+            num_latents,
+            latent_dim,
+            heads,
+            dim_head,
+            cross_heads,
+            cross_dim_head,
+            num_cross_attends,
+            ff_mult,
+            input_chunk_size,
+        ) = _checks.positive_ints(
             input_dim=input_dim,
             num_latents=num_latents,
             latent_dim=latent_dim,
@@ -193,8 +203,7 @@ class PerceiverEncoder(nn.Module):
             ff_mult=ff_mult,
             input_chunk_size=input_chunk_size,
         )
-        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 0:
-            raise ValueError(f"depth must be an int >= 0, got {depth!r}")
+        depth = _checks.nonnegative_int(depth, "depth")
         self.input_dim, self.num_latents, self.latent_dim = input_dim, num_latents, latent_dim
         self.depth, self.num_cross_attends = depth, num_cross_attends
         self.share_weights = share_weights
@@ -261,7 +270,7 @@ class PerceiverEncoder(nn.Module):
             "pass at least one input token per row (padding stays in the sequence, marked False "
             "in input_mask; a row with no valid token is allowed)",
         )
-        check_mask("input_mask", input_mask, (b, s), "(B, S)")
+        _checks.token_mask("input_mask", input_mask, (b, s), "(B, S)")
         latents = self.latents.to(inputs.dtype).expand(b, -1, -1)  # (B, N, latent_dim)
         auto = self.input_backend == "auto" and inputs.device.type == "cpu"
         prepared: PreparedContext | None = None
@@ -310,7 +319,7 @@ class PerceiverDecoder(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        check_positive(
+        query_dim, latent_dim, heads, dim_head, ff_mult = _checks.positive_ints(
             query_dim=query_dim,
             latent_dim=latent_dim,
             heads=heads,
@@ -318,7 +327,7 @@ class PerceiverDecoder(nn.Module):
             ff_mult=ff_mult,
         )
         if out_dim is not None:
-            check_positive(out_dim=out_dim)
+            out_dim = _checks.positive_int(out_dim, "out_dim")
         self.query_dim, self.latent_dim = query_dim, latent_dim
         self.out_dim = query_dim if out_dim is None else out_dim
         self.norm_queries = nn.LayerNorm(query_dim)
@@ -371,7 +380,7 @@ class PerceiverDecoder(nn.Module):
                 f"queries have B={queries.shape[0]} but latents have B={b}: queries "
                 f"{tuple(queries.shape)}, latents {tuple(latents.shape)}"
             )
-        check_mask("latent_mask", latent_mask, (b, n), "(B, N)")
+        _checks.token_mask("latent_mask", latent_mask, (b, n), "(B, N)")
         out = queries + self.attn_queries_to_latents(
             self.norm_queries(queries), self.norm_latents(latents), context_mask=latent_mask
         )
@@ -431,7 +440,7 @@ class PerceiverIO(nn.Module):
         )
         self.output_queries: nn.Parameter | None = None
         if num_outputs is not None:
-            check_positive(num_outputs=num_outputs)
+            num_outputs = _checks.positive_int(num_outputs, "num_outputs")
             self.output_queries = nn.Parameter(torch.randn(num_outputs, query_dim) * 0.02)
 
     def forward(
