@@ -572,18 +572,23 @@ def test_unregister_backend():
 
 
 def test_when_no_backend_fits_every_reason_is_listed(monkeypatch):
-    """Dispatch over backends that all refuse the call lists each of them with its reasons."""
+    """Dispatch over backends that all refuse the call lists each of them with its reasons,
+    and the call's shapes, dtypes and device."""
     from crossattn.backends import registry
 
     if "sdpa" not in crossattn.available_backends():
         pytest.skip("needs the sdpa backend")
-    monkeypatch.setattr(registry, "preference", lambda inputs: ["sdpa"])
+    monkeypatch.setattr(registry, "_REGISTRY", {"sdpa": registry.get_backend("sdpa")})
     q, k, v = qkv()
-    with raises(
-        ValueError,
-        "no backend can run this call:\n  sdpa: SDPA returns no attention weights",
-    ):
+    with pytest.raises(ValueError) as err:
         cross_attention(q, k, v, return_weights=True)
+    message = str(err.value)
+    assert message.startswith("no backend can run this call:\n  sdpa: SDPA returns no attention")
+    shapes = [str(tuple(t.shape)) for t in (q, k, v)]
+    assert message.endswith(
+        f"\n  the call: query {shapes[0]} float32, key {shapes[1]} float32, value {shapes[2]} "
+        "float32, on cpu; return_weights=True, dropout_p=0"
+    )
 
 
 # --- mask helpers ---------------------------------------------------------------------------

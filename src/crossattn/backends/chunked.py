@@ -35,11 +35,10 @@ import torch
 from torch import Tensor
 
 from .base import LOG2E, AttentionInputs, Backend
+from .policy import MAX_SINGLE_BLOCK, chunked_rank
 from .reference import compute_dtype
 from .traced_tiles import traced_forward
 
-# Contexts up to this length are one key block (plain softmax, no online rescaling).
-MAX_SINGLE_BLOCK = 1024
 # A score tile holds at most about this many elements; every buffer is sized from it. Tiles are
 # large on purpose: every PyTorch op is a parallel region whose threads wait for each other at
 # its end (see registry.py on a busy CPU), so fewer, larger ops beat many cache-sized ones.
@@ -618,6 +617,9 @@ class ChunkedBackend(Backend):
     def __init__(self, tile_elements: int | None = None, k_block: int | None = None,
                  single_block: int = MAX_SINGLE_BLOCK):  # fmt: skip
         self.tile_elements, self.k_block, self.single_block = tile_elements, k_block, single_block
+
+    def rank(self, inputs: AttentionInputs) -> int | None:
+        return chunked_rank(inputs)
 
     def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
         reasons = []
