@@ -22,6 +22,7 @@ backend, which never holds more than one score tile. Without grad, the peak extr
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -36,30 +37,43 @@ from ._common import (
 from .attention import CrossAttention, PreparedContext
 
 
+@dataclass(frozen=True)
+class _BlockOptions:
+    """The attention heads, feed-forward size and dropout of one kind of Perceiver block."""
+
+    heads: int
+    dim_head: int
+    ff_mult: int
+    dropout: float
+    backend: str | None
+
+    def attention(self, query_dim: int, context_dim: int | None = None) -> CrossAttention:
+        return CrossAttention(
+            query_dim,
+            context_dim,
+            heads=self.heads,
+            dim_head=self.dim_head,
+            dropout=self.dropout,
+            backend=self.backend,
+        )
+
+    def feed_forward(self, dim: int) -> FeedForward:
+        return FeedForward(dim, dim * self.ff_mult, dropout=self.dropout)
+
+
 class LatentSelfAttentionBlock(nn.Module):
     """Pre-norm block: latents attend to themselves, then a GELU feed-forward.
 
     forward(latents (B, N, dim)) -> (B, N, dim).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        *,
-        heads: int,
-        dim_head: int,
-        ff_mult: int = 4,
-        dropout: float = 0.0,
-        backend: str | None = None,
-    ):
+    def __init__(self, dim: int, options: _BlockOptions):
         super().__init__()
         self.norm_attn = nn.LayerNorm(dim)
-        self.attn_latents_to_latents = CrossAttention(
-            dim, heads=heads, dim_head=dim_head, dropout=dropout, backend=backend
-        )
+        self.attn_latents_to_latents = options.attention(dim)
         self.attn_latents_to_latents.role = "self"
         self.norm_ff = nn.LayerNorm(dim)
-        self.ff = FeedForward(dim, dim * ff_mult, dropout=dropout)
+        self.ff = options.feed_forward(dim)
 
     def forward(self, latents: Tensor) -> Tensor:
         normed = self.norm_attn(latents)
@@ -74,25 +88,13 @@ class LatentCrossAttendBlock(nn.Module):
     to keys and values chunk by chunk; `forward(latents, prepared)` attends to them.
     """
 
-    def __init__(
-        self,
-        latent_dim: int,
-        input_dim: int,
-        *,
-        heads: int,
-        dim_head: int,
-        ff_mult: int = 4,
-        dropout: float = 0.0,
-        backend: str | None = None,
-    ):
+    def __init__(self, latent_dim: int, input_dim: int, options: _BlockOptions):
         super().__init__()
         self.norm_latents = nn.LayerNorm(latent_dim)
         self.norm_inputs = nn.LayerNorm(input_dim)
-        self.attn_latents_to_inputs = CrossAttention(
-            latent_dim, input_dim, heads=heads, dim_head=dim_head, dropout=dropout, backend=backend
-        )
+        self.attn_latents_to_inputs = options.attention(latent_dim, input_dim)
         self.norm_ff = nn.LayerNorm(latent_dim)
-        self.ff = FeedForward(latent_dim, latent_dim * ff_mult, dropout=dropout)
+        self.ff = options.feed_forward(latent_dim)
 
     def prepare(
         self, inputs: Tensor, input_mask: Tensor | None, chunk_size: int
@@ -212,28 +214,15 @@ class PerceiverEncoder(nn.Module):
         pinned = None if input_backend in (None, "auto") else input_backend
         self.latents = nn.Parameter(torch.randn(num_latents, latent_dim) * 0.02)
 
+        cross = _BlockOptions(cross_heads, cross_dim_head, ff_mult, dropout, pinned)
+        latent = _BlockOptions(heads, dim_head, ff_mult, dropout, backend)
+
         def stage() -> nn.ModuleDict:
             return nn.ModuleDict(
                 {
-                    "cross": LatentCrossAttendBlock(
-                        latent_dim,
-                        input_dim,
-                        heads=cross_heads,
-                        dim_head=cross_dim_head,
-                        ff_mult=ff_mult,
-                        dropout=dropout,
-                        backend=pinned,
-                    ),
+                    "cross": LatentCrossAttendBlock(latent_dim, input_dim, cross),
                     "blocks": nn.ModuleList(
-                        LatentSelfAttentionBlock(
-                            latent_dim,
-                            heads=heads,
-                            dim_head=dim_head,
-                            ff_mult=ff_mult,
-                            dropout=dropout,
-                            backend=backend,
-                        )
-                        for _ in range(depth)
+                        LatentSelfAttentionBlock(latent_dim, latent) for _ in range(depth)
                     ),
                 }
             )
