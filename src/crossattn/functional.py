@@ -413,26 +413,17 @@ def bidirectional_attention(
         b_k = b_k.masked_fill(~b_mask[:, None, :, None], 0.0)
     a_rows = None if a_mask is None else a_mask[:, None, :, None]  # (B, 1, La, 1)
     b_rows = None if b_mask is None else b_mask[:, None, :, None]  # (B, 1, Lb, 1)
-    a_res = cross_attention(
-        a_q,
-        b_k,
-        b_v,
-        attn_mask=a_rows,
-        key_mask=b_mask,
-        scale=scale,
-        backend=backend,
-        return_weights=return_weights,
-    )
-    b_res = cross_attention(
-        b_k,
-        a_q,
-        a_v,
-        attn_mask=b_rows,
-        key_mask=a_mask,
-        scale=scale,
-        backend=backend,
-        return_weights=return_weights,
-    )
+    # A's rows attend to B's tokens, then B's rows to A's tokens, through the same similarity.
+    a_res, b_res = (
+        cross_attention(
+            queries, keys, values, attn_mask=rows, key_mask=keys_mask, scale=scale,
+            backend=backend, return_weights=return_weights,
+        )
+        for queries, keys, values, rows, keys_mask in (
+            (a_q, b_k, b_v, a_rows, b_mask),
+            (b_k, a_q, a_v, b_rows, a_mask),
+        )
+    )  # fmt: skip
     if return_weights:
         return a_res[0], b_res[0], a_res[1], b_res[1]
     return a_res, b_res
