@@ -200,3 +200,10 @@ def test_entry_points_take_numpy_and_torch_ints_as_ints(name, make, kind):
 def test_entry_points_refuse_bools_and_floats(name, make, bad):
     with pytest.raises(TypeError, match=rf"must be a (positive|non-negative) int, got {bad}"):
         make(bad)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "1", None], ids=repr)
+def test_gated_fusion_bias_init_is_a_finite_real(bad):
+    with pytest.raises(ValueError, match="bias_init must be a finite real number, got "):
+        crossattn.GatedFusion(4, bias_init=bad)
+    assert crossattn.GatedFusion(4, bias_init=np.float32(-4)).to_gate.bias.eq(-4).all()

@@ -30,7 +30,7 @@ class GatedFusion(nn.Module):
         self.dim = dim
         self.to_gate = nn.Linear(2 * dim, dim)
         nn.init.zeros_(self.to_gate.weight)
-        nn.init.constant_(self.to_gate.bias, float(bias_init))
+        nn.init.constant_(self.to_gate.bias, _checks.finite_real(bias_init, "bias_init"))
 
     def gate(self, features: Tensor, attended: Tensor) -> Tensor:
         """The gate g (B, L, dim) in (0, 1)."""
