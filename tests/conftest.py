@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 from collections.abc import Iterator
@@ -100,9 +99,6 @@ def backend(request: pytest.FixtureRequest) -> Iterator[str | None]:
 
 def tiny_chunked() -> ChunkedBackend:
     """The chunked backend cut into tiles of a few queries x 4 keys (online softmax throughout)."""
-    options = inspect.signature(ChunkedBackend).parameters
-    if "q_block" in options:
-        return ChunkedBackend(q_block=3, k_block=4)
     return ChunkedBackend(tile_elements=12, k_block=4)
 
 

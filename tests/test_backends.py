@@ -435,3 +435,101 @@ def test_nan_query_gives_nan_out_where_the_row_can_attend(
     )
     assert out_w[nan_rows].isnan().all() and weights[nan_rows].isnan().all()
     assert torch.all(weights[empty] == 0)
+
+
+# --- a user's backend in automatic dispatch --------------------------------------------------
+
+
+class _UserBackend(crossattn.backends.ReferenceBackend):
+    """A user backend: the reference math, counted, ranked by `rank_value`, and refusing what
+    `refuse` says."""
+
+    def __init__(self, name, rank_value, refuse=None):
+        self.name, self.rank_value, self.refuse, self.calls = name, rank_value, refuse, 0
+
+    def rank(self, inputs):
+        return self.rank_value
+
+    def not_supported_reasons(self, inputs):
+        reasons = super().not_supported_reasons(inputs)
+        if self.refuse is not None and self.refuse(inputs):
+            reasons.append("this user backend refuses the call")
+        return reasons
+
+    def forward(self, inputs):
+        self.calls += 1
+        return super().forward(inputs)
+
+
+@pytest.fixture
+def user_backend():
+    """Register `_UserBackend` backends for one test, and remove them afterwards."""
+    made = []
+
+    def make(*args, **kw):
+        made.append(register_backend(_UserBackend(*args, **kw)))
+        return made[-1]
+
+    yield make
+    for backend in made:
+        crossattn.unregister_backend(backend.name)
+
+
+@pytest.mark.parametrize("call", ["float32", "bfloat16", "weights", "mean", "weights+grad"])
+def test_dispatch_chooses_a_user_backend_that_ranks_first(call, gen, user_backend):
+    inputs = _inputs(gen, **CALLS[call])
+    mine = user_backend("mine", rank_value=1)
+    assert select_backend(inputs) is mine
+    assert crossattn.backends.preference(inputs)[0] == "mine"
+    kw = {"return_weights": inputs.return_weights}
+    got = cross_attention(inputs.query, inputs.key, inputs.value, **kw)
+    want = cross_attention(inputs.query, inputs.key, inputs.value, backend="reference", **kw)
+    assert mine.calls == 1
+    if not inputs.return_weights:
+        got, want = [got], [want]
+    for a, b in zip(got, want):  # the user backend is the reference math, run once
+        assert torch.equal(a, b)
+
+
+def test_dispatch_skips_a_user_backend_that_refuses_the_call(gen, user_backend):
+    inputs = _inputs(gen, return_weights=True)
+    builtin = select_backend(inputs)
+    mine = user_backend("mine", rank_value=1, refuse=lambda inputs: inputs.return_weights)
+    assert select_backend(inputs) is builtin
+    assert select_backend(_inputs(gen)) is mine  # no weights: it runs
+    cross_attention(inputs.query, inputs.key, inputs.value, return_weights=True)
+    assert mine.calls == 0
+
+
+def test_a_user_backend_ranks_after_the_built_in_ones_by_default(gen, user_backend):
+    inputs = _inputs(gen)
+    builtin = select_backend(inputs)
+    mine = user_backend("mine", rank_value=crossattn.backends.Backend().rank(inputs))
+    assert select_backend(inputs) is builtin
+    assert crossattn.backends.preference(inputs)[-1] == "mine"
+    # ... and runs what no built-in backend runs
+    never = user_backend("never", rank_value=None)
+    assert "never" not in crossattn.backends.preference(inputs)
+    with use_backend("never"):
+        assert select_backend(inputs) is never
+    assert mine is not never
+
+
+def test_refusal_names_the_shapes_dtypes_device_and_every_backend(gen, monkeypatch):
+    from crossattn.backends import registry
+
+    inputs = _inputs(gen, return_weights=True)
+    refusing = {name: _UserBackend(name, 5, refuse=lambda inputs: True) for name in BACKENDS}
+    refusing["mine"] = _UserBackend("mine", 1, refuse=lambda inputs: True)
+    monkeypatch.setattr(registry, "_REGISTRY", refusing)
+    with pytest.raises(ValueError) as err:
+        select_backend(inputs)
+    message = str(err.value)
+    assert message.startswith("no backend can run this call:\n")
+    for name in refusing:
+        assert f"\n  {name}: this user backend refuses the call\n" in message
+    q, k, v = inputs.query, inputs.key, inputs.value
+    assert message.endswith(
+        f"\n  the call: query {tuple(q.shape)} float32, key {tuple(k.shape)} float32, "
+        f"value {tuple(v.shape)} float32, on cpu; return_weights=True, dropout_p=0"
+    )

@@ -161,17 +161,31 @@ def test_bad_return_weights(bad):
         cross_attention(q, k, v, return_weights=bad)
 
 
-@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan"), "0.1", None], ids=repr)
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan")], ids=repr)
 def test_bad_dropout_p(bad):
     q, k, v = qkv()
-    with raises(ValueError, f"dropout_p must be a float in [0, 1), got {bad!r}"):
+    with raises(ValueError, f"dropout_p must be in [0, 1), got {bad!r}"):
         cross_attention(q, k, v, dropout_p=bad)
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.5"], ids=repr)
+@pytest.mark.parametrize("bad", ["0.1", None, True], ids=repr)
+def test_dropout_p_of_the_wrong_type(bad):
+    q, k, v = qkv()
+    with raises(TypeError, "dropout_p must be a real number in [0, 1), got "):
+        cross_attention(q, k, v, dropout_p=bad)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=repr)
 def test_bad_scale(bad):
     q, k, v = qkv()
-    with raises(TypeError, f"scale must be a finite float or None, got {bad!r}"):
+    with raises(ValueError, f"scale must be a finite real number, got {bad!r}"):
+        cross_attention(q, k, v, scale=bad)
+
+
+@pytest.mark.parametrize("bad", ["0.5", True], ids=repr)
+def test_scale_of_the_wrong_type(bad):
+    q, k, v = qkv()
+    with raises(TypeError, "scale must be a finite real number, got "):
         cross_attention(q, k, v, scale=bad)
 
 
@@ -558,18 +572,23 @@ def test_unregister_backend():
 
 
 def test_when_no_backend_fits_every_reason_is_listed(monkeypatch):
-    """Dispatch over backends that all refuse the call lists each of them with its reasons."""
+    """Dispatch over backends that all refuse the call lists each of them with its reasons,
+    and the call's shapes, dtypes and device."""
     from crossattn.backends import registry
 
     if "sdpa" not in crossattn.available_backends():
         pytest.skip("needs the sdpa backend")
-    monkeypatch.setattr(registry, "preference", lambda inputs: ["sdpa"])
+    monkeypatch.setattr(registry, "_REGISTRY", {"sdpa": registry.get_backend("sdpa")})
     q, k, v = qkv()
-    with raises(
-        ValueError,
-        "no backend can run this call:\n  sdpa: SDPA returns no attention weights",
-    ):
+    with pytest.raises(ValueError) as err:
         cross_attention(q, k, v, return_weights=True)
+    message = str(err.value)
+    assert message.startswith("no backend can run this call:\n  sdpa: SDPA returns no attention")
+    shapes = [str(tuple(t.shape)) for t in (q, k, v)]
+    assert message.endswith(
+        f"\n  the call: query {shapes[0]} float32, key {shapes[1]} float32, value {shapes[2]} "
+        "float32, on cpu; return_weights=True, dropout_p=0"
+    )
 
 
 # --- mask helpers ---------------------------------------------------------------------------
@@ -587,9 +606,9 @@ def test_mask_helpers_check_their_arguments():
         crossattn.lengths_to_key_mask(torch.tensor([3.0, 1.0]), 4)
     with raises(ValueError, "lengths must be <= max_len = 2, got a length of 3: [3, 1]"):
         crossattn.lengths_to_key_mask(lengths, 2)
-    with raises(ValueError, "max_len must be an int >= 0, got -1"):
+    with raises(ValueError, "max_len must be a non-negative int, got -1"):
         crossattn.lengths_to_key_mask(lengths, -1)
-    with raises(TypeError, "max_len must be an int >= 0, got 4.0"):
+    with raises(TypeError, "max_len must be a non-negative int, got 4.0"):
         crossattn.lengths_to_key_mask(lengths, 4.0)
     # NumPy ints and 0-d integer tensors are sizes too
     want = crossattn.lengths_to_key_mask(lengths, 4)
@@ -599,11 +618,11 @@ def test_mask_helpers_check_their_arguments():
     assert torch.equal(
         crossattn.causal_mask(np.int64(2), torch.tensor(3)), crossattn.causal_mask(2, 3)
     )
-    with raises(ValueError, "q_len must be an int >= 0, got -1"):
+    with raises(ValueError, "q_len must be a non-negative int, got -1"):
         crossattn.causal_mask(-1)
-    with raises(TypeError, "kv_len must be an int >= 0, got 2.5"):
+    with raises(TypeError, "kv_len must be a non-negative int, got 2.5"):
         crossattn.causal_mask(2, 2.5)
-    with raises(TypeError, "q_len must be an int >= 0, got True"):
+    with raises(TypeError, "q_len must be a non-negative int, got True"):
         crossattn.causal_mask(True)
 
 

@@ -221,7 +221,7 @@ def test_layer_gradients_and_float32(gen, mode):
 def test_layer_errors(gen):
     layer = BidirectionalCrossAttention(10, 6, heads=2, dim_head=4)
     a, b = torch.zeros(2, 3, 10), torch.zeros(2, 4, 6)
-    with pytest.raises(ValueError, match="mode must be 'two' or 'shared', got 'one'"):
+    with pytest.raises(ValueError, match="mode must be one of 'two', 'shared'; got 'one'"):
         BidirectionalCrossAttention(10, 6, mode="one")
     with pytest.raises(ValueError, match=r"a and b must have one batch size: a \(2, 3, 10\), b \(1, 4, 6\)"):  # fmt: skip
         layer(a, b[:1])

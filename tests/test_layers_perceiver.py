@@ -285,7 +285,7 @@ def test_errors():
         enc(torch.zeros(2, 5, 10, dtype=torch.float64), torch.ones(2, 5))
     with pytest.raises(TypeError, match="inputs must be a floating-point tensor"):
         enc(torch.zeros(2, 5, 10, dtype=torch.long))
-    with pytest.raises(ValueError, match="depth must be an int >= 0, got -1"):
+    with pytest.raises(ValueError, match="depth must be a non-negative int, got -1"):
         PerceiverEncoder(4, num_latents=2, latent_dim=4, heads=1, dim_head=4, depth=-1)
     with pytest.raises(ValueError, match="num_latents must be a positive int, got 0"):
         PerceiverEncoder(4, num_latents=0, latent_dim=4, heads=1, dim_head=4, depth=1)

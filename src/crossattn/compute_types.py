@@ -12,14 +12,11 @@ See `crossattn.models.quantize` and docs/compute-types.md.
 
 from __future__ import annotations
 
+from ._checks import choice
+
 COMPUTE_TYPES = ("float32", "bfloat16", "int8", "int8_bfloat16")
 
 
 def check_compute_type(value: object, name: str = "compute_type") -> str:
     """`value` if it names a compute type; ValueError (TypeError for a non-string) otherwise."""
-    valid = ", ".join(repr(c) for c in COMPUTE_TYPES)
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a string, one of {valid}; got {type(value).__name__}")
-    if value not in COMPUTE_TYPES:
-        raise ValueError(f"{name} must be one of {valid}; got {value!r}")
-    return value
+    return choice(value, name, COMPUTE_TYPES)

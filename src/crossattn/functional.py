@@ -10,15 +10,29 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Literal, overload
+from typing import TYPE_CHECKING, Literal, TypedDict, overload
 
 import torch
 from torch import Tensor
 
+from . import _checks
 from .backends import AttentionInputs, select_backend
-from .masks import check_token_mask, combine_masks, zero_padding
+from .masks import combine_masks, zero_padding
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 WeightsArg = bool | Literal["mean"]
+
+
+class _Options(TypedDict, total=False):
+    """The keyword arguments of `cross_attention` besides ``return_weights``."""
+
+    attn_mask: Tensor | None
+    key_mask: Tensor | None
+    scale: float | None
+    dropout_p: float
+    backend: str | None
 
 
 @overload
@@ -27,12 +41,8 @@ def cross_attention(
     key: Tensor,
     value: Tensor,
     *,
-    attn_mask: Tensor | None = ...,
-    key_mask: Tensor | None = ...,
-    scale: float | None = ...,
-    dropout_p: float = ...,
-    backend: str | None = ...,
     return_weights: Literal[False] = ...,
+    **options: Unpack[_Options],
 ) -> Tensor: ...
 
 
@@ -42,12 +52,8 @@ def cross_attention(
     key: Tensor,
     value: Tensor,
     *,
-    attn_mask: Tensor | None = ...,
-    key_mask: Tensor | None = ...,
-    scale: float | None = ...,
-    dropout_p: float = ...,
-    backend: str | None = ...,
     return_weights: Literal[True, "mean"],
+    **options: Unpack[_Options],
 ) -> tuple[Tensor, Tensor]: ...
 
 
@@ -106,12 +112,8 @@ def cross_attention(
     s = key.shape[2]
     if not (isinstance(return_weights, bool) or _is_mean(return_weights)):
         raise ValueError(f"return_weights must be False, True or 'mean', got {return_weights!r}")
-    if not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be a float in [0, 1), got {dropout_p!r}")
-    if scale is None:
-        scale = 1.0 / math.sqrt(e)
-    elif not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise TypeError(f"scale must be a finite float or None, got {scale!r}")
+    dropout_p = _checks.probability(dropout_p, "dropout_p")
+    scale = 1.0 / math.sqrt(e) if scale is None else _checks.finite_real(scale, "scale")
 
     key_mask = _check_key_mask(key_mask, query, b, s)
     attn_mask = _check_attn_mask(attn_mask, query, (b, h, length, s))
@@ -138,8 +140,8 @@ def cross_attention(
         key=key,
         value=value,
         mask=mask,
-        scale=float(scale),
-        dropout_p=float(dropout_p),
+        scale=scale,
+        dropout_p=dropout_p,
         return_weights=backend_weights,
     )
     chosen = select_backend(inputs, backend)  # a pinned backend is checked even when empty
@@ -399,8 +401,8 @@ def bidirectional_attention(
         )
     b, _, la, e = a_q.shape
     lb = b_k.shape[2]
-    a_mask = check_token_mask("a_mask", a_mask, (b, la), "(B, La)", like=a_q)
-    b_mask = check_token_mask("b_mask", b_mask, (b, lb), "(B, Lb)", like=a_q)
+    a_mask = _checks.token_mask("a_mask", a_mask, (b, la), "(B, La)", like=a_q)
+    b_mask = _checks.token_mask("b_mask", b_mask, (b, lb), "(B, Lb)", like=a_q)
     if scale is None:
         scale = 1.0 / math.sqrt(e)
     # Padded tokens of a side are masked out as keys (key_mask) and as queries (their rows are
@@ -411,26 +413,17 @@ def bidirectional_attention(
         b_k = b_k.masked_fill(~b_mask[:, None, :, None], 0.0)
     a_rows = None if a_mask is None else a_mask[:, None, :, None]  # (B, 1, La, 1)
     b_rows = None if b_mask is None else b_mask[:, None, :, None]  # (B, 1, Lb, 1)
-    a_res = cross_attention(
-        a_q,
-        b_k,
-        b_v,
-        attn_mask=a_rows,
-        key_mask=b_mask,
-        scale=scale,
-        backend=backend,
-        return_weights=return_weights,
-    )
-    b_res = cross_attention(
-        b_k,
-        a_q,
-        a_v,
-        attn_mask=b_rows,
-        key_mask=a_mask,
-        scale=scale,
-        backend=backend,
-        return_weights=return_weights,
-    )
+    # A's rows attend to B's tokens, then B's rows to A's tokens, through the same similarity.
+    a_res, b_res = (
+        cross_attention(
+            queries, keys, values, attn_mask=rows, key_mask=keys_mask, scale=scale,
+            backend=backend, return_weights=return_weights,
+        )
+        for queries, keys, values, rows, keys_mask in (
+            (a_q, b_k, b_v, a_rows, b_mask),
+            (b_k, a_q, a_v, b_rows, a_mask),
+        )
+    )  # fmt: skip
     if return_weights:
         return a_res[0], b_res[0], a_res[1], b_res[1]
     return a_res, b_res

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import operator
-
 import torch
 from torch import Tensor
+
+from ._checks import nonnegative_int
 
 
 def lengths_to_key_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
@@ -22,7 +22,7 @@ def lengths_to_key_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
     low, high = (int(x) for x in torch.aminmax(lengths)) if lengths.numel() else (0, 0)
     if low < 0:
         raise ValueError(f"lengths must be >= 0, got {lengths.tolist()}")
-    size = high if max_len is None else _size("max_len", max_len)
+    size = high if max_len is None else nonnegative_int(max_len, "max_len")
     if high > size:
         raise ValueError(
             f"lengths must be <= max_len = {size}, got a length of {high}: {lengths.tolist()}"
@@ -52,49 +52,9 @@ def from_key_padding_mask(key_padding_mask: Tensor) -> Tensor:
 
 def causal_mask(q_len: int, kv_len: int | None = None, *, device=None) -> Tensor:
     """Boolean (L, S) mask where query i may attend to keys j <= i + (S - L)."""
-    q_len = _size("q_len", q_len)
-    s = q_len if kv_len is None else _size("kv_len", kv_len)
+    q_len = nonnegative_int(q_len, "q_len")
+    s = q_len if kv_len is None else nonnegative_int(kv_len, "kv_len")
     return torch.ones(q_len, s, dtype=torch.bool, device=device).tril(diagonal=s - q_len)
-
-
-def _size(name: str, value: object) -> int:
-    """A size >= 0 as an int: Python and NumPy ints and 0-d integer tensors (not bool)."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        size = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{name} must be an int >= 0, got {value!r}") from None
-    if size < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    return size
-
-
-def check_token_mask(
-    name: str,
-    mask: object,
-    shape: tuple[int, ...],
-    legend: str,
-    like: Tensor | None = None,
-    like_name: str = "the inputs are",
-) -> Tensor | None:
-    """None, or a bool tensor of exactly `shape` (True = valid token) on `like`'s device;
-    TypeError / ValueError naming `name`, the shape received and `legend` (e.g. "(B, S)").
-    `like_name` says what `like` is in the device error ("the context is")."""
-    if mask is None:
-        return None
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-        raise TypeError(
-            f"{name} must be a bool tensor {legend}, True = valid token; got "
-            f"{getattr(mask, 'dtype', type(mask).__name__)}"
-        )
-    if tuple(mask.shape) != tuple(shape):
-        raise ValueError(
-            f"{name} must have shape {legend} = {tuple(shape)}, got {tuple(mask.shape)}"
-        )
-    if like is not None and mask.device != like.device:
-        raise ValueError(f"{name} is on {mask.device} but {like_name} on {like.device}")
-    return mask
 
 
 def combine_masks(attn_mask: Tensor | None, key_mask: Tensor | None) -> Tensor | None:

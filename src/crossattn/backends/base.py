@@ -37,6 +37,7 @@ from torch import Tensor
 WeightsMode = Literal[False, True, "mean"]
 
 LOG2E = math.log2(math.e)
+USER_RANK = 100  # the default `Backend.rank`: after every built-in backend
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,22 @@ class AttentionInputs:
             t is not None and t.requires_grad for t in (self.query, self.key, self.value, self.mask)
         )
 
-    @property
-    def mask_requires_grad(self) -> bool:
-        return self.mask is not None and self.mask.requires_grad and torch.is_grad_enabled()
+    def describe(self) -> str:
+        """The call as errors show it: shapes, dtypes, device and options."""
+        parts = [
+            f"{name} {_shape(t)} {str(t.dtype).removeprefix('torch.')}"
+            for name, t in (("query", self.query), ("key", self.key), ("value", self.value))
+        ]
+        if self.mask is not None:
+            parts.append(f"mask {_shape(self.mask)} {str(self.mask.dtype).removeprefix('torch.')}")
+        parts.append(f"on {self.device}")
+        options = f"return_weights={self.return_weights!r}, dropout_p={self.dropout_p:g}"
+        grad = ", requires grad" if self.requires_grad else ""
+        return ", ".join(parts) + f"; {options}{grad}"
+
+
+def _shape(t: Tensor) -> str:
+    return "(" + ", ".join(str(d) for d in t.shape) + ")"
 
 
 class Backend:
@@ -115,6 +129,16 @@ class Backend:
     def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
         """Every reason this backend cannot run `inputs`; an empty list means it can."""
         raise NotImplementedError
+
+    def rank(self, inputs: AttentionInputs) -> float | None:
+        """Where automatic dispatch tries this backend for `inputs`: lower first, ties in
+        registration order; None: never chosen automatically (it still runs when pinned).
+
+        The built-in backends rank 10 to 30 (see `crossattn.backends.policy`); this default,
+        `USER_RANK` (100), tries a registered backend after them. Return less than 10 for the
+        calls it should run before every built-in one. Read shapes, dtypes and devices only.
+        """
+        return USER_RANK
 
     def forward(self, inputs: AttentionInputs) -> tuple[Tensor, Tensor | None]:
         """Compute ``(out, weights)``; see the module docstring for shapes."""

@@ -28,116 +28,23 @@ float32.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .base import LOG2E, AttentionInputs, Backend
+from .chunked_plan import (  # noqa: F401  (the tiling's constants, importable from here too)
+    FLOAT32_WHOLE_ROWS_MAX_S,
+    KEYS_FIRST_MAX_S,
+    MIN_ROWS,
+    TILE_ELEMENTS,
+    _Plan,
+    _Tile,
+    plan,
+)
+from .policy import MAX_SINGLE_BLOCK, chunked_rank
 from .reference import compute_dtype
 from .traced_tiles import traced_forward
-
-# Contexts up to this length are one key block (plain softmax, no online rescaling).
-MAX_SINGLE_BLOCK = 1024
-# A score tile holds at most about this many elements; every buffer is sized from it. Tiles are
-# large on purpose: every PyTorch op is a parallel region whose threads wait for each other at
-# its end (see registry.py on a busy CPU), so fewer, larger ops beat many cache-sized ones.
-TILE_ELEMENTS = 1 << 23  # one key block: 16 MiB of bfloat16 or 32 MiB of float32 scores
-ONLINE_TILE_ELEMENTS = 1 << 22  # online softmax: float32 scores plus a 16-bit copy, 24 MiB
-KEYS_FIRST_MAX_S = 256  # contexts up to this long: keys-first scores on the single-block path
-K_BLOCK = 2048  # key block of the online softmax for longer contexts
-MIN_ROWS = 16
-FLOAT32_WHOLE_ROWS_MAX_S = 8192  # longest float32 context whose weights take whole rows
-
-
-@dataclass(frozen=True)
-class _Tile:
-    """One tile: K/V batch entries [i0, i1) of B*Hk, a query group (or None), rows [r0, r1)."""
-
-    index: int
-    i0: int
-    i1: int
-    group: int | None  # None: query heads are folded into the rows (rows = G*L)
-    r0: int
-    r1: int
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """How the (B*Hk, rows, S) problem is cut into tiles."""
-
-    batch: int  # B
-    kv_heads: int  # Hk
-    groups: int  # G = H / Hk
-    q_len: int  # L
-    kv_len: int  # S
-    fold: bool  # rows are the G*L queries of a K/V head; else one group's L queries at a time
-    batch_block: int
-    row_block: int
-    k_block: int
-
-    @property
-    def entries(self) -> int:
-        return self.batch * self.kv_heads
-
-    @property
-    def rows(self) -> int:
-        return self.groups * self.q_len if self.fold else self.q_len
-
-    def k_slices(self) -> list[slice]:
-        s, kb = self.kv_len, self.k_block
-        return [slice(j, min(j + kb, s)) for j in range(0, s, kb)]
-
-    def tiles(self) -> Iterator[_Tile]:
-        groups: list[int | None] = [None] if self.fold else list(range(self.groups))
-        index = 0
-        for g in groups:
-            for i0 in range(0, self.entries, self.batch_block):
-                i1 = min(i0 + self.batch_block, self.entries)
-                for r0 in range(0, self.rows, self.row_block):
-                    yield _Tile(index, i0, i1, g, r0, min(r0 + self.row_block, self.rows))
-                    index += 1
-
-
-def plan(
-    inputs: AttentionInputs,
-    tile_elements: int | None = None,
-    k_block: int | None = None,
-    single_block: int = MAX_SINGLE_BLOCK,
-) -> _Plan:
-    """Choose the tiling: whole rows of several heads for short contexts, row blocks otherwise."""
-    b, hk, g = inputs.batch, inputs.kv_heads, inputs.groups
-    length, s = inputs.q_len, inputs.kv_len
-    mask = inputs.mask
-    # Folding G query heads into the rows needs a mask that is the same for every head and query.
-    fold = g == 1 or mask is None or (mask.shape[1] == 1 and mask.shape[2] == 1)
-    rows = g * length if fold else length
-    # Whole rows (one key block) give weights in the output's own pass (E float32 mean: 1.48x
-    # SDPA's time, key blocks 2.13x; not at B's 65536 float32 keys: 1.97x against 1.46x), and
-    # run bfloat16 through one fused softmax per row (B: 1.5x faster than SDPA, key blocks 1x).
-    bf16 = inputs.dtype == torch.bfloat16
-    weights_rows = inputs.return_weights and (bf16 or s <= FLOAT32_WHOLE_ROWS_MAX_S)
-    long_bf16 = bf16 and not inputs.requires_grad and s >= 16 * rows
-    whole_rows = (weights_rows or long_bf16) and MIN_ROWS * s <= (tile_elements or TILE_ELEMENTS)
-    if k_block is None:
-        k_block = s if s <= single_block or whole_rows else K_BLOCK
-    kb = min(k_block, s)
-    if tile_elements is None:
-        tile_elements = TILE_ELEMENTS if kb == s else ONLINE_TILE_ELEMENTS
-    if rows * kb <= tile_elements:
-        row_block = rows
-        batch_block = max(1, min(b * hk, tile_elements // (rows * kb)))
-        batch_block = -(-(b * hk) // -(-(b * hk) // batch_block))  # even tiles
-    elif inputs.return_weights == "mean" and g == 1 and hk * MIN_ROWS * kb <= tile_elements:
-        # Every head of a batch row in one tile: the head mean is one reduction into the map.
-        batch_block = hk
-        row_block = -(-rows // -(-rows // (tile_elements // (hk * kb))))  # even tiles
-    else:
-        batch_block = 1
-        row_block = max(MIN_ROWS, tile_elements // kb)
-        row_block = -(-rows // -(-rows // row_block))  # even tiles, no small last one
-    return _Plan(b, hk, g, length, s, fold, batch_block, row_block, kb)
 
 
 def _buffer(flat: Tensor, *shape: int) -> Tensor:
@@ -325,6 +232,60 @@ class _Weights:
         return None
 
 
+class _Run:
+    """One call of the tile loop: its operands, the buffers every tile reuses, its results."""
+
+    def __init__(self, inputs: AttentionInputs, plan_: _Plan, seed: int, need_lse: bool):
+        self.ops = ops = _Operands(inputs, plan_)
+        self.plan, self.seed, self.acc, self.dev = plan_, seed, ops.acc, inputs.device
+        b, _, length, _ = inputs.query.shape
+        n_all, g, ev = plan_.entries, plan_.groups, ops.ev
+        acc, dev = self.acc, self.dev
+        self.out = torch.empty(b, plan_.kv_heads, g, length, ev, dtype=inputs.dtype, device=dev)
+        if plan_.fold:
+            self.out_rows = [self.out.view(n_all, g * length, ev)]  # (B*Hk, G*L, Ev)
+        else:  # strided views (B*Hk, L, Ev)
+            self.out_rows = [self.out[:, :, gi].view(n_all, length, ev) for gi in range(g)]
+        self.lse2 = None
+        if need_lse:
+            groups = 1 if plan_.fold else g
+            self.lse2 = [
+                torch.empty(n_all, plan_.rows, dtype=acc, device=dev) for _ in range(groups)
+            ]
+        self.weights = _Weights(inputs, plan_)
+        self.k_slices = plan_.k_slices()
+        self.single = len(self.k_slices) == 1
+        self.p_drop = inputs.dropout_p
+        self.keep_frac = 1.0 - self.p_drop
+        # One set of buffers for every tile.
+        self.tile_max = tile_max = plan_.batch_block * plan_.row_block
+        tile_elems = tile_max * plan_.k_block
+        # The fused-softmax path of a single key block needs no float32 copy of low-precision
+        # scores unless a float mask is added (in float32) or the log-sum-exp is kept.
+        self.fused = self.single and not need_lse
+        float_mask = inputs.mask is not None and inputs.mask.is_floating_point()
+        # Short contexts: lay the scores out keys-first, so the softmax reduces across contiguous
+        # query rows (see `scores_keys_first`); with or without weights, so that asking for them
+        # never changes the output.
+        self.keys_first = self.fused and not float_mask and plan_.kv_len <= KEYS_FIRST_MAX_S
+        self.raw_flat = torch.empty(tile_elems, dtype=ops.mm, device=dev)
+        self.shifted_flat = self.raw_flat
+        if ops.low and (float_mask or not self.fused):
+            self.shifted_flat = torch.empty(tile_elems, dtype=acc, device=dev)  # float32 stats
+        self.stat_flat = torch.empty(3 * tile_max, dtype=acc, device=dev)
+        self.acc_flat = None if self.single else torch.empty(tile_max * ev, dtype=acc, device=dev)
+        self.pv_flat = torch.empty(tile_max * ev, dtype=ops.mm, device=dev) if ops.low else None
+
+    def tile_buffers(self, n: int, rows: int, sk: int) -> tuple[Tensor, Tensor]:
+        """The raw (matmul dtype) and shifted (statistics dtype) score views of one tile."""
+        return _buffer(self.raw_flat, n, rows, sk), _buffer(self.shifted_flat, n, rows, sk)
+
+    def drop_(self, probs: Tensor, t: _Tile, j: int = 0) -> None:
+        """Zero the dropped probabilities of tile `t`, key block `j`, in place (not rescaled)."""
+        n_k = len(self.k_slices)
+        probs.mul_(_keep_tile(self.seed, t.index * n_k + j, probs.shape, self.p_drop, self.dev))
+
+
 def chunked_forward(
     inputs: AttentionInputs, plan_: _Plan, seed: int, need_lse: bool
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -333,147 +294,110 @@ def chunked_forward(
     lse2 is the row log2-sum-exp2 of the scaled scores, one (B*Hk, rows) tensor per query
     group (a single one when the groups are folded), in the statistics dtype.
     """
-    ops = _Operands(inputs, plan_)
-    acc, dev = ops.acc, inputs.device
-    b, h, length, _ = inputs.query.shape
-    n_all, hk, g, ev = plan_.entries, plan_.kv_heads, plan_.groups, ops.ev
-    out = torch.empty(b, hk, g, length, ev, dtype=inputs.dtype, device=dev)  # (B, Hk, G, L, Ev)
-    if plan_.fold:
-        out_rows = [out.view(n_all, g * length, ev)]  # (B*Hk, G*L, Ev)
-    else:
-        out_rows = [out[:, :, gi].view(n_all, length, ev) for gi in range(g)]  # strided views
-    lse2 = None
-    if need_lse:
-        lse2 = [
-            torch.empty(n_all, plan_.rows, dtype=acc, device=dev)
-            for _ in range(1 if plan_.fold else g)
-        ]
-    weights = _Weights(inputs, plan_)
-    k_slices = plan_.k_slices()
-    single = len(k_slices) == 1
-    n_k = len(k_slices)
-    p_drop = inputs.dropout_p
-    keep_frac = 1.0 - p_drop
-
-    # One set of buffers for every tile.
-    tile_max = plan_.batch_block * plan_.row_block
-    tile_elems = tile_max * plan_.k_block
-    # The fused-softmax path of a single key block needs no float32 copy of low-precision scores
-    # unless a float mask is added (in float32) or the log-sum-exp is kept for the backward.
-    fused = single and not need_lse
-    float_mask = inputs.mask is not None and inputs.mask.is_floating_point()
-    # Short contexts: lay the scores out keys-first, so the softmax reduces across contiguous
-    # query rows (see `scores_keys_first`); with or without weights, so that asking for them
-    # never changes the output.
-    keys_first = fused and not float_mask and plan_.kv_len <= KEYS_FIRST_MAX_S
-    raw_flat = torch.empty(tile_elems, dtype=ops.mm, device=dev)
-    shifted_flat = raw_flat
-    if ops.low and (float_mask or not fused):
-        shifted_flat = torch.empty(tile_elems, dtype=acc, device=dev)  # float32 statistics
-    stat_flat = torch.empty(3 * tile_max, dtype=acc, device=dev)
-    acc_flat = None if single else torch.empty(tile_max * ev, dtype=acc, device=dev)
-    pv_flat = torch.empty(tile_max * ev, dtype=ops.mm, device=dev) if ops.low else None
-
+    run = _Run(inputs, plan_, seed, need_lse)
+    tile = _fused_tile if run.fused else _single_block_tile if run.single else _online_tile
     for t in plan_.tiles():
-        n, rows = t.i1 - t.i0, t.r1 - t.r0
         gi = 0 if t.group is None else t.group
-        dst = out_rows[gi][t.i0 : t.i1, t.r0 : t.r1]  # (n, rows, Ev)
-        if fused:
-            # One key block, no log-sum-exp kept: PyTorch's fused softmax (float32 inside for
-            # 16-bit inputs) in place, then the value matmul.
-            ks = k_slices[0]
-            if keys_first:
-                s_t = ops.scores_keys_first(t, ks, _buffer(raw_flat, n, plan_.kv_len, rows))
-                torch.ops.aten._softmax.out(s_t.transpose(1, 2), 1, False, out=s_t.transpose(1, 2))
-                probs = s_t  # (n, rows, S), keys-first in memory
-            else:
-                raw = _buffer(raw_flat, n, rows, plan_.kv_len)
-                shifted = _buffer(shifted_flat, n, rows, plan_.kv_len)
-                s = ops.scores(t, ks, raw, shifted, log2=False)
-                _softmax_(s)
-                probs = raw.copy_(s) if s is not raw else raw
-            if weights.mode:
-                weights.store(t, ks, probs)
-            if p_drop > 0.0:
-                probs.mul_(_keep_tile(seed, t.index * n_k, probs.shape, p_drop, dev))
-                probs.div_(keep_frac)
-            _matmul_into(dst, probs, ops.values(t, ks))
-            continue
-        if single:
-            ks = k_slices[0]
-            sk = ks.stop - ks.start
-            raw = _buffer(raw_flat, n, rows, sk)
-            shifted = _buffer(shifted_flat, n, rows, sk)
-            s = ops.scores(t, ks, raw, shifted)
-            row_max = torch.amax(s, dim=-1, keepdim=True)  # (n, rows, 1)
-            row_max = row_max.to(acc).clamp_(min=ops.floor)
-            torch.sub(s, row_max, out=shifted)
-            torch.exp2(shifted, out=shifted)
-            denom = torch.sum(shifted, dim=-1, keepdim=True, out=_buffer(stat_flat, n, rows, 1))
-            if lse2 is not None:
-                lse2[gi][t.i0 : t.i1, t.r0 : t.r1] = (row_max + torch.log2(denom)).squeeze(-1)
-            if weights.mode:
-                shifted.div_(denom)
-                weights.store(t, ks, shifted)
-                denom = None
-            if p_drop > 0.0:
-                shifted.mul_(_keep_tile(seed, t.index * n_k, shifted.shape, p_drop, dev))
-                denom = keep_frac if denom is None else denom.mul_(keep_frac)
-            if ops.low:
-                # probabilities back to the matmul dtype, normalised on the way when not yet
-                probs = raw  # the raw scores are no longer needed: reuse their buffer
-                if denom is None:
-                    probs.copy_(shifted)
-                else:
-                    torch.div(shifted, denom, out=probs)
-            else:
-                probs = shifted if denom is None else shifted.div_(denom)
-            _matmul_into(dst, probs, ops.values(t, ks))
-            continue
+        tile(run, t, gi, run.out_rows[gi][t.i0 : t.i1, t.r0 : t.r1])  # dst (n, rows, Ev)
+    b, h, length, _ = inputs.query.shape
+    out = run.out.view(b, h, length, run.ops.ev)  # (B, H, L, Ev)
+    return out, run.weights.result(inputs.dtype), run.lse2
 
-        # Online softmax over key blocks.
-        run_max = _buffer(stat_flat, n, rows, 1).fill_(float("-inf"))
-        run_sum = _buffer(stat_flat[tile_max:], n, rows, 1).zero_()
-        safe_max = _buffer(stat_flat[2 * tile_max :], n, rows, 1)
-        acc_o = _buffer(acc_flat, n, rows, ev).zero_()
-        for j, ks in enumerate(k_slices):
-            sk = ks.stop - ks.start
-            raw = _buffer(raw_flat, n, rows, sk)
-            shifted = _buffer(shifted_flat, n, rows, sk)
-            s = ops.scores(t, ks, raw, shifted)
-            new_max = torch.maximum(run_max, torch.amax(s, dim=-1, keepdim=True).to(acc))
-            torch.clamp(new_max, min=ops.floor, out=safe_max)
-            torch.sub(s, safe_max, out=shifted)
-            torch.exp2(shifted, out=shifted)
-            alpha = torch.exp2(run_max.sub_(safe_max))  # rescales what came before
-            run_sum.mul_(alpha).add_(shifted.sum(dim=-1, keepdim=True))
-            if p_drop > 0.0:
-                shifted.mul_(_keep_tile(seed, t.index * n_k + j, shifted.shape, p_drop, dev))
-            acc_o.mul_(alpha)
-            v = ops.values(t, ks)
-            if ops.low:
-                probs = raw.copy_(shifted)
-                acc_o.add_(torch.bmm(probs, v, out=_buffer(pv_flat, n, rows, ev)))
-            else:
-                torch.baddbmm(acc_o, shifted, v, out=acc_o)
-            run_max.copy_(new_max)
-        denom = run_sum if p_drop == 0.0 else run_sum * keep_frac
-        dst.copy_(acc_o.div_(denom))
-        if lse2 is None and not weights.mode:
-            continue
-        row_lse2 = safe_max.copy_(run_max).clamp_(min=ops.floor).add_(torch.log2(run_sum))
-        if lse2 is not None:
-            lse2[gi][t.i0 : t.i1, t.r0 : t.r1] = row_lse2.squeeze(-1)
-        if weights.mode:
-            for ks in k_slices:
-                sk = ks.stop - ks.start
-                raw = _buffer(raw_flat, n, rows, sk)
-                shifted = _buffer(shifted_flat, n, rows, sk)
-                s = ops.scores(t, ks, raw, shifted)
-                torch.sub(s, row_lse2, out=shifted)
-                weights.store(t, ks, torch.exp2(shifted, out=shifted))
-    out = out.view(b, h, length, ev)  # (B, H, L, Ev)
-    return out, weights.result(inputs.dtype), lse2
+
+def _fused_tile(run: _Run, t: _Tile, gi: int, dst: Tensor) -> None:
+    """One key block, no log-sum-exp kept: PyTorch's fused softmax (float32 inside for 16-bit
+    inputs) in place, then the value matmul into `dst` (n, rows, Ev)."""
+    n, rows, s = t.i1 - t.i0, t.r1 - t.r0, run.plan.kv_len
+    ks = run.k_slices[0]
+    if run.keys_first:
+        s_t = run.ops.scores_keys_first(t, ks, _buffer(run.raw_flat, n, s, rows))
+        torch.ops.aten._softmax.out(s_t.transpose(1, 2), 1, False, out=s_t.transpose(1, 2))
+        probs = s_t  # (n, rows, S), keys-first in memory
+    else:
+        raw, shifted = run.tile_buffers(n, rows, s)
+        scores = run.ops.scores(t, ks, raw, shifted, log2=False)
+        _softmax_(scores)
+        probs = raw.copy_(scores) if scores is not raw else raw
+    if run.weights.mode:
+        run.weights.store(t, ks, probs)
+    if run.p_drop > 0.0:
+        run.drop_(probs, t)
+        probs.div_(run.keep_frac)
+    _matmul_into(dst, probs, run.ops.values(t, ks))
+
+
+def _single_block_tile(run: _Run, t: _Tile, gi: int, dst: Tensor) -> None:
+    """One key block in base 2 with the row statistics kept (log-sum-exp for the backward, or
+    float32 statistics of 16-bit inputs), then the value matmul into `dst` (n, rows, Ev)."""
+    ops, n, rows = run.ops, t.i1 - t.i0, t.r1 - t.r0
+    ks = run.k_slices[0]
+    raw, shifted = run.tile_buffers(n, rows, ks.stop - ks.start)
+    s = ops.scores(t, ks, raw, shifted)
+    row_max = torch.amax(s, dim=-1, keepdim=True)  # (n, rows, 1)
+    row_max = row_max.to(run.acc).clamp_(min=ops.floor)
+    torch.sub(s, row_max, out=shifted)
+    torch.exp2(shifted, out=shifted)
+    denom = torch.sum(shifted, dim=-1, keepdim=True, out=_buffer(run.stat_flat, n, rows, 1))
+    if run.lse2 is not None:
+        run.lse2[gi][t.i0 : t.i1, t.r0 : t.r1] = (row_max + torch.log2(denom)).squeeze(-1)
+    if run.weights.mode:
+        shifted.div_(denom)
+        run.weights.store(t, ks, shifted)
+        denom = None
+    if run.p_drop > 0.0:
+        run.drop_(shifted, t)
+        denom = run.keep_frac if denom is None else denom.mul_(run.keep_frac)
+    if ops.low:
+        # probabilities back to the matmul dtype, normalised on the way when not yet
+        probs = raw  # the raw scores are no longer needed: reuse their buffer
+        if denom is None:
+            probs.copy_(shifted)
+        else:
+            torch.div(shifted, denom, out=probs)
+    else:
+        probs = shifted if denom is None else shifted.div_(denom)
+    _matmul_into(dst, probs, ops.values(t, ks))
+
+
+def _online_tile(run: _Run, t: _Tile, gi: int, dst: Tensor) -> None:
+    """Online softmax over the key blocks into `dst` (n, rows, Ev); then the row log-sum-exp
+    and the weights, where asked, from a second pass over the blocks."""
+    ops, acc, n, rows, tile_max = run.ops, run.acc, t.i1 - t.i0, t.r1 - t.r0, run.tile_max
+    run_max = _buffer(run.stat_flat, n, rows, 1).fill_(float("-inf"))
+    run_sum = _buffer(run.stat_flat[tile_max:], n, rows, 1).zero_()
+    safe_max = _buffer(run.stat_flat[2 * tile_max :], n, rows, 1)
+    acc_o = _buffer(run.acc_flat, n, rows, ops.ev).zero_()
+    for j, ks in enumerate(run.k_slices):
+        raw, shifted = run.tile_buffers(n, rows, ks.stop - ks.start)
+        s = ops.scores(t, ks, raw, shifted)
+        new_max = torch.maximum(run_max, torch.amax(s, dim=-1, keepdim=True).to(acc))
+        torch.clamp(new_max, min=ops.floor, out=safe_max)
+        torch.sub(s, safe_max, out=shifted)
+        torch.exp2(shifted, out=shifted)
+        alpha = torch.exp2(run_max.sub_(safe_max))  # rescales what came before
+        run_sum.mul_(alpha).add_(shifted.sum(dim=-1, keepdim=True))
+        if run.p_drop > 0.0:
+            run.drop_(shifted, t, j)
+        acc_o.mul_(alpha)
+        v = ops.values(t, ks)
+        if ops.low:
+            probs = raw.copy_(shifted)
+            acc_o.add_(torch.bmm(probs, v, out=_buffer(run.pv_flat, n, rows, ops.ev)))
+        else:
+            torch.baddbmm(acc_o, shifted, v, out=acc_o)
+        run_max.copy_(new_max)
+    denom = run_sum if run.p_drop == 0.0 else run_sum * run.keep_frac
+    dst.copy_(acc_o.div_(denom))
+    if run.lse2 is None and not run.weights.mode:
+        return
+    row_lse2 = safe_max.copy_(run_max).clamp_(min=ops.floor).add_(torch.log2(run_sum))
+    if run.lse2 is not None:
+        run.lse2[gi][t.i0 : t.i1, t.r0 : t.r1] = row_lse2.squeeze(-1)
+    if run.weights.mode:
+        for ks in run.k_slices:  # exact weights: exp2(scores - lse2), block by block
+            raw, shifted = run.tile_buffers(n, rows, ks.stop - ks.start)
+            torch.sub(ops.scores(t, ks, raw, shifted), row_lse2, out=shifted)
+            run.weights.store(t, ks, torch.exp2(shifted, out=shifted))
 
 
 def _softmax_(scores: Tensor) -> Tensor:
@@ -618,6 +542,9 @@ class ChunkedBackend(Backend):
     def __init__(self, tile_elements: int | None = None, k_block: int | None = None,
                  single_block: int = MAX_SINGLE_BLOCK):  # fmt: skip
         self.tile_elements, self.k_block, self.single_block = tile_elements, k_block, single_block
+
+    def rank(self, inputs: AttentionInputs) -> int | None:
+        return chunked_rank(inputs)
 
     def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
         reasons = []

@@ -164,6 +164,9 @@ class Int8Backend(Backend):
     )
     quantized_inputs = True  # runs only keys and values made by quantize_rows
 
+    def rank(self, inputs: AttentionInputs) -> None:
+        return None  # never chosen for a call: a model that stores int8 K/V pins it
+
     def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
         reasons = []
         plain = [n for n, t in (("key", inputs.key), ("value", inputs.value))

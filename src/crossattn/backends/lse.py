@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from .base import LOG2E, AttentionInputs, Backend
+from .policy import lse_rank
 from .reference import compute_dtype
 from .sdpa import SDPABackend
 
@@ -236,7 +237,8 @@ def weights_from_lse(
 
 def kernel_runs(inputs: AttentionInputs) -> bool:
     """Whether the fused kernel with a log-sum-exp can run `inputs` (else the output comes from
-    public SDPA and the weights pass finds each row's log-sum-exp itself)."""
+    public SDPA and the weights pass finds each row's log-sum-exp itself). Asked only with
+    weights, hence without gradients (`LSEBackend.not_supported_reasons`)."""
     device = inputs.device.type
     dtypes = _CUDA_DTYPES if device == "cuda" else _CPU_DTYPES
     # The memory-efficient CUDA kernel wants head dims in whole 16-byte vectors.
@@ -247,7 +249,6 @@ def kernel_runs(inputs: AttentionInputs) -> bool:
         and inputs.dtype in dtypes
         and inputs.value.shape[-1] == inputs.query.shape[-1]
         and inputs.dropout_p == 0.0
-        and not inputs.mask_requires_grad
     )
 
 
@@ -268,6 +269,9 @@ class LSEBackend(Backend):
             )
         return reasons
 
+    def rank(self, inputs: AttentionInputs) -> int | None:
+        return lse_rank(inputs)
+
     def forward(self, inputs: AttentionInputs) -> tuple[Tensor, Tensor | None]:
         lse = None
         # Without weights the log-sum-exp is not needed: the public op gives the same output
@@ -279,7 +283,7 @@ class LSEBackend(Backend):
             # NaN in, NaN out, as on every backend. A NaN row sum marks them cheaply.
             nan_rows = torch.isnan(inputs.query.sum(dim=-1, keepdim=True))  # (B, H, L, 1)
             out = torch.where(nan_rows, float("nan"), out)
-        else:  # no weights; or dropout, a mask with gradients, Ev != E: the public op
+        else:  # no weights; or dropout, Ev != E: the public op
             out, _ = _SDPA.forward(replace(inputs, return_weights=False))
         if not inputs.return_weights:
             return out, None

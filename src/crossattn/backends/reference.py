@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from .base import AttentionInputs, Backend, grouped, grouped_mask
+from .policy import reference_rank
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -21,6 +22,9 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 class ReferenceBackend(Backend):
     name = "reference"
     description = "plain einsum math, float64-exact; materialises the (B, H, L, S) scores"
+
+    def rank(self, inputs: AttentionInputs) -> int | None:
+        return reference_rank(inputs)
 
     def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
         return []

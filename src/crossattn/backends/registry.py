@@ -1,56 +1,22 @@
-"""Backend registry and dispatch.
+"""Backend registry and dispatch: the one place that chooses the backend of a call.
 
-Each backend declares what it cannot run through `not_supported_reasons(inputs)`. A call with a
-pinned backend (``backend="name"`` or `use_backend`) runs on it or raises ValueError listing its
-reasons; a call with ``backend=None`` walks `preference(inputs)` and takes the first backend that
-supports it. When none fits, the error lists every backend and its reasons.
-
-The dispatch rule (`preference`), set by side-by-side measurements on a 2-core CPU (AVX-512
-with bfloat16, no AMX; torch 2.13, 2 threads; `benchmarks/bench_op.py`, ``docs/backends.md``):
-
-- CUDA and other accelerators: ``sdpa`` (PyTorch's flash, memory-efficient and cuDNN kernels);
-  with weights ``lse`` (the fused kernel's output, weights rebuilt per query block from its
-  log-sum-exp: no (B, H, L, S) scores beyond the map), then ``reference`` (weights that need
-  gradients). A Python block loop is never chosen unless pinned.
-- CPU, attention weights asked for: ``chunked`` (whole rows per tile, weights in the output's
-  own pass; float32 past 8192 keys: key blocks and a second pass), then ``lse`` (a second score
-  pass after the fused kernel), then ``reference``. Mean weights over the op without them,
-  side by side (load average 12, ``OMP_WAIT_POLICY=PASSIVE``): (1, 8, 8192, 8192, 64) float32
-  chunked 1.48x, lse 1.69x; (1, 8, 256, 65536, 64) float32 chunked 1.46x, lse 1.9x.
-- CPU, bfloat16, every context length: ``chunked``. Quiet machine, ms, SDPA against chunked:
-  (2, 8, 4096, 77, 64) 18.4 / 9.3; (8, 8, 512, 512, 64) with a key mask 39.7 / 32.7;
-  (8, 8, 1, 1024, 64) 5.46 / 2.08; (1, 8, 256, 65536, 64) 264 / 254 with key blocks (whole
-  rows since: 1.5x faster than SDPA at load average 10, passive wait); (1, 8, 8192, 8192, 64)
-  979 / 823.
-- CPU, float32 with a long context and few queries (S > 1024 and S >= 16 x G x L, the
-  Perceiver-latents shape): ``chunked``; (1, 8, 256, 65536, 64): SDPA 315, chunked 270 ms.
-- CPU, everything else (float32, float64, float16): ``sdpa``; (1, 8, 8192, 8192, 64) float32:
-  SDPA 1083, chunked 1364 ms; (8, 8, 512, 512, 64): 38 / 60 ms; shorter contexts tie.
-
-Under heavy load from other processes chunked falls 3-6x behind SDPA by default. The cause is the
-OpenMP runtime's wait policy: libgomp's threads spin (300,000 rounds by default) at the end of
-every parallel region, and chunked runs a few hundred regions per call where SDPA runs one; on
-an oversubscribed CPU the spinning thread takes the core of the thread it waits for. With
-``OMP_WAIT_POLICY=PASSIVE`` (set before the process starts) chunked stays level with SDPA under
-the same load (measured at load average 15 on 2 cores, (1, 8, 256, 65536, 64) float32: chunked
-over SDPA 3.61x spinning, 1.05x passive, 1.16x with ``GOMP_SPINCOUNT=1000``); see
-``docs/backends.md``. So the two long-context ``chunked`` choices above (bfloat16 past 1024 keys,
-and float32 with few queries) are made only when ``OMP_WAIT_POLICY=PASSIVE`` is set; without it
-those calls go to ``sdpa``, which never falls that far behind.
+Each backend declares what it cannot run (`Backend.not_supported_reasons(inputs)`) and where it
+ranks (`Backend.rank(inputs)`: lower first, None never automatic; the built-in ranks and the
+measurements behind them are in `crossattn.backends.policy`). A call with a pinned backend
+(``backend="name"`` or `use_backend`) runs on it or raises ValueError with its reasons; a call
+with ``backend=None`` walks every registered backend, those added with `register_backend`
+included, in rank order (ties in registration order) and takes the first that supports it. When
+none fits, the error shows the call's shapes, dtypes and device and every backend's reasons.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-import torch
-
 from .base import AttentionInputs, Backend
-from .chunked import MAX_SINGLE_BLOCK
 
 _REGISTRY: dict[str, Backend] = {}
 _DEFAULT: ContextVar[str | None] = ContextVar("crossattn_default_backend", default=None)
@@ -128,52 +94,54 @@ def current_backend() -> str | None:
     return _DEFAULT.get() if _OPEN else None
 
 
-def passive_wait() -> bool:
-    """Whether the OpenMP threads sleep rather than spin between parallel regions
-    (``OMP_WAIT_POLICY=PASSIVE`` in the environment, read when the runtime loads)."""
-    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
-
-
 def preference(inputs: AttentionInputs) -> list[str]:
-    """Backend names in the order automatic dispatch tries them (see the module docstring)."""
-    if inputs.device.type != "cpu":
-        return ["lse", "reference"] if inputs.return_weights else ["sdpa", "lse", "reference"]
-    if inputs.return_weights:
-        return ["chunked", "lse", "reference"]
-    # Long contexts run a few hundred parallel regions per call in chunked: chosen only where
-    # waiting threads sleep, since spinning ones make it 3-6x slower on a loaded machine.
-    long_ok = passive_wait()
-    short_bf16 = inputs.dtype == torch.bfloat16 and inputs.kv_len <= MAX_SINGLE_BLOCK
-    long_bf16 = inputs.dtype == torch.bfloat16 and long_ok
-    if short_bf16 or long_bf16 or (long_ok and _long_context_few_queries(inputs)):
-        return ["chunked", "sdpa", "reference"]
-    return ["sdpa", "chunked", "reference"]
+    """Names of the available backends in the order automatic dispatch tries them for `inputs`
+    (rank order; backends whose rank is None are left out)."""
+    return [backend.name for backend in _ranked(inputs)]
 
 
-def _long_context_few_queries(inputs: AttentionInputs) -> bool:
-    """float32 at S > 1024 and S >= 16 x G x L, where chunked's online softmax beats SDPA."""
-    rows = inputs.groups * inputs.q_len
-    s = inputs.kv_len
-    return inputs.dtype == torch.float32 and s > MAX_SINGLE_BLOCK and s >= 16 * rows
+def _ranked(inputs: AttentionInputs) -> list[Backend]:
+    """The available backends that rank for `inputs`, lowest rank first, ties in registration
+    order. Reads shapes, dtypes and devices only: no host reads, no graph break."""
+    ranked = []
+    for order, backend in enumerate(_REGISTRY.values()):
+        if backend.is_available():
+            rank = backend.rank(inputs)
+            if rank is not None:
+                ranked.append((rank, order, backend))
+    ranked.sort(key=lambda entry: (entry[0], entry[1]))
+    return [backend for _, _, backend in ranked]
 
 
 def select_backend(inputs: AttentionInputs, name: str | None = None) -> Backend:
-    """The backend that runs `inputs`: the pinned one, or the first in `preference`."""
+    """The backend that runs `inputs`: the pinned one, or the first supporting one in rank
+    order (see the module docstring)."""
     name = name if name is not None else current_backend()
     if name is not None:
         backend = get_backend(name)
         reasons = backend.not_supported_reasons(inputs)
         if reasons:
-            raise ValueError(f"backend={name!r} cannot run this call: " + "; ".join(reasons))
+            raise ValueError(
+                f"backend={name!r} cannot run this call: " + "; ".join(reasons)
+                + f"\n  the call: {inputs.describe()}"
+            )  # fmt: skip
         return backend
-    tried: list[str] = []
-    for candidate in preference(inputs):
-        backend = _REGISTRY.get(candidate)
-        if backend is None or not backend.is_available():
+    for backend in _ranked(inputs):
+        if not backend.not_supported_reasons(inputs):
+            return backend
+    raise ValueError(_refusal(inputs))
+
+
+def _refusal(inputs: AttentionInputs) -> str:
+    """The error of a call that no backend can run: each backend's reasons, then the call."""
+    lines = []
+    for name, backend in _REGISTRY.items():
+        if not backend.is_available():
+            lines.append(f"  {name}: not available on this machine")
             continue
         reasons = backend.not_supported_reasons(inputs)
-        if not reasons:
-            return backend
-        tried.append(f"  {candidate}: " + "; ".join(reasons))
-    listing = "\n".join(tried) or "  (no backend is registered)"
-    raise ValueError(f"no backend can run this call:\n{listing}")
+        if not reasons:  # it could run the call but ranks None for it
+            reasons = [f"never chosen automatically for this call; pin it (backend={name!r})"]
+        lines.append(f"  {name}: " + "; ".join(reasons))
+    listing = "\n".join(lines) or "  (no backend is registered)"
+    return f"no backend can run this call:\n{listing}\n  the call: {inputs.describe()}"

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import AttentionInputs, Backend
+from .policy import sdpa_rank
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -21,6 +22,9 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 class SDPABackend(Backend):
     name = "sdpa"
     description = "torch.nn.functional.scaled_dot_product_attention (PyTorch's fused kernels)"
+
+    def rank(self, inputs: AttentionInputs) -> int | None:
+        return sdpa_rank(inputs)
 
     def not_supported_reasons(self, inputs: AttentionInputs) -> list[str]:
         reasons = []

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _checks
+
 HeadsArg = Literal["mean", "all"] | Sequence[int]
 
 
@@ -25,9 +27,12 @@ def check_heads(heads: object) -> str | tuple[int, ...]:
         return heads  # type: ignore[return-value]
     if isinstance(heads, (str, bytes)) or not isinstance(heads, Sequence) or len(heads) == 0:
         raise ValueError(f"heads must be 'mean', 'all' or a non-empty list of ints, got {heads!r}")
-    if not all(isinstance(h, int) and not isinstance(h, bool) and h >= 0 for h in heads):
-        raise ValueError(f"heads must list non-negative int head indices, got {heads!r}")
-    return tuple(heads)
+    try:
+        return _checks.nonnegative_ints(**{f"heads[{i}]": h for i, h in enumerate(heads)})
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"heads must list non-negative int head indices, got {heads!r} ({error})"
+        ) from None
 
 
 def check_head_indices(heads: tuple[int, ...], num_heads: int, layer: str) -> None:
@@ -55,19 +60,18 @@ def select_heads(weights: Tensor, heads: str | tuple[int, ...], layer: str) -> T
 
 
 def check_grid(grid: object) -> tuple[int, int] | None:
+    """None, or the grid (gh, gw) as ints from a positive int or a pair of them."""
     if grid is None:
         return None
-    if isinstance(grid, int) and not isinstance(grid, bool):
-        grid = (grid, grid)
-    if (
-        not isinstance(grid, (tuple, list))
-        or len(grid) != 2
-        or not all(isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid)
-    ):
+    pair = grid if isinstance(grid, (tuple, list)) else (grid, grid)
+    try:
+        if len(pair) != 2:
+            raise ValueError
+        return _checks.positive_ints(gh=pair[0], gw=pair[1])  # type: ignore[return-value]
+    except (TypeError, ValueError):
         raise ValueError(
             f"grid must be None, a positive int or (gh, gw) positive ints, got {grid!r}"
-        )
-    return int(grid[0]), int(grid[1])
+        ) from None
 
 
 def infer_hw(length: int, image_size: tuple[int, int] | None, layer: str) -> tuple[int, int]:

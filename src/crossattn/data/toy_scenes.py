@@ -31,10 +31,11 @@ Example::
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
+
+from .._checks import integer
 
 __all__ = [
     "COLOURS",
@@ -100,14 +101,6 @@ class Scene:
     questions: tuple[SceneQuestion, ...]
     caption: tuple[str, ...]
     caption_objects: tuple[int, ...]
-
-
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _shape_mask(shape: str, x0: int, y0: int, side: int, size: int) -> np.ndarray:
@@ -224,11 +217,11 @@ def generate_scenes(
     Returns:
         ``n`` `Scene` objects, each with at least one question.
     """
-    n = _check_int(n, "n", 0)
-    seed = _check_int(seed, "seed", 0)
-    size = _check_int(size, "size", 32)
-    min_objects = _check_int(min_objects, "min_objects", 2)
-    max_objects = _check_int(max_objects, "max_objects", 2)
+    n = integer(n, "n", minimum=0)
+    seed = integer(seed, "seed", minimum=0)
+    size = integer(size, "size", minimum=32)
+    min_objects = integer(min_objects, "min_objects", minimum=2)
+    max_objects = integer(max_objects, "max_objects", minimum=2)
     if not min_objects <= max_objects <= 5:
         raise ValueError(
             f"need 2 <= min_objects <= max_objects <= 5, got min_objects={min_objects}, "

@@ -1,19 +1,16 @@
-"""Small helpers shared by the composite layers: argument checks, a fast dropout and a GELU
-feed-forward."""
+"""Small helpers shared by the composite layers: the layers' own argument checks (features,
+parameters' dtype and device, empty inputs), a fast dropout and a GELU feed-forward. The general
+rules (ints, probabilities, token masks) live in `crossattn._checks`; the names re-exported here
+keep the layers' imports short."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from ..masks import check_token_mask as check_mask  # noqa: F401  (shared by the layers)
-
-
-def check_positive(**values: object) -> None:
-    """ValueError naming the first argument that is not a positive int."""
-    for name, val in values.items():
-        if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
-            raise ValueError(f"{name} must be a positive int, got {val!r}")
+from .._checks import nonnegative_ints as check_nonnegative  # noqa: F401  (shared by the layers)
+from .._checks import positive_ints as check_positive
+from .._checks import token_mask as check_mask  # noqa: F401
 
 
 def check_features(
@@ -70,13 +67,6 @@ def check_nonempty(name: str, count: int, shape: tuple[int, ...], what: str, hin
             f"{name} {_verb(name, 'has', 'have')} {what} (shape {tuple(shape)}): there is "
             f"nothing to attend to; {hint}"
         )
-
-
-def check_nonnegative(**values: object) -> None:
-    """ValueError naming the first argument that is not an int >= 0 (bool refused)."""
-    for name, val in values.items():
-        if not isinstance(val, int) or isinstance(val, bool) or val < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {val!r}")
 
 
 _RANDOM_RANGE = 2**31  # int32 ``random_()`` draws uniformly from [0, 2**31)
@@ -140,7 +130,7 @@ class FeedForward(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        check_positive(dim=dim, hidden_dim=hidden_dim)
+        dim, hidden_dim = check_positive(dim=dim, hidden_dim=hidden_dim)
         self.linear_in = nn.Linear(dim, hidden_dim)
         self.act = activation()
         self.dropout = FastDropout(dropout)

@@ -18,8 +18,9 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from .. import _checks
 from ..functional import bidirectional_attention
-from ._common import check_features, check_mask, check_nonempty, check_positive
+from ._common import check_features, check_nonempty
 from .attention import CrossAttention
 from .hooks import hand_over_maps
 
@@ -57,11 +58,12 @@ class BidirectionalCrossAttention(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        check_positive(dim_a=dim_a, dim_b=dim_b, heads=heads, dim_head=dim_head)
+        dim_a, dim_b, heads, dim_head = _checks.positive_ints(
+            dim_a=dim_a, dim_b=dim_b, heads=heads, dim_head=dim_head
+        )
         if out_dim is not None:
-            check_positive(out_dim=out_dim)
-        if mode not in ("two", "shared"):
-            raise ValueError(f"mode must be 'two' or 'shared', got {mode!r}")
+            out_dim = _checks.positive_int(out_dim, "out_dim")
+        mode = _checks.choice(mode, "mode", ("two", "shared"))
         self.dim_a, self.dim_b, self.mode = dim_a, dim_b, mode
         self.heads, self.dim_head, self.backend = heads, dim_head, backend
         out_a = dim_a if out_dim is None else out_dim
@@ -119,8 +121,8 @@ class BidirectionalCrossAttention(nn.Module):
                 f"{other} attends to {name}, so {name} needs at least one token per row (keep "
                 f"padding tokens and mark them False in {name}_mask)",
             )
-        check_mask("a_mask", a_mask, (batch, la), "(B, La)")
-        check_mask("b_mask", b_mask, (batch, lb), "(B, Lb)")
+        _checks.token_mask("a_mask", a_mask, (batch, la), "(B, La)")
+        _checks.token_mask("b_mask", b_mask, (batch, lb), "(B, Lb)")
         if a_mask is not None:
             a = a.masked_fill(~a_mask[..., None], 0.0)  # NaN padding cannot reach a projection
         if b_mask is not None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ._common import check_features, check_like_params, check_mask, check_positive
+from .. import _checks
+from ._common import check_features, check_like_params
 
 
 class FiLM(nn.Module):
@@ -30,7 +31,7 @@ class FiLM(nn.Module):
 
     def __init__(self, dim: int, condition_dim: int):
         super().__init__()
-        check_positive(dim=dim, condition_dim=condition_dim)
+        dim, condition_dim = _checks.positive_ints(dim=dim, condition_dim=condition_dim)
         self.dim, self.condition_dim = dim, condition_dim
         self.to_gamma_beta = nn.Linear(condition_dim, 2 * dim)
         nn.init.zeros_(self.to_gamma_beta.weight)
@@ -65,7 +66,7 @@ class FiLM(nn.Module):
                 )
             return condition
         b, m, _ = condition.shape
-        check_mask("condition_mask", condition_mask, (b, m), "(B, M)")
+        _checks.token_mask("condition_mask", condition_mask, (b, m), "(B, M)")
         if m == 0:  # no token at all: the zero pooling of a row with no valid token
             return condition.new_zeros(b, self.condition_dim)
         if condition_mask is None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._common import check_features, check_positive
+from .. import _checks
+from ._common import check_features
 
 
 class GatedFusion(nn.Module):
@@ -25,11 +26,11 @@ class GatedFusion(nn.Module):
 
     def __init__(self, dim: int, *, bias_init: float = 0.0):
         super().__init__()
-        check_positive(dim=dim)
+        dim = _checks.positive_int(dim, "dim")
         self.dim = dim
         self.to_gate = nn.Linear(2 * dim, dim)
         nn.init.zeros_(self.to_gate.weight)
-        nn.init.constant_(self.to_gate.bias, float(bias_init))
+        nn.init.constant_(self.to_gate.bias, _checks.finite_real(bias_init, "bias_init"))
 
     def gate(self, features: Tensor, attended: Tensor) -> Tensor:
         """The gate g (B, L, dim) in (0, 1)."""

@@ -19,13 +19,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .. import _checks
 from ._common import (
     FeedForward,
     check_features,
     check_like_params,
-    check_mask,
     check_nonempty,
-    check_positive,
 )
 from .attention import CrossAttention
 
@@ -81,7 +80,7 @@ class GatedCrossAttentionBlock(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        check_positive(
+        dim, context_dim, heads, dim_head, ff_mult = _checks.positive_ints(
             dim=dim, context_dim=context_dim, heads=heads, dim_head=dim_head, ff_mult=ff_mult
         )
         self.dim, self.context_dim = dim, context_dim
@@ -152,17 +151,17 @@ class GatedCrossAttentionBlock(nn.Module):
                 f"text {tuple(text.shape)}"
             )
         m = media.shape[1]
-        check_mask("media_mask", media_mask, (b, m), "(B, M)")
+        _checks.token_mask("media_mask", media_mask, (b, m), "(B, M)")
         attn_mask = None
         if media_locations is not None:
-            check_mask("media_locations", media_locations, (b, length), "(B, L)")
+            _checks.token_mask("media_locations", media_locations, (b, length), "(B, L)")
             if num_media is None:
                 if tokens_per_media is None:
                     raise ValueError(
                         "media_locations with flattened media (B, M, context_dim) needs "
                         "tokens_per_media=n; or pass media as (B, T, n, context_dim)"
                     )
-                check_positive(tokens_per_media=tokens_per_media)
+                tokens_per_media = _checks.positive_int(tokens_per_media, "tokens_per_media")
                 if m % tokens_per_media != 0:
                     raise ValueError(
                         f"media (B, M, context_dim) = {tuple(media.shape)} has M={m}, not a "

@@ -22,19 +22,43 @@ backend, which never holds more than one score tile. Without grad, the peak extr
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from .. import _checks
 from ..backends import use_backend
 from ._common import (
     FeedForward,
     check_features,
-    check_mask,
     check_nonempty,
-    check_positive,
 )
 from .attention import CrossAttention, PreparedContext
+
+
+@dataclass(frozen=True)
+class _BlockOptions:
+    """The attention heads, feed-forward size and dropout of one kind of Perceiver block."""
+
+    heads: int
+    dim_head: int
+    ff_mult: int
+    dropout: float
+    backend: str | None
+
+    def attention(self, query_dim: int, context_dim: int | None = None) -> CrossAttention:
+        return CrossAttention(
+            query_dim,
+            context_dim,
+            heads=self.heads,
+            dim_head=self.dim_head,
+            dropout=self.dropout,
+            backend=self.backend,
+        )
+
+    def feed_forward(self, dim: int) -> FeedForward:
+        return FeedForward(dim, dim * self.ff_mult, dropout=self.dropout)
 
 
 class LatentSelfAttentionBlock(nn.Module):
@@ -43,24 +67,13 @@ class LatentSelfAttentionBlock(nn.Module):
     forward(latents (B, N, dim)) -> (B, N, dim).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        *,
-        heads: int,
-        dim_head: int,
-        ff_mult: int = 4,
-        dropout: float = 0.0,
-        backend: str | None = None,
-    ):
+    def __init__(self, dim: int, options: _BlockOptions):
         super().__init__()
         self.norm_attn = nn.LayerNorm(dim)
-        self.attn_latents_to_latents = CrossAttention(
-            dim, heads=heads, dim_head=dim_head, dropout=dropout, backend=backend
-        )
+        self.attn_latents_to_latents = options.attention(dim)
         self.attn_latents_to_latents.role = "self"
         self.norm_ff = nn.LayerNorm(dim)
-        self.ff = FeedForward(dim, dim * ff_mult, dropout=dropout)
+        self.ff = options.feed_forward(dim)
 
     def forward(self, latents: Tensor) -> Tensor:
         normed = self.norm_attn(latents)
@@ -75,25 +88,13 @@ class LatentCrossAttendBlock(nn.Module):
     to keys and values chunk by chunk; `forward(latents, prepared)` attends to them.
     """
 
-    def __init__(
-        self,
-        latent_dim: int,
-        input_dim: int,
-        *,
-        heads: int,
-        dim_head: int,
-        ff_mult: int = 4,
-        dropout: float = 0.0,
-        backend: str | None = None,
-    ):
+    def __init__(self, latent_dim: int, input_dim: int, options: _BlockOptions):
         super().__init__()
         self.norm_latents = nn.LayerNorm(latent_dim)
         self.norm_inputs = nn.LayerNorm(input_dim)
-        self.attn_latents_to_inputs = CrossAttention(
-            latent_dim, input_dim, heads=heads, dim_head=dim_head, dropout=dropout, backend=backend
-        )
+        self.attn_latents_to_inputs = options.attention(latent_dim, input_dim)
         self.norm_ff = nn.LayerNorm(latent_dim)
-        self.ff = FeedForward(latent_dim, latent_dim * ff_mult, dropout=dropout)
+        self.ff = options.feed_forward(latent_dim)
 
     def prepare(
         self, inputs: Tensor, input_mask: Tensor | None, chunk_size: int
@@ -181,7 +182,18 @@ class PerceiverEncoder(nn.Module):
         input_backend: str | None = "auto",
     ):
         super().__init__()
-        check_positive(
+        (
+            input_dim,
+            num_latents,
+            latent_dim,
+            heads,
+            dim_head,
+            cross_heads,
+            cross_dim_head,
+            num_cross_attends,
+            ff_mult,
+            input_chunk_size,
+        ) = _checks.positive_ints(
             input_dim=input_dim,
             num_latents=num_latents,
             latent_dim=latent_dim,
@@ -193,8 +205,7 @@ class PerceiverEncoder(nn.Module):
             ff_mult=ff_mult,
             input_chunk_size=input_chunk_size,
         )
-        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 0:
-            raise ValueError(f"depth must be an int >= 0, got {depth!r}")
+        depth = _checks.nonnegative_int(depth, "depth")
         self.input_dim, self.num_latents, self.latent_dim = input_dim, num_latents, latent_dim
         self.depth, self.num_cross_attends = depth, num_cross_attends
         self.share_weights = share_weights
@@ -203,28 +214,15 @@ class PerceiverEncoder(nn.Module):
         pinned = None if input_backend in (None, "auto") else input_backend
         self.latents = nn.Parameter(torch.randn(num_latents, latent_dim) * 0.02)
 
+        cross = _BlockOptions(cross_heads, cross_dim_head, ff_mult, dropout, pinned)
+        latent = _BlockOptions(heads, dim_head, ff_mult, dropout, backend)
+
         def stage() -> nn.ModuleDict:
             return nn.ModuleDict(
                 {
-                    "cross": LatentCrossAttendBlock(
-                        latent_dim,
-                        input_dim,
-                        heads=cross_heads,
-                        dim_head=cross_dim_head,
-                        ff_mult=ff_mult,
-                        dropout=dropout,
-                        backend=pinned,
-                    ),
+                    "cross": LatentCrossAttendBlock(latent_dim, input_dim, cross),
                     "blocks": nn.ModuleList(
-                        LatentSelfAttentionBlock(
-                            latent_dim,
-                            heads=heads,
-                            dim_head=dim_head,
-                            ff_mult=ff_mult,
-                            dropout=dropout,
-                            backend=backend,
-                        )
-                        for _ in range(depth)
+                        LatentSelfAttentionBlock(latent_dim, latent) for _ in range(depth)
                     ),
                 }
             )
@@ -261,7 +259,7 @@ class PerceiverEncoder(nn.Module):
             "pass at least one input token per row (padding stays in the sequence, marked False "
             "in input_mask; a row with no valid token is allowed)",
         )
-        check_mask("input_mask", input_mask, (b, s), "(B, S)")
+        _checks.token_mask("input_mask", input_mask, (b, s), "(B, S)")
         latents = self.latents.to(inputs.dtype).expand(b, -1, -1)  # (B, N, latent_dim)
         auto = self.input_backend == "auto" and inputs.device.type == "cpu"
         prepared: PreparedContext | None = None
@@ -310,7 +308,7 @@ class PerceiverDecoder(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        check_positive(
+        query_dim, latent_dim, heads, dim_head, ff_mult = _checks.positive_ints(
             query_dim=query_dim,
             latent_dim=latent_dim,
             heads=heads,
@@ -318,7 +316,7 @@ class PerceiverDecoder(nn.Module):
             ff_mult=ff_mult,
         )
         if out_dim is not None:
-            check_positive(out_dim=out_dim)
+            out_dim = _checks.positive_int(out_dim, "out_dim")
         self.query_dim, self.latent_dim = query_dim, latent_dim
         self.out_dim = query_dim if out_dim is None else out_dim
         self.norm_queries = nn.LayerNorm(query_dim)
@@ -371,7 +369,7 @@ class PerceiverDecoder(nn.Module):
                 f"queries have B={queries.shape[0]} but latents have B={b}: queries "
                 f"{tuple(queries.shape)}, latents {tuple(latents.shape)}"
             )
-        check_mask("latent_mask", latent_mask, (b, n), "(B, N)")
+        _checks.token_mask("latent_mask", latent_mask, (b, n), "(B, N)")
         out = queries + self.attn_queries_to_latents(
             self.norm_queries(queries), self.norm_latents(latents), context_mask=latent_mask
         )
@@ -431,7 +429,7 @@ class PerceiverIO(nn.Module):
         )
         self.output_queries: nn.Parameter | None = None
         if num_outputs is not None:
-            check_positive(num_outputs=num_outputs)
+            num_outputs = _checks.positive_int(num_outputs, "num_outputs")
             self.output_queries = nn.Parameter(torch.randn(num_outputs, query_dim) * 0.02)
 
     def forward(

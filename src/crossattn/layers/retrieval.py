@@ -28,12 +28,11 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .. import _checks
 from ._common import (
     check_features,
     check_like_params,
-    check_mask,
     check_nonempty,
-    check_positive,
 )
 from .attention import CrossAttention
 
@@ -68,7 +67,7 @@ class RetrievalCrossAttention(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        check_positive(
+        dim, context_dim, chunk_size, heads, dim_head = _checks.positive_ints(
             dim=dim, context_dim=context_dim, chunk_size=chunk_size, heads=heads, dim_head=dim_head
         )
         self.dim, self.context_dim, self.chunk_size = dim, context_dim, chunk_size
@@ -133,7 +132,9 @@ class RetrievalCrossAttention(nn.Module):
             "pass at least one neighbour token per chunk; for chunks without neighbours pass a "
             "dummy neighbour masked False in neighbour_mask (those tokens then get exactly 0)",
         )
-        check_mask("neighbour_mask", neighbour_mask, tuple(neighbours.shape[:4]), "(B, C, K, R)")
+        _checks.token_mask(
+            "neighbour_mask", neighbour_mask, tuple(neighbours.shape[:4]), "(B, C, K, R)"
+        )
         shift = m - 1 if self.causal_offset else 0
         attending = tokens[:, shift:]  # (B, L - shift, dim): token p -> chunk (p + shift) // m
         n_att = -(-attending.shape[1] // m)

@@ -12,7 +12,8 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from ._common import check_features, check_mask, check_positive
+from .. import _checks
+from ._common import check_features
 from .attention import CrossAttention
 
 
@@ -47,7 +48,9 @@ class SelfDocAttention(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        check_positive(query_dim=query_dim, context_dim=context_dim, heads=heads, dim_head=dim_head)
+        query_dim, context_dim, heads, dim_head = _checks.positive_ints(
+            query_dim=query_dim, context_dim=context_dim, heads=heads, dim_head=dim_head
+        )
         self.query_dim, self.context_dim = query_dim, context_dim
         self.attn = CrossAttention(
             query_dim, context_dim, query_dim, heads=heads, dim_head=dim_head, bias=bias,
@@ -88,7 +91,7 @@ class SelfDocAttention(nn.Module):
                 f"with token i of b): got a {tuple(a.shape)} (B, L, query_dim), b "
                 f"{tuple(b.shape)}; expected b ({a.shape[0]}, {a.shape[1]}, {self.context_dim})"
             )
-        check_mask("mask", mask, tuple(a.shape[:2]), "(B, L)")
+        _checks.token_mask("mask", mask, tuple(a.shape[:2]), "(B, L)")
         batch, length = a.shape[:2]
         if length == 0:  # nothing to attend from or to: empty outputs of the documented shapes
             out = a.new_zeros(batch, 0, attn.out_dim)

@@ -17,25 +17,38 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .. import _checks
 from ..masks import causal_mask
 from ._common import (
     FastDropout,
     FeedForward,
     check_features,
-    check_mask,
     check_nonempty,
-    check_positive,
     dropout_mask,
 )
 from .attention import CrossAttention, PreparedContext, WeightsArg
 
 
-def _check_dims(d_model: int, heads: int, dim_ff: int, dropout: float) -> None:
-    check_positive(d_model=d_model, heads=heads, dim_ff=dim_ff)
+def _check_dims(
+    d_model: object, heads: object, dim_ff: object, dropout: object
+) -> tuple[int, int, int, float]:
+    """The layer's sizes as ints and its dropout as a float in [0, 1), or the error naming one."""
+    d_model, heads, dim_ff = _checks.positive_ints(d_model=d_model, heads=heads, dim_ff=dim_ff)
     if d_model % heads != 0:
         raise ValueError(f"d_model={d_model} must be divisible by heads={heads}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    return d_model, heads, dim_ff, _checks.probability(dropout, "dropout")
+
+
+def _self_attention(
+    d_model: int, heads: int, dropout: float, backend: str | None
+) -> CrossAttention:
+    """The tokens' causal or bidirectional self-attention, with biases but none on the keys."""
+    attn = _drop_key_bias(CrossAttention(
+        d_model, heads=heads, dim_head=d_model // heads, bias=True, dropout=dropout,
+        backend=backend,
+    ))  # fmt: skip
+    attn.role = "self"
+    return attn
 
 
 def _drop_key_bias(attn: CrossAttention) -> CrossAttention:
@@ -91,13 +104,9 @@ class TransformerEncoderLayer(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        _check_dims(d_model, heads, dim_ff, dropout)
+        d_model, heads, dim_ff, dropout = _check_dims(d_model, heads, dim_ff, dropout)
         self.d_model = d_model
-        self.self_attn = _drop_key_bias(CrossAttention(
-            d_model, heads=heads, dim_head=d_model // heads, bias=True, dropout=dropout,
-            backend=backend,
-        ))  # fmt: skip
-        self.self_attn.role = "self"
+        self.self_attn = _self_attention(d_model, heads, dropout, backend)
         self.ffn = FeedForward(d_model, dim_ff, activation=nn.ReLU, dropout=dropout)
         self.attn_block = _Residual(d_model, dropout, norm_first, norm_eps)
         self.ffn_block = _Residual(d_model, dropout, norm_first, norm_eps)
@@ -118,7 +127,7 @@ class TransformerEncoderLayer(nn.Module):
             "tokens", tokens, self.d_model, "(B, S, d_model)", like=self.self_attn.to_q.weight
         )
         b, s, _ = tokens.shape
-        check_mask("token_mask", token_mask, (b, s), "(B, S)")
+        _checks.token_mask("token_mask", token_mask, (b, s), "(B, S)")
         if s == 0:  # no token: nothing to attend from or to
             return tokens.new_zeros(b, 0, self.d_model)
         h = self.attn_block.inputs(tokens)
@@ -169,17 +178,13 @@ class TransformerDecoderLayer(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        _check_dims(d_model, heads, dim_ff, dropout)
+        d_model, heads, dim_ff, dropout = _check_dims(d_model, heads, dim_ff, dropout)
         if context_dim is not None:
-            check_positive(context_dim=context_dim)
+            context_dim = _checks.positive_int(context_dim, "context_dim")
         self.d_model = d_model
-        dim_head = d_model // heads
-        self.self_attn = _drop_key_bias(CrossAttention(
-            d_model, heads=heads, dim_head=dim_head, bias=True, dropout=dropout, backend=backend
-        ))  # fmt: skip
-        self.self_attn.role = "self"
+        self.self_attn = _self_attention(d_model, heads, dropout, backend)
         self.cross_attn_target_to_source = _drop_key_bias(CrossAttention(
-            d_model, context_dim, heads=heads, dim_head=dim_head, bias=True, dropout=dropout,
+            d_model, context_dim, heads=heads, dim_head=d_model // heads, bias=True, dropout=dropout,
             backend=backend,
         ))  # fmt: skip
         self.ffn = FeedForward(d_model, dim_ff, activation=nn.ReLU, dropout=dropout)
@@ -256,7 +261,7 @@ class TransformerDecoderLayer(nn.Module):
                 like=cross.to_k.weight,
             )
             check_nonempty("source", source.shape[1], source.shape, "S=0 tokens", empty_source)
-            check_mask("source_mask", source_mask, tuple(source.shape[:2]), "(B, S)")
+            _checks.token_mask("source_mask", source_mask, tuple(source.shape[:2]), "(B, S)")
         if cache is not None and not isinstance(cache, PreparedContext):
             raise TypeError(
                 "cache must be the PreparedContext this layer returned as DecoderLayerOutput.cache "

@@ -1,0 +1,233 @@
+"""Argument rules, each written once: every public entry point validates through these.
+
+One rule, one owner: "a positive int" means the same in every layer, function and config.
+
+- Integers: Python ints, NumPy integer scalars and 0-d integer torch tensors are accepted and
+  returned as a plain ``int``; ``bool`` (Python, NumPy or torch) is refused everywhere, and so
+  are floats, even integral ones (``8.0``).
+- A wrongly typed argument raises `ArgumentTypeError`, a TypeError that is also a ValueError,
+  so that callers catching either keep working; a value out of range raises ValueError.
+- Every message names the argument, what was received and what is expected.
+
+Torch-free at import (the CLI and `compute_types` use it): the tensor rules import torch when
+first called, and the integer rules need no torch at all.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type. A TypeError, and a ValueError too, so that code written
+    against either kind of error catches it."""
+
+
+def _is_bool(value: object) -> bool:
+    """Python, NumPy and torch booleans (scalars and 0-d tensors)."""
+    if isinstance(value, bool):
+        return True
+    dtype = getattr(value, "dtype", None)
+    return dtype is not None and str(dtype) in ("bool", "torch.bool")
+
+
+def _describe(value: object) -> str:
+    """`value` as a message shows it: its repr, and its type where the repr hides it."""
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    kind = type(value).__name__
+    return text if kind in ("int", "float", "str", "NoneType") else f"{text} ({kind})"
+
+
+def integer(value: object, name: str, *, minimum: int | None = None) -> int:
+    """`value` as an ``int`` (>= `minimum` when given).
+
+    Accepts Python ints, NumPy integer scalars and 0-d integer torch tensors; refuses bools and
+    floats with `ArgumentTypeError`, values below `minimum` with ValueError.
+    """
+    if type(value) is int:  # the common case, first
+        result = value
+    else:
+        try:
+            if _is_bool(value) or getattr(value, "ndim", 0) != 0:
+                raise TypeError
+            result = operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            raise ArgumentTypeError(
+                f"{name} must be {_int_text(minimum)}, got {_describe(value)}"
+            ) from None
+    if minimum is not None and result < minimum:
+        raise ValueError(f"{name} must be {_int_text(minimum)}, got {_describe(value)}")
+    return result
+
+
+def _int_text(minimum: int | None) -> str:
+    if minimum is None:
+        return "an int"
+    return {0: "a non-negative int", 1: "a positive int"}.get(minimum, f"an int >= {minimum}")
+
+
+def positive_int(value: object, name: str) -> int:
+    """`value` as an ``int`` > 0 (see `integer` for what counts as an int)."""
+    return integer(value, name, minimum=1)
+
+
+def nonnegative_int(value: object, name: str) -> int:
+    """`value` as an ``int`` >= 0 (see `integer` for what counts as an int)."""
+    return integer(value, name, minimum=0)
+
+
+def positive_ints(**values: object) -> tuple[int, ...]:
+    """Each keyword argument as an ``int`` > 0, in order; the error names the first that is not."""
+    return tuple(integer(v, name, minimum=1) for name, v in values.items())
+
+
+def nonnegative_ints(**values: object) -> tuple[int, ...]:
+    """Each keyword argument as an ``int`` >= 0, in order; the error names the first that is not."""
+    return tuple(integer(v, name, minimum=0) for name, v in values.items())
+
+
+def real(
+    value: object,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    high_open: bool = True,
+) -> float:
+    """`value` as a finite ``float`` (ints, NumPy and 0-d torch reals accepted; bool refused),
+    within ``[low, high)`` (``[low, high]`` with ``high_open=False``) where bounds are given."""
+    if type(value) is float:  # the common case, first
+        result = value
+    else:
+        try:
+            if _is_bool(value) or isinstance(value, str) or getattr(value, "ndim", 0) != 0:
+                raise TypeError
+            result = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ArgumentTypeError(
+                f"{name} must be {_interval(low, high, high_open)}, got {_describe(value)}"
+            ) from None
+    inside = math.isfinite(result) and (low is None or result >= low)
+    if high is not None:
+        inside = inside and (result < high if high_open else result <= high)
+    if not inside:
+        bounds = _interval(low, high, high_open).replace("a real number in", "in")
+        raise ValueError(f"{name} must be {bounds}, got {_describe(value)}")
+    return result
+
+
+def _interval(low: float | None, high: float | None, high_open: bool) -> str:
+    """What `real` expects: "a finite real number", "a real number in [0, 1)"."""
+    if low is None and high is None:
+        return "a finite real number"
+    left = "(-inf" if low is None else f"[{low:g}"
+    right = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
+    return f"a real number in {left}, {right}"
+
+
+def finite_real(value: object, name: str) -> float:
+    """`value` as a finite ``float``."""
+    return real(value, name)
+
+
+def probability(value: object, name: str) -> float:
+    """A rate or dropout probability: a ``float`` in [0, 1)."""
+    return real(value, name, low=0.0, high=1.0)
+
+
+def choice(value: object, name: str, choices: Iterable[str]) -> str:
+    """`value` if it is one of the strings `choices` (TypeError for a non-string)."""
+    options = tuple(choices)
+    valid = ", ".join(repr(c) for c in options)
+    if not isinstance(value, str):
+        raise ArgumentTypeError(f"{name} must be a string, one of {valid}; got {_describe(value)}")
+    if value not in options:
+        raise ValueError(f"{name} must be one of {valid}; got {value!r}")
+    return value
+
+
+def input_file(path: object, name: str) -> str:
+    """`path` (str or os.PathLike) as a str naming an existing, readable file."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArgumentTypeError(
+            f"{name} must be a path (str or os.PathLike), got {_describe(path)}"
+        )
+    text = os.fspath(path)
+    if not os.path.exists(text):
+        raise ValueError(f"{name}: no such file: {text}")
+    if os.path.isdir(text):
+        raise ValueError(f"{name} must be a file, got a directory: {text}")
+    if not os.access(text, os.R_OK):
+        raise ValueError(f"{name}: cannot read {text} (permission denied)")
+    return text
+
+
+def shape_text(shape: Iterable[int]) -> str:
+    """A shape as messages show it: ``(2, 8, 16, 64)``."""
+    return "(" + ", ".join(str(int(d)) for d in shape) + ")"
+
+
+def tensor(
+    value: object,
+    name: str,
+    *,
+    rank: int | None = None,
+    legend: str = "",
+    floating: bool = False,
+    dtype: Any = None,
+) -> Tensor:
+    """`value` if it is a torch.Tensor with `rank` dimensions (`legend` names them, as
+    ``"(B, S)"``), floating point when `floating`, of `dtype` when given; TypeError for the type
+    or dtype, ValueError for the rank."""
+    import torch
+
+    what = f"a torch.Tensor {legend}".rstrip()
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+    if rank is not None and value.dim() != rank:
+        raise ValueError(
+            f"{name} must be {rank}-D {legend}".rstrip() + f", got shape {shape_text(value.shape)}"
+        )
+    if floating and not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    if dtype is not None and value.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {value.dtype}")
+    return value
+
+
+def token_mask(
+    name: str,
+    mask: object,
+    shape: tuple[int, ...],
+    legend: str,
+    like: Tensor | None = None,
+    like_name: str = "the inputs are",
+) -> Tensor | None:
+    """None, or a bool tensor of exactly `shape` (True = valid token) on `like`'s device;
+    TypeError / ValueError naming `name`, the shape received and `legend` (e.g. "(B, S)").
+    `like_name` says what `like` is in the device error ("the context is")."""
+    if mask is None:
+        return None
+    import torch
+
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(
+            f"{name} must be a bool tensor {legend}, True = valid token; got "
+            f"{getattr(mask, 'dtype', type(mask).__name__)}"
+        )
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(
+            f"{name} must have shape {legend} = {tuple(shape)}, got {tuple(mask.shape)}"
+        )
+    if like is not None and mask.device != like.device:
+        raise ValueError(f"{name} is on {mask.device} but {like_name} on {like.device}")
+    return mask

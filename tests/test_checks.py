@@ -1,0 +1,209 @@
+"""The argument rules of `crossattn._checks`: one meaning for each, whatever the caller."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import crossattn
+from crossattn import _checks
+
+INTS = [
+    7,
+    np.int64(7),
+    np.int32(7),
+    np.uint8(7),
+    torch.tensor(7),
+    torch.tensor(7, dtype=torch.int16),
+]
+NOT_INTS = [
+    True,
+    False,
+    np.bool_(True),
+    torch.tensor(True),
+    7.0,
+    np.float32(7),
+    torch.tensor(7.0),
+    torch.tensor([7]),
+    np.array([7]),
+    "7",
+    None,
+]
+
+
+@pytest.mark.parametrize("value", INTS, ids=repr)
+def test_integers_of_every_kind_are_accepted_as_int(value):
+    for rule in (_checks.positive_int, _checks.nonnegative_int):
+        got = rule(value, "n")
+        assert type(got) is int and got == 7
+    assert _checks.positive_ints(a=value, b=3) == (7, 3)
+    assert _checks.nonnegative_ints(a=value) == (7,)
+
+
+@pytest.mark.parametrize("value", NOT_INTS, ids=repr)
+def test_bools_floats_and_others_are_refused_with_a_type_error(value):
+    for rule in (_checks.positive_int, _checks.nonnegative_int):
+        with pytest.raises(TypeError, match="^heads must be a (positive|non-negative) int, got "):
+            rule(value, "heads")
+    # the same error is a ValueError too, for callers that caught ValueError before
+    with pytest.raises(ValueError, match="heads"):
+        _checks.positive_ints(dim=4, heads=value)
+
+
+def test_the_error_names_what_was_received():
+    with pytest.raises(TypeError, match=r"got True \(bool\)"):
+        _checks.positive_int(True, "dim")
+    with pytest.raises(TypeError, match=r"got 2\.5$"):
+        _checks.positive_int(2.5, "dim")
+    with pytest.raises(ValueError, match="dim must be a positive int, got 0$"):
+        _checks.positive_int(0, "dim")
+    with pytest.raises(ValueError, match="depth must be a non-negative int, got -1$"):
+        _checks.nonnegative_int(-1, "depth")
+    with pytest.raises(ValueError, match=r"n must be an int >= 5, got np.int64\(4\)|got 4 "):
+        _checks.integer(np.int64(4), "n", minimum=5)
+    assert _checks.nonnegative_int(0, "depth") == 0
+
+
+def test_positive_ints_names_the_first_bad_argument():
+    with pytest.raises(ValueError, match="^b must be a positive int, got 0$"):
+        _checks.positive_ints(a=1, b=0, c=-1)
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 0.5, np.float32(0.25), torch.tensor(0.1), 0.999])
+def test_probability_accepts_zero_to_one_open(value):
+    got = _checks.probability(value, "dropout")
+    assert type(got) is float and 0.0 <= got < 1.0
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (1.0, ValueError),
+        (-0.1, ValueError),
+        (float("nan"), ValueError),
+        (True, TypeError),
+        ("0.1", TypeError),
+        (None, TypeError),
+        (torch.tensor([0.1]), TypeError),
+    ],
+    ids=repr,
+)
+def test_probability_refuses_out_of_range_and_non_reals(value, error):
+    expected = "must be in" if error is ValueError else "must be a real number in"
+    with pytest.raises(error, match=rf"^dropout {expected} \[0, 1\), got "):
+        _checks.probability(value, "dropout")
+
+
+def test_finite_real():
+    assert _checks.finite_real(np.float64(-2.5), "scale") == -2.5
+    assert _checks.finite_real(3, "scale") == 3.0
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="scale must be a finite real number, got (nan|inf)$"):
+            _checks.finite_real(bad, "scale")
+    with pytest.raises(TypeError, match="scale must be a finite real number, got False"):
+        _checks.finite_real(False, "scale")
+    assert _checks.real(1.0, "p", low=0.0, high=1.0, high_open=False) == 1.0
+
+
+def test_choice():
+    assert _checks.choice("two", "mode", ("two", "shared")) == "two"
+    with pytest.raises(ValueError, match="mode must be one of 'two', 'shared'; got 'three'"):
+        _checks.choice("three", "mode", ("two", "shared"))
+    with pytest.raises(TypeError, match="mode must be a string, one of 'two', 'shared'; got 2"):
+        _checks.choice(2, "mode", ("two", "shared"))
+
+
+def test_input_file(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("x")
+    assert _checks.input_file(path, "--src") == str(path)
+    with pytest.raises(ValueError, match="--src: no such file: .*missing"):
+        _checks.input_file(tmp_path / "missing", "--src")
+    with pytest.raises(ValueError, match="--src must be a file, got a directory"):
+        _checks.input_file(tmp_path, "--src")
+    with pytest.raises(TypeError, match="--src must be a path"):
+        _checks.input_file(3, "--src")
+    if os.geteuid() != 0:
+        path.chmod(0)
+        with pytest.raises(ValueError, match="cannot read"):
+            _checks.input_file(path, "--src")
+
+
+def test_tensor_rank_and_dtype():
+    t = torch.zeros(2, 3)
+    assert _checks.tensor(t, "x", rank=2, legend="(B, S)", floating=True) is t
+    with pytest.raises(TypeError, match=r"x must be a torch.Tensor \(B, S\), got list"):
+        _checks.tensor([1], "x", rank=2, legend="(B, S)")
+    with pytest.raises(ValueError, match=r"x must be 2-D \(B, S\), got shape \(2, 3, 1\)"):
+        _checks.tensor(t[..., None], "x", rank=2, legend="(B, S)")
+    with pytest.raises(TypeError, match="x must be a floating-point tensor, got dtype torch.int64"):
+        _checks.tensor(t.long(), "x", floating=True)
+    with pytest.raises(TypeError, match="x must have dtype torch.bool, got torch.float32"):
+        _checks.tensor(t, "x", dtype=torch.bool)
+
+
+def test_token_mask():
+    like = torch.zeros(2, 5, 4)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    assert _checks.token_mask("m", None, (2, 5), "(B, S)") is None
+    assert _checks.token_mask("m", mask, (2, 5), "(B, S)", like=like) is mask
+    with pytest.raises(TypeError, match=r"m must be a bool tensor \(B, S\), True = valid"):
+        _checks.token_mask("m", mask.float(), (2, 5), "(B, S)")
+    with pytest.raises(ValueError, match=r"m must have shape \(B, S\) = \(2, 5\), got \(2, 4\)"):
+        _checks.token_mask("m", mask[:, :4], (2, 5), "(B, S)")
+    with pytest.raises(ValueError, match="m is on meta but the context is on cpu"):
+        _checks.token_mask("m", mask.to("meta"), (2, 5), "(B, S)", like, "the context is")
+
+
+# --- every public entry point of the layers, functional and masks follows the one rule ------
+
+SMALL = {"heads": 2, "dim_head": 4}
+ENTRY_POINTS = [
+    ("GatedFusion", lambda n: crossattn.GatedFusion(n)),
+    ("FiLM", lambda n: crossattn.FiLM(n, 3)),
+    ("Bidirectional", lambda n: crossattn.BidirectionalCrossAttention(n, 3, heads=n, dim_head=2)),
+    ("Bidirectional-out_dim", lambda n: crossattn.BidirectionalCrossAttention(4, 3, out_dim=n)),
+    ("Gated", lambda n: crossattn.GatedCrossAttentionBlock(n, 3, heads=2, dim_head=n, ff_mult=n)),
+    ("PerceiverEncoder", lambda n: crossattn.PerceiverEncoder(
+        n, num_latents=n, latent_dim=8, depth=n, input_chunk_size=n, **SMALL)),
+    ("PerceiverDecoder", lambda n: crossattn.PerceiverDecoder(n, 8, out_dim=n, ff_mult=n)),
+    ("PerceiverIO", lambda n: crossattn.PerceiverIO(
+        4, num_latents=2, latent_dim=8, depth=1, query_dim=6, num_outputs=n, **SMALL)),
+    ("Retrieval", lambda n: crossattn.RetrievalCrossAttention(n, 3, chunk_size=n, **SMALL)),
+    ("SelfDoc", lambda n: crossattn.SelfDocAttention(n, 3, heads=n, dim_head=2)),
+    ("Encoder", lambda n: crossattn.TransformerEncoderLayer(n, heads=n, dim_ff=n)),
+    ("Decoder", lambda n: crossattn.TransformerDecoderLayer(n, n, heads=n, dim_ff=n)),
+    ("causal_mask", lambda n: crossattn.causal_mask(n, n)),
+    ("lengths_to_key_mask", lambda n: crossattn.lengths_to_key_mask(torch.tensor([1, 2]), n)),
+]  # fmt: skip
+INT_KINDS = [np.int64(4), np.int32(4), torch.tensor(4), torch.tensor(4, dtype=torch.int32)]
+
+
+def _signature(made):
+    """What an entry point built: the shapes of a module's state, or a tensor's values."""
+    if isinstance(made, torch.Tensor):
+        return made.tolist()
+    return {k: tuple(v.shape) for k, v in made.state_dict().items()}
+
+
+@pytest.mark.parametrize("kind", INT_KINDS, ids=lambda v: f"{type(v).__name__}-{v.dtype}")
+@pytest.mark.parametrize(("name", "make"), ENTRY_POINTS, ids=[e[0] for e in ENTRY_POINTS])
+def test_entry_points_take_numpy_and_torch_ints_as_ints(name, make, kind):
+    assert _signature(make(kind)) == _signature(make(4))
+
+
+@pytest.mark.parametrize("bad", [True, 4.0], ids=repr)
+@pytest.mark.parametrize(("name", "make"), ENTRY_POINTS, ids=[e[0] for e in ENTRY_POINTS])
+def test_entry_points_refuse_bools_and_floats(name, make, bad):
+    with pytest.raises(TypeError, match=rf"must be a (positive|non-negative) int, got {bad}"):
+        make(bad)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "1", None], ids=repr)
+def test_gated_fusion_bias_init_is_a_finite_real(bad):
+    with pytest.raises(ValueError, match="bias_init must be a finite real number, got "):
+        crossattn.GatedFusion(4, bias_init=bad)
+    assert crossattn.GatedFusion(4, bias_init=np.float32(-4)).to_gate.bias.eq(-4).all()
