@@ -17,7 +17,7 @@ its weights are copied by parameter name. What the conversion carries over:
 
 Example::
 
-    from crossattn.train import load_model
+    from crossattn.models.checkpoint import load_model
     from crossattn.models.export_ctranslate2 import export_ctranslate2
 
     model, source_vocab, target_vocab = load_model("demo-out/model")
