@@ -8,6 +8,7 @@ normalised (``int``, ``float``, ``str`` path).
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 from collections.abc import Callable
@@ -75,3 +76,50 @@ def as_choice(name: str, value: Any, choices: tuple[str, ...], optional: bool = 
     if (value is None and optional) or value in choices:
         return value
     raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+# Checks as values, for tables and dataclass fields: ``check(name, value) -> value``.
+Check = Callable[[str, Any], Any]
+
+
+def integer(low: int | None = None, optional: bool = False) -> Check:
+    """The `as_int` check with these bounds."""
+    return lambda name, value: as_int(name, value, low, optional)
+
+
+def number(expected: str, ok: Callable[[float], bool], optional: bool = False) -> Check:
+    """The `as_number` check with this range."""
+    return lambda name, value: as_number(name, value, expected, ok, optional)
+
+
+def path(optional: bool = False) -> Check:
+    """The `as_path` check."""
+    return lambda name, value: as_path(name, value, optional)
+
+
+def choice(choices: tuple[str, ...], optional: bool = False) -> Check:
+    """The `as_choice` check with these choices."""
+    return lambda name, value: as_choice(name, value, choices, optional)
+
+
+def instance(kind: type) -> Check:
+    """``value`` itself when it is a ``kind`` (a bool: `as_bool`), else `TypeError`."""
+    if kind is bool:
+        return as_bool
+
+    def check(name: str, value: Any) -> Any:
+        if not isinstance(value, kind):
+            raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+        return value
+
+    return check
+
+
+def finite_positive(v: float) -> bool:
+    return 0 < v < math.inf
+
+
+FINITE_POSITIVE = number("a finite number > 0", finite_positive)
+FINITE_NON_NEGATIVE = number("a finite number >= 0", lambda v: 0 <= v < math.inf)
+PROBABILITY = number("in [0, 1)", lambda v: 0 <= v < 1)
+SECONDS = number("a number >= 0 (or math.inf)", lambda v: v >= 0)

@@ -10,13 +10,25 @@ shared with the command line.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..models.seq2seq import Seq2SeqConfig
 from ..models.tokenizer import KINDS, NORMALIZATIONS
-from ._checks import as_bool, as_choice, as_int, as_number, as_path
+from ._checks import (
+    FINITE_NON_NEGATIVE,
+    FINITE_POSITIVE,
+    PROBABILITY,
+    SECONDS,
+    Check,
+    as_bool,
+    choice,
+    finite_positive,
+    instance,
+    integer,
+    number,
+    path,
+)
 from .rules import (
     ATTENTION_LAYER_DEFAULT,
     Problem,
@@ -27,50 +39,37 @@ from .rules import (
 )
 
 # The model settings of a training run: `Seq2SeqConfig` fields, with the defaults of
-# `crossattn train` (a smaller model than the config's own defaults).
-MODEL_DEFAULTS: dict[str, Any] = {
-    "d_model": 128, "heads": 4, "encoder_layers": 2, "decoder_layers": 2, "dim_ff": 256,
-    "dropout": 0.0, "norm_first": True, "max_len": 128, "tie_embeddings": True,
+# `crossattn train` (a smaller model than the config's own defaults) and their checks.
+_MODEL_OPTIONS: dict[str, tuple[Any, Check]] = {
+    "d_model": (128, integer(1)), "heads": (4, integer(1)), "encoder_layers": (2, integer(1)),
+    "decoder_layers": (2, integer(1)), "dim_ff": (256, integer(1)), "dropout": (0.0, PROBABILITY),
+    "norm_first": (True, as_bool), "max_len": (128, integer(2)), "tie_embeddings": (True, as_bool),
 }  # fmt: skip
+MODEL_DEFAULTS: dict[str, Any] = {name: default for name, (default, _) in _MODEL_OPTIONS.items()}
 MODEL_FIELDS = tuple(MODEL_DEFAULTS)
 
 
+def option(default: Any, check: Check) -> Any:
+    """A `TrainOptions` field: its default (a type: made new for each instance) and the check
+    that `TrainOptions.validate` runs on it."""
+    if isinstance(default, type):
+        return field(default_factory=default, metadata={"check": check})
+    return field(default=default, metadata={"check": check})
+
+
 def _model_settings() -> type:
-    """A keyword-only dataclass of the `MODEL_DEFAULTS` fields, typed as `Seq2SeqConfig` types
-    them: the base of `TrainOptions`."""
+    """A keyword-only dataclass of the model settings, typed as `Seq2SeqConfig` types them:
+    the base of `TrainOptions`."""
     types = {f.name: f.type for f in dataclasses.fields(Seq2SeqConfig)}
     return dataclasses.make_dataclass(
         "ModelSettings",
-        [(name, types[name], field(default=default)) for name, default in MODEL_DEFAULTS.items()],
+        [(name, types[name], option(*spec)) for name, spec in _MODEL_OPTIONS.items()],
         kw_only=True,
     )
 
 
 ModelSettings = _model_settings()
-
-_POSITIVE = ("d_model", "heads", "encoder_layers", "decoder_layers", "dim_ff", "batch_tokens")
-_INTS: dict[str, tuple[int | None, bool]] = {  # name: (lowest value, None allowed)
-    **{name: (1, False) for name in _POSITIVE}, "max_len": (2, False),
-    "steps": (1, True), "stop_after": (1, True), "seed": (None, False), "warmup": (0, False),
-    "dev_size": (0, False), "attention_layer": (None, False), "attention_head": (None, False),
-    "vocab_size": (5, True),
-}  # fmt: skip
-_FINITE_POSITIVE = ("a finite number > 0", lambda v: 0 < v < math.inf)
-_FINITE_NON_NEGATIVE = ("a finite number >= 0", lambda v: 0 <= v < math.inf)
-_PROBABILITY = ("in [0, 1)", lambda v: 0 <= v < 1)
-_SECONDS = ("a number >= 0 (or math.inf)", lambda v: v >= 0)
-_NUMBERS: dict[str, tuple[tuple[str, Any], bool]] = {  # name: ((range as text, check), None ok)
-    "minutes": (_FINITE_POSITIVE, True), "dropout": (_PROBABILITY, False),
-    "lr": (_FINITE_POSITIVE, False), "min_lr_ratio": (("in [0, 1]", lambda v: 0 <= v <= 1), False),
-    "weight_decay": (_FINITE_NON_NEGATIVE, False),
-    "clip": (("a finite number > 0 (the largest gradient norm)", _FINITE_POSITIVE[1]), False),
-    "label_smoothing": (_PROBABILITY, False), "guided_weight": (_FINITE_NON_NEGATIVE, False),
-    "entropy_weight": (_FINITE_NON_NEGATIVE, False),
-    "coverage_weight": (_FINITE_NON_NEGATIVE, False),
-    "eval_seconds": (_SECONDS, False), "save_seconds": (_SECONDS, False),
-}  # fmt: skip
-_BOOLS = ("one_indexed", "skip_bad_lines", "resume", "overwrite", "norm_first", "tie_embeddings",
-          "guided_alignment", "progress")  # fmt: skip
+_OPTIONAL_PATH, _OPTIONAL_STEPS, _OPTIONAL_SIZE = path(True), integer(1, True), integer(5, True)
 
 
 @dataclass(kw_only=True)
@@ -111,68 +110,58 @@ class TrainOptions(ModelSettings):
     ``save_seconds`` may be ``math.inf`` (only at the end).
     """
 
-    data: str
-    out: str
-    alignments: str | None = None
-    one_indexed: bool = False
-    skip_bad_lines: bool = False
-    steps: int | None = None
-    minutes: float | None = None
-    resume: bool = False
-    overwrite: bool = False
-    stop_after: int | None = None
-    seed: int = 0
+    data: str = field(metadata={"check": path()})
+    out: str = field(metadata={"check": path()})
+    alignments: str | None = option(None, _OPTIONAL_PATH)
+    one_indexed: bool = option(False, as_bool)
+    skip_bad_lines: bool = option(False, as_bool)
+    steps: int | None = option(None, _OPTIONAL_STEPS)
+    minutes: float | None = option(None, number("a finite number > 0", finite_positive, True))
+    resume: bool = option(False, as_bool)
+    overwrite: bool = option(False, as_bool)
+    stop_after: int | None = option(None, _OPTIONAL_STEPS)
+    seed: int = option(0, integer())
     # tokens: see crossattn.models.tokenizer (vocab_size None: every word, or 8000 subwords;
     # normalization None: "none" for word, "nfkc" for bpe and unigram)
-    tokenizer: str = "word"
-    vocab_size: int | None = None
-    normalization: str | None = None
+    tokenizer: str = option("word", choice(KINDS))
+    vocab_size: int | None = option(None, _OPTIONAL_SIZE)
+    normalization: str | None = option(None, choice(NORMALIZATIONS, optional=True))
     # optimisation
-    batch_tokens: int = 1500
-    lr: float = 3e-3
-    warmup: int = 50
-    min_lr_ratio: float = 0.05
-    weight_decay: float = 0.01
-    clip: float = 1.0
-    label_smoothing: float = 0.1
+    batch_tokens: int = option(1500, integer(1))
+    lr: float = option(3e-3, FINITE_POSITIVE)
+    warmup: int = option(50, integer(0))
+    min_lr_ratio: float = option(0.05, number("in [0, 1]", lambda v: 0 <= v <= 1))
+    weight_decay: float = option(0.01, FINITE_NON_NEGATIVE)
+    clip: float = option(1.0, number("a finite number > 0 (the largest gradient norm)",
+                                     finite_positive))  # fmt: skip
+    label_smoothing: float = option(0.1, PROBABILITY)
     # attention losses
-    guided_alignment: bool = False
-    guided_weight: float = 1.0
-    attention_layer: int = ATTENTION_LAYER_DEFAULT
-    attention_head: int = 0
-    entropy_weight: float = 0.0
-    coverage_weight: float = 0.0
+    guided_alignment: bool = option(False, as_bool)
+    guided_weight: float = option(1.0, FINITE_NON_NEGATIVE)
+    attention_layer: int = option(ATTENTION_LAYER_DEFAULT, integer())
+    attention_head: int = option(0, integer())
+    entropy_weight: float = option(0.0, FINITE_NON_NEGATIVE)
+    coverage_weight: float = option(0.0, FINITE_NON_NEGATIVE)
     # held-out split, evaluation, saving
-    dev_size: int = 500
-    eval_seconds: float = 60.0
-    save_seconds: float = 120.0
-    progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    dev_size: int = option(500, integer(0))
+    eval_seconds: float = option(60.0, SECONDS)
+    save_seconds: float = option(120.0, SECONDS)
+    progress: bool = option(True, as_bool)
+    extra: dict[str, Any] = option(dict, instance(dict))
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Check every option's type and range: `TypeError` / `ValueError` naming the option."""
-        self.data = as_path("TrainOptions.data", self.data)
-        self.out = as_path("TrainOptions.out", self.out)
-        self.alignments = as_path("TrainOptions.alignments", self.alignments, optional=True)
-        for name in _BOOLS:
-            as_bool(f"TrainOptions.{name}", getattr(self, name))
-        as_choice("TrainOptions.tokenizer", self.tokenizer, KINDS)
-        as_choice("TrainOptions.normalization", self.normalization, NORMALIZATIONS, optional=True)
+        for f in dataclasses.fields(self):
+            name = f"TrainOptions.{f.name}"
+            setattr(self, f.name, f.metadata["check"](name, getattr(self, f.name)))
         if self.resume and self.overwrite:
             raise ValueError(
                 "TrainOptions.resume and TrainOptions.overwrite exclude each other: resume "
                 "continues the model in out, overwrite replaces it"
             )
-        if not isinstance(self.extra, dict):
-            raise TypeError(f"TrainOptions.extra must be a dict, got {type(self.extra).__name__}")
-        for name, (low, optional) in _INTS.items():
-            setattr(self, name, as_int(f"TrainOptions.{name}", getattr(self, name), low, optional))
-        for name, ((expected, ok), optional) in _NUMBERS.items():
-            value = as_number(f"TrainOptions.{name}", getattr(self, name), expected, ok, optional)
-            setattr(self, name, value)
         raise_problem(heads_problem(self.d_model, self.heads))
 
     def model_settings(self) -> dict[str, Any]:
