@@ -336,6 +336,64 @@ def test_options_accept_paths_and_numpy_numbers(tmp_path):
     assert TrainOptions(data="d", out="o", eval_seconds=float("inf")).eval_seconds == float("inf")
 
 
+def test_options_take_integer_scalars_and_refuse_bools_for_every_int():
+    np = pytest.importorskip("numpy")
+    opts = TrainOptions(data="d", out="o", d_model=torch.tensor(32), heads=np.int32(4),
+                        max_len=np.int16(9), vocab_size=np.uint8(50))  # fmt: skip
+    got = (opts.d_model, opts.heads, opts.max_len, opts.vocab_size)
+    assert got == (32, 4, 9, 50) and all(type(v) is int for v in got)
+    for name in ("d_model", "heads", "max_len", "seed", "attention_layer", "vocab_size"):
+        with pytest.raises(TypeError, match=f"TrainOptions.{name} must be an int"):
+            TrainOptions(data="d", out="o", **{name: True})
+
+
+def test_the_model_options_are_the_configs_fields():
+    import dataclasses
+
+    from crossattn.models import Seq2SeqConfig
+    from crossattn.training import MODEL_DEFAULTS
+
+    config = {f.name: f for f in dataclasses.fields(Seq2SeqConfig)}
+    options = {f.name: f for f in dataclasses.fields(TrainOptions)}
+    for name, default in MODEL_DEFAULTS.items():
+        assert options[name].type == config[name].type and options[name].default == default
+    opts = TrainOptions(data="d", out="o", d_model=24, heads=3, max_len=7, tie_embeddings=False)
+    made = opts.model_config(11, 13)
+    assert (made.source_vocab_size, made.target_vocab_size) == (11, 13)
+    assert {k: getattr(made, k) for k in MODEL_DEFAULTS} == opts.model_settings()
+    assert opts.model_settings()["max_len"] == 7 and not opts.model_settings()["tie_embeddings"]
+
+
+def test_library_and_cli_refuse_with_the_same_rule(tmp_path, capsys):
+    from crossattn.commands.train import flag
+    from crossattn.training.rules import heads_problem
+
+    with pytest.raises(ValueError) as lib:
+        TrainOptions(data="d", out="o", d_model=30, heads=4)
+    argv = ["train", "--data", "d", "--out", str(tmp_path / "m"), "--d-model", "30", "--heads", "4"]
+    assert main(argv) == 2
+    assert str(lib.value) == "TrainOptions.heads: " + heads_problem(30, 4).message
+    assert "TrainOptions.d_model 30 must be divisible by TrainOptions.heads" in str(lib.value)
+    cli = capsys.readouterr().err
+    assert "argument --heads: " + heads_problem(30, 4, flag).message in cli
+    assert "--d-model 30 must be divisible by --heads, got --heads 4" in cli
+
+
+def test_pad_ids_pads_every_row_to_the_longest():
+    from crossattn.models.vocab import pad_ids
+    from crossattn.training import Encoded
+
+    ids = pad_ids([(5, 6, 7), (), (8,)], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 0], [8, 0, 0]] and ids.dtype == torch.long
+    assert pad_ids([(), ()], pad_id=1, min_width=2).tolist() == [[1, 1], [1, 1]]
+    batch = collate([Encoded((4, 5), (6,), frozenset()), Encoded((4,), (6, 7, 8), frozenset())],
+                    with_align=False)  # fmt: skip
+    assert batch.source.tolist() == [[4, 5], [4, 0]]
+    assert batch.source_mask.tolist() == [[True, True], [True, False]]
+    assert batch.target_in.tolist() == [[1, 6, 0, 0], [1, 6, 7, 8]]
+    assert batch.target_out.tolist() == [[6, 2, 0, 0], [6, 7, 8, 2]]
+
+
 def test_split_dev_refuses_a_negative_dev_size():
     from crossattn.training import split_dev
 
