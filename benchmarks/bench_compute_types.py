@@ -56,7 +56,7 @@ def quality(args: argparse.Namespace) -> dict:
     from crossattn.align import aer, extract_alignment
     from crossattn.data.parallel import read_parallel
     from crossattn.models import Translator
-    from crossattn.train import Encoded, attention_for_pairs
+    from crossattn.training import Encoded, attention_for_pairs
 
     data = Path(args.data)
     examples = list(read_parallel(str(data / "test.txt"),

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from crossattn.align import DEFAULT_EXTRACTION, aer
     from crossattn.data.toy_translation import generate_corpus, write_corpus
     from crossattn.models import Translator
-    from crossattn.train import TrainOptions, choose_threads, train
+    from crossattn.training import TrainOptions, choose_threads, train
 
     threads = choose_threads(args.threads)
     budget = f"{args.steps}steps" if args.steps else f"{args.minutes:g}min"

@@ -21,7 +21,7 @@ import torch
 from crossattn.grounding import pointing_game
 from crossattn.models.vocab import Vocabulary
 from crossattn.models.vqa import VQAConfig, VQAModel
-from crossattn.vqa_training import (
+from crossattn.training.vqa import (
     VQAOptions,
     _loss,
     encode_questions,

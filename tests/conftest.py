@@ -320,7 +320,7 @@ def write_tiny_translator(
     import json
 
     from crossattn.models import Seq2SeqConfig, Seq2SeqTransformer, Vocabulary
-    from crossattn.train import CONFIG_FILE, SOURCE_VOCAB_FILE, TARGET_VOCAB_FILE, save_model
+    from crossattn.training import CONFIG_FILE, SOURCE_VOCAB_FILE, TARGET_VOCAB_FILE, save_model
 
     src, tgt = Vocabulary.build([source_words]), Vocabulary.build([target_words])
     options = dict(d_model=16, heads=2, encoder_layers=1, decoder_layers=2, dim_ff=32, dropout=0.0)

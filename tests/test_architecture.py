@@ -43,8 +43,6 @@ LAYERS = {
     "commands": 6,
     "cli": 6,
     "__main__": 6,
-    # moving:
-    "checkpoint": 4, "train": 5, "vqa_training": 5,
 }
 
 ENTRY_POINTS = {"from_torch", "from_diffusers", "from_transformers", "from_segment_anything"}

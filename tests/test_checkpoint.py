@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from crossattn.cli import main
-from crossattn.train import TrainOptions, train
+from crossattn.training import TrainOptions, train
 
 SOURCE = "le la chat chien noir blanc dort".split()
 TARGET = "the cat dog black white sleeps".split()
@@ -117,7 +117,10 @@ def test_train_refuses_to_replace_a_model_without_resume_or_overwrite(data, tmp_
     assert f"argument --out: {str(out)!r} already holds a model" in line
     assert "--resume" in line and "--overwrite" in line
     assert _snapshot(out) == before  # untouched
-    with pytest.raises(FileExistsError, match=r"already holds a model .*resume=True.*overwrite"):
+    with pytest.raises(
+        FileExistsError,
+        match=r"already holds a model .*TrainOptions.resume.*TrainOptions.overwrite",
+    ):
         train(_tiny(out, steps=1), _pairs(40))
     assert _snapshot(out) == before
     assert _cli(data, out, "--steps", "1", "--overwrite") == 0
@@ -164,8 +167,8 @@ def test_resume_where_there_is_no_checkpoint_is_an_error(data, tmp_path, capsys)
 def test_the_checkpoint_is_one_file_that_carries_its_step(tmp_path, straight):
     from safetensors import safe_open
 
-    from crossattn.checkpoint import read_checkpoint_state
     from crossattn.models import Translator
+    from crossattn.training.checkpoint import read_checkpoint_state
 
     out = tmp_path / "m"
     train(_tiny(out, stop_after=3), _pairs(40))
@@ -209,7 +212,7 @@ def test_resume_after_the_last_checkpoint_but_before_the_end_finishes_the_run(tm
 
 # ------------------------------------------------------------------ 4. damaged files, no traceback
 def test_resume_from_a_truncated_checkpoint_is_one_clear_line(data, tmp_path, capsys):
-    from crossattn.checkpoint import CheckpointError
+    from crossattn.training.checkpoint import CheckpointError
 
     out = tmp_path / "m"
     assert _cli(data, out, "--steps", "4", "--stop-after", "2") == 0
@@ -268,7 +271,7 @@ def test_train_into_an_unwritable_directory_is_one_clear_line(data, unwritable, 
 # ------------------------------------------------------------------ 4. Ctrl-C
 def _interrupt_at(monkeypatch, call: int) -> None:
     """Send SIGINT to this process while it computes the loss of the `call`-th step."""
-    import crossattn.train as train_module
+    import crossattn.training.loop as train_module
 
     real, calls = train_module.batch_loss, []
 
@@ -303,7 +306,7 @@ def test_ctrl_c_before_the_first_checkpoint_says_so(data, tmp_path, capsys, monk
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("crossattn.train.Seq2SeqTransformer", interrupted)
+    monkeypatch.setattr("crossattn.training.trainer.Seq2SeqTransformer", interrupted)
     assert _cli(data, tmp_path / "m", "--steps", "5") == 130
     assert _last_line(capsys.readouterr().err) == (
         f"crossattn train: interrupted before the first checkpoint: nothing to resume in "

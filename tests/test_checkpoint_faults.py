@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crossattn.train import CHECKPOINT_FILE, STATE_FILE, TrainOptions, train
+from crossattn.training import CHECKPOINT_FILE, STATE_FILE, TrainOptions, train
 
 STEPS = 12
 RUNS = 4  # independent runs, each killed KILLS times, then resumed to the end
@@ -72,7 +72,7 @@ def _mtime(path: Path) -> int | None:
 
 
 def _checkpoint_step(out: Path) -> int | None:
-    from crossattn.checkpoint import read_checkpoint_state
+    from crossattn.training.checkpoint import read_checkpoint_state
 
     try:
         return int(read_checkpoint_state(out / CHECKPOINT_FILE)["step"])
@@ -85,7 +85,7 @@ def test_runs_killed_at_random_instants_resume_to_bitwise_equal_weights(tmp_path
     ctx = multiprocessing.get_context("forkserver")
     # everything a run imports, so that a forked run starts in a fraction of a second
     ctx.set_forkserver_preload(["torch", "torch._dynamo", "safetensors.torch", "crossattn.align",
-                                "crossattn.data.parallel", "crossattn.train", __name__])  # fmt: skip
+                                "crossattn.data.parallel", "crossattn.training", __name__])  # fmt: skip
 
     def start(out: Path, resume: bool):
         p = ctx.Process(target=_run, args=(str(out), resume), daemon=True)

@@ -2,7 +2,7 @@
 
 Every case runs on tiny inputs: an untrained model directory written directly, a corpus of a few
 lines. `train` checks its options before reading the corpus or writing anything, so its cases
-never train (a guard makes `crossattn.train.train` fail if one did).
+never train (a guard makes `crossattn.training.train` fail if one did).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     """Paths of the inputs the cases refer to as {name}."""
     from safetensors.torch import save_file
 
-    from crossattn.train import CONFIG_FILE
+    from crossattn.training import CONFIG_FILE
 
     root = tmp_path_factory.mktemp("cli_errors")
     model = root / "model"
@@ -66,9 +66,9 @@ def files(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture
 def no_training(monkeypatch):
     def fail(*args, **kwargs):
-        raise AssertionError("crossattn.train.train ran: the options were not checked first")
+        raise AssertionError("crossattn.training.train ran: the options were not checked first")
 
-    monkeypatch.setattr("crossattn.train.train", fail)
+    monkeypatch.setattr("crossattn.training.train", fail)
 
 
 def _error(capsys, argv: list[str]) -> str:
@@ -203,7 +203,7 @@ TRAIN_CASES = [
           "argument --out: '{a_file}' is an existing file; expected a directory"),
     _case("train  --data  {pairs_txt}  --out  {a_file}/model  --steps  1",
           "argument --out: cannot make the directory '{a_file}/model'", "is a file"),
-    _case(TRAIN + "--guided-alignment", "argument --guided-alignment: needs --alignments FILE"),
+    _case(TRAIN + "--guided-alignment", "argument --guided-alignment: needs gold links: set --alignments"),
     _case(TRAIN + "--alignments  {pairs_align}  --guided-alignment  --attention-layer  7",
           "argument --attention-layer: got 7, but the model has 2 decoder layer(s); "
           "expected -2..1"),
@@ -235,7 +235,7 @@ def test_train_errors_fire_before_training(capsys, files, no_training, args, exp
 
 def test_train_checks_the_attention_layer_against_the_checkpoint(capsys, tmp_path, files,
                                                                  no_training):  # fmt: skip
-    from crossattn.train import CONFIG_FILE, STATE_FILE
+    from crossattn.training import CONFIG_FILE, STATE_FILE
 
     out = tmp_path / "run"
     out.mkdir()
@@ -254,7 +254,7 @@ def test_train_checks_the_attention_layer_against_the_checkpoint(capsys, tmp_pat
 
 def test_train_passes_checked_options_to_train(monkeypatch, files, tmp_path, capsys):
     """Valid options reach `train` unchanged; the default attention layer fits one layer."""
-    from crossattn.train import TrainResult
+    from crossattn.training import TrainResult
 
     seen = {}
 
@@ -262,7 +262,7 @@ def test_train_passes_checked_options_to_train(monkeypatch, files, tmp_path, cap
         seen["opts"], seen["examples"] = opts, examples
         return TrainResult(Path(opts.out), 1, 0.0, 0.0, {})
 
-    monkeypatch.setattr("crossattn.train.train", fake_train)
+    monkeypatch.setattr("crossattn.training.train", fake_train)
     base = ["train", "--data", files["pairs_txt"], "--out", str(tmp_path / "m"), "--steps", "1"]
     assert main([*base, "--threads", "1"]) == 0
     assert seen["opts"].attention_layer == -2 and len(seen["examples"]) == 2

@@ -338,7 +338,7 @@ def test_view_refuses_capture_options_on_a_plain_file(capsys, tmp_path, option, 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_a_model_directory_has_one_file_mode(tmp_path, umask):
-    from crossattn.train import write_json
+    from crossattn.training import write_json
 
     old = os.umask(umask)
     try:

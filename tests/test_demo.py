@@ -126,7 +126,7 @@ def test_demo_interrupted_is_one_clear_line(tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("crossattn.train.train", interrupted)
+    monkeypatch.setattr("crossattn.training.train", interrupted)
     assert main(["demo", "--out", str(tmp_path / "d"), "--tiny", "--threads", "1"]) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err

@@ -21,7 +21,7 @@ import torch
 from conftest import write_tiny_translator
 from crossattn.cli import main
 from crossattn.models import greedy_decode
-from crossattn.train import WEIGHTS_FILE, load_model
+from crossattn.training import WEIGHTS_FILE, load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ctranslate2 = pytest.importorskip("ctranslate2", reason="pip install 'crossattn[export]'")
@@ -47,7 +47,7 @@ def _reversal_pairs(rng: random.Random, n: int):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(model directory, held-out sources): a 2 + 2 layer pre-norm model that reverses words."""
-    from crossattn.train import TrainOptions, train
+    from crossattn.training import TrainOptions, train
 
     out = tmp_path_factory.mktemp("export") / "trained"
     rng = random.Random(0)

@@ -101,13 +101,17 @@ def test_bpe_translator_results_carry_the_subword_view(bpe_model):
 def test_resume_keeps_the_saved_tokenizer(bpe_model, corpus, tmp_path):
     import shutil
 
-    from crossattn.train import TrainOptions, train
+    from crossattn.training import TrainOptions, train
 
     out = tmp_path / "resumed"
     shutil.copytree(bpe_model, out)
     opts = TrainOptions(data=str(corpus["train"]), out=str(out), steps=6, resume=True,
                         tokenizer="unigram", progress=False)  # fmt: skip
-    with pytest.raises(ValueError, match="resume: tokenizer 'bpe' -> 'unigram': the model saved"):
+    with pytest.raises(
+        ValueError,
+        match=r"resume: these options differ from the model saved in .*\(saved -> given\): "
+        "tokenizer 'bpe' -> 'unigram'",
+    ):
         train(opts)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert _train(corpus, out, "--resume", "--normalization", "nfc") == 2
@@ -126,7 +130,7 @@ def test_resume_keeps_the_saved_tokenizer(bpe_model, corpus, tmp_path):
     ],
 )
 def test_tokenizer_options_are_checked(kwargs, error, match):
-    from crossattn.train import TrainOptions
+    from crossattn.training import TrainOptions
 
     with pytest.raises(error, match=match):
         TrainOptions(data="d", out="o", **kwargs)
@@ -145,7 +149,7 @@ def test_tokenizer_cli_arguments_are_checked(capsys, corpus, tmp_path):
 def test_word_model_directory_keeps_its_layout_and_loads(word_model):
     from crossattn.models import Translator, Vocabulary
     from crossattn.models.tokenizer import WordTokenizer
-    from crossattn.train import load_model
+    from crossattn.training import load_model
 
     assert {p.name for p in word_model.iterdir()} == WORD_MODEL_FILES  # no tokenizer.json
     tr = Translator.load(word_model)

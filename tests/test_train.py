@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from crossattn.cli import main
-from crossattn.train import Batch, TrainOptions, _atomic, batch_loss, batch_norm, collate, train
+from crossattn.models.checkpoint import atomic_write as _atomic
+from crossattn.training import Batch, TrainOptions, batch_loss, batch_norm, collate, train
 
 TINY = ["--d-model", "16", "--heads", "2", "--dim-ff", "24", "--encoder-layers", "1",
         "--decoder-layers", "2", "--batch-tokens", "300", "--warmup", "2", "--dev-size", "20",
@@ -206,7 +207,7 @@ def test_translator_api(model_dir):
 
 
 def _encoded_batch() -> Batch:
-    from crossattn.train import Encoded
+    from crossattn.training import Encoded
 
     examples = [
         Encoded((4, 5, 6), (4, 5), frozenset({(0, 0), (2, 0), (1, 1)})),
@@ -267,7 +268,10 @@ def test_attention_losses_equal_their_definitions(term):
 def test_train_errors(corpus, tmp_path):
     with pytest.raises(ValueError, match="give steps or minutes"):
         train(TrainOptions(data=str(corpus["train"]), out=str(tmp_path)))
-    with pytest.raises(ValueError, match="guided_alignment needs gold links: set TrainOptions"):
+    with pytest.raises(
+        ValueError,
+        match="TrainOptions.guided_alignment: needs gold links: set TrainOptions.alignments",
+    ):
         train(TrainOptions(data=str(corpus["train"]), out=str(tmp_path), steps=1,
                            guided_alignment=True))  # fmt: skip
     with pytest.raises(ValueError, match=r"TrainOptions.steps must be >= 1, got 0"):
@@ -306,7 +310,7 @@ def test_train_errors(corpus, tmp_path):
         ({"entropy_weight": -1}, ValueError, r"TrainOptions.entropy_weight must be a finite"),
         ({"coverage_weight": -1}, ValueError, r"TrainOptions.coverage_weight must be a finite"),
         ({"max_len": 1}, ValueError, r"TrainOptions.max_len must be >= 2, got 1"),
-        ({"heads": 3}, ValueError, r"TrainOptions.d_model=128 must be divisible by heads=3"),
+        ({"heads": 3}, ValueError, r"TrainOptions.d_model 128 must be divisible by TrainOptions.heads, got TrainOptions.heads 3"),
         ({"attention_layer": 1.0}, TypeError, r"TrainOptions.attention_layer must be an int"),
         ({"resume": "no"}, TypeError, r"TrainOptions.resume must be a bool, got 'no'"),
         ({"out": None}, TypeError, r"TrainOptions.out must be a path"),
@@ -332,8 +336,66 @@ def test_options_accept_paths_and_numpy_numbers(tmp_path):
     assert TrainOptions(data="d", out="o", eval_seconds=float("inf")).eval_seconds == float("inf")
 
 
+def test_options_take_integer_scalars_and_refuse_bools_for_every_int():
+    np = pytest.importorskip("numpy")
+    opts = TrainOptions(data="d", out="o", d_model=torch.tensor(32), heads=np.int32(4),
+                        max_len=np.int16(9), vocab_size=np.uint8(50))  # fmt: skip
+    got = (opts.d_model, opts.heads, opts.max_len, opts.vocab_size)
+    assert got == (32, 4, 9, 50) and all(type(v) is int for v in got)
+    for name in ("d_model", "heads", "max_len", "seed", "attention_layer", "vocab_size"):
+        with pytest.raises(TypeError, match=f"TrainOptions.{name} must be an int"):
+            TrainOptions(data="d", out="o", **{name: True})
+
+
+def test_the_model_options_are_the_configs_fields():
+    import dataclasses
+
+    from crossattn.models import Seq2SeqConfig
+    from crossattn.training import MODEL_DEFAULTS
+
+    config = {f.name: f for f in dataclasses.fields(Seq2SeqConfig)}
+    options = {f.name: f for f in dataclasses.fields(TrainOptions)}
+    for name, default in MODEL_DEFAULTS.items():
+        assert options[name].type == config[name].type and options[name].default == default
+    opts = TrainOptions(data="d", out="o", d_model=24, heads=3, max_len=7, tie_embeddings=False)
+    made = opts.model_config(11, 13)
+    assert (made.source_vocab_size, made.target_vocab_size) == (11, 13)
+    assert {k: getattr(made, k) for k in MODEL_DEFAULTS} == opts.model_settings()
+    assert opts.model_settings()["max_len"] == 7 and not opts.model_settings()["tie_embeddings"]
+
+
+def test_library_and_cli_refuse_with_the_same_rule(tmp_path, capsys):
+    from crossattn.commands.train import flag
+    from crossattn.training.rules import heads_problem
+
+    with pytest.raises(ValueError) as lib:
+        TrainOptions(data="d", out="o", d_model=30, heads=4)
+    argv = ["train", "--data", "d", "--out", str(tmp_path / "m"), "--d-model", "30", "--heads", "4"]
+    assert main(argv) == 2
+    assert str(lib.value) == "TrainOptions.heads: " + heads_problem(30, 4).message
+    assert "TrainOptions.d_model 30 must be divisible by TrainOptions.heads" in str(lib.value)
+    cli = capsys.readouterr().err
+    assert "argument --heads: " + heads_problem(30, 4, flag).message in cli
+    assert "--d-model 30 must be divisible by --heads, got --heads 4" in cli
+
+
+def test_pad_ids_pads_every_row_to_the_longest():
+    from crossattn.models.vocab import pad_ids
+    from crossattn.training import Encoded
+
+    ids = pad_ids([(5, 6, 7), (), (8,)], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 0], [8, 0, 0]] and ids.dtype == torch.long
+    assert pad_ids([(), ()], pad_id=1, min_width=2).tolist() == [[1, 1], [1, 1]]
+    batch = collate([Encoded((4, 5), (6,), frozenset()), Encoded((4,), (6, 7, 8), frozenset())],
+                    with_align=False)  # fmt: skip
+    assert batch.source.tolist() == [[4, 5], [4, 0]]
+    assert batch.source_mask.tolist() == [[True, True], [True, False]]
+    assert batch.target_in.tolist() == [[1, 6, 0, 0], [1, 6, 7, 8]]
+    assert batch.target_out.tolist() == [[6, 2, 0, 0], [6, 7, 8, 2]]
+
+
 def test_split_dev_refuses_a_negative_dev_size():
-    from crossattn.train import split_dev
+    from crossattn.training import split_dev
 
     assert [len(x) for x in split_dev(40, 5, 0)] == [36, 4]
     with pytest.raises(ValueError, match="dev_size must be >= 0, got -5"):
@@ -372,16 +434,16 @@ def _tiny(out, **kw) -> TrainOptions:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"max_len": 2}, r"no training pair fits the model: all 20 training pair\(s\) are longer "
-         r"than max_len - 1 = 1 words \(max_len=2; the shortest pair has 3 words\); use "
-         r"max_len >= 4"),
+        ({"max_len": 2}, r"TrainOptions.data: every pair of the training data \(20 pairs\) is "
+         r"longer than max_len - 1 = 1 tokens \(the shortest has 3\); raise "
+         r"TrainOptions.max_len to at least 4"),
         ({"guided_alignment": True, "attention_head": 2},
-         r"TrainOptions.attention_head=2 is out of range: the model has 2 heads; expected -2..1"),
-        ({"guided_alignment": True, "attention_head": -3}, r"attention_head=-3 is out of range"),
+         r"TrainOptions.attention_head: got 2, but the model has 2 heads; expected -2..1"),
+        ({"guided_alignment": True, "attention_head": -3}, r"attention_head: got -3, but"),
         ({"guided_alignment": True, "attention_layer": 2},
-         r"TrainOptions.attention_layer=2 is out of range: the model has 2 decoder layer\(s\); "
+         r"TrainOptions.attention_layer: got 2, but the model has 2 decoder layer\(s\); "
          r"expected -2..1"),
-        ({"entropy_weight": 0.1, "attention_layer": -3}, r"attention_layer=-3 is out of range"),
+        ({"entropy_weight": 0.1, "attention_layer": -3}, r"attention_layer: got -3, but"),
     ],
 )  # fmt: skip
 def test_train_checks_data_against_the_model_before_writing(tmp_path, kwargs, match):
@@ -416,8 +478,9 @@ def resumable(tmp_path) -> Path:
 def test_resume_refuses_another_model_shape(resumable):
     before = {p.name: p.read_bytes() for p in resumable.iterdir()}
     with pytest.raises(ValueError, match=r"resume: these options differ from the model saved in "
-                       r".*\(saved -> given\): d_model 8 -> 16, heads 2 -> 1; .*leave these "
-                       r"options out .*or train a new model in another out directory"):  # fmt: skip
+                       r".*\(saved -> given\): d_model 8 -> 16, heads 2 -> 1; leave them out "
+                       r"to keep the saved model, or train a new model into another "
+                       r"TrainOptions.out"):  # fmt: skip
         train(_tiny(resumable, resume=True, d_model=16, heads=1), _pairs(20))
     assert {p.name: p.read_bytes() for p in resumable.iterdir()} == before
 

@@ -111,7 +111,8 @@ def test_translator_training_step_drops_and_trains():
 
 
 def test_trainer_optimizer_is_fused_and_steps_like_plain_adamw(tmp_path):
-    from crossattn.train import TrainOptions, _make_optimizer
+    from crossattn.training import TrainOptions
+    from crossattn.training.loop import make_optimizer as _make_optimizer
 
     torch.manual_seed(0)
     config = Seq2SeqConfig(23, 29, d_model=16, heads=2, encoder_layers=1, decoder_layers=1,

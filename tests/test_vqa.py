@@ -17,7 +17,7 @@ from crossattn.data.toy_scenes import generate_scenes
 from crossattn.data.vqa import VQARecord, write_vqa_jsonl
 from crossattn.grounding import pointing_game
 from crossattn.models.vqa import VQAConfig, VQAModel, patch_positions
-from crossattn.vqa_training import (
+from crossattn.training.vqa import (
     VQAOptions,
     VQAPredictor,
     _learning_rate,

@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     from ..align.spec import parse_extraction
     from ..data.pharaoh import format_pharaoh
     from ..models.translator import describe_unknown
-    from ..train import choose_threads
+    from ..training import choose_threads
     from ._common import load_translator, read_pairs
 
     try:  # a bad spec fails before any model is loaded

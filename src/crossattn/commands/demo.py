@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_vqa(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..train import choose_threads
+    from ..training import choose_threads
     from .demo_vqa import run_vqa_demo
 
     if args.guided_alignment:
@@ -168,7 +168,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..align import alignment_scores
     from ..data.toy_translation import generate_corpus, write_corpus
     from ..models import Translator
-    from ..train import TrainOptions, choose_threads, train, write_json
+    from ..training import TrainOptions, choose_threads, train, write_json
     from ._compute_type import check_compute_type_runs
 
     check_out(args)
@@ -253,7 +253,7 @@ def _evaluate(tr, corpus) -> dict[str, object]:
     """Dev and test: exact match and BLEU of the greedy translations, AER of the links of the
     force-decoded gold pairs (the chosen extraction and the default); printed as a table."""
     from ..align import DEFAULT_EXTRACTION, aer, extract_alignment
-    from ..train import Encoded, attention_for_pairs
+    from ..training import Encoded, attention_for_pairs
 
     metrics: dict[str, object] = {}
     rows = []

@@ -25,7 +25,7 @@ def _evaluate(predictor: Any, examples: Any, masks: list) -> dict[str, Any]:
     import numpy as np
 
     from ..grounding import grounding_report
-    from ..vqa_training import score
+    from ..training.vqa import score
 
     predictions = predictor.predict(examples)
     scores = score(predictions, examples)
@@ -51,7 +51,7 @@ def _random_weights(result: Any, examples: Any, grounding: str, masks: list) -> 
     import torch
 
     from ..models.vqa import VQAModel
-    from ..vqa_training import VQAPredictor
+    from ..training.vqa import VQAPredictor
 
     torch.manual_seed(12345)
     untrained = VQAModel(result.model.config)
@@ -84,8 +84,8 @@ def _viewer(out: Path, examples: Any, runs: dict[str, dict], shown: int = 12) ->
     layer and head) and the object's box; returns the file name."""
     import torch
 
+    from ..training.vqa import encode_questions, question_images
     from ..viz import batch_examples, to_html
-    from ..vqa_training import encode_questions, question_images
 
     rows = torch.arange(min(shown, len(examples)))
     items = []
@@ -119,7 +119,7 @@ def _line(name: str, ev: dict) -> str:
 
 def run_vqa_demo(out: Path, minutes: float, seed: int, tiny: bool) -> int:
     """Train, evaluate and write the demo's outputs into ``out``; returns the exit status."""
-    from ..vqa_training import (
+    from ..training.vqa import (
         VQAOptions,
         VQAPredictor,
         choose_head,

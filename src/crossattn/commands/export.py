@@ -77,7 +77,7 @@ def _check_packages(fmt: str, extra: tuple[str, ...] = ()) -> None:
 
 
 def _check_model_dir(path: str) -> None:
-    from ..train import CONFIG_FILE, SOURCE_VOCAB_FILE, TARGET_VOCAB_FILE, WEIGHTS_FILE
+    from ..models.checkpoint import CONFIG_FILE, SOURCE_VOCAB_FILE, TARGET_VOCAB_FILE, WEIGHTS_FILE
 
     expected = "expected a model directory written by crossattn train (or crossattn demo)"
     if not os.path.exists(path):
@@ -105,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
     _check_model_dir(args.model)
     from safetensors import SafetensorError
 
+    from ..models.checkpoint import load_model
     from ..models.export_common import check_out_dir
-    from ..train import load_model
 
     try:  # before the model is read: a refused --out costs nothing
         check_out_dir(args.out, args.overwrite, protect=args.model)

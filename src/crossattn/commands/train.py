@@ -26,7 +26,7 @@ from ..cli import (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..train import TrainOptions  # torch-free: TrainOptions only names defaults
+    from ..training import TrainOptions
 
     d = TrainOptions(data="", out="")
     p = parser
@@ -75,41 +75,55 @@ def _add_token_arguments(g: argparse._ArgumentGroup, d: Any) -> None:
                    "for bpe and unigram)")  # fmt: skip
 
 
+# (flag, type, help) of the options of a group, in order: the default is TrainOptions'; a type
+# None is a switch, whose help says its default
+_MODEL_ARGUMENTS = (
+    ("--d-model", positive_int, "model width, a multiple of --heads"),
+    ("--heads", positive_int, "attention heads"),
+    ("--encoder-layers", positive_int, "encoder layers"),
+    ("--decoder-layers", positive_int, "decoder layers"),
+    ("--dim-ff", positive_int, "feed-forward width"),
+    ("--dropout", float_range(0.0, 1.0, high_open=True), "dropout probability"),
+    ("--post-norm", None, "post-norm layers (default: pre-norm)"),
+    ("--max-len", int_at_least(2), "longest sentence, in tokens, BOS or EOS included"),
+    ("--untied", None, "do not tie target embedding and output (default: tied)"),
+)
+_OPTIMISATION_ARGUMENTS = (
+    ("--batch-tokens", positive_int, "source + target tokens per batch"),
+    ("--lr", positive_float, "peak learning rate of AdamW"),
+    ("--warmup", non_negative_int, "linear warm-up steps"),
+    ("--weight-decay", non_negative_float, "AdamW weight decay, not on embeddings, norms or biases"),
+    ("--clip", positive_float, "gradient-norm clipping"),
+    ("--label-smoothing", float_range(0.0, 1.0, high_open=True),
+     "label smoothing of the cross-entropy"),
+)  # fmt: skip
+_REGULARISERS = (
+    ("--entropy-weight", non_negative_float,
+     "weight of the attention-entropy regulariser, sharper maps"),
+    ("--coverage-weight", non_negative_float,
+     "weight of the coverage regulariser, every source word attended once"),
+)  # fmt: skip
+_EVALUATION_ARGUMENTS = (
+    ("--dev-size", non_negative_int, "pairs held out for dev, at most a tenth"),
+    ("--eval-seconds", non_negative_float, "seconds between dev evaluations"),
+    ("--save-seconds", non_negative_float, "seconds between checkpoints, 0: every step"),
+    ("--no-progress", None, "no progress bar (default: a bar on stderr)"),
+)
+
+
+def _add_table(g: argparse._ArgumentGroup, d: Any, table: tuple) -> None:
+    """The options of ``table`` (see `_MODEL_ARGUMENTS`), with the defaults of ``d``."""
+    for name, kind, text in table:
+        if kind is None:
+            g.add_argument(name, action="store_true", help=text)
+            continue
+        default = getattr(d, name[2:].replace("-", "_"))
+        g.add_argument(name, type=kind, default=default, help=f"{text} (default: %(default)s)")
+
+
 def _add_model_and_training_arguments(p: argparse.ArgumentParser, d: Any) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--d-model", type=positive_int, default=d.d_model,
-                   help="model width, a multiple of --heads (default: %(default)s)")  # fmt: skip
-    g.add_argument("--heads", type=positive_int, default=d.heads,
-                   help="attention heads (default: %(default)s)")  # fmt: skip
-    g.add_argument("--encoder-layers", type=positive_int, default=d.encoder_layers,
-                   help="encoder layers (default: %(default)s)")  # fmt: skip
-    g.add_argument("--decoder-layers", type=positive_int, default=d.decoder_layers,
-                   help="decoder layers (default: %(default)s)")  # fmt: skip
-    g.add_argument("--dim-ff", type=positive_int, default=d.dim_ff,
-                   help="feed-forward width (default: %(default)s)")  # fmt: skip
-    g.add_argument("--dropout", type=float_range(0.0, 1.0, high_open=True), default=d.dropout,
-                   help="dropout probability (default: %(default)s)")  # fmt: skip
-    g.add_argument("--post-norm", action="store_true",
-                   help="post-norm layers (default: pre-norm)")  # fmt: skip
-    g.add_argument("--max-len", type=int_at_least(2), default=d.max_len,
-                   help="longest sentence, in tokens, BOS or EOS included (default: %(default)s)")  # fmt: skip
-    g.add_argument("--untied", action="store_true",
-                   help="do not tie target embedding and output (default: tied)")  # fmt: skip
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-tokens", type=positive_int, default=d.batch_tokens,
-                   help="source + target tokens per batch (default: %(default)s)")  # fmt: skip
-    g.add_argument("--lr", type=positive_float, default=d.lr,
-                   help="peak learning rate of AdamW (default: %(default)s)")  # fmt: skip
-    g.add_argument("--warmup", type=non_negative_int, default=d.warmup,
-                   help="linear warm-up steps (default: %(default)s)")  # fmt: skip
-    g.add_argument("--weight-decay", type=non_negative_float, default=d.weight_decay,
-                   help="AdamW weight decay, not on embeddings, norms or biases "
-                   "(default: %(default)s)")  # fmt: skip
-    g.add_argument("--clip", type=positive_float, default=d.clip,
-                   help="gradient-norm clipping (default: %(default)s)")  # fmt: skip
-    g.add_argument("--label-smoothing", type=float_range(0.0, 1.0, high_open=True),
-                   default=d.label_smoothing,
-                   help="label smoothing of the cross-entropy (default: %(default)s)")  # fmt: skip
+    _add_table(p.add_argument_group("model"), d, _MODEL_ARGUMENTS)
+    _add_table(p.add_argument_group("optimisation"), d, _OPTIMISATION_ARGUMENTS)
     g = p.add_argument_group("attention losses")
     g.add_argument("--guided-alignment", action="store_true",
                    help="supervise one cross-attention head with --alignments, as Garg et al. "
@@ -123,26 +137,13 @@ def _add_model_and_training_arguments(p: argparse.ArgumentParser, d: Any) -> Non
     g.add_argument("--attention-head", type=int, default=d.attention_head,
                    help="head of the guided-alignment loss, in -H..H-1 for H heads "
                    "(default: %(default)s)")  # fmt: skip
-    g.add_argument("--entropy-weight", type=non_negative_float, default=d.entropy_weight,
-                   help="weight of the attention-entropy regulariser, sharper maps "
-                   "(default: %(default)s)")  # fmt: skip
-    g.add_argument("--coverage-weight", type=non_negative_float, default=d.coverage_weight,
-                   help="weight of the coverage regulariser, every source word attended once "
-                   "(default: %(default)s)")  # fmt: skip
-    g = p.add_argument_group("evaluation and checkpoints")
-    g.add_argument("--dev-size", type=non_negative_int, default=d.dev_size,
-                   help="pairs held out for dev, at most a tenth (default: %(default)s)")  # fmt: skip
-    g.add_argument("--eval-seconds", type=non_negative_float, default=d.eval_seconds,
-                   help="seconds between dev evaluations (default: %(default)s)")  # fmt: skip
-    g.add_argument("--save-seconds", type=non_negative_float, default=d.save_seconds,
-                   help="seconds between checkpoints, 0: every step (default: %(default)s)")  # fmt: skip
-    g.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (default: a bar on stderr)")  # fmt: skip
+    _add_table(g, d, _REGULARISERS)
+    _add_table(p.add_argument_group("evaluation and checkpoints"), d, _EVALUATION_ARGUMENTS)
     add_threads_argument(p)
 
 
 def options_from_args(args: argparse.Namespace):
-    from ..train import TrainOptions
+    from ..training import TrainOptions
 
     kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainOptions)
           if hasattr(args, f.name)}  # fmt: skip
@@ -156,9 +157,20 @@ def options_from_args(args: argparse.Namespace):
     return TrainOptions(**kw)
 
 
+def flag(option: str) -> str:
+    """The command-line flag of a `TrainOptions` field: ``max_len`` -> ``--max-len``."""
+    return "--" + option.replace("_", "-")
+
+
+def _refuse(problem: Any) -> None:
+    """Raise a training rule's `Problem` (when there is one) as a `CommandError`."""
+    if problem is not None:
+        raise CommandError(f"argument {flag(problem.option)}: {problem.message}")
+
+
 def _model_shape(args: argparse.Namespace) -> tuple[str, dict]:
     """Where the model shape comes from (the options, or the checkpoint when resuming), and it."""
-    from ..train import CONFIG_FILE
+    from ..models.checkpoint import CONFIG_FILE
 
     saved = os.path.join(args.out, CONFIG_FILE)
     if args.resume and os.path.isfile(saved):
@@ -178,35 +190,22 @@ def _model_shape(args: argparse.Namespace) -> tuple[str, dict]:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Cross-option checks, before any file is read or written: `CommandError` on the first."""
-    from ..train import TrainOptions
+    """Cross-option checks, before any file is read or written: `CommandError` on the first.
+    The rules are the library's (`crossattn.training.rules`), naming the flags."""
+    from ..training.rules import (
+        attention_problem,
+        gold_links_problem,
+        heads_problem,
+        resolve_attention_layer,
+    )
 
-    if args.d_model % args.heads:
-        ok = [h for h in range(1, min(args.d_model, 16) + 1) if args.d_model % h == 0]
-        raise CommandError(
-            f"argument --heads: --d-model {args.d_model} must be divisible by --heads, got "
-            f"--heads {args.heads}; expected one of {ok}{' ...' if args.d_model > 16 else ''} "
-            "(or change --d-model)"
-        )
-    if args.guided_alignment and not args.alignments:
-        raise CommandError(
-            "argument --guided-alignment: needs --alignments FILE with the gold links of --data"
-        )
+    _refuse(heads_problem(args.d_model, args.heads, flag))
+    _refuse(gold_links_problem(args.guided_alignment, args.alignments, flag))
     source, shape = _model_shape(args)
     layers, heads = shape["decoder_layers"], shape["heads"]
-    if args.attention_layer is None:
-        # the default: the second layer from the top, or the only one
-        args.attention_layer = max(TrainOptions.attention_layer, -layers)
-    if not -layers <= args.attention_layer < layers:
-        raise CommandError(
-            f"argument --attention-layer: got {args.attention_layer}, but {source} has {layers} "
-            f"decoder layer(s); expected {-layers}..{layers - 1} (negative: from the top)"
-        )
-    if not -heads <= args.attention_head < heads:
-        raise CommandError(
-            f"argument --attention-head: got {args.attention_head}, but {source} has {heads} "
-            f"heads; expected {-heads}..{heads - 1}"
-        )
+    args.attention_layer = resolve_attention_layer(args.attention_layer, layers)
+    _refuse(attention_problem(args.attention_layer, args.attention_head, layers, heads, source,
+                              flag))  # fmt: skip
     for option, path in (("--data", args.data), ("--alignments", args.alignments)):
         if path is not None and not os.path.isfile(path):
             what = "is a directory" if os.path.isdir(path) else "no such file"
@@ -217,23 +216,17 @@ def check_args(args: argparse.Namespace) -> None:
 def _check_out(args: argparse.Namespace) -> None:
     """--out fits --resume / --overwrite, holds a readable checkpoint to resume from, and can
     be written."""
-    from ..train import CHECKPOINT_FILE, model_files
+    from ..training import CHECKPOINT_FILE
+    from ..training.distributed import main_process
+    from ..training.rules import out_dir_problem
     from ._common import check_output_dir
 
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 checks and writes
+    if not main_process():  # under torchrun, rank 0 checks and writes
         return
     check_output_dir(args.out)
-    found = model_files(args.out)
-    if args.resume and CHECKPOINT_FILE not in found:
-        what = "it holds no model files" if os.path.isdir(args.out) else "no such directory"
-        if found:
-            what = f"it holds {', '.join(found)}, but no {CHECKPOINT_FILE}"
-        raise CommandError(
-            f"argument --resume: no checkpoint found in {args.out!r} ({what}); check the path, "
-            "or start a new run without --resume" + (" and with --overwrite" if found else "")
-        )
+    _refuse(out_dir_problem(args.out, args.resume, args.overwrite, flag))
     if args.resume:
-        from ..checkpoint import CheckpointError, read_checkpoint_state
+        from ..training.checkpoint import CheckpointError, read_checkpoint_state
 
         try:
             read_checkpoint_state(os.path.join(args.out, CHECKPOINT_FILE))
@@ -241,12 +234,6 @@ def _check_out(args: argparse.Namespace) -> None:
             raise CommandError(
                 f"argument --resume: cannot resume: {err}; start a new run with --overwrite"
             ) from err
-    elif found and not args.overwrite:
-        shown = ", ".join(found[:3]) + (" ..." if len(found) > 3 else "")
-        raise CommandError(
-            f"argument --out: {args.out!r} already holds a model ({shown}); continue its "
-            "training with --resume, or replace it with --overwrite (or choose another --out)"
-        )
     check_writable_dir(args.out)
 
 
@@ -283,65 +270,49 @@ def check_writable_dir(path: str, option: str = "--out") -> None:
 def read_examples(args: argparse.Namespace, opts) -> list:
     """The corpus of `opts`; malformed or unusable text is a `CommandError`."""
     from ..data.parallel import ParallelFormatError
-    from ..train import _read_examples
+    from ..training import read_examples
+    from ..training.rules import pairs_problem
 
     try:
-        examples = _read_examples(opts)
+        examples = read_examples(opts)
     except ParallelFormatError as err:
         option = (
             "--alignments" if args.alignments and err.path == str(args.alignments) else "--data"
         )
         raise CommandError(f"argument {option}: {err}") from err
-    if not examples:
-        raise CommandError(f"argument --data: {args.data!r} holds no sentence pairs")
     _, shape = _model_shape(args)
-    limit = shape["max_len"] - 1  # room for BOS / EOS
-    if not any(len(e.source) <= limit and len(e.target) <= limit for e in examples):
-        shortest = min(max(len(e.source), len(e.target)) for e in examples)
-        raise CommandError(
-            f"argument --data: every pair of {args.data!r} is longer than max_len - 1 = {limit} "
-            f"words (the shortest has {shortest}); raise --max-len to at least {shortest + 1}"
-        )
+    lengths = [max(len(e.source), len(e.target)) for e in examples]
+    _refuse(pairs_problem(lengths, shape["max_len"], repr(args.data), "words", flag))
     return examples
 
 
 def _check_resume(args: argparse.Namespace, opts: Any) -> None:
     """A resumed run keeps the saved model: options that set another shape are refused."""
-    from ..models import Seq2SeqConfig
-    from ..train import CONFIG_FILE, _resume_conflicts
+    from ..models.checkpoint import CONFIG_FILE, read_config
+    from ..training.rules import resume_problem
 
-    saved = os.path.join(args.out, CONFIG_FILE)
     if not args.resume:
         return
     try:
-        with open(saved, encoding="utf-8") as f:
-            config = Seq2SeqConfig.from_dict(json.load(f)["model"])
+        config = read_config(args.out)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CommandError(
-            f"argument --resume: cannot read the saved model from {saved!r} "
-            f"({type(err).__name__}: {err}); expected the checkpoint of crossattn train"
+            f"argument --resume: cannot read the saved model from "
+            f"{os.path.join(args.out, CONFIG_FILE)!r} ({type(err).__name__}: {err}); expected "
+            "the checkpoint of crossattn train"
         ) from err
-    from ..models.tokenizer import resume_conflicts
-
     try:
-        conflicts = _resume_conflicts(opts, config)
-        conflicts += resume_conflicts(args.out, opts.tokenizer, opts.normalization)
+        problem = resume_problem(opts, config, flag)
     except ValueError as err:
         raise CommandError(f"argument --resume: {err}") from err
-    if conflicts:
-        raise CommandError(
-            f"argument --resume: these options differ from the model saved in {args.out!r} "
-            f"(saved -> given): {', '.join(conflicts)}; leave them out to keep the saved model, "
-            "or train a new model into another --out"
-        )
+    _refuse(problem)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import CheckpointError  # torch is imported already (add_arguments)
+    from ..training import CheckpointError, choose_threads, train
+    from ..training.distributed import main_process
 
     try:
-        from ..train import choose_threads, train
-
         check_args(args)
         choose_threads(args.threads)
         opts = options_from_args(args)
@@ -349,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
         examples = read_examples(args, opts)
         for opts_k, examples_k in _directions(args, opts, examples):
             result = train(opts_k, examples_k)
-            if int(os.environ.get("RANK", "0")) == 0:
+            if main_process():
                 print(json.dumps({"out": str(result.out), "steps": result.steps,
                                   "seconds": round(result.seconds, 1), "dev": result.dev}))  # fmt: skip
     except KeyboardInterrupt as err:
@@ -366,14 +337,16 @@ def run(args: argparse.Namespace) -> int:
 def _say(message: str) -> None:
     import sys
 
-    if int(os.environ.get("RANK", "0")) == 0:
+    from ..training.distributed import main_process
+
+    if main_process():
         print(message, file=sys.stderr, flush=True)
 
 
 def interrupted_message(args: argparse.Namespace, step: int | None) -> str:
     """One line for Ctrl-C: which checkpoint ``args.out`` keeps and how to go on."""
-    from ..checkpoint import read_checkpoint_state
-    from ..train import CHECKPOINT_FILE, model_files
+    from ..training import CHECKPOINT_FILE, model_files
+    from ..training.checkpoint import read_checkpoint_state
 
     try:
         kept = int(read_checkpoint_state(os.path.join(args.out, CHECKPOINT_FILE))["step"])

@@ -182,7 +182,7 @@ def _write(
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import choose_threads
+    from ..training import choose_threads
     from ._common import check_output_file, load_translator
 
     choose_threads(args.threads)

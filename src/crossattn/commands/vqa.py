@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _read(path: str, size: int, need_answer: bool):
     from ..data.vqa import read_vqa_jsonl
-    from ..vqa_training import examples_from_records
+    from ..training.vqa import examples_from_records
 
     with input_errors("argument --data"):
         records = read_vqa_jsonl(path, size=size, require_answer=need_answer)
@@ -59,7 +59,7 @@ def _read(path: str, size: int, need_answer: bool):
 
 
 def _load(path: str):
-    from ..vqa_training import load_vqa
+    from ..training.vqa import load_vqa
 
     if not os.path.isdir(path):
         raise CommandError(f"argument --model: no such directory: {path!r}; expected a model "
@@ -69,7 +69,7 @@ def _load(path: str):
 
 
 def _train(args: argparse.Namespace, start: float) -> int:
-    from ..vqa_training import VQAOptions, VQAPredictor, choose_head, save_vqa, train_vqa
+    from ..training.vqa import VQAOptions, VQAPredictor, choose_head, save_vqa, train_vqa
     from ._common import check_output_dir
 
     check_output_dir(args.out)
@@ -98,7 +98,7 @@ def _train(args: argparse.Namespace, start: float) -> int:
 
 def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
-    from ..train import choose_threads
+    from ..training import choose_threads
 
     choose_threads(args.threads)
     if args.action == "train":
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         for p in predictions:
             sys.stdout.write(json.dumps(p) + "\n")
         return 0
-    from ..vqa_training import score
+    from ..training.vqa import score
 
     print(json.dumps(score(predictions, examples), indent=2))
     return 0

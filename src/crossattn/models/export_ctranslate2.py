@@ -17,11 +17,10 @@ its weights are copied by parameter name. What the conversion carries over:
 
 Example::
 
-    from crossattn.train import load_model
+    from crossattn.models.checkpoint import load_model
     from crossattn.models.export_ctranslate2 import export_ctranslate2
 
-    model, source_vocab, target_vocab = load_model("demo-out/model")
-    export_ctranslate2(model, source_vocab, target_vocab, "demo-out/ct2")
+    export_ctranslate2(*load_model("demo-out/model"), "demo-out/ct2")
     # ctranslate2.Translator("demo-out/ct2").translate_batch([["the", "red", "car"]], beam_size=1)
 """
 
@@ -32,14 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .export_common import (
-    check_out_dir,
-    check_vocabularies,
-    model_weights,
-    norm_eps,
-    require,
-    staged_directory,
-)
+from . import export_common as common
 from .seq2seq import Seq2SeqTransformer
 from .vocab import SPECIALS, Vocabulary
 
@@ -95,11 +87,11 @@ def ctranslate2_spec(model: Seq2SeqTransformer, source_vocab: Vocabulary, target
         ImportError: ctranslate2 is not installed.
         TypeError / ValueError: not a `Seq2SeqTransformer`, or vocabularies of another size.
     """
-    require("ctranslate2", "exporting to CTranslate2")
+    common.require("ctranslate2", "exporting to CTranslate2")
     from ctranslate2.specs import transformer_spec
 
-    check_vocabularies(model, source_vocab, target_vocab)
-    w = model_weights(model)
+    common.check_vocabularies(model, source_vocab, target_vocab)
+    w = common.model_weights(model)
     c = model.config
     positions = model.positions.detach().to("cpu", torch.float32).numpy()  # (max_len, D)
     encoder = transformer_spec.TransformerEncoderSpec(
@@ -131,7 +123,7 @@ def ctranslate2_spec(model: Seq2SeqTransformer, source_vocab: Vocabulary, target
     never[[c.pad_id, c.bos_id]] = float("-inf")  # our decoding never produces them
     _set_linear(decoder.projection, w["output.weight"], never)
     spec = transformer_spec.TransformerSpec(encoder, decoder)
-    spec.config.layer_norm_epsilon = norm_eps(model)
+    spec.config.layer_norm_epsilon = common.norm_eps(model)
     pad, bos, eos, unk = SPECIALS
     spec.config.unk_token, spec.config.bos_token, spec.config.eos_token = unk, bos, eos
     spec.config.decoder_start_token = bos
@@ -173,10 +165,10 @@ def export_ctranslate2(
         raise ValueError(
             f"quantization must be one of {', '.join(QUANTIZATIONS)} or None, got {quantization!r}"
         )
-    out = check_out_dir(out, overwrite, protect=model_dir)
+    out = common.check_out_dir(out, overwrite, protect=model_dir)
     spec = ctranslate2_spec(model, source_vocab, target_vocab)
     spec.validate()
     spec.optimize(quantization=quantization)
-    with staged_directory(out) as staged:
+    with common.staged_directory(out) as staged:
         spec.save(str(staged))
     return out

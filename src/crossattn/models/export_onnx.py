@@ -23,7 +23,7 @@ Shapes (L decoder layers, H heads, Dh = d_model / H, B rows, S source tokens, P 
 
 Example::
 
-    from crossattn.train import load_model
+    from crossattn.models.checkpoint import load_model
     from crossattn.models.export_onnx import export_onnx
 
     model, source_vocab, target_vocab = load_model("demo-out/model")

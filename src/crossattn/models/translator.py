@@ -33,7 +33,7 @@ from torch import Tensor
 from .decoding import beam_search, force_decode_attention, greedy_decode
 from .seq2seq import PAD_ID, Seq2SeqTransformer
 from .tokenizer import Encoding, Tokenizer, WordTokenizer, load_tokenizers, pool_to_words
-from .vocab import Vocabulary
+from .vocab import Vocabulary, pad_ids
 
 
 @dataclass
@@ -141,7 +141,7 @@ class Translator:
         `compute_type` is one of `crossattn.models.COMPUTE_TYPES` (see `quantize`).
         """
         from ..align import DEFAULT_EXTRACTION, ExtractionConfig
-        from ..train import EXTRACTION_FILE, load_model
+        from .checkpoint import EXTRACTION_FILE, load_model
         from .quantize import check_compute_type, quantize
 
         check_compute_type(compute_type)
@@ -197,11 +197,7 @@ class Translator:
 
     def _source(self, encodings: Sequence[Encoding]) -> tuple[Tensor, Tensor]:
         """Padded source ids (B, S) and their mask (B, S), True = a token."""
-        s = max(len(e) for e in encodings)
-        ids = torch.full((len(encodings), s), PAD_ID, dtype=torch.long)
-        for r, e in enumerate(encodings):
-            ids[r, : len(e)] = torch.tensor(e.ids, dtype=torch.long)
-        ids = ids.to(self.device)
+        ids = pad_ids([e.ids for e in encodings]).to(self.device)
         return ids, ids != PAD_ID
 
     def _encode_sources(self, words: Sequence[tuple[str, ...]]) -> list[Encoding]:

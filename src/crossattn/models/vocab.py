@@ -8,9 +8,23 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import torch
+from torch import Tensor
+
 from .seq2seq import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")  # ids PAD_ID, BOS_ID, EOS_ID, UNK_ID
+
+
+def pad_ids(rows: Sequence[Sequence[int]], pad_id: int = PAD_ID, min_width: int = 0) -> Tensor:
+    """Id sequences as one (B, W) long tensor, each row followed by ``pad_id`` up to the longest
+    (W = the longest row, at least ``min_width``); ``ids != pad_id`` is the token mask (B, W)."""
+    width = max([min_width, *(len(r) for r in rows)])
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for r, row in enumerate(rows):
+        if len(row):
+            ids[r, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return ids
 
 
 class Vocabulary:

@@ -20,7 +20,7 @@ question_mask (B, T) bool, True = a real token. Patch ``p`` is row ``p // grid``
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import KW_ONLY, asdict, dataclass, fields
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -36,20 +36,25 @@ __all__ = ["VQAConfig", "VQAModel", "VQAOutput", "patch_positions"]
 
 @dataclass(frozen=True)
 class VQAConfig:
-    """Sizes of a `VQAModel`; ``image_size`` must be a multiple of ``grid``."""
+    """Sizes of a `VQAModel`, by the part of the model they size; ``image_size`` must be a
+    multiple of ``grid``. Every field after ``n_answers`` is keyword-only."""
 
     vocab_size: int
     n_answers: int
+    _: KW_ONLY
+    # the image encoder: patches of a grid x grid split, its stem and self-attention layers
     image_size: int = 64
     grid: int = 8
+    stem: Literal["linear", "conv", "cnn"] = "linear"
+    image_layers: int = 1
+    # the question encoder, then the cross-attention blocks and what the answer head reads
+    text_layers: int = 1
+    cross_layers: int = 1
+    readout: Literal["query", "mean"] = "query"
+    # every layer
     d_model: int = 128
     heads: int = 4
     dim_ff: int = 256
-    text_layers: int = 1
-    image_layers: int = 1
-    cross_layers: int = 1
-    stem: Literal["linear", "conv", "cnn"] = "linear"
-    readout: Literal["query", "mean"] = "query"
     dropout: float = 0.0
     pad_id: int = 0
 

@@ -37,11 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data.toy_scenes import Scene
-from .data.vqa import VQARecord
-from .grounding import map_point
-from .models.vocab import Vocabulary
-from .models.vqa import VQAConfig, VQAModel
+from ..data.toy_scenes import Scene
+from ..data.vqa import VQARecord
+from ..grounding import map_point
+from ..models.vocab import Vocabulary, pad_ids
+from ..models.vqa import VQAConfig, VQAModel
 
 __all__ = [
     "VQAExamples",
@@ -179,7 +179,7 @@ def examples_from_scenes(scenes: Sequence[Scene], grid: int = 8) -> VQAExamples:
 
 def scene_questions(count: int, seed: int) -> VQAExamples:
     """``count`` questions about generated scenes (seeded), from as few scenes as it takes."""
-    from .data.toy_scenes import generate_scenes
+    from ..data.toy_scenes import generate_scenes
 
     n = max(2, count // 5)
     while True:
@@ -240,11 +240,7 @@ class VQATrainResult:
 def encode_questions(
     vocab: Vocabulary, questions: Sequence[Sequence[str]]
 ) -> tuple[Tensor, Tensor]:
-    t = max(1, max((len(q) for q in questions), default=1))
-    ids = torch.zeros(len(questions), t, dtype=torch.long)  # 0 = <pad>
-    for k, q in enumerate(questions):
-        if q:
-            ids[k, : len(q)] = torch.tensor(vocab.encode(q))
+    ids = pad_ids([vocab.encode(q) if q else [] for q in questions], min_width=1)  # 0 = <pad>
     return ids, ids != 0
 
 

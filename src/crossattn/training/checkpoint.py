@@ -1,4 +1,4 @@
-"""Atomic files and the training checkpoint: a model, its optimizer and its step, as one file.
+"""The training checkpoint: a model, its optimizer and its step, as one file.
 
 A checkpoint is a single safetensors file: the model's parameters and persistent buffers
 (``model.NAME``), the optimizer's per-parameter state (``optimizer.INDEX.KEY``, e.g. AdamW's
@@ -7,23 +7,22 @@ It is written to a temporary file in the same directory, flushed to disk and ren
 previous one, so a process killed at any instant leaves either the previous checkpoint or the
 new one, never a mixture of two steps, and never half a file under the checkpoint's name.
 
-`crossattn.train` lays out the model directory and decides when to save; this module knows
-nothing about that layout.
+`crossattn.training.rundir` lays out the model directory and decides when to save; this module
+knows nothing about that layout. Files are written with `crossattn.models.checkpoint.atomic_write`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
-import shutil
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from ..models.checkpoint import atomic_write
 
 FORMAT = "crossattn-checkpoint-1"
 
@@ -32,65 +31,6 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read (truncated, not a checkpoint, another model)."""
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
-    """Run ``write(tmp)`` on a temporary file beside ``path``, flush it to disk, rename it to
-    ``path``. When ``write`` fails, ``path`` keeps its previous content and no file is left.
-
-    The temporary file lies in a folder of its own, ``.NAME.tmpPID`` beside ``path`` (writers
-    such as safetensors make temporaries of their own beside the file they are given), so that
-    what a killed process leaves behind is one folder named after ``path``: see `temporaries`.
-    """
-    path = Path(path)
-    folder = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    folder.mkdir(exist_ok=True)
-    tmp = folder / path.name
-    try:
-        write(tmp)
-        _fsync(tmp)
-        umask = os.umask(0o022)  # read it back: one mode for every file, as open() gives
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    _fsync_dir(path.parent)
-
-
-def temporaries(path: str | os.PathLike) -> list[Path]:
-    """What `atomic_write` of ``path`` left behind in processes that were killed meanwhile."""
-    path = Path(path)
-    return sorted(path.parent.glob(f".{path.name}.tmp*"))
-
-
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON atomically (see `atomic_write`)."""
-    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (POSIX; a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as err:  # some file systems refuse fsync on a directory
-        if err.errno not in (errno.EINVAL, errno.EBADF, errno.EROFS):
-            raise
-    finally:
-        os.close(fd)
-
-
-# --------------------------------------------------------------------------------- checkpoint
 def _model_tensors(model: torch.nn.Module) -> dict[str, Tensor]:
     """Parameters (a tied one once) and persistent buffers, by name."""
     persistent = set(model.state_dict(keep_vars=True))
