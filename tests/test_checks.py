@@ -158,6 +158,92 @@ def test_token_mask():
         _checks.token_mask("m", mask.to("meta"), (2, 5), "(B, S)", like, "the context is")
 
 
+def test_positive_and_nonnegative_reals_and_open_or_infinite_bounds():
+    assert _checks.positive_real(np.float32(0.5), "lr") == 0.5
+    assert _checks.nonnegative_real(0, "decay") == 0.0
+    with pytest.raises(ValueError, match=r"^lr must be in \(0, inf\), got 0$"):
+        _checks.positive_real(0, "lr")
+    with pytest.raises(ValueError, match=r"lr must be in \(0, inf\), got inf"):
+        _checks.positive_real(float("inf"), "lr")
+    with pytest.raises(TypeError, match=r"^lr must be a real number in \(0, inf\), got True"):
+        _checks.positive_real(True, "lr")
+    with pytest.raises(ValueError, match=r"^decay must be in \[0, inf\), got -0.1$"):
+        _checks.nonnegative_real(-0.1, "decay")
+    assert _checks.real(float("inf"), "every", low=0.0, infinite=True) == float("inf")
+    for bad in (float("nan"), -1.0, float("-inf")):
+        with pytest.raises(ValueError, match=r"^every must be in \[0, inf\], got "):
+            _checks.real(bad, "every", low=0.0, infinite=True)
+    assert _checks.real(1, "ratio", low=0.0, high=1.0, high_open=False) == 1.0
+
+
+@pytest.mark.parametrize("value", [True, False, np.bool_(True), torch.tensor(False)], ids=repr)
+def test_boolean_takes_bools_of_every_kind_as_bool(value):
+    got = _checks.boolean(value, "flag")
+    assert type(got) is bool and got == bool(value)
+
+
+@pytest.mark.parametrize("value", [1, 0, "yes", None, torch.tensor([True])], ids=repr)
+def test_boolean_refuses_everything_else(value):
+    with pytest.raises(TypeError, match="^flag must be a bool, got "):
+        _checks.boolean(value, "flag")
+
+
+def test_path_and_output_paths(tmp_path):
+    a_file = tmp_path / "a.txt"
+    a_file.write_text("x")
+    assert _checks.path(tmp_path / "missing", "out") == str(tmp_path / "missing")
+    with pytest.raises(TypeError, match=r"^out must be a path \(str or os.PathLike\), got None"):
+        _checks.path(None, "out")
+    assert _checks.output_dir(tmp_path / "new" / "deeper", "--out") == str(tmp_path / "new/deeper")
+    assert _checks.output_dir(tmp_path, "--out") == str(tmp_path)
+    with pytest.raises(ValueError, match="^--out: '.*a.txt' is an existing file; expected a dir"):
+        _checks.output_dir(a_file, "--out")
+    with pytest.raises(ValueError, match="--out: cannot make the directory .* is a file"):
+        _checks.output_dir(a_file / "model", "--out")
+    assert _checks.output_file(a_file, "-o") == str(a_file)
+    assert _checks.output_file(tmp_path / "new.txt", "-o") == str(tmp_path / "new.txt")
+    with pytest.raises(ValueError, match="^-o: '.*' is a directory; expected a file path"):
+        _checks.output_file(tmp_path, "-o")
+    with pytest.raises(ValueError, match="the directory '.*missing' does not exist"):
+        _checks.output_file(tmp_path / "missing" / "x.txt", "-o")
+    with pytest.raises(ValueError, match="the directory '.*a.txt' is not a directory"):
+        _checks.output_file(a_file / "x.txt", "-o")
+
+
+# --- the configs and options of models and training follow the one rule ---------------------
+
+
+def _configs_and_options():
+    from crossattn.models import Seq2SeqConfig
+    from crossattn.models.kv_cache import KVCache
+    from crossattn.models.vqa import VQAConfig
+    from crossattn.training import TrainOptions
+
+    return [
+        ("Seq2SeqConfig", lambda n: Seq2SeqConfig(10, 10, d_model=8, heads=2, dim_ff=n),
+         lambda made: made.dim_ff),
+        ("VQAConfig", lambda n: VQAConfig(20, n, heads=n), lambda made: (made.n_answers, made.heads)),
+        ("TrainOptions", lambda n: TrainOptions(data="d", out="o", steps=n, heads=n),
+         lambda made: (made.steps, made.heads)),
+        ("KVCache", lambda n: KVCache(n, 2, 3, n), lambda made: (made.rows, made.capacity)),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", [np.int64(4), torch.tensor(4)], ids=["np.int64", "torch-0d"])
+def test_configs_and_options_store_numpy_and_torch_ints_as_plain_ints(kind):
+    for name, make, read in _configs_and_options():
+        got, plain = read(make(kind)), read(make(4))
+        assert got == plain, name
+        for value in got if isinstance(got, tuple) else (got,):
+            assert type(value) is int, (name, type(value))
+
+
+def test_configs_and_options_refuse_bools():
+    for _, make, _ in _configs_and_options():
+        with pytest.raises(TypeError, match=r"must be a positive int, got True \(bool\)"):
+            make(True)
+
+
 # --- every public entry point of the layers, functional and masks follows the one rule ------
 
 SMALL = {"heads": 2, "dim_head": 4}

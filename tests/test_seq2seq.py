@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import numpy as np
 import pytest
@@ -282,7 +283,7 @@ def test_config_roundtrip_and_errors():
         Seq2SeqConfig(10, 10, bos_id=2)
     with pytest.raises(ValueError, match="must differ from each other and from <unk> = 3"):
         Seq2SeqConfig(10, 10, pad_id=3)
-    with pytest.raises(ValueError, match="bos_id must be an int >= 0, got -1"):
+    with pytest.raises(ValueError, match="Seq2SeqConfig.bos_id must be a non-negative int, got -1"):
         Seq2SeqConfig(10, 10, bos_id=-1)
 
 
@@ -360,6 +361,38 @@ def _translator() -> Translator:
     return Translator(model, src, tgt)
 
 
+def test_align_scores_the_forced_translation_by_its_log_probability():
+    tr = _translator()
+    model, cfg = tr.model, tr.model.config
+    sources, targets = ["a b c", "d e f g h", "i"], ["b a", "c d e f g", "<unk> g"]
+    forced = tr.align_batch(sources, targets, batch_size=2)  # two batches, one padded
+    with torch.no_grad():
+        for source, target, result in zip(sources, targets, forced, strict=True):
+            ids = torch.tensor([tr.source_tokenizer.encode(source.split()).ids])
+            gold = [*tr.target_tokenizer.encode(target.split()).ids, cfg.eos_id]
+            logits = _full_logits(model, ids, torch.ones_like(ids, dtype=torch.bool), gold[:-1])
+            logits = logits.double()
+            logits[:, [cfg.pad_id, cfg.bos_id]] = float("-inf")  # never produced
+            logp = torch.log_softmax(logits, -1).gather(1, torch.tensor(gold)[:, None]).sum()
+            assert math.isfinite(result.score)
+            assert result.score == pytest.approx(logp.item(), abs=1e-4 * len(gold))
+    assert tr.align("a b c", "b a").score == pytest.approx(forced[0].score, abs=1e-5)
+
+
+def test_align_gives_a_translation_the_score_decoding_gave_it(trained):
+    words = "a b c d e f g h i".split()
+    tr = Translator(trained, Vocabulary.build([words]), Vocabulary.build([words[:7]]))
+    sources = ["a b c", "d e f g h", "i", "h g f e"]
+    for source in sources:
+        ids = torch.tensor([tr.source_tokenizer.encode(source.split()).ids])
+        assert greedy_decode(trained, ids)[0].finished  # EOS in both scores
+        produced = tr.translate(source, beam=1)
+        assert produced.target_tokens
+        assert tr.align(source, produced.target_tokens).score == pytest.approx(
+            produced.score, abs=1e-4
+        )
+
+
 def test_words_spelled_like_specials_are_unknown_words():
     vocab = Vocabulary.build([["the", "cat"]])
     assert vocab.encode(["<pad>", "<s>", "</s>", "<unk>", "the"]) == [UNK_ID] * 4 + [
@@ -385,13 +418,13 @@ def test_translator_input_errors():
         tr.translate(123)
     with pytest.raises(TypeError, match="got list holding non-strings"):
         tr.translate(["a", 1])
-    with pytest.raises(ValueError, match="beam must be a positive int \\(1 = greedy\\), got 0"):
+    with pytest.raises(ValueError, match="beam must be a positive int, got 0"):
         tr.translate("a b", beam=0)
     assert (
         tr.translate("a b", beam=np.int64(2)).target_tokens
         == tr.translate("a b", beam=2).target_tokens
     )
-    with pytest.raises(ValueError, match="length_penalty must be a finite number, got nan"):
+    with pytest.raises(ValueError, match="length_penalty must be a finite real number, got nan"):
         tr.translate("a b", length_penalty=float("nan"))
     with pytest.raises(ValueError, match="cannot translate an empty sentence"):
         tr.translate("   ")

@@ -155,10 +155,13 @@ def test_training_is_the_same_in_every_process():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"kind": "sentencepiece"}, "kind must be one of word, bpe, unigram; got 'sentencepiece'"),
-        ({"normalization": "nfd"}, "normalization must be one of nfkc, nfc, none; got 'nfd'"),
-        ({"vocab_size": 4}, r"vocab_size must be an int >= 5 \(specials included\)"),
-        ({"vocab_size": 1.5}, "vocab_size must be an int"),
+        (
+            {"kind": "sentencepiece"},
+            "kind must be one of 'word', 'bpe', 'unigram'; got 'sentencepiece'",
+        ),
+        ({"normalization": "nfd"}, "normalization must be one of 'nfkc', 'nfc', 'none'; got 'nfd'"),
+        ({"vocab_size": 4}, r"vocab_size must be an int >= 5, got 4"),
+        ({"vocab_size": 1.5}, "vocab_size must be an int >= 5, got 1.5"),
     ],
 )
 def test_train_tokenizer_checks_its_arguments(kwargs, match):

@@ -102,9 +102,13 @@ def real(
     low: float | None = None,
     high: float | None = None,
     high_open: bool = True,
+    low_open: bool = False,
+    infinite: bool = False,
 ) -> float:
     """`value` as a finite ``float`` (ints, NumPy and 0-d torch reals accepted; bool refused),
-    within ``[low, high)`` (``[low, high]`` with ``high_open=False``) where bounds are given."""
+    within ``[low, high)`` (``[low, high]`` with ``high_open=False``, ``(low, ...`` with
+    ``low_open=True``) where bounds are given; ``infinite=True`` lets ``+inf`` pass too (a
+    "never" for a time or a period), NaN never passes."""
     if type(value) is float:  # the common case, first
         result = value
     else:
@@ -114,23 +118,35 @@ def real(
             result = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             raise ArgumentTypeError(
-                f"{name} must be {_interval(low, high, high_open)}, got {_describe(value)}"
+                f"{name} must be {_interval(low, high, high_open, low_open, infinite)}, "
+                f"got {_describe(value)}"
             ) from None
-    inside = math.isfinite(result) and (low is None or result >= low)
+    inside = math.isfinite(result) or (infinite and result == math.inf)
+    if low is not None:
+        inside = inside and (result > low if low_open else result >= low)
     if high is not None:
         inside = inside and (result < high if high_open else result <= high)
     if not inside:
-        bounds = _interval(low, high, high_open).replace("a real number in", "in")
-        raise ValueError(f"{name} must be {bounds}, got {_describe(value)}")
+        bounds = _interval(low, high, high_open, low_open, infinite)
+        raise ValueError(f"{name} must be {bounds.replace('a real number in', 'in')}, got "
+                         f"{_describe(value)}")  # fmt: skip
     return result
 
 
-def _interval(low: float | None, high: float | None, high_open: bool) -> str:
+def _interval(
+    low: float | None,
+    high: float | None,
+    high_open: bool,
+    low_open: bool = False,
+    infinite: bool = False,
+) -> str:
     """What `real` expects: "a finite real number", "a real number in [0, 1)"."""
     if low is None and high is None:
-        return "a finite real number"
-    left = "(-inf" if low is None else f"[{low:g}"
+        return "a real number (inf included)" if infinite else "a finite real number"
+    left = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
     right = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
+    if infinite and high is None:
+        right = "inf]"
     return f"a real number in {left}, {right}"
 
 
@@ -144,6 +160,26 @@ def probability(value: object, name: str) -> float:
     return real(value, name, low=0.0, high=1.0)
 
 
+def positive_real(value: object, name: str) -> float:
+    """A finite ``float`` > 0: a rate, a weight that must act, a time bound."""
+    return real(value, name, low=0.0, low_open=True)
+
+
+def nonnegative_real(value: object, name: str) -> float:
+    """A finite ``float`` >= 0: a weight (0: off), a decay."""
+    return real(value, name, low=0.0)
+
+
+def boolean(value: object, name: str) -> bool:
+    """`value` as a ``bool``: Python and NumPy bools and 0-d torch bool tensors; anything else,
+    0 and 1 included, is an `ArgumentTypeError`."""
+    if type(value) is bool:
+        return value
+    if _is_bool(value) and getattr(value, "ndim", 0) == 0:
+        return bool(value)
+    raise ArgumentTypeError(f"{name} must be a bool, got {_describe(value)}")
+
+
 def choice(value: object, name: str, choices: Iterable[str]) -> str:
     """`value` if it is one of the strings `choices` (TypeError for a non-string)."""
     options = tuple(choices)
@@ -155,19 +191,59 @@ def choice(value: object, name: str, choices: Iterable[str]) -> str:
     return value
 
 
-def input_file(path: object, name: str) -> str:
-    """`path` (str or os.PathLike) as a str naming an existing, readable file."""
-    if not isinstance(path, (str, os.PathLike)):
+def path(value: object, name: str) -> str:
+    """`value` (str or os.PathLike) as a str; whether it exists is not asked."""
+    if not isinstance(value, (str, os.PathLike)):
         raise ArgumentTypeError(
-            f"{name} must be a path (str or os.PathLike), got {_describe(path)}"
+            f"{name} must be a path (str or os.PathLike), got {_describe(value)}"
         )
-    text = os.fspath(path)
+    return os.fspath(value)
+
+
+def input_file(value: object, name: str) -> str:
+    """`value` (str or os.PathLike) as a str naming an existing, readable file."""
+    text = path(value, name)
     if not os.path.exists(text):
         raise ValueError(f"{name}: no such file: {text}")
     if os.path.isdir(text):
         raise ValueError(f"{name} must be a file, got a directory: {text}")
     if not os.access(text, os.R_OK):
         raise ValueError(f"{name}: cannot read {text} (permission denied)")
+    return text
+
+
+def output_dir(value: object, name: str) -> str:
+    """`value` (str or os.PathLike) as a str naming a directory that exists or can be made: no
+    file, nor below one. Whether it may be written is left to the writer."""
+    text = path(value, name)
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise ValueError(
+            f"{name}: {text!r} is an existing file; expected a directory (new or existing): "
+            "remove the file or choose another path"
+        )
+    parent = os.path.dirname(os.path.abspath(text))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{name}: cannot make the directory {text!r}: {parent!r} is a file")
+    return text
+
+
+def output_file(value: object, name: str) -> str:
+    """`value` (str or os.PathLike) as a str naming a file that can be written: no directory,
+    and its directory exists."""
+    text = path(value, name)
+    if os.path.isdir(text):
+        raise ValueError(
+            f"{name}: {text!r} is a directory; expected a file path (of a file in it, say)"
+        )
+    parent = os.path.dirname(text) or "."
+    if not os.path.isdir(parent):
+        what = "is not a directory" if os.path.exists(parent) else "does not exist"
+        raise ValueError(
+            f"{name}: cannot write {text!r}: the directory {parent!r} {what}; create it first "
+            "or choose another path"
+        )
     return text
 
 

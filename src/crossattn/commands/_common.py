@@ -7,6 +7,7 @@ what it expects. Heavy modules are imported inside the functions.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from ..cli import CommandError, input_errors
@@ -63,32 +64,29 @@ def read_pairs(path: str, option: str = "--data", **kwargs: Any) -> Any:
 
 
 def check_output_dir(path: str, option: str = "--out") -> None:
-    """`path` can be made (or already is) a directory: it is no file, nor below one."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise CommandError(
-            f"argument {option}: {path!r} is an existing file; expected a directory (new or "
-            "existing): remove the file or choose another path"
-        )
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise CommandError(
-            f"argument {option}: cannot make the directory {path!r}: {parent!r} is a file"
-        )
+    """`path` can be made (or already is) a directory (`crossattn._checks.output_dir`)."""
+    from .._checks import output_dir
+
+    _as_command_error(output_dir, path, option)
 
 
 def check_output_file(path: str, option: str = "--out") -> None:
-    """`path` can be written as a file: it is no directory and its directory exists."""
-    if os.path.isdir(path):
-        raise CommandError(
-            f"argument {option}: {path!r} is a directory; expected a file path such as "
-            f"{os.path.join(path, 'attention.html')!r}"
-        )
-    parent = os.path.dirname(path) or "."
-    if not os.path.isdir(parent):
-        what = "is not a directory" if os.path.exists(parent) else "does not exist"
-        raise CommandError(
-            f"argument {option}: cannot write {path!r}: the directory {parent!r} {what}; "
-            "create it first or choose another path"
-        )
+    """`path` can be written as a file (`crossattn._checks.output_file`)."""
+    from .._checks import output_file
+
+    _as_command_error(output_file, path, option)
+
+
+def check_input_file(path: str, option: str) -> None:
+    """`path` names an existing, readable file (`crossattn._checks.input_file`)."""
+    from .._checks import input_file
+
+    _as_command_error(input_file, path, option)
+
+
+def _as_command_error(rule: Callable[[Any, str], Any], path: str, option: str) -> None:
+    """`rule(path, "argument OPTION")`, its ValueError raised as a `CommandError`."""
+    try:
+        rule(path, f"argument {option}")
+    except ValueError as err:
+        raise CommandError(str(err)) from err

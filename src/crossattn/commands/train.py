@@ -206,10 +206,11 @@ def check_args(args: argparse.Namespace) -> None:
     args.attention_layer = resolve_attention_layer(args.attention_layer, layers)
     _refuse(attention_problem(args.attention_layer, args.attention_head, layers, heads, source,
                               flag))  # fmt: skip
+    from ._common import check_input_file
+
     for option, path in (("--data", args.data), ("--alignments", args.alignments)):
-        if path is not None and not os.path.isfile(path):
-            what = "is a directory" if os.path.isdir(path) else "no such file"
-            raise CommandError(f"argument {option}: {what}: {path!r}; expected a text file")
+        if path is not None:
+            check_input_file(path, option)
     _check_out(args)
 
 

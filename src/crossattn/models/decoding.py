@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from .. import _checks
 from .beam_state import BeamState
 from .fast_encoder import encode as fast_encode
 from .fast_encoder import encoder_reasons
@@ -79,9 +81,7 @@ def _default_max_len(model: Seq2SeqTransformer, source_mask: Tensor, max_len: in
     if max_len is None:
         longest = int(source_mask.sum(1).max().item())
         return min(limit, 2 * longest + 10)
-    if not isinstance(max_len, int) or max_len <= 0:
-        raise ValueError(f"max_len must be a positive int, got {max_len!r}")
-    return min(limit, max_len)
+    return min(limit, _checks.positive_int(max_len, "max_len"))
 
 
 @torch.no_grad()
@@ -189,10 +189,11 @@ def beam_search(
     Returns:
         One `Hypothesis` per input row; with ``n_best``, one list of hypotheses per input row.
     """
-    if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size <= 0:
-        raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
-    if n_best is not None and not (isinstance(n_best, int) and 1 <= n_best <= beam_size):
-        raise ValueError(f"n_best must be an int in 1..beam_size={beam_size}, got {n_best!r}")
+    beam_size = _checks.positive_int(beam_size, "beam_size")
+    if n_best is not None:
+        n_best = _checks.positive_int(n_best, "n_best")
+        if n_best > beam_size:
+            raise ValueError(f"n_best must be an int in 1..beam_size={beam_size}, got {n_best}")
     memory, source_mask = _prepare(model, source_ids, source_mask)
     steps = _default_max_len(model, source_mask, max_len)
     layers = list(range(len(model.decoder))) if return_attention else []
@@ -235,7 +236,8 @@ def force_decode_attention(
     target_ids: Tensor,
     target_lengths: Tensor,
 ) -> list[Tensor]:
-    """Cross-attention of every layer and head while the model reads a given translation.
+    """Cross-attention of every layer and head while the model reads a given translation:
+    `force_decode`'s ``attention``.
 
     Args:
         source_ids: (B, S) long; source_mask: (B, S) bool, True = valid (None: no padding).
@@ -248,6 +250,32 @@ def force_decode_attention(
         source length: row t is the step producing target token t (the last row produces EOS),
         the same layout as `Hypothesis.attention`.
     """
+    return force_decode(model, source_ids, source_mask, target_ids, target_lengths).attention
+
+
+class ForcedDecoding(NamedTuple):
+    """What `force_decode` returns.
+
+    Attributes:
+        attention: per row, weights (layers, heads, n + 1, S_b) for n = its target length and
+            S_b its valid source length (see `force_decode_attention`).
+        log_probs: (B,) float32, the log-probability of each row's target followed by EOS, as
+            `Hypothesis.score` sums it.
+    """
+
+    attention: list[Tensor]
+    log_probs: Tensor
+
+
+def force_decode(
+    model: Seq2SeqTransformer,
+    source_ids: Tensor,
+    source_mask: Tensor | None,
+    target_ids: Tensor,
+    target_lengths: Tensor,
+) -> ForcedDecoding:
+    """The model reads given translations (arguments as `force_decode_attention`): the
+    cross-attention of every layer and head, and each translation's log-probability."""
     cfg = model.config
     b = source_ids.shape[0]
     if source_mask is None:
@@ -285,7 +313,23 @@ def force_decode_attention(
     weights = torch.stack([out.cross_weights[i] for i in layers], 1)  # (B, layers, H, T+1, S)
     lengths = target_lengths.tolist()
     columns = _valid_column_indices(source_mask)
-    return [_take_columns(weights[i, :, :, : lengths[i] + 1], columns[i]).float() for i in range(b)]
+    attention = [_take_columns(weights[i, :, :, : lengths[i] + 1], columns[i]).float()
+                 for i in range(b)]  # fmt: skip
+    return ForcedDecoding(attention, _target_log_probs(out.logits, target_ids, target_lengths, cfg))
+
+
+def _target_log_probs(logits: Tensor, target_ids: Tensor, lengths: Tensor, cfg: Any) -> Tensor:
+    """(B,) float32: the summed log-probability of y1 .. yn EOS under `logits` (B, T + 1, V),
+    PAD and BOS ruled out as decoding rules them out (a target holds neither)."""
+    b, t = target_ids.shape
+    never = torch.tensor([cfg.pad_id, cfg.bos_id], device=logits.device)
+    logits = logits.float().index_fill(-1, never, float("-inf"))  # a new tensor
+    lengths = lengths.to(target_ids.device).long()
+    gold = torch.cat([target_ids, target_ids.new_full((b, 1), cfg.pad_id)], 1)  # (B, T + 1)
+    gold = gold.scatter(1, lengths.unsqueeze(1), cfg.eos_id)  # EOS right after each target
+    picked = torch.log_softmax(logits, -1).gather(-1, gold.unsqueeze(-1)).squeeze(-1)
+    valid = torch.arange(t + 1, device=gold.device) <= lengths.unsqueeze(1)
+    return picked.masked_fill(~valid, 0.0).sum(1)
 
 
 def _valid_column_indices(source_mask: Tensor) -> list[Tensor | None]:

@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from numbers import Integral
 from pathlib import Path
 
 import numpy as np
 
+from .. import _checks
 from ..data.parallel import tokenize
 from .decoding import Hypothesis
 from .export_common import require
@@ -61,16 +61,14 @@ class OnnxTranslator:
         for key in ("encoder", "decoder_step", "source_vocab", "target_vocab"):
             if not (d / meta[key]).is_file():
                 raise FileNotFoundError(f"{d / meta[key]} is missing: export the model again")
-        if threads is not None and (
-            not isinstance(threads, Integral) or isinstance(threads, bool) or threads < 1
-        ):
-            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        if threads is not None:
+            threads = _checks.positive_int(threads, "threads")
         self.config = Seq2SeqConfig.from_dict(meta["model"])
         self.source_vocab = Vocabulary.load(d / meta["source_vocab"])
         self.target_vocab = Vocabulary.load(d / meta["target_vocab"])
         options = ort.SessionOptions()
         if threads is not None:
-            options.intra_op_num_threads = int(threads)
+            options.intra_op_num_threads = threads
         providers = ["CPUExecutionProvider"]
         self.encoder = ort.InferenceSession(str(d / meta["encoder"]), options, providers=providers)
         self.step = ort.InferenceSession(str(d / meta["decoder_step"]), options,
@@ -110,10 +108,8 @@ class OnnxTranslator:
             )
         if max_len is None:
             steps = min(c.max_len, 2 * int(mask.sum(1).max()) + 10)
-        elif not isinstance(max_len, Integral) or isinstance(max_len, bool) or max_len <= 0:
-            raise ValueError(f"max_len must be a positive int, got {max_len!r}")
         else:
-            steps = min(c.max_len, int(max_len))
+            steps = min(c.max_len, _checks.positive_int(max_len, "max_len"))
         return self._greedy(ids, mask, steps)
 
     def _greedy(self, ids: np.ndarray, mask: np.ndarray, steps: int) -> list[Hypothesis]:

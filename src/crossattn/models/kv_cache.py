@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .. import _checks
+
 
 class KVCache:
     """Keys and values of one decoder self-attention, preallocated for ``capacity`` positions.
@@ -40,11 +42,10 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ):
-        for name, val in (
-            ("rows", rows), ("heads", heads), ("dim_head", dim_head), ("capacity", capacity),
-        ):  # fmt: skip
-            if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
-                raise ValueError(f"KVCache {name} must be a positive int, got {val!r}")
+        rows, heads, dim_head, capacity = _checks.positive_ints(
+            **{"KVCache rows": rows, "KVCache heads": heads, "KVCache dim_head": dim_head,
+               "KVCache capacity": capacity}
+        )  # fmt: skip
         self.rows, self.heads, self.dim_head, self.capacity = rows, heads, dim_head, capacity
         self._store = torch.empty(capacity, 2, rows, heads, dim_head, dtype=dtype, device=device)
         self._spare: Tensor | None = None  # the gather target of `reorder`, made on first use

@@ -13,17 +13,23 @@ import dataclasses
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from numbers import Integral
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from .. import _checks
 from ..layers._common import FastDropout
 from ..layers.attention import PreparedContext
 from ..layers.transformer import TransformerDecoderLayer, TransformerEncoderLayer
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+
+
+_POSITIVE_FIELDS = (
+    "source_vocab_size", "target_vocab_size", "d_model", "heads", "encoder_layers",
+    "decoder_layers", "dim_ff", "max_len",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -61,17 +67,14 @@ class Seq2SeqConfig:
     eos_id: int = EOS_ID
 
     def __post_init__(self) -> None:
-        for name in (
-            "source_vocab_size", "target_vocab_size", "d_model", "heads", "encoder_layers",
-            "decoder_layers", "dim_ff", "max_len",
-        ):  # fmt: skip
-            val = getattr(self, name)
-            if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
-                raise ValueError(f"Seq2SeqConfig.{name} must be a positive int, got {val!r}")
+        # ints may be NumPy or torch integer scalars: each is stored as a plain int
+        rules: dict[str, Any] = dict.fromkeys(_POSITIVE_FIELDS, _checks.positive_int)
+        rules.update(dict.fromkeys(("pad_id", "bos_id", "eos_id"), _checks.nonnegative_int))
+        rules.update(dict.fromkeys(("norm_first", "tie_embeddings"), _checks.boolean))
+        rules["dropout"] = _checks.probability
+        for name, rule in rules.items():
+            object.__setattr__(self, name, rule(getattr(self, name), f"Seq2SeqConfig.{name}"))
         specials = {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id}
-        for name, val in specials.items():
-            if not isinstance(val, int) or isinstance(val, bool) or val < 0:
-                raise ValueError(f"Seq2SeqConfig.{name} must be an int >= 0, got {val!r}")
         if len({*specials.values(), UNK_ID}) != 4:
             raise ValueError(
                 f"Seq2SeqConfig: pad_id, bos_id and eos_id must differ from each other and from "
@@ -88,8 +91,6 @@ class Seq2SeqConfig:
             raise ValueError(
                 f"Seq2SeqConfig.d_model={self.d_model} must be divisible by heads={self.heads}"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"Seq2SeqConfig.dropout must be in [0, 1), got {self.dropout!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -270,17 +271,17 @@ class Seq2SeqTransformer(nn.Module):
             raise ValueError(
                 f"caches must hold one cache per decoder layer ({n}), got {len(caches)}"
             )
-        if isinstance(attention_layers, (str, bytes)) or not all(
-            isinstance(i, Integral) and not isinstance(i, bool) for i in attention_layers
-        ):
+        if isinstance(attention_layers, (str, bytes)):
             raise TypeError(
                 f"attention_layers must be a collection of layer indices (ints), got "
                 f"{attention_layers!r}"
             )
+        wanted = set()
         for i in attention_layers:
+            i = _checks.integer(i, "each of attention_layers")
             if not -n <= i < n:
                 raise ValueError(f"attention_layers holds {i}, but the decoder has {n} layers")
-        wanted = {int(i) % n for i in attention_layers}
+            wanted.add(i % n)
         past = 0 if caches is None else caches[0].length
         tokens = self._embed(self.target_embed, target_ids, past, "target_ids")
         new_caches: list[PreparedContext] = []

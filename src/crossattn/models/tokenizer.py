@@ -35,10 +35,10 @@ import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import _checks
 from .seq2seq import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from .vocab import SPECIALS, Vocabulary
 
@@ -75,12 +75,6 @@ _NOT_TEXT = (PAD_ID, BOS_ID, EOS_ID)  # text never holds these: a word spelled s
 def default_normalization(kind: str) -> str:
     """``"none"`` for ``word`` (the words as written), ``"nfkc"`` for subword kinds."""
     return "none" if kind == "word" else "nfkc"
-
-
-def _check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -149,7 +143,7 @@ class WordTokenizer(Tokenizer):
         if not isinstance(vocab, Vocabulary):
             raise TypeError(f"vocab must be a Vocabulary, got {type(vocab).__name__}")
         self.vocab = vocab
-        self.normalization = _check_choice(normalization, "normalization", NORMALIZATIONS)
+        self.normalization = _checks.choice(normalization, "normalization", NORMALIZATIONS)
 
     @classmethod
     def train(
@@ -161,7 +155,7 @@ class WordTokenizer(Tokenizer):
     ) -> WordTokenizer:
         """Every word of ``sentences``, most frequent first, at most ``vocab_size`` tokens
         (specials included; None: all)."""
-        normalization = _check_choice(normalization, "normalization", NORMALIZATIONS)
+        normalization = _checks.choice(normalization, "normalization", NORMALIZATIONS)
         norm = _normalizer(normalization)
         words = ([norm(w) for w in sent] for sent in sentences)
         return cls(Vocabulary.build(words, max_size=vocab_size), normalization)
@@ -205,8 +199,8 @@ class SubwordTokenizer(Tokenizer):
     """
 
     def __init__(self, tokenizer: Any, kind: str, normalization: str):
-        self.kind = _check_choice(kind, "kind", KINDS[1:])
-        self.normalization = _check_choice(normalization, "normalization", NORMALIZATIONS)
+        self.kind = _checks.choice(kind, "kind", KINDS[1:])
+        self.normalization = _checks.choice(normalization, "normalization", NORMALIZATIONS)
         self._tokenizer = tokenizer
         tokenizer.encode_special_tokens = True  # text never holds specials (not saved: set here)
         n = tokenizer.get_vocab_size(with_added_tokens=True)
@@ -224,8 +218,8 @@ class SubwordTokenizer(Tokenizer):
         """Train on ``sentences`` (word lists): about ``vocab_size`` tokens, specials included
         (fewer when the text has fewer distinct pieces; BPE keeps at least every character)."""
         tk = _import_tokenizers()
-        kind = _check_choice(kind, "kind", KINDS[1:])
-        normalization = _check_choice(normalization, "normalization", NORMALIZATIONS)
+        kind = _checks.choice(kind, "kind", KINDS[1:])
+        normalization = _checks.choice(normalization, "normalization", NORMALIZATIONS)
         if kind == "bpe":
             tokenizer = tk.Tokenizer(tk.models.BPE(unk_token="<unk>"))
             trainer = tk.trainers.BpeTrainer(
@@ -324,14 +318,11 @@ def train_tokenizer(
     `DEFAULT_VOCAB_SIZE` for subwords). ``normalization``: None for the kind's default
     (`default_normalization`).
     """
-    kind = _check_choice(kind, "kind", KINDS)
-    if vocab_size is not None and (
-        not isinstance(vocab_size, Integral) or isinstance(vocab_size, bool) or vocab_size < 5
-    ):
-        raise ValueError(f"vocab_size must be an int >= 5 (specials included) or None, got "
-                         f"{vocab_size!r}")  # fmt: skip
+    kind = _checks.choice(kind, "kind", KINDS)
+    if vocab_size is not None:  # specials included
+        vocab_size = _checks.integer(vocab_size, "vocab_size", minimum=5)
     norm = default_normalization(kind) if normalization is None else normalization
-    norm = _check_choice(norm, "normalization", NORMALIZATIONS)
+    norm = _checks.choice(norm, "normalization", NORMALIZATIONS)
     if kind == "word":
         return WordTokenizer.train(sentences, vocab_size=vocab_size, normalization=norm)
     size = DEFAULT_VOCAB_SIZE if vocab_size is None else int(vocab_size)
@@ -371,11 +362,11 @@ def load_tokenizers(
         return WordTokenizer(source_vocab), WordTokenizer(target_vocab)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        kind = _check_choice(data["kind"], "kind", KINDS)
+        kind = _checks.choice(data["kind"], "kind", KINDS)
         sides = []
         for side, vocab in (("source", source_vocab), ("target", target_vocab)):
             entry = data[side]
-            norm = _check_choice(entry["normalization"], "normalization", NORMALIZATIONS)
+            norm = _checks.choice(entry["normalization"], "normalization", NORMALIZATIONS)
             if kind == "word":
                 sides.append(WordTokenizer(vocab, norm))
                 continue

@@ -20,17 +20,16 @@ to words; the token-level view is `TranslationResult.subwords`.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from numbers import Integral
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .decoding import beam_search, force_decode_attention, greedy_decode
+from .. import _checks
+from .decoding import beam_search, force_decode, greedy_decode
 from .seq2seq import PAD_ID, Seq2SeqTransformer
 from .tokenizer import Encoding, Tokenizer, WordTokenizer, load_tokenizers, pool_to_words
 from .vocab import Vocabulary, pad_ids
@@ -263,13 +262,12 @@ class Translator:
                 "translate_batch takes a list of sentences, got one string; use "
                 "translate(sentence) for one sentence, or translate_batch([sentence])"
             )
-        if not isinstance(beam, Integral) or isinstance(beam, bool) or beam < 1:
-            raise ValueError(f"beam must be a positive int (1 = greedy), got {beam!r}")
-        beam = int(beam)
-        if not math.isfinite(length_penalty):
-            raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
-        if n_best is not None and not (isinstance(n_best, Integral) and 1 <= n_best <= beam):
-            raise ValueError(f"n_best must be an int in 1..beam={beam}, got {n_best!r}")
+        beam = _checks.positive_int(beam, "beam")
+        length_penalty = _checks.finite_real(length_penalty, "length_penalty")
+        if n_best is not None:
+            n_best = _checks.positive_int(n_best, "n_best")
+            if n_best > beam:
+                raise ValueError(f"n_best must be an int in 1..beam={beam}, got {n_best}")
         words = [self.tokenize(s) for s in sentences]
         if not words:
             return []
@@ -321,7 +319,8 @@ class Translator:
 
     @torch.no_grad()
     def align(self, source: str | Sequence[str], target: str | Sequence[str]) -> TranslationResult:
-        """Force-decode a given translation and align it (the score is its log-probability)."""
+        """Force-decode a given translation and align it; the score is its log-probability
+        under the model (EOS included), as `translate` scores its own translations."""
         return self.align_batch([source], [target])[0]
 
     @torch.no_grad()
@@ -335,15 +334,15 @@ class Translator:
         """Force-decode given translations and align them, ``batch_size`` pairs at a time.
 
         Returns one `TranslationResult` per pair, in order, with the word alignment, the maps
-        and the unknown words (source, then target); the score is NaN. Raises `ValueError`
+        and the unknown words (source, then target); the score is the log-probability of the
+        target (EOS included) given the source. Raises `ValueError`
         naming the first pair (0-indexed) that is empty or too long (see `too_long`).
         """
         if isinstance(sources, str) or isinstance(targets, str):
             raise TypeError("align_batch takes lists of sentences; use align(source, target)")
         if len(sources) != len(targets):
             raise ValueError(f"sources ({len(sources)}) and targets ({len(targets)}) must pair up")
-        if not isinstance(batch_size, Integral) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        batch_size = _checks.positive_int(batch_size, "batch_size")
         src_words = [self.tokenize(s) for s in sources]
         tgt_words = [self.tokenize(t) for t in targets]
         src_enc = self.source_tokenizer.encode_batch(src_words)
@@ -358,17 +357,18 @@ class Translator:
         order = sorted(range(len(src_enc)), key=lambda i: (len(src_enc[i]), len(tgt_enc[i])))
         out: list[TranslationResult | None] = [None] * len(order)
         for start in range(0, len(order), batch_size):
-            idx = order[start : start + int(batch_size)]
+            idx = order[start : start + batch_size]
             ids, mask = self._source([src_enc[i] for i in idx])
             tgt_ids = torch.zeros(len(idx), max(len(tgt_enc[i]) for i in idx), dtype=torch.long)
             for r, i in enumerate(idx):
                 tgt_ids[r, : len(tgt_enc[i])] = torch.tensor(tgt_enc[i].ids, dtype=torch.long)
             lengths = torch.tensor([len(tgt_enc[i]) for i in idx])
-            maps = force_decode_attention(self.model, ids, mask, tgt_ids.to(self.device), lengths)
+            maps, log_probs = force_decode(self.model, ids, mask, tgt_ids.to(self.device), lengths)
+            scores = log_probs.tolist()
             for r, i in enumerate(idx):
                 unknown = src_enc[i].unknown_words + tgt_enc[i].unknown_words
                 out[i] = self._result(src_words[i], src_enc[i], tgt_words[i], tgt_enc[i],
-                                      maps[r], float("nan"), unknown)  # fmt: skip
+                                      maps[r], scores[r], unknown)  # fmt: skip
         return out  # type: ignore[return-value]
 
 

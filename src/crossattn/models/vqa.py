@@ -26,12 +26,22 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .. import _checks
 from ..layers._common import FeedForward
 from ..layers.attention import CrossAttention
 from ..layers.transformer import TransformerEncoderLayer
 from .seq2seq import sinusoidal_positions
 
 __all__ = ["VQAConfig", "VQAModel", "VQAOutput", "patch_positions"]
+
+
+# the rule of each field that is not a positive int
+_RULES: dict[str, Any] = {
+    **dict.fromkeys(("text_layers", "image_layers", "pad_id"), _checks.nonnegative_int),
+    "dropout": _checks.probability,
+    "stem": lambda value, name: _checks.choice(value, name, ("linear", "conv", "cnn")),
+    "readout": lambda value, name: _checks.choice(value, name, ("query", "mean")),
+}
 
 
 @dataclass(frozen=True)
@@ -59,30 +69,21 @@ class VQAConfig:
     pad_id: int = 0
 
     def __post_init__(self) -> None:
+        # ints may be NumPy or torch integer scalars: each is stored as a plain int
         for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("stem", "readout", "dropout"):
-                continue
-            minimum = 0 if f.name in ("text_layers", "image_layers", "pad_id") else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{f.name} must be an int >= {minimum}, got {value!r}")
+            rule = _RULES.get(f.name, _checks.positive_int)
+            object.__setattr__(self, f.name, rule(getattr(self, f.name), f"VQAConfig.{f.name}"))
         if self.image_size % self.grid:
             raise ValueError(f"image_size={self.image_size} must be a multiple of grid={self.grid}")
         if self.d_model % self.heads or self.d_model % 4:
             raise ValueError(f"d_model={self.d_model} must divide by heads={self.heads} and by 4")
-        if self.stem not in ("linear", "conv", "cnn"):
-            raise ValueError(f"stem must be 'linear', 'conv' or 'cnn', got {self.stem!r}")
         patch = self.image_size // self.grid
         if self.stem == "cnn" and (patch < 2 or patch & (patch - 1)):
             raise ValueError(f"stem='cnn' needs image_size / grid to be a power of 2 >= 2, got "
                              f"{self.image_size} / {self.grid} = {patch}")  # fmt: skip
-        if self.readout not in ("query", "mean"):
-            raise ValueError(f"readout must be 'query' or 'mean', got {self.readout!r}")
         if self.readout == "query" and self.text_layers < 1:
             raise ValueError("readout='query' needs text_layers >= 1 for the query to read the "
                              f"question, got text_layers={self.text_layers}")  # fmt: skip
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.pad_id >= self.vocab_size:
             raise ValueError(f"pad_id={self.pad_id} must be < vocab_size={self.vocab_size}")
 

@@ -9,7 +9,6 @@ Modules, one concern each:
 
     options      TrainOptions: every option, its type and range, checked in one place
     rules        the rules between options, the model directory and the data (shared with the CLI)
-    _checks      ints, numbers, bools, paths: the argument checks of the options and entry points
     batching     pairs as ids, the dev split, length-grouped batches, padded tensors
     losses       the training loss (cross-entropy, attention losses) and dev metrics
     loop         the optimisation steps, schedule, evaluation, saving, Ctrl-C

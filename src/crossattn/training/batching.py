@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._checks import nonnegative_int
 from ..models.seq2seq import BOS_ID, EOS_ID, PAD_ID
 from ..models.tokenizer import Tokenizer, subword_links
 from ..models.vocab import pad_ids
-from ._checks import as_int
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def encode_examples(examples: Sequence[Any], source: Tokenizer, target: Tokenize
 
 def split_dev(n: int, dev_size: int, seed: int) -> tuple[list[int], list[int]]:
     """Indices (train, dev) of n examples: a seeded random ``dev_size`` (at most n // 10) held out."""
-    dev_size = as_int("dev_size", dev_size, low=0)
+    dev_size = nonnegative_int(dev_size, "dev_size")
     order = list(range(n))
     random.Random(seed).shuffle(order)
     k = min(dev_size, n // 10)

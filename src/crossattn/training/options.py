@@ -10,25 +10,13 @@ shared with the command line.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _checks
 from ..models.seq2seq import Seq2SeqConfig
 from ..models.tokenizer import KINDS, NORMALIZATIONS
-from ._checks import (
-    FINITE_NON_NEGATIVE,
-    FINITE_POSITIVE,
-    PROBABILITY,
-    SECONDS,
-    Check,
-    as_bool,
-    choice,
-    finite_positive,
-    instance,
-    integer,
-    number,
-    path,
-)
 from .rules import (
     ATTENTION_LAYER_DEFAULT,
     Problem,
@@ -38,20 +26,53 @@ from .rules import (
     resolve_attention_layer,
 )
 
+# A field's rule, as `crossattn._checks` writes them: ``rule(value, name) -> value``.
+Check = Callable[[Any, str], Any]
+
+
+def _at_least(minimum: int) -> Check:
+    """`crossattn._checks.integer` with this minimum."""
+    return lambda value, name: _checks.integer(value, name, minimum=minimum)
+
+
+def _optional(rule: Check) -> Check:
+    """`rule`, with None let through (the option's "not set")."""
+    return lambda value, name: None if value is None else rule(value, name)
+
+
+def _dict(value: Any, name: str) -> dict:
+    if not isinstance(value, dict):
+        raise TypeError(f"{name} must be a dict, got {type(value).__name__}")
+    return value
+
+
+_POSITIVE, _PROBABILITY, _WEIGHT = (
+    _checks.positive_int,
+    _checks.probability,
+    _checks.nonnegative_real,
+)
+
+
+def _seconds(value: Any, name: str) -> float:
+    """A period: a real >= 0, or math.inf (only at the end)."""
+    return _checks.real(value, name, low=0.0, infinite=True)
+
+
 # The model settings of a training run: `Seq2SeqConfig` fields, with the defaults of
-# `crossattn train` (a smaller model than the config's own defaults) and their checks.
+# `crossattn train` (a smaller model than the config's own defaults) and their rules.
 _MODEL_OPTIONS: dict[str, tuple[Any, Check]] = {
-    "d_model": (128, integer(1)), "heads": (4, integer(1)), "encoder_layers": (2, integer(1)),
-    "decoder_layers": (2, integer(1)), "dim_ff": (256, integer(1)), "dropout": (0.0, PROBABILITY),
-    "norm_first": (True, as_bool), "max_len": (128, integer(2)), "tie_embeddings": (True, as_bool),
+    "d_model": (128, _POSITIVE), "heads": (4, _POSITIVE), "encoder_layers": (2, _POSITIVE),
+    "decoder_layers": (2, _POSITIVE), "dim_ff": (256, _POSITIVE), "dropout": (0.0, _PROBABILITY),
+    "norm_first": (True, _checks.boolean), "max_len": (128, _at_least(2)),
+    "tie_embeddings": (True, _checks.boolean),
 }  # fmt: skip
 MODEL_DEFAULTS: dict[str, Any] = {name: default for name, (default, _) in _MODEL_OPTIONS.items()}
 MODEL_FIELDS = tuple(MODEL_DEFAULTS)
 
 
 def option(default: Any, check: Check) -> Any:
-    """A `TrainOptions` field: its default (a type: made new for each instance) and the check
-    that `TrainOptions.validate` runs on it."""
+    """A `TrainOptions` field: its default (a type: made new for each instance) and the rule
+    (`Check`) that `TrainOptions.validate` runs on it."""
     if isinstance(default, type):
         return field(default_factory=default, metadata={"check": check})
     return field(default=default, metadata={"check": check})
@@ -69,7 +90,8 @@ def _model_settings() -> type:
 
 
 ModelSettings = _model_settings()
-_OPTIONAL_PATH, _OPTIONAL_STEPS, _OPTIONAL_SIZE = path(True), integer(1, True), integer(5, True)
+_OPTIONAL_PATH, _OPTIONAL_STEPS = _optional(_checks.path), _optional(_POSITIVE)
+_BOOL = _checks.boolean
 
 
 @dataclass(kw_only=True)
@@ -110,44 +132,47 @@ class TrainOptions(ModelSettings):
     ``save_seconds`` may be ``math.inf`` (only at the end).
     """
 
-    data: str = field(metadata={"check": path()})
-    out: str = field(metadata={"check": path()})
+    data: str = field(metadata={"check": _checks.path})
+    out: str = field(metadata={"check": _checks.path})
     alignments: str | None = option(None, _OPTIONAL_PATH)
-    one_indexed: bool = option(False, as_bool)
-    skip_bad_lines: bool = option(False, as_bool)
+    one_indexed: bool = option(False, _BOOL)
+    skip_bad_lines: bool = option(False, _BOOL)
     steps: int | None = option(None, _OPTIONAL_STEPS)
-    minutes: float | None = option(None, number("a finite number > 0", finite_positive, True))
-    resume: bool = option(False, as_bool)
-    overwrite: bool = option(False, as_bool)
+    minutes: float | None = option(None, _optional(_checks.positive_real))
+    resume: bool = option(False, _BOOL)
+    overwrite: bool = option(False, _BOOL)
     stop_after: int | None = option(None, _OPTIONAL_STEPS)
-    seed: int = option(0, integer())
+    seed: int = option(0, _checks.integer)
     # tokens: see crossattn.models.tokenizer (vocab_size None: every word, or 8000 subwords;
     # normalization None: "none" for word, "nfkc" for bpe and unigram)
-    tokenizer: str = option("word", choice(KINDS))
-    vocab_size: int | None = option(None, _OPTIONAL_SIZE)
-    normalization: str | None = option(None, choice(NORMALIZATIONS, optional=True))
+    tokenizer: str = option("word", lambda v, name: _checks.choice(v, name, KINDS))
+    vocab_size: int | None = option(None, _optional(_at_least(5)))
+    normalization: str | None = option(
+        None, _optional(lambda v, name: _checks.choice(v, name, NORMALIZATIONS))
+    )
     # optimisation
-    batch_tokens: int = option(1500, integer(1))
-    lr: float = option(3e-3, FINITE_POSITIVE)
-    warmup: int = option(50, integer(0))
-    min_lr_ratio: float = option(0.05, number("in [0, 1]", lambda v: 0 <= v <= 1))
-    weight_decay: float = option(0.01, FINITE_NON_NEGATIVE)
-    clip: float = option(1.0, number("a finite number > 0 (the largest gradient norm)",
-                                     finite_positive))  # fmt: skip
-    label_smoothing: float = option(0.1, PROBABILITY)
+    batch_tokens: int = option(1500, _POSITIVE)
+    lr: float = option(3e-3, _checks.positive_real)
+    warmup: int = option(50, _checks.nonnegative_int)
+    min_lr_ratio: float = option(
+        0.05, lambda v, name: _checks.real(v, name, low=0.0, high=1.0, high_open=False)
+    )
+    weight_decay: float = option(0.01, _WEIGHT)
+    clip: float = option(1.0, _checks.positive_real)  # the largest gradient norm
+    label_smoothing: float = option(0.1, _PROBABILITY)
     # attention losses
-    guided_alignment: bool = option(False, as_bool)
-    guided_weight: float = option(1.0, FINITE_NON_NEGATIVE)
-    attention_layer: int = option(ATTENTION_LAYER_DEFAULT, integer())
-    attention_head: int = option(0, integer())
-    entropy_weight: float = option(0.0, FINITE_NON_NEGATIVE)
-    coverage_weight: float = option(0.0, FINITE_NON_NEGATIVE)
+    guided_alignment: bool = option(False, _BOOL)
+    guided_weight: float = option(1.0, _WEIGHT)
+    attention_layer: int = option(ATTENTION_LAYER_DEFAULT, _checks.integer)
+    attention_head: int = option(0, _checks.integer)
+    entropy_weight: float = option(0.0, _WEIGHT)
+    coverage_weight: float = option(0.0, _WEIGHT)
     # held-out split, evaluation, saving
-    dev_size: int = option(500, integer(0))
-    eval_seconds: float = option(60.0, SECONDS)
-    save_seconds: float = option(120.0, SECONDS)
-    progress: bool = option(True, as_bool)
-    extra: dict[str, Any] = option(dict, instance(dict))
+    dev_size: int = option(500, _checks.nonnegative_int)
+    eval_seconds: float = option(60.0, _seconds)
+    save_seconds: float = option(120.0, _seconds)
+    progress: bool = option(True, _BOOL)
+    extra: dict[str, Any] = option(dict, _dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -156,7 +181,7 @@ class TrainOptions(ModelSettings):
         """Check every option's type and range: `TypeError` / `ValueError` naming the option."""
         for f in dataclasses.fields(self):
             name = f"TrainOptions.{f.name}"
-            setattr(self, f.name, f.metadata["check"](name, getattr(self, f.name)))
+            setattr(self, f.name, f.metadata["check"](getattr(self, f.name), name))
         if self.resume and self.overwrite:
             raise ValueError(
                 "TrainOptions.resume and TrainOptions.overwrite exclude each other: resume "

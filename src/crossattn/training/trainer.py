@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .._checks import positive_int
 from ..models.checkpoint import (
     CONFIG_FILE,
     EXTRACTION_FILE,
@@ -32,7 +33,6 @@ from ..models.checkpoint import (
 from ..models.seq2seq import UNK_ID, Seq2SeqConfig, Seq2SeqTransformer
 from ..models.tokenizer import load_tokenizers, save_tokenizers, train_tokenizer
 from ..models.vocab import Vocabulary
-from ._checks import as_int
 from .batching import Encoded, encode_examples, make_batches, pair_cost, split_dev
 from .checkpoint import load_checkpoint
 from .distributed import Dist, main_process
@@ -69,7 +69,7 @@ def choose_threads(requested: int | None = None) -> int:
     default. Oversubscribed cores make multi-threaded kernels wait for each other: on a busy
     2-core machine a training step with 2 threads measured several times slower than with 1."""
     if requested is not None:
-        torch.set_num_threads(as_int("threads", requested, low=1))
+        torch.set_num_threads(positive_int(requested, "threads"))
     elif hasattr(os, "getloadavg") and torch.get_num_threads() > 1:
         cores = os.cpu_count() or 1
         if os.getloadavg()[0] >= cores - 0.5:
