@@ -158,6 +158,16 @@ def test_token_mask():
         _checks.token_mask("m", mask.to("meta"), (2, 5), "(B, S)", like, "the context is")
 
 
+def test_integer_within_bounds():
+    assert _checks.integer(np.int64(3), "k", minimum=1, maximum=3) == 3
+    with pytest.raises(ValueError, match=r"^k must be an int in 1\.\.3, got 4$"):
+        _checks.integer(4, "k", minimum=1, maximum=3)
+    with pytest.raises(ValueError, match=r"^k must be an int <= 3, got 4$"):
+        _checks.integer(4, "k", maximum=3)
+    with pytest.raises(TypeError, match=r"^k must be an int in 1\.\.3, got 2\.0$"):
+        _checks.integer(2.0, "k", minimum=1, maximum=3)
+
+
 def test_positive_and_nonnegative_reals_and_open_or_infinite_bounds():
     assert _checks.positive_real(np.float32(0.5), "lr") == 0.5
     assert _checks.nonnegative_real(0, "decay") == 0.0

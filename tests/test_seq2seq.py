@@ -313,6 +313,8 @@ def test_input_errors():
         model.decode(torch.full((3, 2), 4), contexts)
     with pytest.raises(ValueError, match="beam_size must be a positive int, got 0"):
         beam_search(model, ids, mask, beam_size=0)
+    with pytest.raises(ValueError, match=r"n_best must be an int in 1\.\.2, got 0"):
+        beam_search(model, ids, mask, beam_size=np.int64(2), n_best=0)
     with pytest.raises(ValueError, match=r"source_mask must be bool with the shape of source_ids"):
         greedy_decode(model, ids, mask.long())
     with pytest.raises(ValueError, match="max_len must be a positive int, got -1"):
@@ -420,6 +422,10 @@ def test_translator_input_errors():
         tr.translate(["a", 1])
     with pytest.raises(ValueError, match="beam must be a positive int, got 0"):
         tr.translate("a b", beam=0)
+    with pytest.raises(ValueError, match=r"n_best must be an int in 1\.\.2, got 3"):
+        tr.translate_batch(["a b"], beam=2, n_best=3)
+    with pytest.raises(TypeError, match=r"n_best must be an int in 1\.\.2, got True"):
+        tr.translate_batch(["a b"], beam=2, n_best=True)
     assert (
         tr.translate("a b", beam=np.int64(2)).target_tokens
         == tr.translate("a b", beam=2).target_tokens

@@ -47,11 +47,13 @@ def _describe(value: object) -> str:
     return text if kind in ("int", "float", "str", "NoneType") else f"{text} ({kind})"
 
 
-def integer(value: object, name: str, *, minimum: int | None = None) -> int:
-    """`value` as an ``int`` (>= `minimum` when given).
+def integer(
+    value: object, name: str, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """`value` as an ``int`` (>= `minimum`, <= `maximum` when given).
 
     Accepts Python ints, NumPy integer scalars and 0-d integer torch tensors; refuses bools and
-    floats with `ArgumentTypeError`, values below `minimum` with ValueError.
+    floats with `ArgumentTypeError`, values out of range with ValueError.
     """
     if type(value) is int:  # the common case, first
         result = value
@@ -62,14 +64,16 @@ def integer(value: object, name: str, *, minimum: int | None = None) -> int:
             result = operator.index(value)  # type: ignore[arg-type]
         except TypeError:
             raise ArgumentTypeError(
-                f"{name} must be {_int_text(minimum)}, got {_describe(value)}"
+                f"{name} must be {_int_text(minimum, maximum)}, got {_describe(value)}"
             ) from None
-    if minimum is not None and result < minimum:
-        raise ValueError(f"{name} must be {_int_text(minimum)}, got {_describe(value)}")
+    if (minimum is not None and result < minimum) or (maximum is not None and result > maximum):
+        raise ValueError(f"{name} must be {_int_text(minimum, maximum)}, got {_describe(value)}")
     return result
 
 
-def _int_text(minimum: int | None) -> str:
+def _int_text(minimum: int | None, maximum: int | None = None) -> str:
+    if maximum is not None:
+        return f"an int <= {maximum}" if minimum is None else f"an int in {minimum}..{maximum}"
     if minimum is None:
         return "an int"
     return {0: "a non-negative int", 1: "a positive int"}.get(minimum, f"an int >= {minimum}")

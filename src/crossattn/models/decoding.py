@@ -190,10 +190,8 @@ def beam_search(
         One `Hypothesis` per input row; with ``n_best``, one list of hypotheses per input row.
     """
     beam_size = _checks.positive_int(beam_size, "beam_size")
-    if n_best is not None:
-        n_best = _checks.positive_int(n_best, "n_best")
-        if n_best > beam_size:
-            raise ValueError(f"n_best must be an int in 1..beam_size={beam_size}, got {n_best}")
+    if n_best is not None:  # 1 to beam_size
+        n_best = _checks.integer(n_best, "n_best", minimum=1, maximum=beam_size)
     memory, source_mask = _prepare(model, source_ids, source_mask)
     steps = _default_max_len(model, source_mask, max_len)
     layers = list(range(len(model.decoder))) if return_attention else []

@@ -264,10 +264,8 @@ class Translator:
             )
         beam = _checks.positive_int(beam, "beam")
         length_penalty = _checks.finite_real(length_penalty, "length_penalty")
-        if n_best is not None:
-            n_best = _checks.positive_int(n_best, "n_best")
-            if n_best > beam:
-                raise ValueError(f"n_best must be an int in 1..beam={beam}, got {n_best}")
+        if n_best is not None:  # 1 to beam
+            n_best = _checks.integer(n_best, "n_best", minimum=1, maximum=beam)
         words = [self.tokenize(s) for s in sentences]
         if not words:
             return []
