@@ -77,16 +77,20 @@ def check_output_file(path: str, option: str = "--out") -> None:
     _as_command_error(output_file, path, option)
 
 
-def check_input_file(path: str, option: str) -> None:
-    """`path` names an existing, readable file (`crossattn._checks.input_file`)."""
+def check_input_file(path: str, option: str, expected: str) -> None:
+    """`path` names an existing, readable file (`crossattn._checks.input_file`); the error
+    ends with what the option ``expected`` ("a text file")."""
     from .._checks import input_file
 
-    _as_command_error(input_file, path, option)
+    _as_command_error(input_file, path, option, f"; expected {expected}")
 
 
-def _as_command_error(rule: Callable[[Any, str], Any], path: str, option: str) -> None:
-    """`rule(path, "argument OPTION")`, its ValueError raised as a `CommandError`."""
+def _as_command_error(
+    rule: Callable[[Any, str], Any], path: str, option: str, more: str = ""
+) -> None:
+    """`rule(path, "argument OPTION")`, its ValueError raised as a `CommandError` (its message
+    and then `more`)."""
     try:
         rule(path, f"argument {option}")
     except ValueError as err:
-        raise CommandError(str(err)) from err
+        raise CommandError(f"{err}{more}") from err

@@ -210,7 +210,7 @@ def check_args(args: argparse.Namespace) -> None:
 
     for option, path in (("--data", args.data), ("--alignments", args.alignments)):
         if path is not None:
-            check_input_file(path, option)
+            check_input_file(path, option, "a text file")
     _check_out(args)
 
 

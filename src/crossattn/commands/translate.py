@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_compute_type_argument(parser)
 
 
+_INPUT_FILE = "a UTF-8 text file, one sentence a line"
+
+
 def _input_lines(args: argparse.Namespace) -> tuple[str, list[str]]:
     """(what to call a line in messages, the input lines)."""
     from ..cli import input_errors
@@ -74,13 +77,16 @@ def _input_lines(args: argparse.Namespace) -> tuple[str, list[str]]:
                 )
         return "sentence", [strip_line_end(s) for s in args.sentences]
     if args.input is not None:
+        from ._common import check_input_file
+
+        check_input_file(args.input, "--input", _INPUT_FILE)
         try:
             with open(args.input, "rb") as f:
                 data = f.read()
         except OSError as err:
             raise CommandError(
                 f"argument --input: cannot read {args.input!r} ({err.strerror or err}); "
-                "expected a UTF-8 text file, one sentence a line"
+                f"expected {_INPUT_FILE}"
             ) from err
         with input_errors("argument --input"):
             return f"{args.input} line", decode_lines(data, args.input)
