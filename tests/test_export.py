@@ -336,7 +336,7 @@ def test_library_refuses_bad_arguments(small_dir, tmp_path):
 
     assert command.QUANTIZATIONS == QUANTIZATIONS
     model, source_vocab, target_vocab = load_model(small_dir)
-    with pytest.raises(ValueError, match="quantization"):
+    with pytest.raises(ValueError, match="quantization must be one of 'int8', .*; got 'q3'"):
         export_ctranslate2(model, source_vocab, target_vocab, tmp_path / "o", quantization="q3")
     with pytest.raises(ValueError, match="target_vocab has"):
         export_onnx(model, source_vocab, source_vocab, tmp_path / "o")

@@ -237,6 +237,12 @@ def test_force_decode_attention_checks_target_lengths(trained):
         force_decode_attention(trained, ids, mask, target, [1, 1, 1, 1])
     with pytest.raises(ValueError, match=r"source_ids has B=4 rows: .* got \(4, 3\) and \(3,\)"):
         force_decode_attention(trained, ids, mask, target, torch.tensor([1, 1, 1]))
+    with pytest.raises(TypeError, match=r"target_ids must be a torch.Tensor \(B, T\), got list"):
+        force_decode_attention(trained, ids, mask, target.tolist(), torch.tensor([1, 1, 1, 1]))
+    with pytest.raises(ValueError, match=r"target_ids must be 2-D \(B, T\), got shape \(4, 3, 1\)"):
+        force_decode_attention(trained, ids, mask, target[..., None], torch.tensor([1, 1, 1, 1]))
+    with pytest.raises(ValueError, match=r"source_ids must be 2-D \(B, S\), got shape \(28\)"):
+        greedy_decode(trained, ids.flatten())
 
 
 def test_float64_model_matches_its_float32_self():

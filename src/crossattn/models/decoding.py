@@ -58,9 +58,8 @@ def _prepare(
             "call to call; call model.eval() first",
             stacklevel=4,  # _prepare, greedy_decode / beam_search, torch.no_grad's wrapper
         )
-    if not isinstance(source_ids, Tensor):
-        raise TypeError(f"source_ids must be a (B, S) long tensor, got {type(source_ids).__name__}")
-    if source_ids.dim() != 2 or 0 in source_ids.shape:
+    _checks.tensor(source_ids, "source_ids", rank=2, legend="(B, S)")
+    if 0 in source_ids.shape:
         raise ValueError(
             f"source_ids must be a non-empty (B, S) long tensor, got {tuple(source_ids.shape)}"
         )
@@ -278,12 +277,7 @@ def force_decode(
     b = source_ids.shape[0]
     if source_mask is None:
         source_mask = torch.ones_like(source_ids, dtype=torch.bool)
-    if not isinstance(target_ids, Tensor):
-        raise TypeError(f"target_ids must be a (B, T) long tensor, got {type(target_ids).__name__}")
-    if target_ids.dim() != 2:
-        raise ValueError(
-            f"target_ids must be a (B, T) long tensor, got shape {tuple(target_ids.shape)}"
-        )
+    _checks.tensor(target_ids, "target_ids", rank=2, legend="(B, T)")
     if (
         not isinstance(target_lengths, Tensor)
         or target_lengths.dtype.is_floating_point

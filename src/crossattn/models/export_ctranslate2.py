@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from .. import _checks
 from . import export_common as common
 from .seq2seq import Seq2SeqTransformer
 from .vocab import SPECIALS, Vocabulary
@@ -161,10 +162,8 @@ def export_ctranslate2(
         FileExistsError: `out` exists and `overwrite` is False.
         ValueError: an unknown `quantization`, or `out` overlapping `model_dir`.
     """
-    if quantization is not None and quantization not in QUANTIZATIONS:
-        raise ValueError(
-            f"quantization must be one of {', '.join(QUANTIZATIONS)} or None, got {quantization!r}"
-        )
+    if quantization is not None:
+        _checks.choice(quantization, "quantization", QUANTIZATIONS)
     out = common.check_out_dir(out, overwrite, protect=model_dir)
     spec = ctranslate2_spec(model, source_vocab, target_vocab)
     spec.validate()
