@@ -287,3 +287,20 @@ def test_cli_errors(tmp_path):
     assert "does not exist" in run.stderr and "Traceback" not in run.stderr
     run = cli("answer", "--model", str(tmp_path / "none"), "--data", str(tmp_path / "bad.jsonl"))
     assert run.returncode == 2 and "no such directory" in run.stderr
+
+
+def test_vqa_options_follow_the_argument_rules():
+    opts = VQAOptions(max_steps=np.int64(3), batch_size=torch.tensor(8), seconds=math.inf)
+    assert (opts.max_steps, opts.batch_size) == (3, 8)
+    assert type(opts.max_steps) is int and type(opts.batch_size) is int
+    assert VQAOptions().max_steps is None
+    with pytest.raises(TypeError, match=r"VQAOptions.batch_size must be a positive int, got True"):
+        VQAOptions(batch_size=True)
+    with pytest.raises(ValueError, match=r"VQAOptions.lr must be in \(0, inf\), got 0"):
+        VQAOptions(lr=0)
+    with pytest.raises(ValueError, match=r"VQAOptions.label_smoothing must be in \[0, 1\)"):
+        VQAOptions(label_smoothing=1.0)
+    with pytest.raises(ValueError, match=r"VQAOptions.seconds must be in \[0, inf\], got nan"):
+        VQAOptions(seconds=float("nan"))
+    with pytest.raises(TypeError, match=r"VQAOptions.guided_grounding must be a bool, got 1"):
+        VQAOptions(guided_grounding=1)

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _checks
 from ..data.toy_scenes import Scene
 from ..data.vqa import VQARecord
 from ..grounding import map_point
@@ -227,6 +228,23 @@ class VQAOptions:
     seed: int = 0
     config: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Each option by its `crossattn._checks` rule (ints stored as plain ints); `config` is
+        checked by `VQAConfig` when the model is made."""
+        for name, rule in _VQA_OPTION_RULES.items():
+            object.__setattr__(self, name, rule(getattr(self, name), f"VQAOptions.{name}"))
+
+
+_VQA_OPTION_RULES: dict[str, Callable[[Any, str], Any]] = {
+    "seconds": lambda value, name: _checks.real(value, name, low=0.0, infinite=True),
+    "max_steps": lambda value, name: None if value is None else _checks.positive_int(value, name),
+    "batch_size": _checks.positive_int,
+    "lr": _checks.positive_real, "warmup": _checks.nonnegative_int, "cosine": _checks.boolean,
+    "label_smoothing": _checks.probability, "weight_decay": _checks.nonnegative_real,
+    "guided_grounding": _checks.boolean, "guided_weight": _checks.nonnegative_real,
+    "seed": _checks.integer,
+}  # fmt: skip
+
 
 @dataclass
 class VQATrainResult:
@@ -412,6 +430,7 @@ class VQAPredictor:
     def predict(self, examples: VQAExamples, batch_size: int = 256) -> list[dict[str, Any]]:
         """One ``{"answer", "point", "map"}`` per question, in order; ``point`` is (x, y) in the
         original image's pixels, ``map`` the (grid, grid) grounding map as nested lists."""
+        batch_size = _checks.positive_int(batch_size, "batch_size")
         grid = self.model.config.grid
         out: list[dict[str, Any]] = []
         for lo in range(0, len(examples), batch_size):
