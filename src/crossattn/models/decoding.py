@@ -247,7 +247,8 @@ def force_decode_attention(
         source length: row t is the step producing target token t (the last row produces EOS),
         the same layout as `Hypothesis.attention`.
     """
-    return force_decode(model, source_ids, source_mask, target_ids, target_lengths).attention
+    args = (model, source_ids, source_mask, target_ids, target_lengths)
+    return force_decode(*args, log_probs=False).attention
 
 
 class ForcedDecoding(NamedTuple):
@@ -257,11 +258,11 @@ class ForcedDecoding(NamedTuple):
         attention: per row, weights (layers, heads, n + 1, S_b) for n = its target length and
             S_b its valid source length (see `force_decode_attention`).
         log_probs: (B,) float32, the log-probability of each row's target followed by EOS, as
-            `Hypothesis.score` sums it.
+            `Hypothesis.score` sums it; None when not asked for.
     """
 
     attention: list[Tensor]
-    log_probs: Tensor
+    log_probs: Tensor | None
 
 
 def force_decode(
@@ -270,9 +271,12 @@ def force_decode(
     source_mask: Tensor | None,
     target_ids: Tensor,
     target_lengths: Tensor,
+    *,
+    log_probs: bool = True,
 ) -> ForcedDecoding:
     """The model reads given translations (arguments as `force_decode_attention`): the
-    cross-attention of every layer and head, and each translation's log-probability."""
+    cross-attention of every layer and head, and each translation's log-probability (None
+    when not ``log_probs``: a log-softmax over the whole target vocabulary at every step)."""
     cfg = model.config
     b = source_ids.shape[0]
     if source_mask is None:
@@ -307,6 +311,8 @@ def force_decode(
     columns = _valid_column_indices(source_mask)
     attention = [_take_columns(weights[i, :, :, : lengths[i] + 1], columns[i]).float()
                  for i in range(b)]  # fmt: skip
+    if not log_probs:
+        return ForcedDecoding(attention, None)
     return ForcedDecoding(attention, _target_log_probs(out.logits, target_ids, target_lengths, cfg))
 
 
