@@ -22,6 +22,7 @@ from crossattn.models import (
     force_decode_attention,
     greedy_decode,
 )
+from crossattn.models.decoding import force_decode
 from crossattn.models.kv_cache import KVCache
 from crossattn.models.seq2seq import UNK_ID
 
@@ -385,6 +386,14 @@ def test_align_scores_the_forced_translation_by_its_log_probability():
             assert math.isfinite(result.score)
             assert result.score == pytest.approx(logp.item(), abs=1e-4 * len(gold))
     assert tr.align("a b c", "b a").score == pytest.approx(forced[0].score, abs=1e-5)
+    ids = torch.tensor([tr.source_tokenizer.encode(["a", "b", "c"]).ids])
+    target, lengths = torch.tensor([[5, 4]]), torch.tensor([2])
+    both = force_decode(model, ids, None, target, lengths)
+    only = force_decode(model, ids, None, target, lengths, log_probs=False)
+    assert only.log_probs is None and both.log_probs.shape == (1,)
+    torch.testing.assert_close(only.attention, both.attention, rtol=0, atol=1e-6)
+    torch.testing.assert_close(force_decode_attention(model, ids, None, target, lengths),
+                               both.attention, rtol=0, atol=1e-6)  # fmt: skip
 
 
 def test_align_gives_a_translation_the_score_decoding_gave_it(trained):
