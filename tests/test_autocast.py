@@ -123,6 +123,7 @@ def test_layer_takes_a_float32_mask_under_autocast(layer_backend, mask_dtype, ge
     assert torch.equal(out, want)
 
 
+@pytest.mark.interop
 def test_diffusers_processor_takes_a_float32_mask_under_autocast():
     """CrossAttnProcessor with diffusers' additive float32 mask under bfloat16 autocast: within
     k times the error of diffusers' own AttnProcessor2_0 under autocast (both against
@@ -153,6 +154,7 @@ def test_diffusers_processor_takes_a_float32_mask_under_autocast():
     assert (ours.double() - exact).abs().max().item() <= TOLERANCE_FACTOR * yardstick + eps
 
 
+@pytest.mark.interop
 def test_diffusers_processor_upcast_attention_stays_float32_under_autocast():
     """upcast_attention under bfloat16 autocast computes the attention in float32, as for a
     bfloat16 module outside autocast (the op would otherwise cast it back to bfloat16)."""

@@ -133,6 +133,7 @@ def _compare(model, ids, mask, *, beam, alpha, max_len, atol=1e-5):
     return ref
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("beam", [1, 2, 3, 5])
 @pytest.mark.parametrize("alpha", [0.0, 0.6, 1.5])
 def test_matches_the_reference_on_a_trained_model(trained, beam, alpha):
@@ -142,6 +143,7 @@ def test_matches_the_reference_on_a_trained_model(trained, beam, alpha):
     assert len(lengths) > 1  # hypotheses ended at different steps: the test can tell
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("beam", "n_best", "max_len"), [(4, 4, 12), (3, 2, 12), (4, 3, 3)])
 def test_n_best_matches_the_reference(trained, beam, n_best, max_len):
     ids, mask = _source(seed=beam + n_best)
@@ -178,6 +180,7 @@ def test_matches_the_reference_in_post_norm_and_float64():
         _compare(model, ids, mask, beam=3, alpha=0.6, max_len=10, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_beam_of_one_is_greedy(trained):
     ids, mask = _source(seed=7, b=6)
     greedy = greedy_decode(trained, ids, mask, max_len=12, return_attention=True)
@@ -190,6 +193,7 @@ def test_beam_of_one_is_greedy(trained):
         torch.testing.assert_close(g.attention, b.attention, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_greedy_matches_full_recomputation(seed, trained):
     model = trained if seed == 0 else _model(seed=seed)
@@ -202,6 +206,7 @@ def test_greedy_matches_full_recomputation(seed, trained):
         torch.testing.assert_close(f.attention, s.attention, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_the_fast_path_runs_and_reads_the_device_once_per_step(trained):
     ids, mask = _source(seed=2)
     memory = trained.encode(ids, mask)
@@ -233,6 +238,7 @@ def test_the_fast_path_runs_and_reads_the_device_once_per_step(trained):
         assert reads(decode, 2) == reads(decode, 7) <= steps + 10
 
 
+@pytest.mark.slow
 def test_fused_weights_follow_in_place_changes(trained):
     model = copy.deepcopy(trained)
     ids, mask = _source(seed=8)
@@ -249,6 +255,7 @@ def test_fused_weights_follow_in_place_changes(trained):
     assert set(model.state_dict()) == set(trained.state_dict())  # nothing added to the model
 
 
+@pytest.mark.slow
 def test_a_replaced_or_hooked_linear_is_called_as_a_module(trained):
     model = copy.deepcopy(trained)
     ids, mask = _source(seed=9)

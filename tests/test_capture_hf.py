@@ -19,6 +19,7 @@ from crossattn.capture import AttentionRecorder
 from crossattn.viz._record import as_record
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.interop
 
 TOL = 1e-5
 

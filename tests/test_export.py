@@ -23,7 +23,7 @@ from crossattn.cli import main
 from crossattn.models import greedy_decode
 from crossattn.training import WEIGHTS_FILE, load_model
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.interop, pytest.mark.usefixtures("one_thread")]
 ctranslate2 = pytest.importorskip("ctranslate2", reason="pip install 'crossattn[export]'")
 ort = pytest.importorskip("onnxruntime", reason="pip install 'crossattn[export]'")
 

@@ -10,9 +10,13 @@ import pytest
 
 from crossattn.integrations import segment_anything as sam_integration
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("segment_anything") is None, reason="segment-anything not installed"
-)
+pytestmark = [
+    pytest.mark.interop,
+    pytest.mark.skipif(
+        importlib.util.find_spec("segment_anything") is None,
+        reason="segment-anything not installed",
+    ),
+]
 
 
 def test_loader_runs_no_package_init_and_needs_no_torchvision():

@@ -17,6 +17,8 @@ from diffusers.models.attention_processor import (  # noqa: E402
 
 from crossattn.integrations.diffusers import CrossAttnProcessor, processors_for  # noqa: E402
 
+pytestmark = pytest.mark.interop
+
 
 def _randomise(module: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> None:
     """Random values for every parameter, norm weights and biases included."""

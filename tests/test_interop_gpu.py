@@ -12,6 +12,7 @@ from crossattn.layers import TwoWayTransformer
 
 pytestmark = [
     pytest.mark.gpu,
+    pytest.mark.interop,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 

@@ -9,6 +9,7 @@ import crossattn
 from crossattn import CrossAttention
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.interop
 
 
 def _bert(attn_implementation="eager", dtype=torch.float32, seed=0):

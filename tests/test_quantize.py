@@ -72,6 +72,7 @@ def converted(request, trained):
 
 
 # ------------------------------------------------------------------------------------ decoding
+@pytest.mark.slow
 @pytest.mark.parametrize("search", ["greedy", "beam"])
 @pytest.mark.parametrize("attention", [False, True])
 def test_every_compute_type_decodes(converted, search, attention):
@@ -95,6 +96,7 @@ def test_every_compute_type_decodes(converted, search, attention):
         assert torch.allclose(h.attention.float().sum(-1), torch.ones(2, 2, steps), atol=low)
 
 
+@pytest.mark.slow
 def test_agreement_with_float32_on_the_trained_model(converted, trained):
     """Greedy tokens equal float32's wherever float32 is not near a tie.
 
@@ -158,6 +160,7 @@ def _margins(model, src, mask, hyps) -> list[list[float]]:
 
 
 # --------------------------------------------------------------------------------- int8 memory
+@pytest.mark.slow
 def test_int8_stores_the_cross_attention_memory_as_int8(trained):
     model = quantize(trained, "int8")
     src, mask = _batch(4)
@@ -178,6 +181,7 @@ def test_int8_stores_the_cross_attention_memory_as_int8(trained):
     assert ratio == pytest.approx((e + 4) / (4 * e))  # int8 values + a float32 scale per row
 
 
+@pytest.mark.slow
 def test_quantize_copies_unless_inplace(trained):
     before = {k: v.clone() for k, v in trained.state_dict().items()}
     model = quantize(trained, "int8")
@@ -192,6 +196,7 @@ def test_quantize_copies_unless_inplace(trained):
     assert {p.dtype for p in twin.parameters()} == {torch.bfloat16}
 
 
+@pytest.mark.slow
 def test_int8_bfloat16_keeps_int8_scales_in_float32(trained):
     model = quantize(trained, "int8_bfloat16")
     for m in model.modules():
@@ -285,6 +290,7 @@ def test_cli_translate_and_align_take_compute_type(model_dir, tmp_path):
 
 
 # -------------------------------------------------------------------------------------- errors
+@pytest.mark.slow
 def test_unknown_compute_type_names_the_option_and_lists_the_valid_ones(trained, model_dir):
     valid = "'float32', 'bfloat16', 'int8', 'int8_bfloat16'"
     with pytest.raises(ValueError, match=f"compute_type must be one of {valid}; got 'int4'"):
@@ -301,6 +307,7 @@ def test_unknown_compute_type_names_the_option_and_lists_the_valid_ones(trained,
     assert "float32" in err.getvalue() and "int8_bfloat16" in err.getvalue()
 
 
+@pytest.mark.slow
 def test_int8_without_a_kernel_is_a_clear_error(trained, model_dir, monkeypatch):
     def no_kernel(kernel):
         return f"no {kernel} in this build"
@@ -318,6 +325,7 @@ def test_int8_without_a_kernel_is_a_clear_error(trained, model_dir, monkeypatch)
     assert "argument --compute-type: 'int8' cannot run here" in err.getvalue()
 
 
+@pytest.mark.slow
 def test_quantize_refuses_a_model_already_converted(trained):
     model = quantize(trained, "int8")
     with pytest.raises(ValueError, match="holds Int8Linear layers; quantize the float32 model"):

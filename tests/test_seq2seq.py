@@ -86,6 +86,7 @@ def test_cached_logits_equal_full_recomputation(norm_first):
             torch.testing.assert_close(cached, full, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decode", ["greedy", "beam"])
 def test_cached_decoding_equals_uncached(decode, trained):
     model = trained
@@ -115,6 +116,7 @@ def test_cached_decoding_equals_uncached(decode, trained):
             assert h.score == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_batched_decoding_equals_one_by_one_and_padding_is_never_read(trained):
     model = copy.deepcopy(trained)
     ids, mask = _source()
@@ -131,6 +133,7 @@ def test_batched_decoding_equals_one_by_one_and_padding_is_never_read(trained):
         torch.testing.assert_close(h.attention, alone.attention, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_beam_of_one_is_greedy(trained):
     model = trained
     ids, mask = _source()
@@ -140,6 +143,7 @@ def test_beam_of_one_is_greedy(trained):
     assert [h.score for h in greedy] == pytest.approx([h.score for h in beam], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_beam_search_is_no_worse_than_greedy(trained):
     ids, mask = _source(seed=4)
     greedy = greedy_decode(trained, ids, mask, max_len=15)
@@ -192,6 +196,7 @@ def _left_padded(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, t
     return ids, mask
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("padding", ["right", "left"])
 @pytest.mark.parametrize("decode", ["greedy", "beam"])
 def test_attention_maps_per_layer_and_head(decode, padding, trained):
@@ -223,6 +228,7 @@ def test_attention_maps_per_layer_and_head(decode, padding, trained):
     assert all(h.attention is None for h in fn(model, ids, mask, max_len=5))
 
 
+@pytest.mark.slow
 def test_force_decode_attention_checks_target_lengths(trained):
     ids, mask = _source()
     target = torch.full((4, 3), 4)

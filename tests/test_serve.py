@@ -249,6 +249,7 @@ def test_chunked_bodies_are_refused(server):
     _still_answers(server)
 
 
+@pytest.mark.slow
 def test_slow_or_lying_clients_time_out(translator):
     srv = make_server(translator, "127.0.0.1", 0, max_words=10, beam=1, timeout=0.5)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)

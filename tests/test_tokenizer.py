@@ -130,6 +130,7 @@ def test_decode_of_odd_token_sequences(subword):
     assert subword.decode([]) == ((), ())
 
 
+@pytest.mark.slow
 def test_training_is_the_same_in_every_process():
     # the unigram trainer's piece order and last score bits vary from process to process
     code = (

@@ -136,6 +136,7 @@ def test_determiners_agree_with_gender_and_number(examples):
     assert min(seen.values()) > 100, seen
 
 
+@pytest.mark.slow
 def test_adjectives_agree_with_the_noun():
     """An adjective takes its noun's gender and number: les voitures vertes, le livre vert."""
     lex = _lexicon(0)

@@ -192,6 +192,7 @@ def test_block_alone_matches_explicit():
 # --- against Segment Anything ----------------------------------------------------------------
 
 
+@pytest.mark.interop
 @pytest.mark.parametrize(
     ("depth", "dim", "heads", "mlp", "rate", "act"),
     [(2, 32, 4, 64, 2, nn.ReLU), (3, 48, 3, 40, 1, nn.GELU), (1, 64, 2, 16, 4, nn.ReLU)],
@@ -225,6 +226,7 @@ def test_from_segment_anything_matches(sam, depth, dim, heads, mlp, rate, act):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.interop
 def test_from_segment_anything_gradients_match(sam):
     torch.manual_seed(0)
     original = sam.TwoWayTransformer(depth=2, embedding_dim=16, num_heads=2, mlp_dim=32).double()
@@ -240,6 +242,7 @@ def test_from_segment_anything_gradients_match(sam):
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.interop
 def test_from_segment_anything_keeps_dtype_and_eps(sam):
     original = sam.TwoWayTransformer(depth=1, embedding_dim=16, num_heads=2, mlp_dim=32).double()
     original.layers[0].norm2.eps = 1e-3
@@ -248,6 +251,7 @@ def test_from_segment_anything_keeps_dtype_and_eps(sam):
     assert all(p.dtype == torch.float64 for p in layer.parameters())
 
 
+@pytest.mark.interop
 def test_from_segment_anything_rejects_other_modules(sam):
     with pytest.raises(TypeError, match=r"lacks \['layers'"):
         TwoWayTransformer.from_segment_anything(nn.Linear(2, 2))
@@ -257,6 +261,7 @@ def test_from_segment_anything_rejects_other_modules(sam):
         TwoWayTransformer.from_segment_anything(original)
 
 
+@pytest.mark.interop
 def test_from_segment_anything_duck_types_any_copy(sam):
     """A module of another class with the same layout (a copy loaded another way) converts."""
 

@@ -89,6 +89,7 @@ def test_saves_by_extension(tmp_path, ext, magic):
     assert path.read_bytes().startswith(magic)
 
 
+@pytest.mark.slow
 def test_no_pyplot_and_lazy_matplotlib():
     code = (
         "import sys, torch\n"

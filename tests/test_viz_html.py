@@ -120,6 +120,7 @@ def test_initial_layer_head_and_threshold():
     assert (data["layer"], data["head"], data["threshold"]) == (-1, -1, 0.25)
 
 
+@pytest.mark.slow
 def test_large_record_is_compact():
     """1,000 x 1,000 tokens, 3 layers x 4 heads: under 40 MiB (8 bits past 16 MiB)."""
     g = torch.Generator().manual_seed(0)

@@ -195,6 +195,7 @@ def test_short_training_learns(trained):
     assert s["accuracy"] > s["majority_baseline"] + 0.05, s
 
 
+@pytest.mark.slow
 def test_choose_head_takes_the_most_informative_map(trained):
     train, result = trained
     choice, scores = choose_head(result.model, result.vocab, train, limit=64)
@@ -247,6 +248,7 @@ def cli(*args, cwd=None):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_cli_train_answer_score(tmp_path):
     write_vqa_jsonl(generate_scenes(12, seed=0), tmp_path / "train.jsonl")
     write_vqa_jsonl(generate_scenes(3, seed=1), tmp_path / "test.jsonl")
@@ -269,6 +271,7 @@ def test_cli_train_answer_score(tmp_path):
     assert json.loads((out / "vqa.json").read_text())["grounding"] == "guided"
 
 
+@pytest.mark.slow
 def test_cli_train_chooses_an_unsupervised_map(tmp_path):
     write_vqa_jsonl(generate_scenes(6, seed=0), tmp_path / "train.jsonl")
     out = tmp_path / "model"
@@ -280,6 +283,7 @@ def test_cli_train_chooses_an_unsupervised_map(tmp_path):
     assert meta["map_information"][meta["grounding"]] == max(meta["map_information"].values())
 
 
+@pytest.mark.slow
 def test_cli_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"image": "nope.png", "question": "q ?", "answer": "a"}\n')
     run = cli("train", "--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "m"))
