@@ -33,7 +33,7 @@ BACKENDS: list[str] = [
     if not getattr(get_backend(name), "quantized_inputs", False)
 ]
 """The registered backends usable on this machine (the registry decides, not the tests), except
-those that take only quantised keys and values (int8: tests/test_backend_int8.py)."""
+those that take only quantised keys and values (int8: tests/backends/test_backend_int8.py)."""
 
 TINY_CHUNKED = "chunked@tiny-blocks"
 """Backend case: the chunked backend with tiny tiles (many tiles on small shapes)."""

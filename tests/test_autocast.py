@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import DTYPES, assert_matches, backend_reasons, expected, randn
 from crossattn import CrossAttention, cross_attention
+from tests.conftest import DTYPES, assert_matches, backend_reasons, expected, randn
 
 AUTOCAST = torch.bfloat16
 FLOATS = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
@@ -131,8 +131,8 @@ def test_diffusers_processor_takes_a_float32_mask_under_autocast():
     pytest.importorskip("diffusers")
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-    from conftest import TOLERANCE_FACTOR
     from crossattn.integrations.diffusers import CrossAttnProcessor
+    from tests.conftest import TOLERANCE_FACTOR
 
     torch.manual_seed(0)
     attn = Attention(query_dim=16, cross_attention_dim=12, heads=4, dim_head=8).eval()

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_tiny_translator
 from crossattn import cli
 from crossattn.cli import COMMANDS, main
+from tests.conftest import write_tiny_translator
 
 SOURCE = "the boy sees water a red car".split()
 TARGET = "le garçon voit eau la voiture rouge".split()

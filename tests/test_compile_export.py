@@ -21,8 +21,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import crossattn
-from conftest import backend_reasons
 from crossattn import CrossAttention, cross_attention
+from tests.conftest import backend_reasons
 
 # Backends that take quantised keys and values (int8) refuse the float inputs of these checks by
 # design; they are checked with their own inputs in their own tests.
