@@ -52,7 +52,7 @@ docs: $(STAMP)
 # The quick loop while editing: tests/ without the slow, browser and interop tests (and without
 # the documentation blocks), about a minute on two cores; the ten slowest are listed so that a
 # new slow test shows. One intra-op thread: the shapes are tiny, and on a busy machine a second
-# thread makes every kernel wait (tests/backends took 47 s with two, 3 s with one, at load 6).
+# thread makes every kernel wait (test_backend_lse.py took 48 s with two, 3 s with one, at load 6).
 # Lint is left to `make lint` (seconds) and `make test`, so that a change not yet formatted
 # still gets its tests run.
 test-fast: $(STAMP)
