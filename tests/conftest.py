@@ -90,6 +90,16 @@ def backend_case(case: str | None) -> Iterator[str | None]:
         register_backend(original, replace=True)
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads() -> Iterator[None]:
+    """Give every test the thread count the session started with: training (``choose_threads``)
+    lowers it on a busy machine, and a later test must not depend on which ran before it."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(params=backend_cases(), ids=backend_ids)
 def backend(request: pytest.FixtureRequest) -> Iterator[str | None]:
     """A backend name to pass as ``backend=`` (None = dispatch); see the module docstring."""
