@@ -108,6 +108,26 @@ def test_finite_real():
     assert _checks.real(1.0, "p", low=0.0, high=1.0, high_open=False) == 1.0
 
 
+def test_positive_real():
+    assert _checks.positive_real(np.float32(0.5), "eps") == 0.5
+    assert _checks.positive_real(torch.tensor(2), "eps") == 2.0
+    for bad in (0, -1e-9, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="^eps must be a positive finite real number, got "):
+            _checks.positive_real(bad, "eps")
+    for bad in (True, "1", None):
+        with pytest.raises(TypeError, match="^eps must be a positive finite real number, got "):
+            _checks.positive_real(bad, "eps")
+
+
+def test_unit_real_includes_both_ends():
+    assert [_checks.unit_real(v, "alpha") for v in (0, 1, np.float64(0.5))] == [0.0, 1.0, 0.5]
+    for bad in (-0.01, 1.01, float("nan")):
+        with pytest.raises(ValueError, match=r"^alpha must be in \[0, 1\], got "):
+            _checks.unit_real(bad, "alpha")
+    with pytest.raises(TypeError, match=r"^alpha must be a real number in \[0, 1\], got True"):
+        _checks.unit_real(True, "alpha")
+
+
 def test_choice():
     assert _checks.choice("two", "mode", ("two", "shared")) == "two"
     with pytest.raises(ValueError, match="mode must be one of 'two', 'shared'; got 'three'"):
@@ -176,6 +196,14 @@ ENTRY_POINTS = [
     ("SelfDoc", lambda n: crossattn.SelfDocAttention(n, 3, heads=n, dim_head=2)),
     ("Encoder", lambda n: crossattn.TransformerEncoderLayer(n, heads=n, dim_ff=n)),
     ("Decoder", lambda n: crossattn.TransformerDecoderLayer(n, n, heads=n, dim_ff=n)),
+    ("CrossAttention", lambda n: crossattn.CrossAttention(
+        n, n, n, heads=n, dim_head=n, kv_heads=n, out_dim=n)),
+    ("Hierarchical", lambda n: crossattn.HierarchicalCrossAttention(
+        4, heads=2, dim_head=2, block_size=n, top_k=n, query_block_size=n)),
+    ("TwoWayBlock", lambda n: crossattn.TwoWayAttentionBlock(
+        n, n, mlp_dim=n, attention_downsample_rate=1)),
+    ("TwoWay", lambda n: crossattn.TwoWayTransformer(
+        n, n, n, n, attention_downsample_rate=1)),
     ("causal_mask", lambda n: crossattn.causal_mask(n, n)),
     ("lengths_to_key_mask", lambda n: crossattn.lengths_to_key_mask(torch.tensor([1, 2]), n)),
 ]  # fmt: skip
@@ -207,3 +235,14 @@ def test_gated_fusion_bias_init_is_a_finite_real(bad):
     with pytest.raises(ValueError, match="bias_init must be a finite real number, got "):
         crossattn.GatedFusion(4, bias_init=bad)
     assert crossattn.GatedFusion(4, bias_init=np.float32(-4)).to_gate.bias.eq(-4).all()
+
+
+def test_layers_store_the_checked_ints_not_the_arguments():
+    sizes = {"block_size": np.int64(3), "top_k": torch.tensor(2), "query_block_size": np.int32(5)}
+    layer = crossattn.HierarchicalCrossAttention(4, heads=2, dim_head=2, **sizes)
+    assert [type(getattr(layer, k)) for k in sizes] == [int, int, int]
+    two_way = crossattn.TwoWayTransformer(np.int64(1), np.int64(4), torch.tensor(2), np.int16(8))
+    stored = (two_way.depth, two_way.embedding_dim, two_way.num_heads, two_way.mlp_dim)
+    assert [type(v) for v in stored] == [int] * 4 and stored == (1, 4, 2, 8)
+    attn = crossattn.CrossAttention(np.int64(4), dropout=np.float32(0.5), norm_eps=np.int64(1))
+    assert type(attn.query_dim) is int and type(attn.dropout) is float

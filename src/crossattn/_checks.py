@@ -139,6 +139,26 @@ def finite_real(value: object, name: str) -> float:
     return real(value, name)
 
 
+def positive_real(value: object, name: str) -> float:
+    """`value` as a finite ``float`` > 0 (an epsilon, a scale, a timeout)."""
+    try:
+        result = real(value, name)
+    except ArgumentTypeError:
+        raise ArgumentTypeError(
+            f"{name} must be a positive finite real number, got {_describe(value)}"
+        ) from None
+    except ValueError:
+        result = math.nan
+    if not result > 0:
+        raise ValueError(f"{name} must be a positive finite real number, got {_describe(value)}")
+    return result
+
+
+def unit_real(value: object, name: str) -> float:
+    """A fraction, an opacity or a weight: a ``float`` in [0, 1] (both ends included)."""
+    return real(value, name, low=0.0, high=1.0, high_open=False)
+
+
 def probability(value: object, name: str) -> float:
     """A rate or dropout probability: a ``float`` in [0, 1)."""
     return real(value, name, low=0.0, high=1.0)

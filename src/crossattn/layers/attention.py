@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from numbers import Integral
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from .. import _checks
 from ..functional import cross_attention
 from ..masks import combine_masks, zero_padding
-from ._common import check_features, check_mask, check_nonempty
+from ._common import check_features, check_mask, check_nonempty, check_positive
 from .hooks import AttentionCall, layer_call
 
 
@@ -87,8 +87,7 @@ class PreparedContext:
 
     def repeat_interleave(self, repeats: int) -> PreparedContext:
         """Repeat each batch row `repeats` times in place: (B, ...) -> (B * repeats, ...)."""
-        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 0:
-            raise ValueError(f"repeats must be a non-negative int, got {repeats!r}")
+        repeats = _checks.nonnegative_int(repeats, "repeats")
         index = torch.arange(self.batch_size, device=self.key.device).repeat_interleave(repeats)
         return self.index_select(index)
 
@@ -146,38 +145,22 @@ class CrossAttention(nn.Module):
         context_dim = query_dim if context_dim is None else context_dim
         value_dim = context_dim if value_dim is None else value_dim
         kv_heads = heads if kv_heads is None else kv_heads
-        for name, val in (
-            ("query_dim", query_dim),
-            ("context_dim", context_dim),
-            ("value_dim", value_dim),
-            ("heads", heads),
-            ("dim_head", dim_head),
-            ("kv_heads", kv_heads),
-            ("out_dim", query_dim if out_dim is None else out_dim),
-        ):
-            if not isinstance(val, Integral) or isinstance(val, bool) or val <= 0:
-                raise ValueError(f"{name} must be a positive int, got {val!r}")
-        query_dim, context_dim, value_dim = int(query_dim), int(context_dim), int(value_dim)
-        heads, dim_head, kv_heads = int(heads), int(dim_head), int(kv_heads)
-        out_dim = None if out_dim is None else int(out_dim)
+        query_dim, context_dim, value_dim, heads, dim_head, kv_heads, out_dim = check_positive(
+            query_dim=query_dim, context_dim=context_dim, value_dim=value_dim, heads=heads,
+            dim_head=dim_head, kv_heads=kv_heads, out_dim=query_dim if out_dim is None else out_dim,
+        )  # fmt: skip
         if heads % kv_heads != 0:
             raise ValueError(f"heads={heads} must be a multiple of kv_heads={kv_heads}")
         if qk_norm not in (None, "layer_norm", "rms_norm"):
             raise ValueError(f"qk_norm must be None, 'layer_norm' or 'rms_norm', got {qk_norm!r}")
-        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool):
-            raise TypeError(f"dropout must be a float in [0, 1), got {dropout!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        if not isinstance(norm_eps, (int, float)) or isinstance(norm_eps, bool):
-            raise TypeError(f"norm_eps must be a positive float, got {norm_eps!r}")
-        if norm_eps <= 0:
-            raise ValueError(f"norm_eps must be a positive float, got {norm_eps!r}")
+        dropout = _checks.probability(dropout, "dropout")
+        norm_eps = _checks.positive_real(norm_eps, "norm_eps")
         if backend is not None and not isinstance(backend, str):
             # the name itself is resolved at call time: backends may be registered later
             raise TypeError(f"backend must be a backend name or None, got {backend!r}")
         self.query_dim, self.context_dim, self.value_dim = query_dim, context_dim, value_dim
         self.heads, self.kv_heads, self.dim_head = heads, kv_heads, dim_head
-        self.out_dim = query_dim if out_dim is None else out_dim
+        self.out_dim = out_dim
         self.dropout = dropout
         self.backend = backend
         self.qk_norm = qk_norm
