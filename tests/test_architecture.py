@@ -44,9 +44,7 @@ LAYERS = {
     "cli": 6,
     "__main__": 6,
     # moving:
-    "checkpoint": 4,
-    "train": 5,
-    "vqa_training": 5,
+    "checkpoint": 4, "train": 5, "vqa_training": 5,
 }
 
 ENTRY_POINTS = {"from_torch", "from_diffusers", "from_transformers", "from_segment_anything"}
