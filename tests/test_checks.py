@@ -10,6 +10,7 @@ import torch
 
 import crossattn
 from crossattn import _checks
+from crossattn.capture import AttentionRecorder
 
 INTS = [
     7,
@@ -246,3 +247,44 @@ def test_layers_store_the_checked_ints_not_the_arguments():
     assert [type(v) for v in stored] == [int] * 4 and stored == (1, 4, 2, 8)
     attn = crossattn.CrossAttention(np.int64(4), dropout=np.float32(0.5), norm_eps=np.int64(1))
     assert type(attn.query_dim) is int and type(attn.dropout) is float
+
+
+def test_positive_int_pair():
+    assert _checks.positive_int_pair([np.int64(3), torch.tensor(4)], "size") == (3, 4)
+    for bad, error in [
+        ((3,), TypeError),
+        ((3, True), TypeError),
+        ((3, 0), ValueError),
+        (3, TypeError),
+    ]:
+        with pytest.raises(error, match=r"^size must be \(H, W\): two positive ints, got "):
+            _checks.positive_int_pair(bad, "size")
+
+
+# --- the outer rings (capture, integrations, align, data, viz) follow the same rule ----------
+# Each entry: (name, make(n) -> what it keeps of n, the argument its error names).
+
+OUTER_ENTRY_POINTS = [
+    ("AttentionRecorder-top_k", lambda n: AttentionRecorder(top_k=n).top_k, "top_k"),
+    ("AttentionRecorder-max_bytes", lambda n: AttentionRecorder(max_bytes=n).max_bytes, "max_bytes"),
+    ("AttentionRecorder-image_size", lambda n: AttentionRecorder(image_size=(n, 2)).image_size, "image_size"),
+    ("AttentionRecorder-steps", lambda n: [AttentionRecorder(steps=n)._step_ok(i) for i in range(6)], "steps"),
+    ("AttentionRecorder-steps-list", lambda n: [AttentionRecorder(steps=[1, n])._step_ok(i) for i in range(6)], "steps"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", INT_KINDS, ids=lambda v: f"{type(v).__name__}-{v.dtype}")
+@pytest.mark.parametrize(
+    ("name", "make", "arg"), OUTER_ENTRY_POINTS, ids=[e[0] for e in OUTER_ENTRY_POINTS]
+)
+def test_outer_entry_points_take_numpy_and_torch_ints_as_ints(name, make, arg, kind):
+    got, want = make(kind), make(4)
+    assert got == want and type(got) is type(want)
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "arg"), OUTER_ENTRY_POINTS, ids=[e[0] for e in OUTER_ENTRY_POINTS]
+)
+def test_outer_entry_points_refuse_bools(name, make, arg):
+    with pytest.raises(TypeError, match=rf"\b{arg}\b.*must be"):
+        make(True)

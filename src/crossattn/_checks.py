@@ -95,6 +95,20 @@ def nonnegative_ints(**values: object) -> tuple[int, ...]:
     return tuple(integer(v, name, minimum=0) for name, v in values.items())
 
 
+def positive_int_pair(value: object, name: str, legend: str = "(H, W)") -> tuple[int, int]:
+    """A tuple or list of two positive ints (a size, a grid), as plain ints; the error shows
+    `legend` (``"(H, W)"``) whatever part of the pair is wrong."""
+    expected = f"{name} must be {legend}: two positive ints, got {_describe(value)}"
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ArgumentTypeError(expected)
+    try:
+        return integer(value[0], name, minimum=1), integer(value[1], name, minimum=1)
+    except ArgumentTypeError:
+        raise ArgumentTypeError(expected) from None
+    except ValueError:
+        raise ValueError(expected) from None
+
+
 def real(
     value: object,
     name: str,
