@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -11,6 +14,8 @@ import torch
 import crossattn
 from crossattn import _checks
 from crossattn.capture import AttentionRecorder
+from crossattn.data.vqa import read_vqa_jsonl
+from crossattn.grounding import pointing_game
 
 INTS = [
     7,
@@ -264,11 +269,32 @@ def test_positive_int_pair():
 # --- the outer rings (capture, integrations, align, data, viz) follow the same rule ----------
 # Each entry: (name, make(n) -> what it keeps of n, the argument its error names).
 
+
+@functools.cache
+def _vqa_file() -> str:
+    """A one-line VQA JSONL file (and its 8 x 6 image) in a temporary folder."""
+    from PIL import Image
+
+    folder = tempfile.mkdtemp()
+    Image.fromarray(np.zeros((6, 8, 3), dtype=np.uint8)).save(os.path.join(folder, "a.png"))
+    path = os.path.join(folder, "d.jsonl")
+    with open(path, "w") as f:
+        f.write(json.dumps({"image": "a.png", "question": "where ?", "box": [0, 0, 8, 6]}) + "\n")
+    return path
+
+
+def _vqa_image_shape(size: object) -> tuple[int, ...]:
+    return read_vqa_jsonl(_vqa_file(), size=size)[0].image.shape
+
+
 OUTER_ENTRY_POINTS = [
     ("AttentionRecorder-top_k", lambda n: AttentionRecorder(top_k=n).top_k, "top_k"),
     ("AttentionRecorder-max_bytes", lambda n: AttentionRecorder(max_bytes=n).max_bytes, "max_bytes"),
     ("AttentionRecorder-image_size", lambda n: AttentionRecorder(image_size=(n, 2)).image_size, "image_size"),
     ("AttentionRecorder-steps", lambda n: [AttentionRecorder(steps=n)._step_ok(i) for i in range(6)], "steps"),
+    ("pointing_game-image_size", lambda n: pointing_game([np.eye(2)], [(0, 0, 2, 2)], image_size=(n, 4)), "image_size"),
+    ("pointing_game-box", lambda n: pointing_game([np.eye(2)], [(0, 0, n, 2)], image_size=(4, 4)), "boxes"),
+    ("read_vqa_jsonl-size", _vqa_image_shape, "size"),
     ("AttentionRecorder-steps-list", lambda n: [AttentionRecorder(steps=[1, n])._step_ok(i) for i in range(6)], "steps"),
 ]  # fmt: skip
 
@@ -288,3 +314,15 @@ def test_outer_entry_points_take_numpy_and_torch_ints_as_ints(name, make, arg, k
 def test_outer_entry_points_refuse_bools(name, make, arg):
     with pytest.raises(TypeError, match=rf"\b{arg}\b.*must be"):
         make(True)
+
+
+def test_box():
+    assert _checks.box(np.array([1, 2, 3, 4]), "box") == (1.0, 2.0, 3.0, 4.0)
+    assert _checks.box(torch.tensor([0.0, 0.0, 8.0, 6.0]), "box", width=8, height=6)[2] == 8.0
+    for bad in ([0, 0, 1], "abcd", [0, 0, 1, float("nan")], [0, 0, True, 1], None):
+        with pytest.raises(TypeError, match=r"^b must be \[x0, y0, x1, y1\]: four finite real"):
+            _checks.box(bad, "b")
+    with pytest.raises(ValueError, match="^b must have x0 < x1 and y0 < y1, got "):
+        _checks.box((2, 0, 1, 1), "b")
+    with pytest.raises(ValueError, match=r"^b \[0, 0, 9, 6\] must lie inside the image of width 8"):
+        _checks.box([0, 0, 9, 6], "b", width=8, height=6)

@@ -109,6 +109,34 @@ def positive_int_pair(value: object, name: str, legend: str = "(H, W)") -> tuple
         raise ValueError(expected) from None
 
 
+def box(
+    value: object, name: str, *, width: float | None = None, height: float | None = None
+) -> tuple[float, float, float, float]:
+    """A box ``[x0, y0, x1, y1]`` (a list, tuple, array or tensor of four finite reals) as four
+    floats, with x0 < x1 and y0 < y1; inside an image of `width` x `height` pixels
+    (0 <= x0, x1 <= width, 0 <= y0, y1 <= height; x1 and y1 exclusive) when those are given."""
+    items = value.tolist() if hasattr(value, "tolist") else value
+    try:
+        if isinstance(items, (str, bytes)) or len(items) != 4:  # type: ignore[arg-type]
+            raise TypeError
+        x0, y0, x1, y1 = (real(v, name) for v in items)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ArgumentTypeError(
+            f"{name} must be [x0, y0, x1, y1]: four finite real numbers, got {_describe(value)}"
+        ) from None
+    if width is None or height is None:
+        if not (x0 < x1 and y0 < y1):
+            raise ValueError(f"{name} must have x0 < x1 and y0 < y1, got {_describe(value)}")
+    elif not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        shown = "[" + ", ".join(f"{v:g}" for v in (x0, y0, x1, y1)) + "]"
+        raise ValueError(
+            f"{name} {shown} must lie inside the image of width {width} and height {height} "
+            f"and not be empty: 0 <= x0 < x1 <= {width}, 0 <= y0 < y1 <= {height} (pixels, x1 "
+            "and y1 exclusive)"
+        )
+    return x0, y0, x1, y1
+
+
 def real(
     value: object,
     name: str,
