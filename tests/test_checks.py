@@ -14,6 +14,7 @@ import torch
 import crossattn
 from crossattn import _checks
 from crossattn.capture import AttentionRecorder
+from crossattn.data.toy_translation import generate_corpus, language_rules
 from crossattn.data.vqa import read_vqa_jsonl
 from crossattn.grounding import pointing_game
 
@@ -295,6 +296,8 @@ OUTER_ENTRY_POINTS = [
     ("pointing_game-image_size", lambda n: pointing_game([np.eye(2)], [(0, 0, 2, 2)], image_size=(n, 4)), "image_size"),
     ("pointing_game-box", lambda n: pointing_game([np.eye(2)], [(0, 0, n, 2)], image_size=(4, 4)), "boxes"),
     ("read_vqa_jsonl-size", _vqa_image_shape, "size"),
+    ("generate_corpus-n_train", lambda n: len(generate_corpus(0, n_train=n, n_dev=0, n_test=0).train), "n_train"),
+    ("language_rules", lambda n: language_rules(n), "language"),
     ("AttentionRecorder-steps-list", lambda n: [AttentionRecorder(steps=[1, n])._step_ok(i) for i in range(6)], "steps"),
 ]  # fmt: skip
 
