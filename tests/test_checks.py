@@ -17,6 +17,8 @@ from crossattn.capture import AttentionRecorder
 from crossattn.data.toy_translation import generate_corpus, language_rules
 from crossattn.data.vqa import read_vqa_jsonl
 from crossattn.grounding import pointing_game
+from crossattn.viz._record import as_record
+from crossattn.viz.html import payload
 
 INTS = [
     7,
@@ -288,6 +290,24 @@ def _vqa_image_shape(size: object) -> tuple[int, ...]:
     return read_vqa_jsonl(_vqa_file(), size=size)[0].image.shape
 
 
+_FIVE_HEADS = torch.rand(5, 3, 4).softmax(-1)  # (H, L, S)
+
+
+def _panel_titles(**options: object) -> list[str]:
+    """The panel titles of a `heatmap` of five heads, drawn with `options`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from crossattn.viz import heatmap
+
+    fig = heatmap(_FIVE_HEADS, list("abcd"), list("xyz"), colorbar=False, **options)
+    titles = [ax.get_title() for ax in fig.axes]
+    plt.close(fig)
+    return titles
+
+
 OUTER_ENTRY_POINTS = [
     ("AttentionRecorder-top_k", lambda n: AttentionRecorder(top_k=n).top_k, "top_k"),
     ("AttentionRecorder-max_bytes", lambda n: AttentionRecorder(max_bytes=n).max_bytes, "max_bytes"),
@@ -298,6 +318,9 @@ OUTER_ENTRY_POINTS = [
     ("read_vqa_jsonl-size", _vqa_image_shape, "size"),
     ("generate_corpus-n_train", lambda n: len(generate_corpus(0, n_train=n, n_dev=0, n_test=0).train), "n_train"),
     ("language_rules", lambda n: language_rules(n), "language"),
+    ("heatmap-heads", lambda n: _panel_titles(heads=n), "heads"),
+    ("heatmap-max_labels", lambda n: _panel_titles(heads=[1, n], max_labels=n), "max_labels"),
+    ("payload-head", lambda n: payload(as_record(_FIVE_HEADS), head=n)["head"], "head"),
     ("AttentionRecorder-steps-list", lambda n: [AttentionRecorder(steps=[1, n])._step_ok(i) for i in range(6)], "steps"),
 ]  # fmt: skip
 
