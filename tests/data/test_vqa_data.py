@@ -59,9 +59,19 @@ GOOD = {"image": "ok.png", "question": "what ?", "answer": "red", "box": [0, 0, 
     [
         ({**GOOD, "image": "missing.png"}, "does not exist"),
         ({**GOOD, "image": "bad.png"}, "cannot read image"),
-        ({**GOOD, "box": [0, 0, 41, 10]}, "outside the 40x20 image"),
-        ({**GOOD, "box": [5, 0, 5, 10]}, "outside the 40x20 image or empty"),
-        ({**GOOD, "box": [0, 0, 10]}, "4 numbers"),
+        (
+            {**GOOD, "box": [0, 0, 41, 10]},
+            r"box \[0, 0, 41, 10\] must lie inside the image of width 40 and height 20",
+        ),
+        (
+            {**GOOD, "box": [5, 0, 5, 10]},
+            r"inside the image of width 40 and height 20 and not be empty",
+        ),
+        ({**GOOD, "box": [0, 0, 10]}, r"box must be \[x0, y0, x1, y1\]: four finite real numbers"),
+        (
+            {**GOOD, "box": [0, 0, True, 10]},
+            r"box must be \[x0, y0, x1, y1\]: four finite real numbers",
+        ),
         ({k: v for k, v in GOOD.items() if k != "answer"}, "no 'answer'"),
         ({k: v for k, v in GOOD.items() if k != "question"}, "no 'question'"),
         ({**GOOD, "question": 3}, "'question' must be a non-empty string"),

@@ -407,7 +407,10 @@ def test_processor_checks_context_and_mask_in_the_callers_terms():
         ValueError, match=r"encoder_hidden_states has batch size 2 \(shape \(2, 3, 8\)\)"
     ):
         attn(hidden, _seq(2, 3, 8))
-    with pytest.raises(ValueError, match=r"encoder_hidden_states must be \(B, S, cross_attention"):
+    with pytest.raises(
+        ValueError,
+        match=r"encoder_hidden_states must be 3-D \(B, S, cross_attention_dim\), got shape \(3, 8\)",
+    ):
         attn(hidden, _seq(3, 8))
     with pytest.raises(ValueError, match=r"hidden_states has 12 features"):
         attn(_seq(1, 5, 12), _seq(1, 3, 8))

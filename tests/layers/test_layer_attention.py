@@ -405,3 +405,42 @@ def test_public_projections_are_the_layers_own():
         layer.project_keys(torch.randn(2, 3, 6))
     with pytest.raises(TypeError, match=r"values must be a floating-point tensor"):
         layer.project_values(torch.ones(2, 3, 3, dtype=torch.long))
+
+
+def test_decoding_step_checks_its_source_once_at_the_decoder_layer(monkeypatch):
+    """A decoding step (prepared source, cache) checks tokens and source at the decoder layer's
+    boundary; its two CrossAttention calls trust it and check nothing again."""
+    import crossattn.layers.attention as attention
+    from crossattn import TransformerDecoderLayer
+
+    torch.manual_seed(0)
+    layer = TransformerDecoderLayer(8, heads=2, dim_ff=8).eval()
+    source = torch.randn(2, 3, 8)
+    prepared = layer.prepare_context(source)
+    cache = layer(torch.randn(2, 2, 8), prepared, use_cache=True).cache
+    expected = layer(torch.randn(2, 1, 8), source, cache=cache).tokens
+    seen = []
+    real = attention.check_features
+    monkeypatch.setattr(
+        attention, "check_features", lambda *a, **k: seen.append(a[0]) or real(*a, **k)
+    )
+    torch.manual_seed(1)
+    tokens = torch.randn(2, 1, 8)
+    out = layer(tokens, prepared, cache=cache).tokens
+    assert seen == []  # neither the self- nor the cross-attention checks its queries again
+    assert torch.equal(out, layer(tokens, source, cache=cache).tokens)
+    assert seen[0] == "source"  # a raw source: checked in the decoder layer's words first
+    assert expected.shape == out.shape
+    # the errors of bad input are as informative as CrossAttention's own
+    with pytest.raises(ValueError, match="^tokens have B=1 but the source has B=2; use Prepared"):
+        layer(torch.randn(1, 1, 8), prepared)
+    with pytest.raises(ValueError, match="^tokens have B=1 but the source has B=2"):
+        layer(torch.randn(1, 1, 8), source)
+    other = TransformerDecoderLayer(8, heads=2, dim_ff=8)
+    with pytest.raises(ValueError, match="this PreparedContext was made by another layer"):
+        layer(tokens, other.prepare_context(source))
+    with pytest.raises(ValueError, match=r"source_mask must have shape \(B, S\) = \(2, 3\)"):
+        layer(tokens, source, source_mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"source_mask was given with a PreparedContext.*"
+                       r"prepare_context\(source, source_mask=\.\.\.\)"):  # fmt: skip
+        layer(tokens, prepared, source_mask=torch.ones(2, 3, dtype=torch.bool))

@@ -367,7 +367,7 @@ def test_the_page_posts_json(server):
         (
             {"alignment_format": "links"},
             ValueError,
-            "alignment_format must be one of ('pharaoh', 'pairs'), got 'links'",
+            "alignment_format must be one of 'pharaoh', 'pairs'; got 'links'",
         ),
     ],
 )
@@ -381,10 +381,14 @@ def test_service_arguments_are_validated(translator, kwargs, error, message):
 def test_server_arguments_are_validated(translator):
     with pytest.raises(TypeError, match="translator must be a loaded"):
         TranslationService(object())
-    with pytest.raises(ValueError, match="timeout must be a positive"):
+    with pytest.raises(ValueError, match=r"timeout \(seconds\) must be a positive finite real"):
         make_server(translator, "127.0.0.1", 0, timeout=0)
-    with pytest.raises(TypeError, match="timeout must be a number"):
+    with pytest.raises(
+        TypeError, match=r"timeout \(seconds\) must be a positive finite real .*'10'"
+    ):
         make_server(translator, "127.0.0.1", 0, timeout="10")
+    with pytest.raises(TypeError, match=r"timeout \(seconds\) must be .*, got True \(bool\)"):
+        make_server(translator, "127.0.0.1", 0, timeout=True)
     service = TranslationService(translator, max_chars=5, beam=1)
     assert service.max_chars == 5 and service.beam == 1
 

@@ -92,9 +92,11 @@ def test_image_mode_bad_input_is_named():
         to_html(w, target_tokens=QUESTION, image=image, grid=(4, 6), box=[40, 4, 50, 20])
     with pytest.raises(ValueError, match=r"box \[10, 30, 20, 30\] must lie inside"):  # empty
         to_html(w, target_tokens=QUESTION, image=image, grid=(4, 6), box=[10, 30, 20, 30])
-    with pytest.raises(TypeError, match=r"box must be \[x0, y0, x1, y1\] \(four numbers\)"):
+    with pytest.raises(
+        TypeError, match=r"box must be \[x0, y0, x1, y1\]: four finite real numbers"
+    ):
         to_html(w, target_tokens=QUESTION, image=image, grid=(4, 6), box=[1, 2, 3])
-    with pytest.raises(TypeError, match="box must be .* of finite numbers"):
+    with pytest.raises(TypeError, match="box must be .*: four finite real numbers"):
         to_html(w, target_tokens=QUESTION, image=image, grid=(4, 6), box=[0, 0, float("nan"), 4])
     with pytest.raises(ValueError, match="box is drawn on an image: pass image="):
         to_html(w, target_tokens=QUESTION, box=[0, 0, 4, 4])
