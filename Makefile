@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench browser-deps clean
+.PHONY: demo test test-fast lint format bench browser-deps clean
 
 # A .venv whose python cannot run pip (an interrupted creation, a removed interpreter) is made
 # again: its stamp is forgotten here, and the rule below starts it afresh.
@@ -48,6 +48,16 @@ test: $(STAMP) browser-deps lint docs
 .PHONY: docs
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# The quick loop while editing: tests/ without the slow, browser and interop tests (and without
+# the documentation blocks), about a minute on two cores; the ten slowest are listed so that a
+# new slow test shows. One intra-op thread: the shapes are tiny, and on a busy machine a second
+# thread makes every kernel wait (test_backend_lse.py took 48 s with two, 3 s with one, at load 6).
+# Lint is left to `make lint` (seconds) and `make test`, so that a change not yet formatted
+# still gets its tests run.
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -m "not slow and not browser and not interop" \
+		--durations=10
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_op.py

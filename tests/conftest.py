@@ -33,7 +33,7 @@ BACKENDS: list[str] = [
     if not getattr(get_backend(name), "quantized_inputs", False)
 ]
 """The registered backends usable on this machine (the registry decides, not the tests), except
-those that take only quantised keys and values (int8: tests/test_backend_int8.py)."""
+those that take only quantised keys and values (int8: tests/backends/test_backend_int8.py)."""
 
 TINY_CHUNKED = "chunked@tiny-blocks"
 """Backend case: the chunked backend with tiny tiles (many tiles on small shapes)."""
@@ -88,6 +88,16 @@ def backend_case(case: str | None) -> Iterator[str | None]:
         yield "chunked"
     finally:
         register_backend(original, replace=True)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads() -> Iterator[None]:
+    """Give every test the thread count the session started with: training (``choose_threads``)
+    lowers it on a busy machine, and a later test must not depend on which ran before it."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=backend_cases(), ids=backend_ids)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import DTYPES, assert_matches, backend_reasons, expected, randn
 from crossattn import CrossAttention, cross_attention
+from tests.conftest import DTYPES, assert_matches, backend_reasons, expected, randn
 
 AUTOCAST = torch.bfloat16
 FLOATS = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
@@ -123,6 +123,7 @@ def test_layer_takes_a_float32_mask_under_autocast(layer_backend, mask_dtype, ge
     assert torch.equal(out, want)
 
 
+@pytest.mark.interop
 def test_diffusers_processor_takes_a_float32_mask_under_autocast():
     """CrossAttnProcessor with diffusers' additive float32 mask under bfloat16 autocast: within
     k times the error of diffusers' own AttnProcessor2_0 under autocast (both against
@@ -130,8 +131,8 @@ def test_diffusers_processor_takes_a_float32_mask_under_autocast():
     pytest.importorskip("diffusers")
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-    from conftest import TOLERANCE_FACTOR
     from crossattn.integrations.diffusers import CrossAttnProcessor
+    from tests.conftest import TOLERANCE_FACTOR
 
     torch.manual_seed(0)
     attn = Attention(query_dim=16, cross_attention_dim=12, heads=4, dim_head=8).eval()
@@ -153,6 +154,7 @@ def test_diffusers_processor_takes_a_float32_mask_under_autocast():
     assert (ours.double() - exact).abs().max().item() <= TOLERANCE_FACTOR * yardstick + eps
 
 
+@pytest.mark.interop
 def test_diffusers_processor_upcast_attention_stays_float32_under_autocast():
     """upcast_attention under bfloat16 autocast computes the attention in float32, as for a
     bfloat16 module outside autocast (the op would otherwise cast it back to bfloat16)."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -10,6 +13,12 @@ import torch
 
 import crossattn
 from crossattn import _checks
+from crossattn.capture import AttentionRecorder
+from crossattn.data.toy_translation import generate_corpus, language_rules
+from crossattn.data.vqa import read_vqa_jsonl
+from crossattn.grounding import pointing_game
+from crossattn.viz._record import as_record
+from crossattn.viz.html import payload
 
 INTS = [
     7,
@@ -106,6 +115,26 @@ def test_finite_real():
     with pytest.raises(TypeError, match="scale must be a finite real number, got False"):
         _checks.finite_real(False, "scale")
     assert _checks.real(1.0, "p", low=0.0, high=1.0, high_open=False) == 1.0
+
+
+def test_positive_real():
+    assert _checks.positive_real(np.float32(0.5), "eps") == 0.5
+    assert _checks.positive_real(torch.tensor(2), "eps") == 2.0
+    for bad in (0, -1e-9, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="^eps must be a positive finite real number, got "):
+            _checks.positive_real(bad, "eps")
+    for bad in (True, "1", None):
+        with pytest.raises(TypeError, match="^eps must be a positive finite real number, got "):
+            _checks.positive_real(bad, "eps")
+
+
+def test_unit_real_includes_both_ends():
+    assert [_checks.unit_real(v, "alpha") for v in (0, 1, np.float64(0.5))] == [0.0, 1.0, 0.5]
+    for bad in (-0.01, 1.01, float("nan")):
+        with pytest.raises(ValueError, match=r"^alpha must be in \[0, 1\], got "):
+            _checks.unit_real(bad, "alpha")
+    with pytest.raises(TypeError, match=r"^alpha must be a real number in \[0, 1\], got True"):
+        _checks.unit_real(True, "alpha")
 
 
 def test_choice():
@@ -272,6 +301,14 @@ ENTRY_POINTS = [
     ("SelfDoc", lambda n: crossattn.SelfDocAttention(n, 3, heads=n, dim_head=2)),
     ("Encoder", lambda n: crossattn.TransformerEncoderLayer(n, heads=n, dim_ff=n)),
     ("Decoder", lambda n: crossattn.TransformerDecoderLayer(n, n, heads=n, dim_ff=n)),
+    ("CrossAttention", lambda n: crossattn.CrossAttention(
+        n, n, n, heads=n, dim_head=n, kv_heads=n, out_dim=n)),
+    ("Hierarchical", lambda n: crossattn.HierarchicalCrossAttention(
+        4, heads=2, dim_head=2, block_size=n, top_k=n, query_block_size=n)),
+    ("TwoWayBlock", lambda n: crossattn.TwoWayAttentionBlock(
+        n, n, mlp_dim=n, attention_downsample_rate=1)),
+    ("TwoWay", lambda n: crossattn.TwoWayTransformer(
+        n, n, n, n, attention_downsample_rate=1)),
     ("causal_mask", lambda n: crossattn.causal_mask(n, n)),
     ("lengths_to_key_mask", lambda n: crossattn.lengths_to_key_mask(torch.tensor([1, 2]), n)),
 ]  # fmt: skip
@@ -303,3 +340,111 @@ def test_gated_fusion_bias_init_is_a_finite_real(bad):
     with pytest.raises(ValueError, match="bias_init must be a finite real number, got "):
         crossattn.GatedFusion(4, bias_init=bad)
     assert crossattn.GatedFusion(4, bias_init=np.float32(-4)).to_gate.bias.eq(-4).all()
+
+
+def test_layers_store_the_checked_ints_not_the_arguments():
+    sizes = {"block_size": np.int64(3), "top_k": torch.tensor(2), "query_block_size": np.int32(5)}
+    layer = crossattn.HierarchicalCrossAttention(4, heads=2, dim_head=2, **sizes)
+    assert [type(getattr(layer, k)) for k in sizes] == [int, int, int]
+    two_way = crossattn.TwoWayTransformer(np.int64(1), np.int64(4), torch.tensor(2), np.int16(8))
+    stored = (two_way.depth, two_way.embedding_dim, two_way.num_heads, two_way.mlp_dim)
+    assert [type(v) for v in stored] == [int] * 4 and stored == (1, 4, 2, 8)
+    attn = crossattn.CrossAttention(np.int64(4), dropout=np.float32(0.5), norm_eps=np.int64(1))
+    assert type(attn.query_dim) is int and type(attn.dropout) is float
+
+
+def test_positive_int_pair():
+    assert _checks.positive_int_pair([np.int64(3), torch.tensor(4)], "size") == (3, 4)
+    for bad, error in [
+        ((3,), TypeError),
+        ((3, True), TypeError),
+        ((3, 0), ValueError),
+        (3, TypeError),
+    ]:
+        with pytest.raises(error, match=r"^size must be \(H, W\): two positive ints, got "):
+            _checks.positive_int_pair(bad, "size")
+
+
+# --- the outer rings (capture, integrations, align, data, viz) follow the same rule ----------
+# Each entry: (name, make(n) -> what it keeps of n, the argument its error names).
+
+
+@functools.cache
+def _vqa_file() -> str:
+    """A one-line VQA JSONL file (and its 8 x 6 image) in a temporary folder."""
+    from PIL import Image
+
+    folder = tempfile.mkdtemp()
+    Image.fromarray(np.zeros((6, 8, 3), dtype=np.uint8)).save(os.path.join(folder, "a.png"))
+    path = os.path.join(folder, "d.jsonl")
+    with open(path, "w") as f:
+        f.write(json.dumps({"image": "a.png", "question": "where ?", "box": [0, 0, 8, 6]}) + "\n")
+    return path
+
+
+def _vqa_image_shape(size: object) -> tuple[int, ...]:
+    return read_vqa_jsonl(_vqa_file(), size=size)[0].image.shape
+
+
+_FIVE_HEADS = torch.rand(5, 3, 4).softmax(-1)  # (H, L, S)
+
+
+def _panel_titles(**options: object) -> list[str]:
+    """The panel titles of a `heatmap` of five heads, drawn with `options`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from crossattn.viz import heatmap
+
+    fig = heatmap(_FIVE_HEADS, list("abcd"), list("xyz"), colorbar=False, **options)
+    titles = [ax.get_title() for ax in fig.axes]
+    plt.close(fig)
+    return titles
+
+
+OUTER_ENTRY_POINTS = [
+    ("AttentionRecorder-top_k", lambda n: AttentionRecorder(top_k=n).top_k, "top_k"),
+    ("AttentionRecorder-max_bytes", lambda n: AttentionRecorder(max_bytes=n).max_bytes, "max_bytes"),
+    ("AttentionRecorder-image_size", lambda n: AttentionRecorder(image_size=(n, 2)).image_size, "image_size"),
+    ("AttentionRecorder-steps", lambda n: [AttentionRecorder(steps=n)._step_ok(i) for i in range(6)], "steps"),
+    ("pointing_game-image_size", lambda n: pointing_game([np.eye(2)], [(0, 0, 2, 2)], image_size=(n, 4)), "image_size"),
+    ("pointing_game-box", lambda n: pointing_game([np.eye(2)], [(0, 0, n, 2)], image_size=(4, 4)), "boxes"),
+    ("read_vqa_jsonl-size", _vqa_image_shape, "size"),
+    ("generate_corpus-n_train", lambda n: len(generate_corpus(0, n_train=n, n_dev=0, n_test=0).train), "n_train"),
+    ("language_rules", lambda n: language_rules(n), "language"),
+    ("heatmap-heads", lambda n: _panel_titles(heads=n), "heads"),
+    ("heatmap-max_labels", lambda n: _panel_titles(heads=[1, n], max_labels=n), "max_labels"),
+    ("payload-head", lambda n: payload(as_record(_FIVE_HEADS), head=n)["head"], "head"),
+    ("AttentionRecorder-steps-list", lambda n: [AttentionRecorder(steps=[1, n])._step_ok(i) for i in range(6)], "steps"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", INT_KINDS, ids=lambda v: f"{type(v).__name__}-{v.dtype}")
+@pytest.mark.parametrize(
+    ("name", "make", "arg"), OUTER_ENTRY_POINTS, ids=[e[0] for e in OUTER_ENTRY_POINTS]
+)
+def test_outer_entry_points_take_numpy_and_torch_ints_as_ints(name, make, arg, kind):
+    got, want = make(kind), make(4)
+    assert got == want and type(got) is type(want)
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "arg"), OUTER_ENTRY_POINTS, ids=[e[0] for e in OUTER_ENTRY_POINTS]
+)
+def test_outer_entry_points_refuse_bools(name, make, arg):
+    with pytest.raises(TypeError, match=rf"\b{arg}\b.*must be"):
+        make(True)
+
+
+def test_box():
+    assert _checks.box(np.array([1, 2, 3, 4]), "box") == (1.0, 2.0, 3.0, 4.0)
+    assert _checks.box(torch.tensor([0.0, 0.0, 8.0, 6.0]), "box", width=8, height=6)[2] == 8.0
+    for bad in ([0, 0, 1], "abcd", [0, 0, 1, float("nan")], [0, 0, True, 1], None):
+        with pytest.raises(TypeError, match=r"^b must be \[x0, y0, x1, y1\]: four finite real"):
+            _checks.box(bad, "b")
+    with pytest.raises(ValueError, match="^b must have x0 < x1 and y0 < y1, got "):
+        _checks.box((2, 0, 1, 1), "b")
+    with pytest.raises(ValueError, match=r"^b \[0, 0, 9, 6\] must lie inside the image of width 8"):
+        _checks.box([0, 0, 9, 6], "b", width=8, height=6)

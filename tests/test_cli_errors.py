@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_tiny_translator
 from crossattn import cli
 from crossattn.cli import CommandError, main
+from tests.conftest import write_tiny_translator
 
 SOURCE = "le la chat chien noir blanc dort".split()
 TARGET = "the cat dog black white sleeps".split()

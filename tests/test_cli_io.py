@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_tiny_translator
 from crossattn import cli
 from crossattn.cli import COMMANDS, main
+from tests.conftest import write_tiny_translator
 
 SOURCE = "the boy sees water a red car".split()
 TARGET = "le garçon voit eau la voiture rouge".split()
@@ -100,6 +100,7 @@ def test_server_sentence_loses_its_trailing_line_end(translator):
         assert answer["target"] == plain["target"]
 
 
+@pytest.mark.slow
 def test_real_stdin_crlf_in_a_subprocess(model):
     env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}
     result = subprocess.run(

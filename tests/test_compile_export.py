@@ -21,8 +21,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import crossattn
-from conftest import backend_reasons
 from crossattn import CrossAttention, cross_attention
+from tests.conftest import backend_reasons
 
 # Backends that take quantised keys and values (int8) refuse the float inputs of these checks by
 # design; they are checked with their own inputs in their own tests.
@@ -161,6 +161,7 @@ def test_jit_trace_of_the_op(backend, case, weights):
     _close(traced(*second), fn(*second))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(OP_CASES))
 @pytest.mark.parametrize("backend", CASES, ids=IDS)
 def test_compile_of_the_op_has_no_graph_break(backend, case):
@@ -234,6 +235,7 @@ LAYER_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(LAYER_CASES))
 @pytest.mark.parametrize("backend", CASES, ids=IDS)
 def test_compile_of_the_layer_has_no_graph_break(backend, case):
@@ -253,6 +255,7 @@ def test_compile_of_the_layer_has_no_graph_break(backend, case):
         _close(compiled(*second), model(*second))
 
 
+@pytest.mark.slow
 def test_compile_of_a_prepared_context_passed_in():
     """A PreparedContext made outside the compiled function is an input like any other."""
     layer = _layer(None, kv_heads=2)
@@ -289,6 +292,7 @@ def test_inductor_compile_of_the_layer_matches_eager():
         _close(g_got, g_want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("masks", ["none", "context_mask", "both"])
 @pytest.mark.parametrize("backend", CASES, ids=IDS)
 def test_torch_export_of_the_layer(backend, masks):
@@ -336,6 +340,7 @@ LAYER_NAMES = ["queries", "context", "context_mask", "attn_mask"]
 ONNX_EXPORTERS = ["torchscript", pytest.param("dynamo", marks=pytest.mark.slow)]
 
 
+@pytest.mark.interop
 @pytest.mark.parametrize("kv_heads", [4, 2], ids=["kv_heads=heads", "grouped"])
 @pytest.mark.parametrize("exporter", ONNX_EXPORTERS)
 @pytest.mark.parametrize("backend", CASES, ids=IDS)
@@ -363,6 +368,7 @@ class _Encoder(torch.nn.Module):
 
 # Seq2SeqTransformer._embed checks the id range on the host only outside compilation (a read of
 # the data that torch.export refuses), so the dynamo exporter goes through.
+@pytest.mark.interop
 @pytest.mark.parametrize(
     "exporter", ["torchscript", pytest.param("dynamo", marks=[pytest.mark.slow])]
 )
@@ -390,6 +396,7 @@ def test_onnx_export_of_the_seq2seq_encoder_matches_onnxruntime(exporter):
     _close(_run_onnx(exported, names, runs[1]), want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_compile_of_training_with_dropout_has_no_graph_break(dtype):
     """Dispatch with dropout and gradients (a training step) compiles as one graph: it picks a

@@ -315,7 +315,14 @@ def test_pinned_backend_that_cannot_run_lists_reasons():
         ({"query_dim": 8, "heads": True}, "heads must be a positive int, got True"),
         ({"query_dim": 8, "out_dim": 0}, "out_dim must be a positive int, got 0"),
         ({"query_dim": 8, "out_dim": -1}, "out_dim must be a positive int, got -1"),
-        ({"query_dim": 8, "norm_eps": -1}, "norm_eps must be a positive float, got -1"),
+        (
+            {"query_dim": 8, "norm_eps": -1},
+            "norm_eps must be a positive finite real number, got -1",
+        ),
+        (
+            {"query_dim": 8, "norm_eps": 0.0},
+            "norm_eps must be a positive finite real number, got 0.0",
+        ),
     ],
 )
 def test_layer_constructor_errors(kwargs, message):
@@ -325,9 +332,10 @@ def test_layer_constructor_errors(kwargs, message):
 
 @pytest.mark.parametrize("bad", ["0.1", None, True], ids=repr)
 def test_layer_constructor_types(bad):
-    with raises(TypeError, f"dropout must be a float in [0, 1), got {bad!r}"):
+    shown = "True (bool)" if bad is True else repr(bad)
+    with raises(TypeError, f"dropout must be a real number in [0, 1), got {shown}"):
         CrossAttention(8, dropout=bad)
-    with raises(TypeError, f"norm_eps must be a positive float, got {bad!r}"):
+    with raises(TypeError, f"norm_eps must be a positive finite real number, got {shown}"):
         CrossAttention(8, norm_eps=bad)
     with raises(TypeError, "backend must be a backend name or None, got 3"):
         CrossAttention(8, backend=3)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import crossattn
-from conftest import (
+from crossattn import cross_attention
+from tests.conftest import (
     DTYPES,
     TINY_CHUNKED,
     assert_matches,
@@ -22,7 +23,6 @@ from conftest import (
     reference,
     rounded,
 )
-from crossattn import cross_attention
 
 # (B, H, Hk, L, S, E, Ev): grouped heads, L != S, E != Ev.
 SMALL = (2, 4, 2, 5, 11, 8, 6)

@@ -6,8 +6,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_matches, backend_case, backend_cases, backend_reasons, expected
 from crossattn import cross_attention
+from tests.conftest import assert_matches, backend_case, backend_cases, backend_reasons, expected
 
 SETTINGS = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True

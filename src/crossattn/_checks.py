@@ -99,6 +99,48 @@ def nonnegative_ints(**values: object) -> tuple[int, ...]:
     return tuple(integer(v, name, minimum=0) for name, v in values.items())
 
 
+def positive_int_pair(value: object, name: str, legend: str = "(H, W)") -> tuple[int, int]:
+    """A tuple or list of two positive ints (a size, a grid), as plain ints; the error shows
+    `legend` (``"(H, W)"``) whatever part of the pair is wrong."""
+    expected = f"{name} must be {legend}: two positive ints, got {_describe(value)}"
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ArgumentTypeError(expected)
+    try:
+        return integer(value[0], name, minimum=1), integer(value[1], name, minimum=1)
+    except ArgumentTypeError:
+        raise ArgumentTypeError(expected) from None
+    except ValueError:
+        raise ValueError(expected) from None
+
+
+def box(
+    value: object, name: str, *, width: float | None = None, height: float | None = None
+) -> tuple[float, float, float, float]:
+    """A box ``[x0, y0, x1, y1]`` (a list, tuple, array or tensor of four finite reals) as four
+    floats, with x0 < x1 and y0 < y1; inside an image of `width` x `height` pixels
+    (0 <= x0, x1 <= width, 0 <= y0, y1 <= height; x1 and y1 exclusive) when those are given."""
+    items = value.tolist() if hasattr(value, "tolist") else value
+    try:
+        if isinstance(items, (str, bytes)) or len(items) != 4:  # type: ignore[arg-type]
+            raise TypeError
+        x0, y0, x1, y1 = (real(v, name) for v in items)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ArgumentTypeError(
+            f"{name} must be [x0, y0, x1, y1]: four finite real numbers, got {_describe(value)}"
+        ) from None
+    if width is None or height is None:
+        if not (x0 < x1 and y0 < y1):
+            raise ValueError(f"{name} must have x0 < x1 and y0 < y1, got {_describe(value)}")
+    elif not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        shown = "[" + ", ".join(f"{v:g}" for v in (x0, y0, x1, y1)) + "]"
+        raise ValueError(
+            f"{name} {shown} must lie inside the image of width {width} and height {height} "
+            f"and not be empty: 0 <= x0 < x1 <= {width}, 0 <= y0 < y1 <= {height} (pixels, x1 "
+            "and y1 exclusive)"
+        )
+    return x0, y0, x1, y1
+
+
 def real(
     value: object,
     name: str,
@@ -157,6 +199,26 @@ def _interval(
 def finite_real(value: object, name: str) -> float:
     """`value` as a finite ``float``."""
     return real(value, name)
+
+
+def positive_real(value: object, name: str) -> float:
+    """`value` as a finite ``float`` > 0 (an epsilon, a scale, a timeout)."""
+    try:
+        result = real(value, name)
+    except ArgumentTypeError:
+        raise ArgumentTypeError(
+            f"{name} must be a positive finite real number, got {_describe(value)}"
+        ) from None
+    except ValueError:
+        result = math.nan
+    if not result > 0:
+        raise ValueError(f"{name} must be a positive finite real number, got {_describe(value)}")
+    return result
+
+
+def unit_real(value: object, name: str) -> float:
+    """A fraction, an opacity or a weight: a ``float`` in [0, 1] (both ends included)."""
+    return real(value, name, low=0.0, high=1.0, high_open=False)
 
 
 def probability(value: object, name: str) -> float:

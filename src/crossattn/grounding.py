@@ -28,11 +28,12 @@ Example::
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from . import _checks
 
 __all__ = [
     "grounding_report",
@@ -77,27 +78,18 @@ def _per_item(value: Any, n: int, name: str, single: Any) -> list:
     return list(value)
 
 
-def _is_reals(value: Any, count: int) -> bool:
+def _is_one(value: Any, count: int) -> bool:
+    """Whether `value` is one item of `count` scalars (one size, one box) rather than a list of
+    them, one per map (its items are then checked by `_size` / `crossattn._checks.box`)."""
     return (
         isinstance(value, Sequence | np.ndarray)
         and len(value) == count
-        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+        and not any(isinstance(v, Sequence | np.ndarray) and np.ndim(v) > 0 for v in value)
     )
 
 
 def _size(value: Any, name: str) -> tuple[int, int]:
-    if not _is_reals(value, 2) or any(not isinstance(v, numbers.Integral) or v <= 0 for v in value):
-        raise ValueError(f"{name} must be (width, height) in pixels, positive ints, got {value!r}")
-    return int(value[0]), int(value[1])
-
-
-def _box(value: Any, name: str) -> Box:
-    if not (isinstance(value, Sequence | np.ndarray) and len(value) == 4):
-        raise ValueError(f"{name} must be (x0, y0, x1, y1), got {value!r}")
-    x0, y0, x1, y1 = (float(v) for v in value)
-    if not (x0 < x1 and y0 < y1):
-        raise ValueError(f"{name} must have x0 < x1 and y0 < y1, got {value!r}")
-    return (x0, y0, x1, y1)
+    return _checks.positive_int_pair(value, name, "(width, height) in pixels")
 
 
 def map_point(grid: np.ndarray, image_size: tuple[int, int]) -> tuple[float, float]:
@@ -146,7 +138,7 @@ class _Regions:
     def __init__(self, n: int, boxes: Any, masks: Any, image_size: Any):
         if boxes is None and masks is None:
             raise ValueError("give boxes or masks (or both)")
-        sizes = _per_item(image_size, n, "image_size", lambda v: _is_reals(v, 2))
+        sizes = _per_item(image_size, n, "image_size", lambda v: _is_one(v, 2))
         self.sizes = [_size(s, f"image_size[{k}]") for k, s in enumerate(sizes)]
         self.boxes: list[Box | None] = [None] * n
         self.masks: list[np.ndarray | None] = [None] * n
@@ -159,8 +151,8 @@ class _Regions:
                     raise ValueError(f"masks[{k}] must be (H, W) = ({h}, {w}), got {m.shape}")
                 self.masks[k] = m
         elif boxes is not None:
-            for k, b in enumerate(_per_item(boxes, n, "boxes", lambda v: _is_reals(v, 4))):
-                self.boxes[k] = _box(b, f"boxes[{k}]")
+            for k, b in enumerate(_per_item(boxes, n, "boxes", lambda v: _is_one(v, 4))):
+                self.boxes[k] = _checks.box(b, f"boxes[{k}]")
 
     def hit(self, k: int, point: tuple[float, float]) -> bool:
         return _inside(point, self.boxes[k], self.masks[k])

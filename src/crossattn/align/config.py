@@ -12,30 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
-from numbers import Integral, Real
 from typing import Any
+
+from .. import _checks
 
 __all__ = ["DEFAULT_EXTRACTION", "METHODS", "SHIFTS", "ExtractionConfig"]
 
 SHIFTS = ("feed", "predict", "average")
 METHODS = ("threshold", "argmax", "argmax_threshold", "bidirectional")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
-
-
-def _count_arg(value: Any, name: str) -> int:
-    """An int argument >= 0 (any Integral but bool), else a TypeError / ValueError naming it."""
-    if not _is_int(value):
-        raise TypeError(f"{name} must be an int >= 0, got {value!r} ({type(value).__name__})")
-    if value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -81,38 +65,24 @@ class ExtractionConfig:
                     if isinstance(value, Iterable) and not isinstance(value, (str, bytes))
                     else None
                 )
-                if not items or not all(_is_int(v) for v in items):
+                if not items:
                     raise ValueError(
                         f"ExtractionConfig.{name} must be None or a non-empty tuple of ints, "
                         f"got {value!r}"
                     )
-                object.__setattr__(self, name, tuple(int(v) for v in items))
-        if self.shift not in SHIFTS:
-            raise ValueError(f"ExtractionConfig.shift must be one of {SHIFTS}, got {self.shift!r}")
-        if self.method not in METHODS:
-            raise ValueError(
-                f"ExtractionConfig.method must be one of {METHODS}, got {self.method!r}"
-            )
-        if not _is_real(self.threshold):
-            raise TypeError(
-                f"ExtractionConfig.threshold must be a number in [0, 1], got {self.threshold!r}"
-            )
-        if not 0.0 <= float(self.threshold) <= 1.0:
-            raise ValueError(
-                f"ExtractionConfig.threshold must be in [0, 1], got {self.threshold!r}"
-            )
-        object.__setattr__(self, "threshold", float(self.threshold))
+                ints = (
+                    _checks.integer(v, f"ExtractionConfig.{name}[{k}]") for k, v in enumerate(items)
+                )
+                object.__setattr__(self, name, tuple(ints))
+        _checks.choice(self.shift, "ExtractionConfig.shift", SHIFTS)
+        _checks.choice(self.method, "ExtractionConfig.method", METHODS)
+        object.__setattr__(
+            self, "threshold", _checks.unit_real(self.threshold, "ExtractionConfig.threshold")
+        )
         if self.dev_aer is not None:
-            if not _is_real(self.dev_aer):
-                raise TypeError(
-                    "ExtractionConfig.dev_aer must be None or a number in [0, 1], "
-                    f"got {self.dev_aer!r}"
-                )
-            if not 0.0 <= float(self.dev_aer) <= 1.0:  # NaN fails this too
-                raise ValueError(
-                    f"ExtractionConfig.dev_aer must be None or in [0, 1], got {self.dev_aer!r}"
-                )
-            object.__setattr__(self, "dev_aer", float(self.dev_aer))
+            object.__setattr__(
+                self, "dev_aer", _checks.unit_real(self.dev_aer, "ExtractionConfig.dev_aer")
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""

@@ -28,8 +28,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from .. import _checks
 from ..data.pharaoh import Link
-from .config import DEFAULT_EXTRACTION, ExtractionConfig, _count_arg
+from .config import DEFAULT_EXTRACTION, ExtractionConfig
 
 if TYPE_CHECKING:
     import torch
@@ -195,11 +196,17 @@ def alignment_scores(
     config = _check_config(config)
     w = _as_4d(weights)
     n_layers, n_heads, t, s = w.shape
-    source_start = _count_arg(source_start, "source_start")
+    source_start = _checks.nonnegative_int(source_start, "source_start")
     n_source = (
-        s - source_start if n_source_words is None else _count_arg(n_source_words, "n_source_words")
+        s - source_start
+        if n_source_words is None
+        else _checks.nonnegative_int(n_source_words, "n_source_words")
     )
-    n_target = t - 1 if n_target_words is None else _count_arg(n_target_words, "n_target_words")
+    n_target = (
+        t - 1
+        if n_target_words is None
+        else _checks.nonnegative_int(n_target_words, "n_target_words")
+    )
     _check_sizes(w, n_source, n_target, source_start, config.shift)
     layers = _resolve(config.layers, n_layers, "layers")
     heads = _resolve(config.heads, n_heads, "heads")

@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from numbers import Integral
 from typing import Any
 
+from .. import _checks
 from ..data.parallel import read_alignment_file
 from ..data.pharaoh import Link, parse_pharaoh
 
@@ -77,18 +77,22 @@ def _gold_sets(
                 f"an object with .sure and .possible, or a Pharaoh line; got "
                 f"{type(item).__name__}"
             ) from None
-        for link in links:
-            if not (
-                isinstance(link, tuple)
-                and len(link) == 2
-                and all(isinstance(x, Integral) and not isinstance(x, bool) for x in link)
-            ):
-                raise TypeError(
-                    f"{name}[{k}] holds {link!r}; a link is a (source index, target index) "
-                    "tuple of two ints (or write the sentence as a Pharaoh line such as '0-1 2-3')"
-                )
-        out.append(links)
+        out.append(frozenset(_link(link, name, k) for link in links))
     return out[0], out[1]
+
+
+def _link(link: Any, name: str, k: int) -> Link:
+    """`link` as a (source, target) pair of plain ints (`crossattn._checks.integer`: NumPy and
+    0-d torch ints too, no bools), or the TypeError naming sentence `k` of `name`."""
+    try:
+        if isinstance(link, tuple) and len(link) == 2:
+            return _checks.integer(link[0], "i"), _checks.integer(link[1], "j")
+    except _checks.ArgumentTypeError:
+        pass
+    raise TypeError(
+        f"{name}[{k}] holds {link!r}; a link is a (source index, target index) "
+        "tuple of two ints (or write the sentence as a Pharaoh line such as '0-1 2-3')"
+    )
 
 
 def _hyp_set(item: Any, k: int) -> frozenset[Link]:

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from .config import METHODS, SHIFTS, ExtractionConfig, _count_arg, _is_real
+from .. import _checks
+from .config import METHODS, SHIFTS, ExtractionConfig
 from .extract import (
     _as_4d,
     _check_sizes,
@@ -108,10 +109,9 @@ def select_extraction(
         bad = [x for x in grid if x not in allowed]
         if bad:
             raise ValueError(f"{name} holds {bad!r}; each must be one of {allowed}")
-    for t in thresholds:
-        if not _is_real(t) or not 0.0 <= float(t) <= 1.0:
-            raise ValueError(f"thresholds must be numbers in [0, 1], got {t!r}")
-    grid = sorted({float(t) for t in thresholds})  # ascending, as _counts_above needs
+    grid = sorted(
+        {_checks.unit_real(t, f"thresholds[{k}]") for k, t in enumerate(thresholds)}
+    )  # ascending, as _counts_above needs
     if not grid and any(m != "argmax" for m in methods):
         raise ValueError(
             f"thresholds is empty but methods {[m for m in methods if m != 'argmax']} need "
@@ -143,7 +143,7 @@ def _word_counts(counts: Sequence[int] | None, name: str, n: int) -> list[int] |
         raise ValueError(
             f"{name} has {len(counts)} entries but weights_list has {n}; give one per pair"
         )
-    return [_count_arg(c, f"{name}[{k}]") for k, c in enumerate(counts)]
+    return [_checks.nonnegative_int(c, f"{name}[{k}]") for k, c in enumerate(counts)]
 
 
 def _word_pool(source_word_of, target_word_of, n, t_max, s_max, t_words, s_words):
@@ -252,7 +252,7 @@ def _dev_set(
     import torch
 
     maps = _checked_maps(weights_list, gold_list)
-    source_start = _count_arg(source_start, "source_start")
+    source_start = _checks.nonnegative_int(source_start, "source_start")
     n = len(maps)
     words_src, words_tgt = _pair_counts(gold_list, n_source_words, n_target_words, n)
     n_src, n_tgt = words_src, words_tgt  # the maps' grid: words, or tokens with word maps

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import _checks
 from ..layers import hooks
 from . import diffusers as diffusers_source
 from . import mha as mha_source
@@ -142,17 +143,13 @@ class AttentionRecorder:
         self._explicit_layers = layers is not None
         self._step_ok = step_selector(steps)
         self._timestep_ok = timestep_selector(timesteps)
-        if top_k is not None and (
-            not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1
-        ):
-            raise ValueError(f"top_k must be None or a positive int, got {top_k!r}")
-        self.top_k = top_k
+        self.top_k = None if top_k is None else _checks.positive_int(top_k, "top_k")
         self.grid = check_grid(grid)
         if image_size is not None:
-            image_size = _check_pair("image_size", image_size)
+            image_size = _checks.positive_int_pair(image_size, "image_size", "(H, W)")
         self.image_size = image_size
-        if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 0):
-            raise ValueError(f"max_bytes must be None or a non-negative int, got {max_bytes!r}")
+        if max_bytes is not None:
+            max_bytes = _checks.nonnegative_int(max_bytes, "max_bytes")
         self.max_bytes = max_bytes
         self.device = None if device is None else torch.device(device)
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
@@ -476,13 +473,3 @@ class AttentionRecorder:
             f"AttentionRecorder(layers={len(self.maps)}, maps={calls}, heads={self.heads!r}, "
             f"nbytes={self.nbytes})"
         )
-
-
-def _check_pair(name: str, value: object) -> tuple[int, int]:
-    if (
-        not isinstance(value, (tuple, list))
-        or len(value) != 2
-        or not all(isinstance(v, int) and v > 0 for v in value)
-    ):
-        raise ValueError(f"{name} must be (H, W) positive ints, got {value!r}")
-    return int(value[0]), int(value[1])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection
 
+from .. import _checks
+
 LayersArg = None | str | re.Pattern | Collection[str] | Callable[[str], bool]
 StepsArg = None | int | range | slice | Collection[int] | Callable[[int], bool]
 TimestepsArg = None | Collection[float] | Callable[[float], bool]
@@ -45,6 +47,15 @@ def _negative(steps: object) -> ValueError:
     )
 
 
+def _index(value: object) -> int | None:
+    """`value` as an int when it is one (`crossattn._checks.integer`: Python, NumPy and 0-d
+    torch ints; no bools), else None."""
+    try:
+        return _checks.integer(value, "steps")
+    except _checks.ArgumentTypeError:
+        return None
+
+
 def step_selector(steps: StepsArg) -> Callable[[int], bool] | None:
     """Predicate on the 0-based call index of a layer, or None for every call.
 
@@ -53,35 +64,32 @@ def step_selector(steps: StepsArg) -> Callable[[int], bool] | None:
     """
     if steps is None:
         return None
-    if isinstance(steps, bool):
-        raise TypeError(
-            f"steps must be None, an int, a range, a slice, ints or a callable, got {steps!r}"
-        )
-    if isinstance(steps, int):
-        if steps < 0:
+    step = _index(steps)
+    if step is not None:
+        if step < 0:
             raise _negative(steps)
-        return lambda i: i == steps
+        return lambda i: i == step
     if isinstance(steps, slice):
-        parts = (steps.start, steps.stop, steps.step)
-        if not all(p is None or (isinstance(p, int) and not isinstance(p, bool)) for p in parts):
+        raw = (steps.start, steps.stop, steps.step)
+        start, stop, stride = (None if p is None else _index(p) for p in raw)
+        if any(p is not None and q is None for p, q in zip(raw, (start, stop, stride))):
             raise TypeError(f"steps={steps!r}: a slice of steps needs int start, stop and step")
-        start, stride = steps.start or 0, 1 if steps.step is None else steps.step
+        start, stride = start or 0, 1 if stride is None else stride
         if stride <= 0:
             raise ValueError(f"steps={steps!r}: a slice of steps needs a positive step")
-        if start < 0 or (steps.stop is not None and steps.stop < 0):
+        if start < 0 or (stop is not None and stop < 0):
             raise _negative(steps)
-        if steps.stop is None:
+        if stop is None:
             return lambda i: i >= start and (i - start) % stride == 0
-        return set(range(start, steps.stop, stride)).__contains__
+        return set(range(start, stop, stride)).__contains__
     if callable(steps):
         return steps
-    if isinstance(steps, (range, Collection)) and all(
-        isinstance(i, int) and not isinstance(i, bool) for i in steps
-    ):
-        wanted = set(steps)
-        if any(i < 0 for i in wanted):
-            raise _negative(steps)
-        return wanted.__contains__
+    if isinstance(steps, (range, Collection)) and not isinstance(steps, str):
+        wanted = {_index(i) for i in steps}
+        if None not in wanted:
+            if any(i < 0 for i in wanted):  # type: ignore[operator]
+                raise _negative(steps)
+            return wanted.__contains__
     raise TypeError(
         f"steps must be None, an int, a range, a slice, ints or a callable, got {steps!r}"
     )

@@ -9,7 +9,6 @@ language's lexicon, built once.
 
 from __future__ import annotations
 
-import numbers
 import random
 
 from ._toy_lexicon import _SRC_FUNCTION, _TGT_FUNCTION, _french_lexicon, _Lexicon, _Rules
@@ -128,18 +127,8 @@ def _made_up_lexicon(language: int) -> _Lexicon:
 _LEXICONS: dict[int, _Lexicon] = {}
 
 
-def _check_int(value: object, name: str, *, minimum: int | None = 0) -> int:
-    """`value` as an int (Python or NumPy integer, not a bool), at least `minimum`."""
-    what = "a non-negative int" if minimum == 0 else "an int"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return int(value)
-
-
 def _lexicon(language: int) -> _Lexicon:
-    language = _check_int(language, "language")
+    """The words and rules of `language`, an int >= 0 its caller has checked."""
     if language not in _LEXICONS:
         _LEXICONS[language] = _french_lexicon() if language == 0 else _made_up_lexicon(language)
     return _LEXICONS[language]

@@ -50,8 +50,9 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .. import _checks
 from ._toy_grammar import _CONTRACTIONS, _ELISIONS, _sentence
-from ._toy_languages import _check_int, _lexicon
+from ._toy_languages import _lexicon
 from .parallel import ParallelExample
 
 __all__ = [
@@ -108,13 +109,11 @@ def generate_corpus(
         TypeError: an argument that is not an int (bools are refused).
         ValueError: a negative count or language, or lengths outside the grammar's range.
     """
-    seed = _check_int(seed, "seed", minimum=None)
-    n_train = _check_int(n_train, "n_train")
-    n_dev = _check_int(n_dev, "n_dev")
-    n_test = _check_int(n_test, "n_test")
-    min_len = _check_int(min_len, "min_len")
-    max_len = _check_int(max_len, "max_len")
-    language = _check_int(language, "language")
+    seed = _checks.integer(seed, "seed")
+    n_train, n_dev, n_test, min_len, max_len, language = _checks.nonnegative_ints(
+        n_train=n_train, n_dev=n_dev, n_test=n_test, min_len=min_len, max_len=max_len,
+        language=language,
+    )  # fmt: skip
     if not 1 <= min_len <= max_len:
         raise ValueError(f"need 1 <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
     if min_len > 12 or max_len < 3:
@@ -169,7 +168,7 @@ def write_corpus(corpus: ToyCorpus, directory: str | os.PathLike[str]) -> dict[s
 
 def vocabulary(language: int = 0) -> tuple[frozenset[str], frozenset[str]]:
     """Every word the grammar of ``language`` can produce: (source words, target words)."""
-    lex = _lexicon(language)
+    lex = _lexicon(_checks.nonnegative_int(language, "language"))
     src: set[str] = set(lex.src.values())
     tgt: set[str] = set(lex.tgt.values())
     for noun in lex.animate + lex.inanimate:
@@ -216,7 +215,7 @@ def word_classes(language: int = 0) -> dict[str, frozenset[str]]:
     ``plural_nouns``, ``adjectives_before``, ``adjectives_after`` (where the target places them),
     ``intransitive_verbs``, ``transitive_verbs`` (both verb forms).
     """
-    lex = _lexicon(language)
+    lex = _lexicon(_checks.nonnegative_int(language, "language"))
     nouns = lex.animate + lex.inanimate
     rules = lex.rules
 
@@ -240,4 +239,4 @@ def word_classes(language: int = 0) -> dict[str, frozenset[str]]:
 
 def language_rules(language: int = 0) -> dict[str, object]:
     """The target word-order rules of ``language`` (language 0: French-like), as a dict."""
-    return asdict(_lexicon(language).rules)
+    return asdict(_lexicon(_checks.nonnegative_int(language, "language")).rules)

@@ -24,7 +24,6 @@ beside the JSONL file, so the reader can be tried on files it did not make itsel
 from __future__ import annotations
 
 import json
-import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _checks
 from .parallel import tokenize
 from .toy_scenes import Scene
 
@@ -82,22 +82,10 @@ def _load_image(path: Path, size: int | None, where: tuple[Path, int]) -> tuple[
 
 
 def _box(value: Any, width: int, height: int, where: tuple[Path, int]) -> tuple:
-    if (
-        not isinstance(value, list)
-        or len(value) != 4
-        or any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in value)
-    ):
-        raise VQAFormatError(
-            *where, f"box must be a list of 4 numbers [x0, y0, x1, y1], got {value!r}"
-        )
-    x0, y0, x1, y1 = (float(v) for v in value)
-    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-        raise VQAFormatError(
-            *where,
-            f"box {value!r} is outside the {width}x{height} image or empty "
-            "(need 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height)",
-        )
-    return (x0, y0, x1, y1)
+    try:
+        return _checks.box(value, "box", width=width, height=height)
+    except ValueError as err:  # ArgumentTypeError included
+        raise VQAFormatError(*where, str(err)) from None
 
 
 def _text(item: dict, key: str, where: tuple[Path, int], required: bool) -> str | None:
@@ -134,10 +122,7 @@ def read_vqa_jsonl(
         require_answer: refuse lines without an ``answer`` (training and scoring data).
     """
     path = Path(path)
-    if size is not None and (
-        isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1
-    ):
-        raise ValueError(f"size must be a positive int or None, got {size!r}")
+    size = None if size is None else _checks.positive_int(size, "size")
     try:
         data = path.read_bytes()
     except FileNotFoundError:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from .. import _checks
 from ..functional import cross_attention
 from ..layers.attention import CrossAttention
 from .diffusers_attention import DiffusersAttention
@@ -149,16 +150,11 @@ def _check_inputs(
         )
     s = length
     if encoder_hidden_states is not None:
-        if not isinstance(encoder_hidden_states, Tensor):
-            raise TypeError(
-                f"encoder_hidden_states must be a tensor (B, S, cross_attention_dim) or None, "
-                f"got {type(encoder_hidden_states).__name__}"
-            )
+        _checks.tensor(
+            encoder_hidden_states, "encoder_hidden_states", rank=3,
+            legend="(B, S, cross_attention_dim)",
+        )  # fmt: skip
         ctx = tuple(encoder_hidden_states.shape)
-        if len(ctx) != 3:
-            raise ValueError(
-                f"encoder_hidden_states must be (B, S, cross_attention_dim), got shape {ctx}"
-            )
         if ctx[0] != b:
             raise ValueError(
                 f"encoder_hidden_states has batch size {ctx[0]} (shape {ctx}) but hidden_states "
@@ -173,10 +169,7 @@ def _check_inputs(
         s = ctx[1]
     if attention_mask is None:
         return
-    if not isinstance(attention_mask, Tensor):
-        raise TypeError(
-            f"attention_mask must be a tensor or None, got {type(attention_mask).__name__}"
-        )
+    _checks.tensor(attention_mask, "attention_mask", legend="or None")
     m = tuple(attention_mask.shape)
     what = "S = " + str(s) + (" context" if encoder_hidden_states is not None else " query")
     expected = f"(B, S) or (B, 1 | L, S) with B = {b}, L = {length}, {what} tokens"

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from numbers import Integral
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from .. import _checks
 from ..functional import cross_attention
 from ..masks import combine_masks, zero_padding
-from ._common import check_features, check_mask, check_nonempty
+from ._common import check_features, check_mask, check_nonempty, check_positive
 from .hooks import AttentionCall, layer_call
 
 
@@ -87,11 +87,21 @@ class PreparedContext:
 
     def repeat_interleave(self, repeats: int) -> PreparedContext:
         """Repeat each batch row `repeats` times in place: (B, ...) -> (B * repeats, ...)."""
-        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 0:
-            raise ValueError(f"repeats must be a non-negative int, got {repeats!r}")
+        repeats = _checks.nonnegative_int(repeats, "repeats")
         index = torch.arange(self.batch_size, device=self.key.device).repeat_interleave(repeats)
         return self.index_select(index)
 
+
+class ArgNames(NamedTuple):
+    """What the errors of `CrossAttention.context_for` call a caller's arguments."""
+
+    queries: str
+    context: str
+    mask: str
+    legend: str  # the context's shape, as the errors show it
+
+
+LAYER_NAMES = ArgNames("queries", "context", "context_mask", "(B, S, context_dim)")
 
 QKNorm = Literal["layer_norm", "rms_norm"] | None
 WeightsArg = bool | Literal["mean"]
@@ -146,38 +156,22 @@ class CrossAttention(nn.Module):
         context_dim = query_dim if context_dim is None else context_dim
         value_dim = context_dim if value_dim is None else value_dim
         kv_heads = heads if kv_heads is None else kv_heads
-        for name, val in (
-            ("query_dim", query_dim),
-            ("context_dim", context_dim),
-            ("value_dim", value_dim),
-            ("heads", heads),
-            ("dim_head", dim_head),
-            ("kv_heads", kv_heads),
-            ("out_dim", query_dim if out_dim is None else out_dim),
-        ):
-            if not isinstance(val, Integral) or isinstance(val, bool) or val <= 0:
-                raise ValueError(f"{name} must be a positive int, got {val!r}")
-        query_dim, context_dim, value_dim = int(query_dim), int(context_dim), int(value_dim)
-        heads, dim_head, kv_heads = int(heads), int(dim_head), int(kv_heads)
-        out_dim = None if out_dim is None else int(out_dim)
+        query_dim, context_dim, value_dim, heads, dim_head, kv_heads, out_dim = check_positive(
+            query_dim=query_dim, context_dim=context_dim, value_dim=value_dim, heads=heads,
+            dim_head=dim_head, kv_heads=kv_heads, out_dim=query_dim if out_dim is None else out_dim,
+        )  # fmt: skip
         if heads % kv_heads != 0:
             raise ValueError(f"heads={heads} must be a multiple of kv_heads={kv_heads}")
         if qk_norm not in (None, "layer_norm", "rms_norm"):
             raise ValueError(f"qk_norm must be None, 'layer_norm' or 'rms_norm', got {qk_norm!r}")
-        if not isinstance(dropout, (int, float)) or isinstance(dropout, bool):
-            raise TypeError(f"dropout must be a float in [0, 1), got {dropout!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        if not isinstance(norm_eps, (int, float)) or isinstance(norm_eps, bool):
-            raise TypeError(f"norm_eps must be a positive float, got {norm_eps!r}")
-        if norm_eps <= 0:
-            raise ValueError(f"norm_eps must be a positive float, got {norm_eps!r}")
+        dropout = _checks.probability(dropout, "dropout")
+        norm_eps = _checks.positive_real(norm_eps, "norm_eps")
         if backend is not None and not isinstance(backend, str):
             # the name itself is resolved at call time: backends may be registered later
             raise TypeError(f"backend must be a backend name or None, got {backend!r}")
         self.query_dim, self.context_dim, self.value_dim = query_dim, context_dim, value_dim
         self.heads, self.kv_heads, self.dim_head = heads, kv_heads, dim_head
-        self.out_dim = query_dim if out_dim is None else out_dim
+        self.out_dim = out_dim
         self.dropout = dropout
         self.backend = backend
         self.qk_norm = qk_norm
@@ -212,30 +206,42 @@ class CrossAttention(nn.Module):
             values: (B, S, value_dim), or None to take the values from the context.
             context_mask: (B, S) bool, True = valid token; carried with the result.
         """
+        self._check_context(context, values, context_mask, LAYER_NAMES)
+        return self._project_context(context, values, context_mask)
+
+    def _check_context(
+        self, context: object, values: object, context_mask: object, names: ArgNames
+    ) -> None:
+        """The checks of `prepare_context`, the errors naming the caller's arguments."""
         check_features(
-            "context", context, self.context_dim, "(B, S, context_dim)", like=self.to_k.weight
+            names.context, context, self.context_dim, names.legend, like=self.to_k.weight
         )
-        b, s, _ = context.shape
         if values is None:
             if self.value_dim != self.context_dim:
                 raise ValueError(
-                    f"values=None takes the values from the context, but this layer has "
+                    f"values=None takes the values from the {names.context}, but this layer has "
                     f"value_dim={self.value_dim} != context_dim={self.context_dim}; pass values "
                     f"(B, S, {self.value_dim})"
                 )
-            values = context
         else:
             check_features(
                 "values", values, self.value_dim, "(B, S, value_dim)", like=self.to_v.weight
             )
             if values.shape[:2] != context.shape[:2]:
                 raise ValueError(
-                    f"values (B, S) must match the context's: context {tuple(context.shape)}, "
-                    f"values {tuple(values.shape)}"
+                    f"values (B, S) must match the {names.context}'s: {names.context} "
+                    f"{tuple(context.shape)}, values {tuple(values.shape)}"
                 )
         check_mask(
-            "context_mask", context_mask, (b, s), "(B, S)", like=context, like_name="the context is"
-        )
+            names.mask, context_mask, tuple(context.shape[:2]), "(B, S)", like=context,
+            like_name=f"the {names.context} is",
+        )  # fmt: skip
+
+    def _project_context(
+        self, context: Tensor, values: Tensor | None, context_mask: Tensor | None
+    ) -> PreparedContext:
+        """`prepare_context` for arguments its caller has checked (`_check_context`)."""
+        values = context if values is None else values
         key = self.k_norm(self._heads(self.to_k(context), self.kv_heads)).contiguous()
         value = self._heads(self.to_v(values), self.kv_heads).contiguous()  # (B, Hk, S, D)
         if context_mask is not None:
@@ -260,6 +266,10 @@ class CrossAttention(nn.Module):
         check_features(
             "queries", queries, self.query_dim, "(B, L, query_dim)", like=self.to_q.weight
         )
+        return self._queries(queries)
+
+    def _queries(self, queries: Tensor) -> Tensor:
+        """`project_queries` for queries its caller has checked."""
         return self.q_norm(self._heads(self.to_q(queries), self.heads))  # (B, H, L, D)
 
     def project_keys(self, context: Tensor) -> Tensor:
@@ -289,9 +299,14 @@ class CrossAttention(nn.Module):
         *,
         batch: int,
         need_tokens: bool = True,
+        names: ArgNames = LAYER_NAMES,
     ) -> PreparedContext:
         """The `PreparedContext` a call attends to: `context` projected now (a tensor), or
         `context` itself once checked (a `PreparedContext`, which must come from this layer).
+
+        The one check of a call's context: a layer that owns this one calls it at its own
+        boundary (naming its own arguments through `names`), then calls the layer with
+        ``_checked=True``.
 
         Args:
             context: (B, S, context_dim), or a `PreparedContext` made by this layer.
@@ -299,6 +314,7 @@ class CrossAttention(nn.Module):
             context_mask: (B, S) bool, True = valid token; not with a PreparedContext.
             batch: B of the queries, which the context must match.
             need_tokens: refuse S = 0 (ValueError): the queries need something to attend to.
+            names: what the errors call the queries, the context and its mask.
         """
         if isinstance(context, PreparedContext):
             if context.layer_id != id(self):
@@ -308,27 +324,31 @@ class CrossAttention(nn.Module):
                 )
             if context_mask is not None:
                 raise ValueError(
-                    "context_mask was given with a PreparedContext, which carries its own mask; "
-                    "pass it to prepare_context(context, context_mask=...) instead"
+                    f"{names.mask} was given with a PreparedContext, which carries its own "
+                    f"mask; pass it to prepare_context({names.context}, {names.mask}=...) instead"
                 )
             if values is not None:
                 raise ValueError("values were given with a PreparedContext, which holds them")
             prepared, shape = context, context.key.shape
             what = " (a PreparedContext: keys (B, heads, S, dim_head))"
-            hint = "prepare it from", "prepare_context's context_mask"
+            hint = "prepare it from", f"prepare_context's {names.mask}"
         else:
-            prepared, shape = self.prepare_context(context, values, context_mask), context.shape
-            what, hint = "", ("pass", "context_mask")
+            if names is not LAYER_NAMES:  # errors in the caller's words first
+                self._check_context(context, values, context_mask, names)
+            # through `prepare_context`, which a subclass may extend (int8 storage)
+            prepared = self.prepare_context(context, values, context_mask)
+            shape, what, hint = context.shape, "", ("pass", names.mask)
         if prepared.batch_size != batch:
             raise ValueError(
-                f"queries have B={batch} but the context has B={prepared.batch_size}; "
-                "use PreparedContext.index_select to pick context rows"
+                f"{names.queries} have B={batch} but the {names.context} has "
+                f"B={prepared.batch_size}; use PreparedContext.index_select to pick "
+                f"{names.context} rows"
             )
         if need_tokens:
             check_nonempty(
-                "context", prepared.length, shape, f"S=0 tokens{what}",
-                f"{hint[0]} at least one context token per row (keep padding tokens and mark "
-                f"them False in {hint[1]})",
+                names.context, prepared.length, shape, f"S=0 tokens{what}",
+                f"{hint[0]} at least one {names.context} token per row (keep padding tokens "
+                f"and mark them False in {hint[1]})",
             )  # fmt: skip
         return prepared
 
@@ -341,6 +361,7 @@ class CrossAttention(nn.Module):
         context_mask: Tensor | None = None,
         attn_mask: Tensor | None = None,
         return_weights: WeightsArg = False,
+        _checked: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Attend from `queries` to `context`.
 
@@ -353,14 +374,25 @@ class CrossAttention(nn.Module):
             attn_mask: bool (True = may attend) or additive float, (L, S), (B, L, S) for all
                 heads, or (B, heads, L, S).
             return_weights: False; True for (B, heads, L, S); "mean" for the head mean (B, L, S).
+            _checked: for a layer that owns this one and has checked the call at its own
+                boundary: its queries as `project_queries` checks them, its context a
+                `PreparedContext` from `context_for`, its attn_mask None or 4-D
+                (B|1, heads|1, L, S). Nothing is checked again (decoding steps).
 
         Returns:
             (B, L, out_dim), or ``(out, weights)`` when weights are asked for.
         """
-        q = self.project_queries(queries)  # (B, H, L, D)
-        b, length = q.shape[0], q.shape[2]
-        prepared = self.context_for(context, values, context_mask, batch=b, need_tokens=length > 0)
-        mask = _layer_attn_mask(attn_mask, b, self.heads, length, prepared.length)
+        if _checked:  # the caller checked everything (see above)
+            q = self._queries(queries)  # (B, H, L, D)
+            b, length = q.shape[0], q.shape[2]
+            prepared, mask = context, attn_mask
+        else:
+            q = self.project_queries(queries)  # (B, H, L, D)
+            b, length = q.shape[0], q.shape[2]
+            prepared = self.context_for(
+                context, values, context_mask, batch=b, need_tokens=length > 0
+            )
+            mask = _layer_attn_mask(attn_mask, b, self.heads, length, prepared.length)
         recording = layer_call(self)  # None unless a recorder wants this call's maps
         asked = return_weights if recording is None else recording.ask(return_weights)
         op_attn_mask, op_key_mask = _op_masks(mask, prepared)

@@ -69,7 +69,9 @@ class HierarchicalCrossAttention(nn.Module):
     ):
         super().__init__()
         # query_dim, context_dim, heads and dim_head are checked by the CrossAttention below
-        check_positive(block_size=block_size, top_k=top_k, query_block_size=query_block_size)
+        block_size, top_k, query_block_size = check_positive(
+            block_size=block_size, top_k=top_k, query_block_size=query_block_size
+        )
         self.attn = CrossAttention(
             query_dim, context_dim, heads=heads, dim_head=dim_head, bias=bias, backend=backend
         )

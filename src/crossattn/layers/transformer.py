@@ -23,10 +23,16 @@ from ._common import (
     FastDropout,
     FeedForward,
     check_features,
-    check_nonempty,
     dropout_mask,
 )
-from .attention import CrossAttention, PreparedContext, WeightsArg
+from .attention import ArgNames, CrossAttention, PreparedContext, WeightsArg
+
+_SOURCE = ArgNames(
+    "tokens",
+    "source",
+    "source_mask",
+    "(B, S, context_dim) or a PreparedContext from prepare_context",
+)
 
 
 def _check_dims(
@@ -236,49 +242,25 @@ class TransformerDecoderLayer(nn.Module):
         attn, cross = self.self_attn, self.cross_attn_target_to_source
         check_features("tokens", tokens, self.d_model, "(B, T, d_model)", like=attn.to_q.weight)
         b, t, _ = tokens.shape
-        empty_source = (
-            "pass at least one source token per row (keep padding tokens and mark them False in "
-            "source_mask)"
-        )
-        if isinstance(source, PreparedContext):
-            if source_mask is not None:
-                raise ValueError(
-                    "source_mask was given with a PreparedContext, which carries its own mask"
-                )
-            check_nonempty(
-                "source",
-                source.length,
-                source.key.shape,
-                "S=0 tokens (a PreparedContext: keys (B, heads, S, dim_head))",
-                empty_source,
-            )
-        else:
-            check_features(
-                "source",
-                source,
-                cross.context_dim,
-                "(B, S, context_dim) or a PreparedContext from prepare_context",
-                like=cross.to_k.weight,
-            )
-            check_nonempty("source", source.shape[1], source.shape, "S=0 tokens", empty_source)
-            _checks.token_mask("source_mask", source_mask, tuple(source.shape[:2]), "(B, S)")
+        # the one check of the source; the attentions below trust it (``_checked=True``)
+        source = cross.context_for(source, context_mask=source_mask, batch=b, names=_SOURCE)
         if cache is not None and not isinstance(cache, PreparedContext):
             raise TypeError(
                 "cache must be the PreparedContext this layer returned as DecoderLayerOutput.cache "
                 f"(call it with use_cache=True), or None for the first step; got "
                 f"{type(cache).__name__}"
             )
+        if cache is not None and cache.layer_id != id(attn):
+            raise ValueError("cache was made by another layer; pass this layer's own cache")
+        if cache is not None and cache.batch_size != b:
+            raise ValueError(
+                f"cache has B={cache.batch_size} rows but tokens have B={b}; reorder it with "
+                "cache.index_select(rows)"
+            )
         # --- causal self-attention over the cached positions and the new ones ---
         h = self.self_block.inputs(tokens)
-        new = attn.prepare_context(h)  # keys/values of the new positions: (B, H, T, D)
+        new = attn._project_context(h, None, None)  # the new positions' keys/values: (B, H, T, D)
         if cache is not None:
-            if cache.layer_id != id(attn):
-                raise ValueError("cache was made by another layer; pass this layer's own cache")
-            if cache.batch_size != b:
-                raise ValueError(
-                    f"cache has B={cache.batch_size} rows but tokens have B={b}; reorder it with "
-                    "cache.index_select(rows)"
-                )
             new = PreparedContext(
                 key=torch.cat([cache.key, new.key], dim=2),  # (B, H, past + T, D)
                 value=torch.cat([cache.value, new.value], dim=2),
@@ -288,14 +270,11 @@ class TransformerDecoderLayer(nn.Module):
         total = new.length
         if t > 0:  # T = 0 new positions (an empty output): nothing attends, nothing to add
             # A single new position may see everything before it: no mask needed.
-            mask = None if t == 1 else causal_mask(t, total, device=tokens.device)  # (T, past + T)
-            tokens = self.self_block.add(tokens, attn(h, new, attn_mask=mask))
+            mask = None if t == 1 else causal_mask(t, total, device=tokens.device)[None, None]
+            tokens = self.self_block.add(tokens, attn(h, new, attn_mask=mask, _checked=True))
         # --- cross-attention from the target to the source ---
         h = self.cross_block.inputs(tokens)
-        if isinstance(source, PreparedContext):
-            res = cross(h, source, return_weights=return_weights)
-        else:
-            res = cross(h, source, context_mask=source_mask, return_weights=return_weights)
+        res = cross(h, source, return_weights=return_weights, _checked=True)
         update, weights = res if return_weights else (res, None)
         tokens = self.cross_block.add(tokens, update)
         # --- feed-forward ---

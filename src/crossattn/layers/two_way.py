@@ -13,8 +13,6 @@ internal size ``embedding_dim // attention_downsample_rate`` split over ``num_he
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor, nn
 
 from ._common import (
@@ -24,6 +22,7 @@ from ._common import (
     check_mask,
     check_nonempty,
     check_nonnegative,
+    check_positive,
 )
 from .attention import CrossAttention
 
@@ -82,7 +81,10 @@ class TwoWayAttentionBlock(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        _check_sizes(embedding_dim, num_heads, mlp_dim, attention_downsample_rate)
+        embedding_dim, num_heads, mlp_dim, attention_downsample_rate = check_positive(
+            embedding_dim=embedding_dim, num_heads=num_heads, mlp_dim=mlp_dim,
+            attention_downsample_rate=attention_downsample_rate,
+        )  # fmt: skip
         self.embedding_dim = embedding_dim
         self.self_attn = _sam_attention(embedding_dim, num_heads, 1, backend)
         self.self_attn.role = "self"
@@ -189,8 +191,11 @@ class TwoWayTransformer(nn.Module):
         backend: str | None = None,
     ):
         super().__init__()
-        check_nonnegative(depth=depth)
-        _check_sizes(embedding_dim, num_heads, mlp_dim, attention_downsample_rate)
+        (depth,) = check_nonnegative(depth=depth)
+        embedding_dim, num_heads, mlp_dim, attention_downsample_rate = check_positive(
+            embedding_dim=embedding_dim, num_heads=num_heads, mlp_dim=mlp_dim,
+            attention_downsample_rate=attention_downsample_rate,
+        )  # fmt: skip
         self.depth = depth
         self.embedding_dim = embedding_dim
         self.num_heads = num_heads
@@ -355,14 +360,3 @@ def _check_block_inputs(
     )
     check_nonempty("keys", hw, keys.shape, "HW=0 tokens", "pass at least one image token")
     check_mask("query_mask", query_mask, (b, n), "(B, N)")
-
-
-def _check_sizes(embedding_dim: Any, num_heads: Any, mlp_dim: Any, rate: Any) -> None:
-    for name, val in (
-        ("embedding_dim", embedding_dim),
-        ("num_heads", num_heads),
-        ("mlp_dim", mlp_dim),
-        ("attention_downsample_rate", rate),
-    ):
-        if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
-            raise ValueError(f"{name} must be a positive int, got {val!r}")

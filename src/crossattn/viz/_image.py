@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .. import _checks
+
 __all__ = ["check_box", "image_array", "patch_axis", "square_grid"]
 
 
@@ -47,28 +49,7 @@ def patch_axis(
 
 def check_box(box: Any, image_shape: tuple[int, ...], name: str = "box") -> tuple[float, ...]:
     """`box` [x0, y0, x1, y1] as four floats inside an image of shape (height, width, ...)."""
-    if isinstance(box, (str, bytes)) or not isinstance(box, Sequence) or len(box) != 4:
-        if hasattr(box, "tolist"):  # a tensor or array
-            return check_box(box.tolist(), image_shape, name)
-        raise TypeError(f"{name} must be [x0, y0, x1, y1] (four numbers), got {box!r}")
-    values = []
-    for v in box:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-            raise TypeError(f"{name} must be [x0, y0, x1, y1] of finite numbers, got {box!r}")
-        values.append(float(v))
-    x0, y0, x1, y1 = values
-    height, width = image_shape[0], image_shape[1]
-    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-        raise ValueError(
-            f"{name} {[_num(v) for v in values]} must lie inside the image of width {width} and "
-            f"height {height}: 0 <= x0 < x1 <= {width}, 0 <= y0 < y1 <= {height} (pixels, x1 "
-            "and y1 exclusive)"
-        )
-    return tuple(values)
-
-
-def _num(v: float) -> int | float:
-    return int(v) if v.is_integer() else v
+    return _checks.box(box, name, width=image_shape[1], height=image_shape[0])
 
 
 def image_array(image: Any, name: str = "image") -> np.ndarray:

@@ -18,8 +18,6 @@ type of `crossattn.data.pharaoh`.
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,6 +26,8 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
+from .. import _checks
+from .._checks import integer as check_int  # noqa: F401  (the rule viz/examples.py uses)
 from ..data.pharaoh import Link, PossibleLink, read_link
 from ._image import check_box, patch_axis, square_grid
 from ._image import image_array as _image_array
@@ -72,30 +72,10 @@ class AttentionRecord:
         return tuple(self.weights.shape)  # type: ignore[return-value]
 
 
-def check_int(value: Any, name: str, minimum: int | None = None) -> int:
-    """`value` as an int: a Python or NumPy integer (not a bool), at least `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_real(value: Any, name: str) -> float:
-    """`value` as a finite float: a Python or NumPy real number (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
 def check_grid(grid: Any, length: int, name: str = "grid", axis: str = "L") -> tuple[int, int]:
     """A (h, w) patch grid of positive ints with h * w == `length` (the map's `axis`, L or S)."""
-    if isinstance(grid, (str, bytes)) or not isinstance(grid, Sequence) or len(grid) != 2:
-        raise TypeError(f"{name} must be a pair (h, w) of ints, got {grid!r}")
-    h, w = check_int(grid[0], f"{name}[0]"), check_int(grid[1], f"{name}[1]")
-    if h <= 0 or w <= 0 or h * w != length:
+    h, w = _checks.positive_int_pair(grid, name, "(h, w)")
+    if h * w != length:
         raise ValueError(
             f"{name} {(h, w)} must be (h, w) with h * w == {axis} = {length} image patches "
             f"(the map's {'columns' if axis == 'S' else 'rows'}), h, w > 0"
@@ -377,13 +357,9 @@ def _pair(item: Any, name: str) -> tuple[int, int, bool]:
     kind = item[2] if len(item) == 3 else getattr(item, "sure", "sure")
     if kind not in ("sure", "possible", True, False):
         raise ValueError(f"{name}: the kind of a link must be 'sure' or 'possible', got {kind!r}")
-    source, target = item[0], item[1]
-    for what, index in (("source", source), ("target", target)):
-        if isinstance(index, bool) or not isinstance(index, numbers.Integral):
-            raise TypeError(
-                f"{name}: the {what} index of a link must be an int, got {index!r} in {item!r}"
-            )
-    return int(source), int(target), kind in ("sure", True)
+    source = _checks.integer(item[0], f"{name}: in {item!r}, the source index of a link")
+    target = _checks.integer(item[1], f"{name}: in {item!r}, the target index of a link")
+    return source, target, kind in ("sure", True)
 
 
 def normalize_links(links: Any, length: int, source_length: int, name: str = "links") -> list[Link]:
@@ -508,9 +484,9 @@ def as_record(
     head_mean = False
     image, grid, layers, step = (options.get(k) for k in ("image", "grid", "layers", "step"))
     layer_names = options.get("layer_names")
-    batch = check_int(options.get("batch", 0), "batch")
+    batch = _checks.integer(options.get("batch", 0), "batch")
     if step is not None and not isinstance(step, str):
-        step = check_int(step, "step")
+        step = _checks.integer(step, "step")
     if layers is not None and (isinstance(layers, str) or not isinstance(layers, Iterable)):
         raise TypeError(f"layers must be a list of layer names, got {layers!r}")
     if _is_capture(weights):

@@ -12,13 +12,13 @@ attention of one text token over the patches of an image. Both return a
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import _checks
 from ._colors import POSSIBLE_COLOR, PREDICTED_COLOR, SURE_COLOR, colormap
 from ._record import (
     AttentionRecord,
@@ -27,8 +27,6 @@ from ._record import (
     _tokens,
     as_record,
     check_grid,
-    check_int,
-    check_real,
     check_weight_values,
     to_numpy,
 )
@@ -62,8 +60,7 @@ def _save(fig: Figure, path: str | os.PathLike | None) -> None:
 
 
 def _check_figure_options(dpi: Any, title: Any) -> None:
-    if check_real(dpi, "dpi") <= 0:
-        raise ValueError(f"dpi must be a positive number, got {dpi!r}")
+    _checks.positive_real(dpi, "dpi")
     check_text(title, "title")
 
 
@@ -96,18 +93,22 @@ def _check_heatmap_options(
 ) -> tuple[list[int] | None, int]:
     """`heads` as a list of ints (or None) and `max_labels` as an int, once every option of
     `heatmap` that is not about the record is checked."""
-    max_labels = check_int(max_labels, "max_labels", minimum=1)
-    if cell_size is not None and check_real(cell_size, "cell_size") <= 0:
-        raise ValueError(f"cell_size must be a positive number of inches, got {cell_size!r}")
-    if vmax is not None and check_real(vmax, "vmax") <= 0:
-        raise ValueError(f"vmax must be a positive number, got {vmax!r}")
+    max_labels = _checks.positive_int(max_labels, "max_labels")
+    if cell_size is not None:
+        _checks.positive_real(cell_size, "cell_size (inches)")
+    if vmax is not None:
+        _checks.positive_real(vmax, "vmax")
     _check_figure_options(dpi, title)
     if heads is not None:
-        if isinstance(heads, numbers.Integral) and not isinstance(heads, bool):
-            heads = [heads]
-        elif isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
-            raise TypeError(f"heads must be an int or a list of head indices, got {heads!r}")
-        heads = [check_int(h, "heads[...]") for h in heads]
+        one = getattr(heads, "ndim", None) == 0  # a NumPy or 0-d torch int
+        if one or isinstance(heads, (str, bytes)) or not isinstance(heads, Iterable):
+            try:
+                heads = [_checks.integer(heads, "heads")]
+            except _checks.ArgumentTypeError:
+                raise _checks.ArgumentTypeError(
+                    f"heads must be an int or a list of head indices, got {heads!r}"
+                ) from None
+        heads = [_checks.integer(h, f"heads[{k}]") for k, h in enumerate(heads)]
     return heads, max_labels
 
 
@@ -310,9 +311,7 @@ def image_overlay(
         The `matplotlib.figure.Figure`.
     """
     _check_figure_options(dpi, title)
-    alpha = check_real(alpha, "alpha")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    alpha = _checks.unit_real(alpha, "alpha")
     arr, grid = _patch_weights(weights, grid)  # (L, S), (h, w)
     tokens = _tokens(tokens, "tokens")
     if tokens is not None and len(tokens) != arr.shape[1]:
@@ -386,11 +385,8 @@ def _token_indices(token: Any, tokens: list[str] | None, source_length: int) -> 
                 raise ValueError(f"token={t!r} is not among tokens={tokens}")
             indices.append(tokens.index(t))
         else:
-            if isinstance(t, bool) or not isinstance(t, numbers.Integral):
-                raise TypeError(
-                    f"token must be an int index, a text token or a list of them, got {t!r}"
-                )
-            if not -source_length <= int(t) < source_length:
+            t = _checks.integer(t, "token (an int index, a text token or a list of them)")
+            if not -source_length <= t < source_length:
                 raise ValueError(f"token={t} is out of range for S = {source_length} text tokens")
-            indices.append(int(t) % source_length)
+            indices.append(t % source_length)
     return indices

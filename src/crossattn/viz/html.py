@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import html as _html
 import json
-import numbers
 import os
 import struct
 import uuid
@@ -25,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import _checks
 from ._assets import asset, viewer_script
 from ._colors import COLOR_STOPS
-from ._record import AttentionRecord, as_record, check_int, check_real
+from ._record import AttentionRecord, as_record
 from .examples import check_text, is_example_list, normalize_examples
 
 __all__ = ["Viewer", "to_html", "view"]
@@ -53,7 +53,7 @@ def quantize(weights: np.ndarray, bits: int) -> tuple[bytes, list[float]]:
 
 
 def _check_bits(bits: Any) -> int:
-    bits = check_int(bits, "bits")
+    bits = _checks.integer(bits, "bits")
     if bits not in (8, 16):
         raise ValueError(f"bits must be 8 or 16, got {bits!r}")
     return bits
@@ -119,12 +119,14 @@ def _index(value: int | str | None, names: Sequence[str], what: str, default: in
         if value not in names:
             raise ValueError(f"{what}={value!r} is not one of {list(names)} or 'mean'")
         return list(names).index(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    try:
+        index = _checks.integer(value, what)
+    except _checks.ArgumentTypeError:
         kinds = "an index, a layer name or 'mean'" if what == "layer" else "an index or 'mean'"
-        raise TypeError(f"{what} must be {kinds}, got {value!r}")
-    if not -len(names) <= int(value) < len(names):
-        raise ValueError(f"{what}={value} is out of range for {len(names)} {what}s")
-    return int(value) % len(names)
+        raise _checks.ArgumentTypeError(f"{what} must be {kinds}, got {value!r}") from None
+    if not -len(names) <= index < len(names):
+        raise ValueError(f"{what}={index} is out of range for {len(names)} {what}s")
+    return index % len(names)
 
 
 def payload(
@@ -138,9 +140,7 @@ def payload(
     bits: int | None = None,
 ) -> dict[str, Any]:
     """The JSON object the viewer script draws (also what `crossattn serve` answers)."""
-    threshold = check_real(threshold, "threshold")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
+    threshold = _checks.unit_real(threshold, "threshold")
     check_text(title, "title")
     check_text(caption, "caption")
     n_layers, n_heads, length, source_length = rec.shape
@@ -221,16 +221,7 @@ def _size(n: int) -> str:
 
 
 def _check_max_bytes(max_bytes: Any) -> int | None:
-    if max_bytes is None:
-        return None
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, numbers.Integral):
-        raise TypeError(
-            f"max_bytes must be an int number of bytes or None, got {max_bytes!r} "
-            f"({type(max_bytes).__name__})"
-        )
-    if max_bytes <= 0:
-        raise ValueError(f"max_bytes must be a positive number of bytes or None, got {max_bytes}")
-    return int(max_bytes)
+    return None if max_bytes is None else _checks.positive_int(max_bytes, "max_bytes (bytes)")
 
 
 def _check_size(text: str, max_bytes: int | None) -> None:

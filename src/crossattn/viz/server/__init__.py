@@ -28,10 +28,10 @@ the page's script and style in ``viz/assets/`` (``serve.js``, ``serve.css``).
 
 from __future__ import annotations
 
-import math
 from http.server import ThreadingHTTPServer
 from typing import Any
 
+from ... import _checks
 from .._assets import asset, viewer_script
 from .handler import MAX_BODY_BYTES, TranslationServer
 from .service import RequestError, TranslationService
@@ -101,10 +101,7 @@ def make_server(
     Returns:
         The server; its ``service`` attribute is the `TranslationService` it answers with.
     """
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
-    if not 0 < timeout < math.inf:
-        raise ValueError(f"timeout must be a positive, finite number of seconds, got {timeout!r}")
+    timeout = _checks.positive_real(timeout, "timeout (seconds)")
     service = TranslationService(
         translator,
         max_words=max_words,
@@ -112,4 +109,4 @@ def make_server(
         beam=beam,
         alignment_format=alignment_format,
     )
-    return TranslationServer((host, port), service, serve_page(), float(timeout))
+    return TranslationServer((host, port), service, serve_page(), timeout)

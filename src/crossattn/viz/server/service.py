@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from ... import _checks
 from ...data.parallel import ALIGNMENT_FORMATS, alignment_as, strip_line_end
 from .._record import as_record
 from ..html import payload
@@ -28,15 +29,6 @@ class RequestError(Exception):
         self.status = status
         self.message = message
         self.close = close
-
-
-def _positive_int(name: str, value: Any) -> int:
-    """`value` if it is an int (not a bool) of at least 1; TypeError or ValueError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {value!r} ({type(value).__name__})")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class TranslationService:
@@ -60,13 +52,10 @@ class TranslationService:
         beam: int = 4,
         alignment_format: str = "pharaoh",
     ):
-        if alignment_format not in ALIGNMENT_FORMATS:
-            raise ValueError(
-                f"alignment_format must be one of {ALIGNMENT_FORMATS}, got {alignment_format!r}"
-            )
-        max_words = _positive_int("max_words", max_words)
-        max_chars = _positive_int("max_chars", max_chars)
-        beam = _positive_int("beam", beam)
+        _checks.choice(alignment_format, "alignment_format", ALIGNMENT_FORMATS)
+        max_words, max_chars, beam = _checks.positive_ints(
+            max_words=max_words, max_chars=max_chars, beam=beam
+        )
         try:
             model_limit = int(translator.model.config.max_len) - 2  # room for BOS and EOS
         except (AttributeError, TypeError, ValueError) as err:

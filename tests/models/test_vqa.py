@@ -1,0 +1,310 @@
+"""The VQA model, its training loop, the model directory and `crossattn vqa`."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crossattn.data.toy_scenes import generate_scenes
+from crossattn.data.vqa import VQARecord, write_vqa_jsonl
+from crossattn.grounding import pointing_game
+from crossattn.models.vqa import VQAConfig, VQAModel, patch_positions
+from crossattn.training.vqa import (
+    VQAOptions,
+    VQAPredictor,
+    _learning_rate,
+    box_share,
+    choose_head,
+    examples_from_records,
+    examples_from_scenes,
+    grounding_map,
+    load_vqa,
+    map_information,
+    pointable_target,
+    save_vqa,
+    score,
+    train_vqa,
+)
+
+SMALL = {"d_model": 32, "heads": 4, "dim_ff": 64}
+
+
+@pytest.mark.parametrize("readout, rows", [("query", 1), ("mean", 3)])
+def test_maps_are_the_attention_of_the_answer_call(readout, rows):
+    torch.manual_seed(0)
+    config = VQAConfig(vocab_size=10, n_answers=3, readout=readout, cross_layers=2, **SMALL)
+    model = VQAModel(config).eval()
+    images = torch.rand(2, 3, 64, 64)
+    ids = torch.tensor([[4, 5, 6], [7, 8, 0]])
+    out = model(images, ids, ids != 0, return_maps=True)
+    assert out.logits.shape == (2, 3) and len(out.maps) == 2
+    for m in out.maps:
+        assert m.shape == (2, 4, rows, 64)
+        torch.testing.assert_close(m.sum(-1), torch.ones(2, 4, rows))
+    want_mask = torch.ones(2, 1, dtype=torch.bool) if readout == "query" else ids != 0
+    assert torch.equal(out.map_mask, want_mask)
+    plain = model(images, ids, ids != 0)
+    torch.testing.assert_close(plain.logits, out.logits)  # maps do not change the answer
+    assert plain.maps is None
+    # padding does not change the answer of the shorter question
+    short = model(images[1:], ids[1:, :2], ids[1:, :2] != 0)
+    torch.testing.assert_close(short.logits, out.logits[1:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("image_size, grid", [(64, 8), (48, 12), (32, 16)])
+def test_cnn_stem_sees_only_the_pixels_around_its_patch(image_size, grid):
+    torch.manual_seed(0)
+    config = VQAConfig(vocab_size=10, n_answers=3, image_size=image_size, grid=grid,
+                       stem="cnn", image_layers=0, **SMALL)  # fmt: skip
+    stem = VQAModel(config).patches.stem
+    patch = image_size // grid
+    images = torch.rand(1, 3, image_size, image_size, requires_grad=True)
+    row, col = grid // 2, grid // 2 - 1
+    feats = stem(images)  # (1, d, grid, grid)
+    assert feats.shape == (1, 32, grid, grid)
+    feats[0, :, row, col].pow(2).sum().backward()
+    seen = images.grad.abs().sum((0, 1)) > 0  # (H, W)
+    ys, xs = seen.nonzero(as_tuple=True)
+    half = (2 * patch - 2) / 2  # a (2 * patch - 2)-pixel square centred on the patch
+    centre_y, centre_x = (row + 0.5) * patch - 0.5, (col + 0.5) * patch - 0.5
+    assert ys.min() == centre_y - half + 0.5 and ys.max() == centre_y + half - 0.5
+    assert xs.min() == centre_x - half + 0.5 and xs.max() == centre_x + half - 0.5
+
+
+def test_patch_positions_distinct():
+    pos = patch_positions(8, 32)
+    assert pos.shape == (64, 32)
+    assert torch.cdist(pos, pos).add(torch.eye(64) * 10).min() > 0.1
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"image_size": 60}, "multiple of grid"),
+        ({"d_model": 30}, "d_model"),
+        ({"stem": "vit"}, "stem"),
+        ({"stem": "cnn", "grid": 16, "image_size": 48}, "power of 2"),
+        ({"cross_layers": 0}, "cross_layers"),
+        ({"grid": True}, "grid"),
+        ({"readout": "cls"}, "readout"),
+        ({"readout": "query", "text_layers": 0}, "text_layers"),
+    ],
+)
+def test_config_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        VQAConfig(vocab_size=10, n_answers=3, **{**SMALL, **kwargs})
+
+
+def test_input_errors():
+    model = VQAModel(VQAConfig(vocab_size=10, n_answers=3, **SMALL))
+    ids = torch.ones(1, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="images must be"):
+        model(torch.rand(1, 3, 32, 32), ids, ids != 0)
+    with pytest.raises(ValueError, match="question_mask"):
+        model(torch.rand(1, 3, 64, 64), ids, ids)
+
+
+def test_grounding_map_mean_and_guided():
+    maps = [torch.rand(2, 4, 3, 5).softmax(-1) for _ in range(2)]
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    mean = grounding_map(maps, mask, "mean")
+    want = torch.stack([m[0, :, :2].mean((0, 1)) for m in maps]).mean(0)
+    torch.testing.assert_close(mean[0], want)
+    guided = grounding_map(maps, mask, "guided")
+    torch.testing.assert_close(guided[1], maps[-1][1, 0].mean(0))
+    one = grounding_map(maps, mask, "head:0:2")
+    torch.testing.assert_close(one[0], maps[0][0, 2, :2].mean(0))
+    torch.testing.assert_close(grounding_map(maps, mask, "head:-1:0"), guided)
+    for bad in ("max", "head:0", "head:a:1"):
+        with pytest.raises(ValueError, match="grounding choice"):
+            grounding_map(maps, mask, bad)
+    with pytest.raises(ValueError, match="names no head"):
+        grounding_map(maps, mask, "head:2:0")
+
+
+def test_map_information_hand_computed():
+    eye = torch.eye(4)  # four maps, each on its own cell
+    assert map_information(eye) == pytest.approx(math.log(4))
+    assert map_information(eye[[1, 1, 1, 1]]) == pytest.approx(0.0, abs=1e-6)  # a sink
+    assert map_information(torch.full((4, 4), 0.25)) == pytest.approx(0.0, abs=1e-6)  # uniform
+    half = torch.tensor([[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])  # H(mean) = log 4, H = log 2
+    assert map_information(half) == pytest.approx(math.log(2))
+
+
+def test_learning_rate_warmup_and_cosine():
+    opts = VQAOptions(lr=1e-3, warmup=10)
+    assert _learning_rate(opts, 0, 0.0) == pytest.approx(1e-4)
+    assert _learning_rate(opts, 9, 0.0) == pytest.approx(1e-3)
+    assert _learning_rate(opts, 50, 0.5) == pytest.approx(0.55e-3)
+    assert _learning_rate(opts, 99, 1.0) == pytest.approx(1e-4)
+    assert _learning_rate(replace(opts, cosine=False), 99, 1.0) == pytest.approx(1e-3)
+
+
+def test_box_share_hand_computed():
+    share = box_share((0, 0, 16, 12), (64, 64), 8).reshape(8, 8)
+    assert share.sum() == pytest.approx(1.0)
+    # 16 x 12 pixels over two full columns of patches and one and a half rows
+    assert share[0, 0] == pytest.approx(64 / 192) and share[1, 0] == pytest.approx(32 / 192)
+    assert share[2:].sum() == 0 and share[:, 2:].sum() == 0
+
+
+def test_pointable_target_hand_computed():
+    share = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    inside = torch.tensor([False, True, False, False])
+    torch.testing.assert_close(pointable_target(share, inside), torch.tensor([0.25, 0.65, 0.1, 0]))
+    torch.testing.assert_close(pointable_target(share, torch.zeros(4, dtype=torch.bool)), share)
+
+
+def test_guided_targets_point_inside_every_object():
+    """The target's own maximum wins the pointing game on every object (the share alone misses
+    small objects whose largest patch has its centre off the object)."""
+    examples = examples_from_scenes(generate_scenes(120, seed=1))
+    maps = examples.targets.reshape(-1, 8, 8)
+    torch.testing.assert_close(maps.sum((1, 2)), torch.ones(len(examples)))
+    assert all(pointing_game(maps, examples.boxes, image_size=(64, 64)))
+    blank = np.zeros((64, 64, 3), np.uint8)
+    records = [VQARecord(blank, (64, 64), q, None, box, Path("x.png"), k + 1) for k, (q, box) in
+               enumerate(zip(examples.questions, examples.boxes))]  # fmt: skip
+    from_boxes = examples_from_records(records).targets.reshape(-1, 8, 8)
+    assert all(pointing_game(from_boxes, examples.boxes, image_size=(64, 64)))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    train = examples_from_scenes(generate_scenes(150, seed=0))
+    options = VQAOptions(seconds=1e9, max_steps=300, batch_size=32, config=SMALL)
+    result = train_vqa(train, options)
+    return train, result
+
+
+@pytest.mark.slow
+def test_short_training_learns(trained):
+    train, result = trained
+    test = examples_from_scenes(generate_scenes(60, seed=9))
+    predictor = VQAPredictor(result.model, result.vocab, result.answers, "mean")
+    s = score(predictor.predict(test), test)
+    assert result.steps == 300
+    assert s["accuracy"] > s["majority_baseline"] + 0.05, s
+
+
+@pytest.mark.slow
+def test_choose_head_takes_the_most_informative_map(trained):
+    train, result = trained
+    choice, scores = choose_head(result.model, result.vocab, train, limit=64)
+    config = result.model.config
+    assert len(scores) == 1 + config.cross_layers * config.heads
+    assert scores[choice] == max(scores.values())
+    assert all(-1e-6 <= v <= math.log(64) + 1e-6 for v in scores.values())
+    rows = list(range(64))
+    predictor = VQAPredictor(result.model, result.vocab, result.answers, choice)
+    maps = torch.tensor([p["map"] for p in predictor.predict(train.subset(rows))]).reshape(64, -1)
+    assert map_information(maps) == pytest.approx(scores[choice], abs=1e-3)
+
+
+def test_callback_sees_every_step():
+    train = examples_from_scenes(generate_scenes(8, seed=0))
+    seen = []
+    options = VQAOptions(seconds=1e9, max_steps=3, batch_size=4, config=SMALL)
+    result = train_vqa(train, options, callback=lambda step, model: seen.append(step))
+    assert seen == [1, 2, 3] and result.steps == 3
+
+
+def test_save_load_round_trip(tmp_path):
+    train = examples_from_scenes(generate_scenes(8, seed=0))
+    result = train_vqa(train, VQAOptions(seconds=0.0, config=SMALL))
+    assert result.steps == 1
+    predictor = VQAPredictor(result.model, result.vocab, result.answers, "guided")
+    save_vqa(tmp_path / "m", predictor, {"steps": 1})
+    loaded = load_vqa(tmp_path / "m")
+    assert loaded.answers == predictor.answers and loaded.grounding == "guided"
+    assert loaded.predict(train) == predictor.predict(train)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.safetensors", "vqa.json"]
+    with pytest.raises(FileNotFoundError, match="is missing"):
+        load_vqa(tmp_path)
+
+
+def test_points_are_in_original_pixels():
+    train = examples_from_scenes(generate_scenes(4, seed=0))
+    result = train_vqa(train, VQAOptions(seconds=0.0, config=SMALL))
+    predictor = VQAPredictor(result.model, result.vocab, result.answers, "mean")
+    train.original_sizes = [(640, 320)] * len(train)
+    for p in predictor.predict(train):
+        j = max(range(64), key=lambda c: p["map"][c // 8][c % 8])
+        assert p["point"] == [(j % 8 + 0.5) * 80, (j // 8 + 0.5) * 40]
+
+
+def cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "crossattn", "vqa", *args],
+        capture_output=True, text=True, cwd=cwd, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_cli_train_answer_score(tmp_path):
+    write_vqa_jsonl(generate_scenes(12, seed=0), tmp_path / "train.jsonl")
+    write_vqa_jsonl(generate_scenes(3, seed=1), tmp_path / "test.jsonl")
+    out = tmp_path / "model"
+    run = cli("train", "--data", str(tmp_path / "train.jsonl"), "--out", str(out),
+              "--minutes", "0.1", "--guided-grounding", "--threads", "1")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    again = cli("train", "--data", str(tmp_path / "train.jsonl"), "--out", str(out))
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    answer = cli("answer", "--model", str(out), "--data", str(tmp_path / "test.jsonl"))
+    assert answer.returncode == 0, answer.stderr
+    lines = [json.loads(x) for x in answer.stdout.splitlines()]
+    n = len((tmp_path / "test.jsonl").read_text().splitlines())
+    assert len(lines) == n and set(lines[0]) == {"answer", "point", "map"}
+    assert len(lines[0]["map"]) == 8 and len(lines[0]["map"][0]) == 8
+    scored = cli("score", "--model", str(out), "--data", str(tmp_path / "test.jsonl"))
+    assert scored.returncode == 0, scored.stderr
+    result = json.loads(scored.stdout)
+    assert result["n"] == n and 0 <= result["accuracy"] <= 1 and 0 <= result["pointing_game"] <= 1
+    assert json.loads((out / "vqa.json").read_text())["grounding"] == "guided"
+
+
+@pytest.mark.slow
+def test_cli_train_chooses_an_unsupervised_map(tmp_path):
+    write_vqa_jsonl(generate_scenes(6, seed=0), tmp_path / "train.jsonl")
+    out = tmp_path / "model"
+    run = cli("train", "--data", str(tmp_path / "train.jsonl"), "--out", str(out),
+              "--minutes", "0.05", "--threads", "1")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    meta = json.loads((out / "vqa.json").read_text())
+    assert meta["grounding"] in meta["map_information"]
+    assert meta["map_information"][meta["grounding"]] == max(meta["map_information"].values())
+
+
+@pytest.mark.slow
+def test_cli_errors(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"image": "nope.png", "question": "q ?", "answer": "a"}\n')
+    run = cli("train", "--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "m"))
+    assert run.returncode == 2 and f"{tmp_path / 'bad.jsonl'}:1:" in run.stderr
+    assert "does not exist" in run.stderr and "Traceback" not in run.stderr
+    run = cli("answer", "--model", str(tmp_path / "none"), "--data", str(tmp_path / "bad.jsonl"))
+    assert run.returncode == 2 and "no such directory" in run.stderr
+
+
+def test_vqa_options_follow_the_argument_rules():
+    opts = VQAOptions(max_steps=np.int64(3), batch_size=torch.tensor(8), seconds=math.inf)
+    assert (opts.max_steps, opts.batch_size) == (3, 8)
+    assert type(opts.max_steps) is int and type(opts.batch_size) is int
+    assert VQAOptions().max_steps is None
+    with pytest.raises(TypeError, match=r"VQAOptions.batch_size must be a positive int, got True"):
+        VQAOptions(batch_size=True)
+    with pytest.raises(ValueError, match=r"VQAOptions.lr must be in \(0, inf\), got 0"):
+        VQAOptions(lr=0)
+    with pytest.raises(ValueError, match=r"VQAOptions.label_smoothing must be in \[0, 1\)"):
+        VQAOptions(label_smoothing=1.0)
+    with pytest.raises(ValueError, match=r"VQAOptions.seconds must be in \[0, inf\], got nan"):
+        VQAOptions(seconds=float("nan"))
+    with pytest.raises(TypeError, match=r"VQAOptions.guided_grounding must be a bool, got 1"):
+        VQAOptions(guided_grounding=1)
