@@ -148,13 +148,12 @@ def real(
     low: float | None = None,
     high: float | None = None,
     high_open: bool = True,
-    low_open: bool = False,
     infinite: bool = False,
 ) -> float:
     """`value` as a finite ``float`` (ints, NumPy and 0-d torch reals accepted; bool refused),
-    within ``[low, high)`` (``[low, high]`` with ``high_open=False``, ``(low, ...`` with
-    ``low_open=True``) where bounds are given; ``infinite=True`` lets ``+inf`` pass too (a
-    "never" for a time or a period), NaN never passes."""
+    within ``[low, high)`` (``[low, high]`` with ``high_open=False``) where bounds are given;
+    ``infinite=True`` lets ``+inf`` pass too (a "never" for a time or a period), NaN never
+    passes."""
     if type(value) is float:  # the common case, first
         result = value
     else:
@@ -164,32 +163,28 @@ def real(
             result = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             raise ArgumentTypeError(
-                f"{name} must be {_interval(low, high, high_open, low_open, infinite)}, "
+                f"{name} must be {_interval(low, high, high_open, infinite)}, "
                 f"got {_describe(value)}"
             ) from None
     inside = math.isfinite(result) or (infinite and result == math.inf)
     if low is not None:
-        inside = inside and (result > low if low_open else result >= low)
+        inside = inside and result >= low
     if high is not None:
         inside = inside and (result < high if high_open else result <= high)
     if not inside:
-        bounds = _interval(low, high, high_open, low_open, infinite)
+        bounds = _interval(low, high, high_open, infinite)
         raise ValueError(f"{name} must be {bounds.replace('a real number in', 'in')}, got "
                          f"{_describe(value)}")  # fmt: skip
     return result
 
 
 def _interval(
-    low: float | None,
-    high: float | None,
-    high_open: bool,
-    low_open: bool = False,
-    infinite: bool = False,
+    low: float | None, high: float | None, high_open: bool, infinite: bool = False
 ) -> str:
     """What `real` expects: "a finite real number", "a real number in [0, 1)"."""
     if low is None and high is None:
         return "a real number (inf included)" if infinite else "a finite real number"
-    left = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
+    left = "(-inf" if low is None else f"[{low:g}"
     right = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
     if infinite and high is None:
         right = "inf]"
@@ -224,11 +219,6 @@ def unit_real(value: object, name: str) -> float:
 def probability(value: object, name: str) -> float:
     """A rate or dropout probability: a ``float`` in [0, 1)."""
     return real(value, name, low=0.0, high=1.0)
-
-
-def positive_real(value: object, name: str) -> float:
-    """A finite ``float`` > 0: a rate, a weight that must act, a time bound."""
-    return real(value, name, low=0.0, low_open=True)
 
 
 def nonnegative_real(value: object, name: str) -> float:

@@ -300,7 +300,9 @@ def test_vqa_options_follow_the_argument_rules():
     assert VQAOptions().max_steps is None
     with pytest.raises(TypeError, match=r"VQAOptions.batch_size must be a positive int, got True"):
         VQAOptions(batch_size=True)
-    with pytest.raises(ValueError, match=r"VQAOptions.lr must be in \(0, inf\), got 0"):
+    with pytest.raises(
+        ValueError, match=r"VQAOptions.lr must be a positive finite real number, got 0"
+    ):
         VQAOptions(lr=0)
     with pytest.raises(ValueError, match=r"VQAOptions.label_smoothing must be in \[0, 1\)"):
         VQAOptions(label_smoothing=1.0)
