@@ -123,10 +123,14 @@ def test_resume_keeps_the_saved_tokenizer(bpe_model, corpus, tmp_path):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"tokenizer": "spm"}, ValueError, "TrainOptions.tokenizer must be one of word, bpe, "),
-        ({"normalization": "nfd"}, ValueError, "TrainOptions.normalization must be one of nfkc"),
-        ({"vocab_size": 4}, ValueError, r"TrainOptions.vocab_size must be >= 5"),
-        ({"vocab_size": "8000"}, TypeError, "TrainOptions.vocab_size must be an int or None"),
+        ({"tokenizer": "spm"}, ValueError, "TrainOptions.tokenizer must be one of 'word', 'bpe', "),
+        ({"normalization": "nfd"}, ValueError, "TrainOptions.normalization must be one of 'nfkc'"),
+        ({"vocab_size": 4}, ValueError, r"TrainOptions.vocab_size must be an int >= 5, got 4"),
+        (
+            {"vocab_size": "8000"},
+            TypeError,
+            "TrainOptions.vocab_size must be an int >= 5, got '8000'",
+        ),
     ],
 )
 def test_tokenizer_options_are_checked(kwargs, error, match):
