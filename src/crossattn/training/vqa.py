@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -66,6 +67,7 @@ __all__ = [
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "vqa.json"
 GUIDED_HEAD = (-1, 0)  # (layer, head) that the grounding loss supervises
+_INIT_LOCK = threading.Lock()  # seeding and initialising share torch's global generator
 
 
 @dataclass
@@ -361,11 +363,12 @@ def train_vqa(
         raise ValueError("training examples need an answer on every question")
     if options.guided_grounding and examples.targets is None:
         raise ValueError("guided grounding needs a box (or mask) on every training question")
-    torch.manual_seed(options.seed)
     vocab = Vocabulary.build(examples.questions)
     answers = sorted(set(examples.answers))
     config = VQAConfig(vocab_size=len(vocab), n_answers=len(answers), **options.config)
-    model = VQAModel(config)
+    with _INIT_LOCK:  # two models trained side by side in threads get their seeded weights
+        torch.manual_seed(options.seed)
+        model = VQAModel(config)
     ids, mask = encode_questions(vocab, examples.questions)
     answer_id = {a: i for i, a in enumerate(answers)}
     labels = torch.tensor([answer_id[a] for a in examples.answers])
