@@ -218,7 +218,7 @@ class VQAOptions:
 
     seconds: float = 240.0
     max_steps: int | None = None
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 2e-3
     warmup: int = 50
     cosine: bool = True
