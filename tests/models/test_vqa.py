@@ -217,6 +217,27 @@ def test_callback_sees_every_step():
     assert seen == [1, 2, 3] and result.steps == 3
 
 
+def test_runs_side_by_side_in_threads_match_runs_one_after_the_other():
+    from concurrent.futures import ThreadPoolExecutor
+
+    train = examples_from_scenes(generate_scenes(8, seed=0))
+    options = [
+        VQAOptions(seconds=1e9, max_steps=3, batch_size=4, seed=seed, guided_grounding=guided,
+                   config=SMALL)
+        for seed, guided in ((0, False), (1, True))
+    ]  # fmt: skip
+    serial = [train_vqa(train, o).model.state_dict() for o in options]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        side_by_side = [
+            r.model.state_dict() for r in pool.map(lambda o: train_vqa(train, o), options)
+        ]
+    assert serial[0]["answer_head.weight"].ne(serial[1]["answer_head.weight"]).any()
+    for one, other in zip(serial, side_by_side):
+        assert one.keys() == other.keys()
+        for name in one:
+            torch.testing.assert_close(other[name], one[name], rtol=0, atol=0)
+
+
 def test_save_load_round_trip(tmp_path):
     train = examples_from_scenes(generate_scenes(8, seed=0))
     result = train_vqa(train, VQAOptions(seconds=0.0, config=SMALL))
