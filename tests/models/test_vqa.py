@@ -217,6 +217,23 @@ def test_callback_sees_every_step():
     assert seen == [1, 2, 3] and result.steps == 3
 
 
+@pytest.mark.parametrize(
+    "guided, config, want",
+    [
+        (False, SMALL, ("mean", 0)),  # answers only: every token looks, patches see their pixels
+        (True, SMALL, ("query", 1)),  # guided: the VQAConfig defaults
+        (False, {**SMALL, "readout": "query", "image_layers": 2}, ("query", 2)),  # asked for
+    ],
+)
+def test_answers_only_runs_default_to_their_own_config(guided, config, want):
+    train = examples_from_scenes(generate_scenes(8, seed=0))
+    options = VQAOptions(seconds=1e9, max_steps=1, batch_size=4, guided_grounding=guided,
+                         config=config)  # fmt: skip
+    got = train_vqa(train, options).model.config
+    assert (got.readout, got.image_layers) == want
+    assert (got.d_model, got.dim_ff) == (SMALL["d_model"], SMALL["dim_ff"])
+
+
 def test_runs_side_by_side_in_threads_match_runs_one_after_the_other():
     from concurrent.futures import ThreadPoolExecutor
 
