@@ -2,8 +2,7 @@
 
 Generates scenes with exact object masks (`crossattn.data.toy_scenes`), trains two `VQAModel`
 side by side within the budget (one on answers alone, one with ``guided_grounding``; the first
-grounds with the map that `choose_head` picks on training questions, without their masks), then
-measures on
+grounds with the mean map over layers, heads and question words), then measures on
 unseen scenes: answer accuracy, the pointing game of each model's grounding map, the attention
 mass in the object over its area, and the same scores for the uniform, shuffled-image and
 random-weights baselines. Writes ``metrics.json``, overlays as PNG and a viewer page into the output folder.
@@ -163,7 +162,7 @@ def _train_both(train: Any, seed: int, config: dict, seconds: float) -> dict[str
 
 def run_vqa_demo(out: Path, minutes: float, seed: int, tiny: bool) -> int:
     """Train, evaluate and write the demo's outputs into ``out``; returns the exit status."""
-    from ..training.vqa import VQAPredictor, choose_head, save_vqa, scene_questions
+    from ..training.vqa import ANSWERS_ONLY_GROUNDING, VQAPredictor, save_vqa, scene_questions
 
     start = time.monotonic()
     end = start + minutes * 60
@@ -178,7 +177,7 @@ def run_vqa_demo(out: Path, minutes: float, seed: int, tiny: bool) -> int:
     runs: dict[str, dict] = {}
     for name, result in results.items():
         guided = name == "guided"
-        grounding = "guided" if guided else choose_head(result.model, result.vocab, train)[0]
+        grounding = "guided" if guided else ANSWERS_ONLY_GROUNDING
         predictor = VQAPredictor(result.model, result.vocab, result.answers, grounding)
         ev = _evaluate(predictor, test, masks)
         ev["random_weights"] = _random_weights(result, test, grounding, masks)
