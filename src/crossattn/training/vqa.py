@@ -75,7 +75,7 @@ GUIDED_HEAD = (-1, 0)  # (layer, head) that the grounding loss supervises
 # with the default one query token.
 ANSWERS_ONLY_CONFIG: dict[str, Any] = {"readout": "mean", "image_layers": 0}
 # The map an answers-only model grounds with: the mean pointed better than the head with the
-# most `map_information` in 20 of 22 runs measured (70% against 50% in the demo; docs/vqa.md).
+# most `map_information` in 21 of 23 measurements (70% against 50% in a demo run; docs/vqa.md).
 ANSWERS_ONLY_GROUNDING = "mean"
 _INIT_LOCK = threading.Lock()  # seeding and initialising share torch's global generator
 
