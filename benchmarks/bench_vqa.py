@@ -121,7 +121,7 @@ def main() -> None:
     p.add_argument("--config", default="{}")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--every", type=int, default=200)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--weight", type=float, default=0.5)

@@ -69,7 +69,14 @@ def _load(path: str):
 
 
 def _train(args: argparse.Namespace, start: float) -> int:
-    from ..training.vqa import VQAOptions, VQAPredictor, choose_head, save_vqa, train_vqa
+    from ..training.vqa import (
+        ANSWERS_ONLY_GROUNDING,
+        VQAOptions,
+        VQAPredictor,
+        choose_head,
+        save_vqa,
+        train_vqa,
+    )
     from ._common import check_output_dir
 
     check_output_dir(args.out)
@@ -86,8 +93,9 @@ def _train(args: argparse.Namespace, start: float) -> int:
     extra: dict = {"steps": result.steps}
     if args.guided_grounding:
         grounding = "guided"
-    else:  # the most informative map on training questions; no box is read
-        grounding, extra["map_information"] = choose_head(result.model, result.vocab, examples)
+    else:  # the mean map; each candidate's information on training questions, for reference
+        grounding = ANSWERS_ONLY_GROUNDING
+        extra["map_information"] = choose_head(result.model, result.vocab, examples)[1]
     predictor = VQAPredictor(result.model, result.vocab, result.answers, grounding)
     with input_errors("argument --out", (OSError,)):
         save_vqa(args.out, predictor, extra)

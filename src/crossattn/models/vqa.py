@@ -62,9 +62,9 @@ class VQAConfig:
     cross_layers: int = 1
     readout: Literal["query", "mean"] = "query"
     # every layer
-    d_model: int = 128
+    d_model: int = 64
     heads: int = 4
-    dim_ff: int = 256
+    dim_ff: int = 128
     dropout: float = 0.0
     pad_id: int = 0
 
