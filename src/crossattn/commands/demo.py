@@ -154,6 +154,7 @@ def _train_directions(opts, examples: list, both: bool):
     Returns (the forward `TrainResult`, the reverse model's step count or None)."""
     import dataclasses
     import multiprocessing
+    import queue
 
     import torch
 
@@ -169,15 +170,20 @@ def _train_directions(opts, examples: list, both: bool):
         target=_train_reverse, args=(reverse, _swapped(examples), threads, results), daemon=True
     )
     child.start()
+    steps = None
     try:
         torch.set_num_threads(threads)
         result = train(opts, examples)
-        steps = results.get()
+        while steps is None and (child.is_alive() or not results.empty()):
+            try:
+                steps = results.get(timeout=1.0)
+            except queue.Empty:  # still training, or failed: is_alive() tells
+                pass
     finally:
         child.join(timeout=30)
         if child.is_alive():
             child.terminate()
-    if child.exitcode != 0:
+    if steps is None:
         raise CommandError(f"training the reverse model failed (exit status {child.exitcode})")
     return result, steps
 
@@ -273,17 +279,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.tiny:
         opts.d_model, opts.dim_ff, opts.encoder_layers, opts.decoder_layers = 32, 64, 1, 2
         opts.batch_tokens, opts.warmup, opts.dev_size = 800, 20, 60
-    # Unsupervised: both directions at once, the links symmetrised; guided: one direction, the
-    # guided head needs no second model.
-    both = not args.guided_alignment
-    print(
-        f"training for at most {minutes:.2f} min (guided alignment: {args.guided_alignment})"
-        + ("; source-to-target and target-to-source at the same time" if both else "")
-    )
+    both = not args.guided_alignment  # guided: one direction, its head needs no second model
+    print(f"training for at most {minutes:.2f} min (guided alignment: {args.guided_alignment})"
+          + ("; source-to-target and target-to-source at the same time" if both else ""))  # fmt: skip
     result, reverse_steps = _train_directions(opts, corpus.train, both)
     tr = Translator.load(out / "model", compute_type=args.compute_type)
     rev = Translator.load(out / "model" / REVERSE_DIR, compute_type=args.compute_type) if both else None  # fmt: skip
-
     metrics = _evaluate(tr, corpus, rev)
 
     # ---- a few translations, heatmaps and the viewer ----

@@ -54,9 +54,9 @@ class _WordMaker:
                 return word
 
 
-def _made_up_lexicon(language: int) -> _Lexicon:
-    base = _french_lexicon()
-    rng = random.Random(f"crossattn-toy-language-{language}")
+def _draw_rules(rng: random.Random, language: int) -> _Rules:
+    """The target's word-order rules: drawn until at least three differ from language 0, then
+    those of `_FIXED_RULES` set."""
     while True:
         rules = _Rules(
             adjectives=rng.choice(("lexical", "all_post", "all_pre", "flipped")),
@@ -69,8 +69,13 @@ def _made_up_lexicon(language: int) -> _Lexicon:
             french_phonology=False,
         )
         if rules.differences() >= 4:  # french_phonology plus at least three word-order rules
-            break
-    rules = dataclasses.replace(rules, **_FIXED_RULES.get(language, {}))
+            return dataclasses.replace(rules, **_FIXED_RULES.get(language, {}))
+
+
+def _made_up_lexicon(language: int) -> _Lexicon:
+    base = _french_lexicon()
+    rng = random.Random(f"crossattn-toy-language-{language}")
+    rules = _draw_rules(rng, language)
     src_word = _WordMaker(rng, "bdfgklmnprstvz", "aeiou", "nrsl")
     tgt_word = _WordMaker(rng, "bcdfgklmnpqrstvxz", "aeiouy", "mnrtk")
     # Inflection suffixes hold a letter (h, j, w) that no stem has, so an inflected form is never
