@@ -162,7 +162,8 @@ def _train_directions(opts, examples: list, both: bool):
 
     if not both:
         return train(opts), None
-    threads = max(1, torch.get_num_threads() // 2)
+    before = torch.get_num_threads()  # given back for the evaluation
+    threads = max(1, before // 2)
     reverse = dataclasses.replace(opts, out=os.path.join(opts.out, REVERSE_DIR), progress=False)
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds threads
     results = context.Queue()
@@ -180,6 +181,7 @@ def _train_directions(opts, examples: list, both: bool):
             except queue.Empty:  # still training, or failed: is_alive() tells
                 pass
     finally:
+        torch.set_num_threads(before)
         child.join(timeout=30)
         if child.is_alive():
             child.terminate()
