@@ -41,6 +41,17 @@ def test_tiny_demo_writes_metrics_and_pictures(demo_out, capsys):
     assert (out / "model" / "model.safetensors").is_file()
     assert (out / "data" / "train.txt").is_file()
     assert metrics["aer"] == metrics["test_aer"]
+    # Both directions, the reverse model where `crossattn align` finds it; the AERs symmetrised,
+    # the forward model's own beside them.
+    assert (out / "model" / "reverse" / "model.safetensors").is_file()
+    reverse_config = json.loads((out / "model" / "reverse" / "config.json").read_text())
+    source_vocab = json.loads((out / "model" / "source_vocab.json").read_text())
+    assert json.loads((out / "model" / "reverse" / "target_vocab.json").read_text()) == source_vocab
+    assert reverse_config["train"]["guided_alignment"] is False
+    assert metrics["train_steps"] > 0 and metrics["reverse_train_steps"] > 0
+    for key in ("test_aer_forward", "test_aer_default_extraction_forward", "dev_aer_forward"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert "grow-diag-final" in printed
     # One heatmap per sentence translated to at least one word, and the viewer for the first.
     translated = [k for k, t in enumerate(metrics["translations"].values()) if t]
     pngs = sorted(p.name for p in out.glob("alignment_*.png"))
@@ -90,6 +101,10 @@ def test_tiny_demo_with_guided_alignment_replaces_an_earlier_demo(demo_out, caps
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["train"]["guided_alignment"] is True
     assert not (out / "alignment_9.png").exists()
+    # one direction: the earlier demo's reverse model is gone, so `crossattn align` cannot pair
+    # the guided model with it
+    assert metrics["reverse_train_steps"] is None and "test_aer_forward" not in metrics
+    assert not (out / "model" / "reverse").exists()
 
 
 def _error_line(capsys) -> str:

@@ -27,6 +27,7 @@ SENTENCES = (
 # The file that marks an output folder as written by `crossattn demo`, which a later demo may
 # replace; any other folder that is not empty needs --overwrite.
 MARKER = ".crossattn-demo"
+REVERSE_DIR = "reverse"  # as `crossattn align` finds it: MODEL/reverse
 TINY_BUDGET_MINUTES = 0.25  # a smoke test: the whole run, start-up included, well within 30 s
 
 
@@ -114,11 +115,79 @@ def _written_by_demo(path: str) -> bool:
 
 
 def _clear_previous(out) -> None:
-    """Remove the pictures and metrics of an earlier demo in ``out`` (the model and the corpus
-    are replaced as they are written)."""
+    """Remove the pictures, metrics and reverse model of an earlier demo in ``out`` (the model
+    and the corpus are replaced as they are written)."""
+    import shutil
+
     for path in [*out.glob("alignment_*.png"), out / "viewer.html", out / "metrics.json"]:
         if path.is_file():
             path.unlink()
+    if (out / "model" / REVERSE_DIR).is_dir():
+        shutil.rmtree(out / "model" / REVERSE_DIR)
+
+
+def _swapped(examples: list) -> list:
+    """The pairs target-to-source, their gold links flipped."""
+    from ..data.parallel import ParallelExample
+
+    def flip(links):
+        return frozenset((j, i) for i, j in links)
+
+    return [ParallelExample(e.target, e.source, flip(e.sure), flip(e.possible)) for e in examples]
+
+
+def _train_reverse(opts, examples: list, threads: int, results) -> None:
+    """The reverse direction in its own process (see `_train_directions`)."""
+    import torch
+
+    from ..training import train
+
+    torch.set_num_threads(threads)
+    results.put(train(opts, examples).steps)
+
+
+def _train_directions(opts, examples: list, both: bool):
+    """Train ``opts`` (source to target); with ``both``, a target-to-source model into
+    ``OUT/reverse`` at the same time, in a second process: each gets half the threads (at least
+    one) and the whole budget. Two one-thread processes on two cores make more steps each than
+    half of a two-thread run, since small kernels gain little from a second thread.
+    Returns (the forward `TrainResult`, the reverse model's step count or None)."""
+    import dataclasses
+    import multiprocessing
+    import queue
+
+    import torch
+
+    from ..training import train
+
+    if not both:
+        return train(opts), None
+    before = torch.get_num_threads()  # given back for the evaluation
+    threads = max(1, before // 2)
+    reverse = dataclasses.replace(opts, out=os.path.join(opts.out, REVERSE_DIR), progress=False)
+    context = multiprocessing.get_context("spawn")  # no fork of a process that holds threads
+    results = context.Queue()
+    child = context.Process(
+        target=_train_reverse, args=(reverse, _swapped(examples), threads, results), daemon=True
+    )
+    child.start()
+    steps = None
+    try:
+        torch.set_num_threads(threads)
+        result = train(opts, examples)
+        while steps is None and (child.is_alive() or not results.empty()):
+            try:
+                steps = results.get(timeout=1.0)
+            except queue.Empty:  # still training, or failed: is_alive() tells
+                pass
+    finally:
+        torch.set_num_threads(before)
+        child.join(timeout=30)
+        if child.is_alive():
+            child.terminate()
+    if steps is None:
+        raise CommandError(f"training the reverse model failed (exit status {child.exitcode})")
+    return result, steps
 
 
 def _bleu(hyps: list[str], refs: list[str]) -> float:
@@ -168,7 +237,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..align import alignment_scores
     from ..data.toy_translation import generate_corpus, write_corpus
     from ..models import Translator
-    from ..training import TrainOptions, choose_threads, train, write_json
+    from ..training import TrainOptions, choose_threads, write_json
     from ._compute_type import check_compute_type_runs
 
     check_out(args)
@@ -212,11 +281,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.tiny:
         opts.d_model, opts.dim_ff, opts.encoder_layers, opts.decoder_layers = 32, 64, 1, 2
         opts.batch_tokens, opts.warmup, opts.dev_size = 800, 20, 60
-    print(f"training for at most {minutes:.2f} min (guided alignment: {args.guided_alignment})")
-    result = train(opts)
+    both = not args.guided_alignment  # guided: one direction, its head needs no second model
+    print(f"training for at most {minutes:.2f} min (guided alignment: {args.guided_alignment})"
+          + ("; source-to-target and target-to-source at the same time" if both else ""))  # fmt: skip
+    result, reverse_steps = _train_directions(opts, corpus.train, both)
     tr = Translator.load(out / "model", compute_type=args.compute_type)
-
-    metrics = _evaluate(tr, corpus)
+    rev = Translator.load(out / "model" / REVERSE_DIR, compute_type=args.compute_type) if both else None  # fmt: skip
+    metrics = _evaluate(tr, corpus, rev)
 
     # ---- a few translations, heatmaps and the viewer ----
     print()
@@ -234,6 +305,7 @@ def _run(args: argparse.Namespace) -> int:
         "aer": metrics["test_aer"],
         "guided_alignment": bool(args.guided_alignment),
         "train_steps": result.steps,
+        "reverse_train_steps": reverse_steps,
         "train_minutes": minutes,
         "extraction": tr.extraction.to_dict(),
         "translations": {s: r.translation for s, (_, r, _) in zip(SENTENCES, shown)},
@@ -249,11 +321,32 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(tr, corpus) -> dict[str, object]:
-    """Dev and test: exact match and BLEU of the greedy translations, AER of the links of the
-    force-decoded gold pairs (the chosen extraction and the default); printed as a table."""
-    from ..align import DEFAULT_EXTRACTION, aer, extract_alignment
+def _links(tr, examples: list, *, swap: bool = False) -> tuple[list, list]:
+    """(the model's extraction, `DEFAULT_EXTRACTION`) links of each force-decoded gold pair, as
+    (source, target) sets; ``swap``: ``tr`` is target to source, its links flipped back."""
+    from ..align import DEFAULT_EXTRACTION, extract_alignment
     from ..training import Encoded, attention_for_pairs
+
+    sides = [(e.target, e.source) if swap else (e.source, e.target) for e in examples]
+    pairs = [
+        Encoded(tuple(tr.source_vocab.encode(a)), tuple(tr.target_vocab.encode(b)), frozenset())
+        for a, b in sides
+    ]
+    weights = attention_for_pairs(tr.model, pairs)
+    out = []
+    for config in (tr.extraction, DEFAULT_EXTRACTION):
+        links = [extract_alignment(w, config, len(a), len(b)) for w, (a, b) in zip(weights, sides)]
+        out.append([{(j, i) for i, j in x} if swap else set(x) for x in links])
+    return out[0], out[1]
+
+
+def _evaluate(tr, corpus, rev=None) -> dict[str, object]:
+    """Dev and test: exact match and BLEU of the greedy translations, AER of the links of the
+    force-decoded gold pairs (the chosen extraction and the default); with a reverse model
+    ``rev``, each of the two is the grow-diag-final of the two directions (the forward model's
+    own AERs under ``*_forward`` keys). Printed as a table."""
+    from ..align import DEFAULT_EXTRACTION, aer
+    from ..align.symmetrize import symmetrize
 
     metrics: dict[str, object] = {}
     rows = []
@@ -263,23 +356,13 @@ def _evaluate(tr, corpus) -> dict[str, object]:
         hyps = [r.translation for r in res]
         refs = [" ".join(e.target) for e in examples]
         exact = sum(h == r for h, r in zip(hyps, refs)) / len(refs)
-        pairs = [
-            Encoded(
-                tuple(tr.source_vocab.encode(e.source)),
-                tuple(tr.target_vocab.encode(e.target)),
-                frozenset(),
-            )
-            for e in examples
-        ]
-        weights = attention_for_pairs(tr.model, pairs)
-        chosen = [
-            extract_alignment(w, tr.extraction, len(e.source), len(e.target))
-            for w, e in zip(weights, examples)
-        ]
-        default = [
-            extract_alignment(w, DEFAULT_EXTRACTION, len(e.source), len(e.target))
-            for w, e in zip(weights, examples)
-        ]
+        chosen, default = _links(tr, examples)
+        if rev is not None:
+            metrics[f"{split}_aer_forward"] = aer(examples, chosen).aer
+            metrics[f"{split}_aer_default_extraction_forward"] = aer(examples, default).aer
+            r_chosen, r_default = _links(rev, examples, swap=True)
+            chosen = [symmetrize(f, b) for f, b in zip(chosen, r_chosen)]
+            default = [symmetrize(f, b) for f, b in zip(default, r_default)]
         a, a_default = aer(examples, chosen), aer(examples, default)
         bleu = _bleu(hyps, refs)
         metrics.update({
@@ -293,10 +376,17 @@ def _evaluate(tr, corpus) -> dict[str, object]:
     print(f"{'split':<6}{'pairs':>6}{'exact match':>13}{'BLEU':>8}{'AER':>8}{'AER default':>13}")
     for split, n, exact, bleu, a, a_default in rows:
         print(f"{split:<6}{n:>6}{exact:>12.1%}{bleu:>9.1f}{a:>8.1%}{a_default:>13.1%}")
+    both = (
+        " of each direction, combined with grow-diag-final (the forward model alone: "
+        f"{metrics['test_aer_forward']:.1%} and {metrics['test_aer_default_extraction_forward']:.1%} "
+        "on test)"
+        if rev is not None
+        else ""
+    )
     print(
         f"AER: links read off the cross-attention of the force-decoded reference; extraction "
         f"'{tr.extraction.describe()}' (chosen on a held-out split of the training data); "
-        f"'AER default': {DEFAULT_EXTRACTION.describe()}, no gold used."
+        f"'AER default': {DEFAULT_EXTRACTION.describe()}, no gold used{both}."
     )
     return metrics
 

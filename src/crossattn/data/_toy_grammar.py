@@ -38,11 +38,20 @@ def _phrase(b: _Builder, entry) -> list[_Tok]:
     return toks
 
 
+def _possessor(b: _Builder) -> list[_Tok]:
+    """Source "the dog 's" (a noun phrase and the possessive word) -> target "dog the GEN"."""
+    toks, _, _ = _noun_phrase(b, animate=True, possessor_ok=False)
+    return toks + [[b.lex.tgt["GEN"], [(b.add(b.lex.src["'s"]), True)]]]
+
+
 def _noun_phrase(
     b: _Builder, *, animate: bool, number: str | None = None, negated_object: bool = False,
-    relative: bool = False,
+    relative: bool = False, case: str | None = None, possessor_ok: bool = True,
 ) -> tuple[list[_Tok], str, str]:  # fmt: skip
-    """Determiner, adjectives, noun, maybe a relative clause -> (tokens, number, gender)."""
+    """Determiner or possessor, adjectives, noun, maybe a relative clause -> (tokens, number,
+    gender). With the language's rules: a possessor after the noun, a plural word after a plural
+    noun and the ``case`` particle (``"NOM"``, ``"ACC"``) after the phrase, the last two possible
+    links of the noun."""
     rng, lex = b.rng, b.lex
     rules = lex.rules
     noun = rng.choice(lex.animate if animate or rng.random() < 0.3 else lex.inanimate)
@@ -62,8 +71,11 @@ def _noun_phrase(
             if all(adj[2] != a[2] for a, _ in adjs):  # at most one pre and one post adjective
                 adjs.append((adj, rng.random() < 0.15))
     adjs.sort(key=lambda a: not a[0][2])  # english order: pre-noun adjectives first
+    possessor: list[_Tok] = []
+    if rules.possessors_after_noun and possessor_ok and rng.random() < 0.2:
+        possessor = _possessor(b)  # the possessor takes the determiner's place
     # source: det [very] adj... noun
-    en_det = forms[1 if plural else 0]
+    en_det = None if possessor else forms[1 if plural else 0]
     det_idx = b.adds(tuple(en_det.split())) if en_det else []
     if det == "a" and lex.rules.french_phonology:
         first = adjs[0] if adjs else None
@@ -82,21 +94,28 @@ def _noun_phrase(
             before = rules.adjectives == "all_pre"
         adj_toks.append((before, toks))
     noun_idx = b.add(noun[1] if plural else noun[0])
-    noun_tok = [noun[3] if plural else noun[2], [(noun_idx, True)]]
+    if plural and rules.plural_word:  # "cats" -> "cat PL", the plural word possible
+        noun_toks = [[noun[2], [(noun_idx, True)]], [lex.tgt["PL"], [(noun_idx, False)]]]
+    else:
+        noun_toks = [[noun[3] if plural else noun[2], [(noun_idx, True)]]]
     fr_det = forms[4] if plural else forms[3 if gender == "f" else 2]
     if det == "" and negated_object and rules.french_phonology:
         fr_det = lex.tgt["de"]
+    if possessor:
+        fr_det = ""
     det_toks = [[w, [(i, True) for i in det_idx] or [(noun_idx, False)]] for w in fr_det.split()]
     before = [t for pre, toks in adj_toks if pre for t in toks]
     after = [t for pre, toks in adj_toks if not pre for t in toks]
     if rules.det_after_noun:
-        out = before + [noun_tok] + det_toks + after
+        out = before + noun_toks + det_toks + after + possessor
     else:
-        out = det_toks + before + [noun_tok] + after
+        out = det_toks + before + noun_toks + after + possessor
     if relative:
         that = b.add(lex.src["that"])
         out.append([lex.tgt["qui"], [(that, True)]])
         out += _verb_phrase(b, number_, gender)[0]
+    if case and rules.case_particles:
+        out.append([lex.tgt[case], [(noun_idx, False)]])
     return out, number_, gender
 
 
@@ -149,7 +168,9 @@ def _verb_phrase(b: _Builder, number: str, gender: str) -> tuple[list[_Tok], str
                 en, fr = rng.choice(lex.object_pronouns)
                 clitic = [[fr, [(b.add(en), True)]]]
             else:
-                np_, _, _ = _noun_phrase(b, animate=False, negated_object=bool(neg))
+                np_, _, _ = _noun_phrase(
+                    b, animate=False, negated_object=bool(neg), case=None if v[5] else "ACC"
+                )
                 obj = (np_ + prep) if rules.postpositions else (prep + np_)
     # the negation words
     if neg:
@@ -178,9 +199,13 @@ def _clause(b: _Builder) -> list[_Tok]:
     rng, lex = b.rng, b.lex
     if rng.random() < 0.15:
         en, fr, number, gender = rng.choice(lex.subject_pronouns)
-        subject = [[fr, [(b.add(en), True)]]]
+        pronoun = b.add(en)
+        subject = [[fr, [(pronoun, True)]]]
+        if lex.rules.case_particles:
+            subject.append([lex.tgt["NOM"], [(pronoun, False)]])
     else:
-        subject, number, gender = _noun_phrase(b, animate=True, relative=rng.random() < 0.08)
+        relative = rng.random() < 0.08
+        subject, number, gender = _noun_phrase(b, animate=True, relative=relative, case="NOM")
     verb, kind = _verb_phrase(b, number, gender)
     out = subject + verb
     r = rng.random()

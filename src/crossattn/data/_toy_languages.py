@@ -3,15 +3,35 @@
 Every word of both sides gets a new made-up surface form (drawn from ``k``), and the target's
 word-order rules are redrawn (adjective placement, determiner before or after the noun,
 verb-final order, negation as one or two particles, object-pronoun placement, prepositions or
-postpositions), at least three of them different from language 0. `_lexicon` gives any
-language's lexicon, built once.
+postpositions), at least three of them different from language 0. A language in
+`_FIXED_RULES` then has the rules it lists set, whatever was drawn: language 9 is verb-final,
+with postpositions, the determiner and the possessor after the noun, case particles and a
+plural word. `_lexicon` gives any language's lexicon, built once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from ._toy_lexicon import _SRC_FUNCTION, _TGT_FUNCTION, _french_lexicon, _Lexicon, _Rules
+
+# Rules set after the draw. Language 9: the order of a verb-final, postpositional language with
+# possessors after the noun ("the dog 's ball" -> "ball dog the GEN"), a case particle after the
+# subject and the object, and a plural word after a plural noun (both possible links of the noun).
+_FIXED_RULES: dict[int, dict[str, bool]] = {
+    9: {
+        "verb_final": True,
+        "postpositions": True,
+        "det_after_noun": True,
+        "possessors_after_noun": True,
+        "case_particles": True,
+        "plural_word": True,
+    }
+}
+# The function words the constructions of `_FIXED_RULES` need: source "'s"; target GEN, NOM,
+# ACC and PL (keys of `_Lexicon.src` and `_Lexicon.tgt`).
+_POSSESSIVE_SRC, _EXTRA_TGT = "'s", ("GEN", "NOM", "ACC", "PL")
 
 
 class _WordMaker:
@@ -33,9 +53,9 @@ class _WordMaker:
                 return word
 
 
-def _made_up_lexicon(language: int) -> _Lexicon:
-    base = _french_lexicon()
-    rng = random.Random(f"crossattn-toy-language-{language}")
+def _draw_rules(rng: random.Random, language: int) -> _Rules:
+    """The target's word-order rules: drawn until at least three differ from language 0, then
+    those of `_FIXED_RULES` set."""
     while True:
         rules = _Rules(
             adjectives=rng.choice(("lexical", "all_post", "all_pre", "flipped")),
@@ -48,7 +68,13 @@ def _made_up_lexicon(language: int) -> _Lexicon:
             french_phonology=False,
         )
         if rules.differences() >= 4:  # french_phonology plus at least three word-order rules
-            break
+            return dataclasses.replace(rules, **_FIXED_RULES.get(language, {}))
+
+
+def _made_up_lexicon(language: int) -> _Lexicon:
+    base = _french_lexicon()
+    rng = random.Random(f"crossattn-toy-language-{language}")
+    rules = _draw_rules(rng, language)
     src_word = _WordMaker(rng, "bdfgklmnprstvz", "aeiou", "nrsl")
     tgt_word = _WordMaker(rng, "bcdfgklmnpqrstvxz", "aeiouy", "mnrtk")
     # Inflection suffixes hold a letter (h, j, w) that no stem has, so an inflected form is never
@@ -121,6 +147,10 @@ def _made_up_lexicon(language: int) -> _Lexicon:
     lex.src = {w: s(w) for w in _SRC_FUNCTION}
     lex.tgt = {w: t(w) for w in _TGT_FUNCTION}
     lex.src["an"] = lex.determiners["a"][0]  # no a/an alternation in made-up languages
+    if rules.possessors_after_noun or rules.case_particles or rules.plural_word:
+        # drawn last, so that every other word is the same as without these rules
+        lex.src[_POSSESSIVE_SRC] = s(_POSSESSIVE_SRC)
+        lex.tgt.update((w, t(w)) for w in _EXTRA_TGT)
     return lex
 
 

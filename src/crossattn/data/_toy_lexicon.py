@@ -196,6 +196,10 @@ class _Rules:
     freq_after_verb: bool = True
     postpositions: bool = False
     french_phonology: bool = True  # elision and contraction
+    # Only languages that set these (`_toy_languages._FIXED_RULES`) draw the constructions:
+    possessors_after_noun: bool = False  # "the dog 's ball" -> "ball dog the GEN"
+    case_particles: bool = False  # a subject (NOM) or object (ACC) particle after the phrase
+    plural_word: bool = False  # the singular noun and a plural word: "cats" -> "cat PL"
 
     def differences(self) -> int:
         base = _Rules()

@@ -33,7 +33,12 @@ has at least one link.
 sides gets a new made-up surface form (drawn from ``k``), and the target's word-order rules are
 redrawn (adjective placement, determiner before or after the noun, verb-final order, negation as
 one or two particles, object-pronoun placement, prepositions or postpositions), at least three of
-them different from language 0. A model trained on language 0 has never seen it.
+them different from language 0. A model trained on language 0 has never seen it. Language 9 has
+more constructions, which no other language draws: it is verb-final with postpositions, the
+determiner and the possessor after the noun ("the dog 's ball" -> "ball dog the GEN", the GEN
+particle sure to "'s"), a case particle after the subject and the object (NOM, ACC) and a plural
+word after a plural noun (PL, the noun itself singular); the particles and the plural word are
+possible links of the noun (or subject pronoun) they mark.
 
 Example::
 
