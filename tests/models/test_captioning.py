@@ -66,6 +66,8 @@ def test_greedy_caption_stops_at_eos_and_pads():
         (lambda: CaptionConfig(13, image_size=30, grid=4), "multiple of grid"),
         (lambda: CaptionConfig(13, eos_id=1), "distinct"),
         (lambda: CaptionConfig(0), "vocab_size"),
+        (lambda: CaptionConfig(13, d_model=30, heads=4), "d_model=30 must divide by heads=4"),
+        (lambda: CaptionConfig(13, dropout=1.5), "CaptionConfig.dropout"),
     ],
 )
 def test_bad_config(make, match):

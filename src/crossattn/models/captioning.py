@@ -66,17 +66,15 @@ class CaptionConfig:
         for f in fields(self):
             rule = _RULES.get(f.name, _checks.positive_int)
             object.__setattr__(self, f.name, rule(getattr(self, f.name), f"CaptionConfig.{f.name}"))
-        if self.image_size % self.grid:
-            raise ValueError(f"image_size={self.image_size} must be a multiple of grid={self.grid}")
-        if self.d_model % self.heads or self.d_model % 4:
-            raise ValueError(f"d_model={self.d_model} must divide by heads={self.heads} and by 4")
         ids = {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id}
         if len(set(ids.values())) != 3 or max(ids.values()) >= self.vocab_size:
             raise ValueError(
                 f"pad_id, bos_id and eos_id must be distinct and < vocab_size={self.vocab_size}, "
                 f"got {ids}"
             )
-        self.patch_config()  # the encoder's own checks (the conv stem's patch size)
+        # the encoder's own checks: image_size a multiple of grid, d_model divisible by heads
+        # and by 4, the conv stem's patch size
+        self.patch_config()
 
     def patch_config(self) -> VQAConfig:
         """The `VQAConfig` whose patch encoder this model reuses (its text fields unused)."""

@@ -34,6 +34,7 @@ from ..grounding import grounding_report
 from ..models.captioning import CaptionConfig, CaptionModel
 
 __all__ = [
+    "CaptionTensors",
     "CaptionTrainResult",
     "caption_grounding",
     "caption_tensors",
