@@ -21,27 +21,11 @@ import pytest
 import torch
 
 from crossattn.training import CHECKPOINT_FILE, STATE_FILE, TrainOptions, train
+from tests.training.test_checkpoint import _pairs
 
 STEPS = 12
 RUNS = 4  # independent runs, each killed KILLS times, then resumed to the end
 KILLS = 3
-SOURCE = "le la chat chien noir blanc dort".split()
-TARGET = "the cat dog black white sleeps".split()
-
-
-def _pairs(n: int) -> list:
-    from crossattn.data.parallel import ParallelExample
-
-    rng = random.Random(0)
-    return [
-        ParallelExample(
-            tuple(rng.choices(SOURCE, k=3)),
-            tuple(rng.choices(TARGET, k=3)),
-            frozenset((i, i) for i in range(3)),
-            frozenset(),
-        )  # fmt: skip
-        for _ in range(n)
-    ]
 
 
 def _run(out: str, resume: bool) -> None:
