@@ -441,3 +441,49 @@ def test_box():
         _checks.box((2, 0, 1, 1), "b")
     with pytest.raises(ValueError, match=r"^b \[0, 0, 9, 6\] must lie inside the image of width 8"):
         _checks.box([0, 0, 9, 6], "b", width=8, height=6)
+
+
+def test_dataclass_fields_checks_and_stores_every_field_of_a_frozen_dataclass():
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Sizes:
+        width: object
+        depth: object
+        name: object = "x"
+
+        def __post_init__(self):
+            _checks.dataclass_fields(self, {"depth": _checks.nonnegative_int}, _checks.positive_int)
+
+    # "name" has no rule but the default would refuse it: the default applies to it too
+    with pytest.raises(TypeError, match=r"Sizes\.name must be"):
+        Sizes(np.int64(3), 0)
+
+    @dataclasses.dataclass(frozen=True)
+    class Loose:
+        width: object
+        name: object = "x"
+
+        def __post_init__(self):
+            _checks.dataclass_fields(self, {"width": _checks.positive_int})
+
+    got = Loose(np.int64(3))
+    assert type(got.width) is int and got.width == 3 and got.name == "x"
+    with pytest.raises(TypeError, match=r"Loose\.width must be a positive int, got True \(bool\)"):
+        Loose(True)
+
+
+def test_known_fields_names_unknown_keys_and_refuses_non_mappings():
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Conf:
+        a: int = 1
+
+    assert _checks.known_fields(Conf, {"a": 2}) == {"a": 2}
+    with pytest.raises(
+        ValueError, match=r"unknown Conf keys \['b'\]; expected a subset of \['a'\]"
+    ):
+        _checks.known_fields(Conf, {"a": 2, "b": 3})
+    with pytest.raises(TypeError, match=r"Conf\.from_dict: data must be a dict .* got list"):
+        _checks.known_fields(Conf, [1])

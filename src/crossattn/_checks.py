@@ -303,6 +303,43 @@ def output_file(value: object, name: str) -> str:
     return text
 
 
+def dataclass_fields(
+    instance: Any, rules: dict[str, Any], default: Any = None, *, prefix: str | None = None
+) -> None:
+    """Check every field of the dataclass ``instance`` by its rule in ``rules`` (``default``
+    for the others; None leaves them as they are) and store what the rule returns, frozen
+    dataclasses included. Errors name the field as ``Class.field`` (or ``prefix.field``)."""
+    import dataclasses
+
+    owner = prefix or type(instance).__name__
+    for f in dataclasses.fields(instance):
+        rule = rules.get(f.name, default)
+        if rule is not None:
+            value = rule(getattr(instance, f.name), f"{owner}.{f.name}")
+            object.__setattr__(instance, f.name, value)
+
+
+def known_fields(cls: type, data: object) -> dict[str, Any]:
+    """``data`` as a dict if it is a mapping whose every key names a field of the dataclass
+    ``cls`` (a config read back from a file): TypeError for another type, ValueError naming
+    the unknown keys and the known ones."""
+    import dataclasses
+    from collections.abc import Mapping
+
+    name = cls.__name__
+    if not isinstance(data, Mapping):
+        raise ArgumentTypeError(
+            f"{name}.from_dict: data must be a dict of {name} fields, got {type(data).__name__}"
+        )
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(map(repr, set(data) - names))
+    if unknown:
+        raise ValueError(
+            f"unknown {name} keys [{', '.join(unknown)}]; expected a subset of {sorted(names)}"
+        )
+    return dict(data)
+
+
 def shape_text(shape: Iterable[int]) -> str:
     """A shape as messages show it: ``(2, 8, 16, 64)``."""
     return "(" + ", ".join(str(int(d)) for d in shape) + ")"

@@ -278,7 +278,7 @@ def test_tied_embeddings_and_gradients_through_attention_weights():
 def test_config_roundtrip_and_errors():
     cfg = Seq2SeqConfig(10, 12, d_model=8, heads=2)
     assert Seq2SeqConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    with pytest.raises(ValueError, match=r"unknown keys \['colour'\]"):
+    with pytest.raises(ValueError, match=r"unknown Seq2SeqConfig keys \['colour'\]"):
         Seq2SeqConfig.from_dict({**cfg.to_dict(), "colour": 1})
     with pytest.raises(ValueError, match="d_model=10 must be divisible by heads=4"):
         Seq2SeqConfig(10, 10, d_model=10, heads=4)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from .. import _checks
@@ -96,19 +96,8 @@ class ExtractionConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> ExtractionConfig:
         """Inverse of `to_dict`; unknown keys raise a ValueError naming them, a ``data`` that
         is not a mapping a TypeError."""
-        if not isinstance(data, Mapping):
-            raise TypeError(
-                "ExtractionConfig.from_dict: data must be a dict of ExtractionConfig fields, "
-                f"got {type(data).__name__}"
-            )
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(map(repr, set(data) - names))
-        if unknown:
-            raise ValueError(
-                f"unknown ExtractionConfig keys [{', '.join(unknown)}]; expected a subset of "
-                f"{sorted(names)}"
-            )
-        return cls(**data)  # __post_init__ turns lists into tuples and checks every field
+        # __post_init__ turns lists into tuples and checks every field
+        return cls(**_checks.known_fields(cls, data))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())

@@ -16,7 +16,7 @@ Shapes: images (B, 3, H, W) float in [0, 1] with H = W = ``image_size``; tokens 
 
 from __future__ import annotations
 
-from dataclasses import KW_ONLY, asdict, dataclass, fields
+from dataclasses import KW_ONLY, asdict, dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -63,9 +63,7 @@ class CaptionConfig:
     eos_id: int = 2
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            rule = _RULES.get(f.name, _checks.positive_int)
-            object.__setattr__(self, f.name, rule(getattr(self, f.name), f"CaptionConfig.{f.name}"))
+        _checks.dataclass_fields(self, _RULES, _checks.positive_int)
         ids = {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id}
         if len(set(ids.values())) != 3 or max(ids.values()) >= self.vocab_size:
             raise ValueError(
@@ -89,10 +87,7 @@ class CaptionConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaptionConfig:
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown CaptionConfig fields: {unknown}")
-        return cls(**data)
+        return cls(**_checks.known_fields(cls, data))
 
 
 class CaptionOutput(NamedTuple):

@@ -72,8 +72,7 @@ class Seq2SeqConfig:
         rules.update(dict.fromkeys(("pad_id", "bos_id", "eos_id"), _checks.nonnegative_int))
         rules.update(dict.fromkeys(("norm_first", "tie_embeddings"), _checks.boolean))
         rules["dropout"] = _checks.probability
-        for name, rule in rules.items():
-            object.__setattr__(self, name, rule(getattr(self, name), f"Seq2SeqConfig.{name}"))
+        _checks.dataclass_fields(self, rules)
         specials = {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id}
         if len({*specials.values(), UNK_ID}) != 4:
             raise ValueError(
@@ -97,11 +96,7 @@ class Seq2SeqConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Seq2SeqConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"Seq2SeqConfig.from_dict: unknown keys {unknown}")
-        return cls(**data)
+        return cls(**_checks.known_fields(cls, data))
 
 
 class DecoderOutput(NamedTuple):

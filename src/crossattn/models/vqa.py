@@ -20,7 +20,7 @@ question_mask (B, T) bool, True = a real token. Patch ``p`` is row ``p // grid``
 from __future__ import annotations
 
 import math
-from dataclasses import KW_ONLY, asdict, dataclass, fields
+from dataclasses import KW_ONLY, asdict, dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -70,9 +70,7 @@ class VQAConfig:
 
     def __post_init__(self) -> None:
         # ints may be NumPy or torch integer scalars: each is stored as a plain int
-        for f in fields(self):
-            rule = _RULES.get(f.name, _checks.positive_int)
-            object.__setattr__(self, f.name, rule(getattr(self, f.name), f"VQAConfig.{f.name}"))
+        _checks.dataclass_fields(self, _RULES, _checks.positive_int)
         if self.image_size % self.grid:
             raise ValueError(f"image_size={self.image_size} must be a multiple of grid={self.grid}")
         if self.d_model % self.heads or self.d_model % 4:
@@ -92,11 +90,7 @@ class VQAConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VQAConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown VQAConfig fields: {unknown}")
-        return cls(**data)
+        return cls(**_checks.known_fields(cls, data))
 
 
 class VQAOutput(NamedTuple):

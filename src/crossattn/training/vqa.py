@@ -244,8 +244,7 @@ class VQAOptions:
     def __post_init__(self) -> None:
         """Each option by its `crossattn._checks` rule (ints stored as plain ints); `config` is
         checked by `VQAConfig` when the model is made."""
-        for name, rule in _VQA_OPTION_RULES.items():
-            object.__setattr__(self, name, rule(getattr(self, name), f"VQAOptions.{name}"))
+        _checks.dataclass_fields(self, _VQA_OPTION_RULES)
 
 
 _VQA_OPTION_RULES: dict[str, Callable[[Any, str], Any]] = {
