@@ -239,3 +239,11 @@ def test_blank_lines_at_the_end_of_the_file_end_the_data(tmp_path):
     inner = _write(tmp_path / "inner.txt", "a ||| b\n\nc ||| d\n")
     with pytest.raises(ParallelFormatError, match=_where(inner, 2) + "missing separator"):
         read_parallel(inner)
+
+
+def test_swapped_pair_flips_words_and_links_and_swaps_back():
+    ex = ParallelExample(("a", "b"), ("x", "y", "z"), frozenset({(0, 2)}), frozenset({(1, 0)}))
+    rev = ex.swapped()
+    assert rev.source == ("x", "y", "z") and rev.target == ("a", "b")
+    assert rev.sure == {(2, 0)} and rev.possible == {(0, 1)}
+    assert rev.swapped() == ex

@@ -12,6 +12,10 @@ from typing import Any
 
 from ..cli import CommandError, input_errors
 
+#: the reverse (target-to-source) model's directory inside a model directory: written by
+#: ``train --both-directions`` and ``demo``, found by ``align``
+REVERSE_DIR = "reverse"
+
 
 def brief(err: BaseException, limit: int = 240) -> str:
     """``Type: message`` of a third-party loader's error, on one line and at most ~limit chars."""

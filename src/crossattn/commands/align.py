@@ -19,10 +19,9 @@ import sys
 import warnings
 
 from ..cli import CommandError, add_threads_argument, positive_int
+from ._common import REVERSE_DIR
 from ._compute_type import add_compute_type_argument
 
-#: the reverse model's directory inside a --both-directions model directory
-REVERSE_DIR = "reverse"
 #: default combination of two directions, chosen by measurement (docs/alignment.md)
 DEFAULT_SYMMETRIZE = "grow-diag-final"
 #: pairs the ``agreement`` extraction looks at (the first ones of --data)

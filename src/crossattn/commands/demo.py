@@ -14,6 +14,7 @@ import sys
 import time
 
 from ..cli import CommandError, add_threads_argument, positive_float, positive_int
+from ._common import REVERSE_DIR
 from ._compute_type import add_compute_type_argument
 
 SENTENCES = (
@@ -27,7 +28,6 @@ SENTENCES = (
 # The file that marks an output folder as written by `crossattn demo`, which a later demo may
 # replace; any other folder that is not empty needs --overwrite.
 MARKER = ".crossattn-demo"
-REVERSE_DIR = "reverse"  # as `crossattn align` finds it: MODEL/reverse
 TINY_BUDGET_MINUTES = 0.25  # a smoke test: the whole run, start-up included, well within 30 s
 
 
@@ -126,16 +126,6 @@ def _clear_previous(out) -> None:
         shutil.rmtree(out / "model" / REVERSE_DIR)
 
 
-def _swapped(examples: list) -> list:
-    """The pairs target-to-source, their gold links flipped."""
-    from ..data.parallel import ParallelExample
-
-    def flip(links):
-        return frozenset((j, i) for i, j in links)
-
-    return [ParallelExample(e.target, e.source, flip(e.sure), flip(e.possible)) for e in examples]
-
-
 def _train_reverse(opts, examples: list, threads: int, results) -> None:
     """The reverse direction in its own process (see `_train_directions`)."""
     import torch
@@ -168,7 +158,9 @@ def _train_directions(opts, examples: list, both: bool):
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds threads
     results = context.Queue()
     child = context.Process(
-        target=_train_reverse, args=(reverse, _swapped(examples), threads, results), daemon=True
+        target=_train_reverse,
+        args=(reverse, [e.swapped() for e in examples], threads, results),
+        daemon=True,
     )
     child.start()
     steps = None

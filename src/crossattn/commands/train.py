@@ -23,6 +23,7 @@ from ..cli import (
     positive_float,
     positive_int,
 )
+from ._common import REVERSE_DIR
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -374,15 +375,8 @@ def _directions(args: argparse.Namespace, opts: Any, examples: list) -> list[tup
     ``--both-directions`` target->source into OUT/reverse, the minutes split in half."""
     if not args.both_directions:
         return [(opts, examples)]
-    from ..data.parallel import ParallelExample
-
-    def flip(links):
-        return frozenset((j, i) for i, j in links)
-
-    swapped = [
-        ParallelExample(e.target, e.source, flip(e.sure), flip(e.possible)) for e in examples
-    ]
+    swapped = [e.swapped() for e in examples]
     half = None if opts.minutes is None else opts.minutes / 2
     forward = dataclasses.replace(opts, minutes=half)
-    reverse = dataclasses.replace(opts, minutes=half, out=os.path.join(opts.out, "reverse"))
+    reverse = dataclasses.replace(opts, minutes=half, out=os.path.join(opts.out, REVERSE_DIR))
     return [(forward, examples), (reverse, swapped)]

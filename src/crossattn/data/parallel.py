@@ -42,6 +42,7 @@ from .pharaoh import (
     Link,
     ParallelFormatError,
     alignment_as,
+    flip_links,
     format_pharaoh,
     parse_pharaoh,
 )
@@ -81,6 +82,14 @@ class ParallelExample:
     def pharaoh(self) -> str:
         """The alignment as one Pharaoh line, 0-indexed, sorted: ``i-j`` sure, ``ipj`` possible."""
         return format_pharaoh(self.sure, self.possible)
+
+    def swapped(self) -> ParallelExample:
+        """The pair the other way round (target to source), its gold links flipped: what a
+        target-to-source model trains on."""
+        return ParallelExample(
+            self.target, self.source, frozenset(flip_links(self.sure)),
+            frozenset(flip_links(self.possible)),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
