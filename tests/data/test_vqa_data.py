@@ -30,6 +30,21 @@ def test_round_trip(written):
         assert r.original_size == (64, 64)
 
 
+def test_lines_naming_one_image_share_it(written):
+    from crossattn.training.vqa import examples_from_records
+
+    scenes, path = written
+    records = read_vqa_jsonl(path, require_answer=True)
+    assert len(records) == 6 and records[0].image is records[1].image  # two questions a scene
+    assert records[1].image is not records[2].image and not records[0].image.flags.writeable
+    examples = examples_from_records(records)
+    assert examples.images.shape == (3, 3, 64, 64)  # one row per distinct image
+    assert examples.image_index.tolist() == [0, 0, 1, 1, 2, 2]
+    for k, r in enumerate(records):
+        got = examples.images[examples.image_index[k]].permute(1, 2, 0).numpy()
+        assert np.array_equal(got, r.image)
+
+
 def test_resize_keeps_original_size(tmp_path):
     from PIL import Image
 
@@ -92,3 +107,36 @@ def test_missing_file_and_bad_size(tmp_path):
         read_vqa_jsonl(tmp_path / "nope.jsonl")
     with pytest.raises(ValueError, match="size"):
         read_vqa_jsonl(tmp_path / "nope.jsonl", size=0)
+
+
+def test_pillow_drawn_scenes_of_the_jsonl_benchmark_match_their_answers(tmp_path):
+    """benchmarks/vqa_jsonl.py draws scenes of its own: each box's centre pixel has the colour
+    its questions name, and the reader takes every line."""
+    import importlib.util
+    from pathlib import Path
+
+    from PIL import Image
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "vqa_jsonl.py"
+    spec = importlib.util.spec_from_file_location("vqa_jsonl", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    written = bench.write_split(tmp_path, "train", 40, seed=3)
+    records = read_vqa_jsonl(written, size=64, require_answer=True)
+    assert len(records) == 40 and all(r.original_size == (96, 96) for r in records)
+    assert all(r.image.shape == (64, 64, 3) for r in records)
+    palette = {name: np.array(rgb) for name, rgb in bench.PALETTE.items()}
+    checked = 0
+    for r in records:
+        words = r.question
+        named = [w for w in words if w in palette] or ([r.answer] if r.answer in palette else [])
+        x0, y0, x1, y1 = r.box
+        with Image.open(r.image_path) as im:
+            centre = np.array(
+                im.convert("RGB").getpixel((int((x0 + x1) / 2), int(y0 + (y1 - y0) * 0.7)))
+            )
+        nearest = min(palette, key=lambda c: np.abs(palette[c] - centre).sum())
+        if named:
+            assert nearest == named[0], (words, r.answer, centre)
+            checked += 1
+    assert checked == 40

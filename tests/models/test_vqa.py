@@ -31,6 +31,7 @@ from crossattn.training.vqa import (
     pointable_target,
     save_vqa,
     score,
+    smooth_grid,
     train_vqa,
 )
 
@@ -59,24 +60,67 @@ def test_maps_are_the_attention_of_the_answer_call(readout, rows):
     torch.testing.assert_close(short.logits, out.logits[1:], atol=1e-5, rtol=1e-5)
 
 
+def _seen(stem: str, first: int, patch: int) -> tuple[int, int]:
+    """The first and last pixel rows (or columns) a patch feature of ``stem`` sees, for the patch
+    whose first pixel row is ``first``."""
+    if stem == "cnn":  # a (2 * patch - 2)-pixel square centred on the patch
+        return first - (patch // 2 - 1), first + patch - 1 + (patch // 2 - 1)
+    return first - (2 * patch - 1), first + 2 * patch - 1  # wide: 4 * patch - 1 pixels
+
+
+@pytest.mark.parametrize("stem", ["cnn", "wide"])
 @pytest.mark.parametrize("image_size, grid", [(64, 8), (48, 12), (32, 16)])
-def test_cnn_stem_sees_only_the_pixels_around_its_patch(image_size, grid):
+def test_convolution_stems_see_the_pixels_around_their_patch(stem, image_size, grid):
     torch.manual_seed(0)
     config = VQAConfig(vocab_size=10, n_answers=3, image_size=image_size, grid=grid,
-                       stem="cnn", image_layers=0, **SMALL)  # fmt: skip
-    stem = VQAModel(config).patches.stem
+                       stem=stem, image_layers=0, **SMALL)  # fmt: skip
+    module = VQAModel(config).patches.stem
     patch = image_size // grid
     images = torch.rand(1, 3, image_size, image_size, requires_grad=True)
     row, col = grid // 2, grid // 2 - 1
-    feats = stem(images)  # (1, d, grid, grid)
+    feats = module(images)  # (1, d, grid, grid)
     assert feats.shape == (1, 32, grid, grid)
     feats[0, :, row, col].pow(2).sum().backward()
-    seen = images.grad.abs().sum((0, 1)) > 0  # (H, W)
-    ys, xs = seen.nonzero(as_tuple=True)
-    half = (2 * patch - 2) / 2  # a (2 * patch - 2)-pixel square centred on the patch
-    centre_y, centre_x = (row + 0.5) * patch - 0.5, (col + 0.5) * patch - 0.5
-    assert ys.min() == centre_y - half + 0.5 and ys.max() == centre_y + half - 0.5
-    assert xs.min() == centre_x - half + 0.5 and xs.max() == centre_x + half - 0.5
+    ys, xs = (images.grad.abs().sum((0, 1)) > 0).nonzero(as_tuple=True)  # pixels seen
+    assert (ys.min(), ys.max()) == _seen(stem, row * patch, patch)
+    assert (xs.min(), xs.max()) == _seen(stem, col * patch, patch)
+
+
+def test_patch_values_hold_only_their_own_pixels():
+    torch.manual_seed(0)
+    config = VQAConfig(vocab_size=10, n_answers=3, stem="wide", values="patch", **SMALL)
+    model = VQAModel(config).eval()
+    images = torch.rand(1, 3, 64, 64, requires_grad=True)
+    keys, values = model.patches(images)
+    assert keys.shape == values.shape == (1, 64, 32)
+    values[0, 8 * 2 + 5].pow(2).sum().backward()  # row 2, column 5
+    ys, xs = (images.grad.abs().sum((0, 1)) > 0).nonzero(as_tuple=True)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (16, 23, 40, 47)
+    ids = torch.tensor([[4, 5, 6]])
+    out = model(images.detach(), ids, ids != 0, return_maps=True)
+    torch.testing.assert_close(out.maps[0].sum(-1), torch.ones(1, 4, 1))
+    assert VQAModel(VQAConfig(vocab_size=10, n_answers=3, **SMALL)).patches(images)[1] is None
+
+
+def test_wide_values_with_linear_keys():
+    torch.manual_seed(0)
+    config = VQAConfig(vocab_size=10, n_answers=3, values="wide", readout="mean",
+                       image_layers=0, **SMALL)  # fmt: skip
+    model = VQAModel(config).eval()
+    images = torch.rand(1, 3, 64, 64, requires_grad=True)
+    keys, values = model.patches(images)
+    keys[0, 8 * 2 + 5].pow(2).sum().backward(retain_graph=True)  # a key: its own patch only
+    ys, xs = (images.grad.abs().sum((0, 1)) > 0).nonzero(as_tuple=True)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (16, 23, 40, 47)
+    images.grad = None
+    values[0, 8 * 2 + 5].pow(2).sum().backward()  # a value: 15 pixels before, 15 after
+    ys, xs = (images.grad.abs().sum((0, 1)) > 0).nonzero(as_tuple=True)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (1, 31, 25, 55)
+    ids = torch.tensor([[4, 5, 6]])
+    plain = model(images.detach(), ids, ids != 0)
+    out = model(images.detach(), ids, ids != 0, return_maps=True)
+    torch.testing.assert_close(plain.logits, out.logits)
+    torch.testing.assert_close(out.maps[0].sum(-1), torch.ones(1, 4, 3))
 
 
 def test_patch_positions_distinct():
@@ -95,6 +139,9 @@ def test_patch_positions_distinct():
         ({"cross_layers": 0}, "cross_layers"),
         ({"grid": True}, "grid"),
         ({"readout": "cls"}, "readout"),
+        ({"values": "keys"}, "values"),
+        ({"stem": "wide", "grid": 5, "image_size": 60}, "stem='wide' needs"),
+        ({"values": "wide", "grid": 5, "image_size": 60}, "values='wide' needs"),
         ({"readout": "query", "text_layers": 0}, "text_layers"),
     ],
 )
@@ -113,7 +160,7 @@ def test_input_errors():
 
 
 def test_grounding_map_mean_and_guided():
-    maps = [torch.rand(2, 4, 3, 5).softmax(-1) for _ in range(2)]
+    maps = [torch.rand(2, 4, 3, 9).softmax(-1) for _ in range(2)]  # a 3 x 3 grid
     mask = torch.tensor([[True, True, False], [True, True, True]])
     mean = grounding_map(maps, mask, "mean")
     want = torch.stack([m[0, :, :2].mean((0, 1)) for m in maps]).mean(0)
@@ -123,11 +170,32 @@ def test_grounding_map_mean_and_guided():
     one = grounding_map(maps, mask, "head:0:2")
     torch.testing.assert_close(one[0], maps[0][0, 2, :2].mean(0))
     torch.testing.assert_close(grounding_map(maps, mask, "head:-1:0"), guided)
+    smoothed = grounding_map(maps, mask, "smoothed")
+    torch.testing.assert_close(smoothed, smooth_grid(mean))
     for bad in ("max", "head:0", "head:a:1"):
         with pytest.raises(ValueError, match="grounding choice"):
             grounding_map(maps, mask, bad)
     with pytest.raises(ValueError, match="names no head"):
         grounding_map(maps, mask, "head:2:0")
+
+
+def test_smooth_grid_hand_computed():
+    one = torch.zeros(1, 9)
+    one[0, 4] = 1.0  # the centre of a 3 x 3 grid: the kernel itself
+    want = torch.tensor([[1.0, 2.0, 1.0, 2.0, 4.0, 2.0, 1.0, 2.0, 1.0]]) / 16
+    torch.testing.assert_close(smooth_grid(one), want)
+    corner = torch.zeros(1, 9)
+    corner[0, 0] = 1.0  # zero padding loses 7 / 16 of it; renormalised to sum 1
+    want = torch.tensor([[4.0, 2.0, 0.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0]]) / 9
+    torch.testing.assert_close(smooth_grid(corner), want)
+    # an object ringed by mass: the raw map peaks on the ring, the blurred one in the middle
+    ring = torch.full((1, 5, 5), 0.01)
+    ring[0, 1:4, 1:4] = 0.12
+    ring[0, 2, 2] = 0.05
+    ring = ring.reshape(1, 25) / ring.sum()
+    assert int(ring.argmax()) != 12 and int(smooth_grid(ring).argmax()) == 12
+    with pytest.raises(ValueError, match="square grid"):
+        smooth_grid(torch.rand(2, 10))
 
 
 def test_map_information_hand_computed():
@@ -220,9 +288,11 @@ def test_callback_sees_every_step():
 @pytest.mark.parametrize(
     "guided, config, want",
     [
-        (False, SMALL, ("mean", 0)),  # answers only: every token looks, patches see their pixels
-        (True, SMALL, ("query", 1)),  # guided: the VQAConfig defaults
-        (False, {**SMALL, "readout": "query", "image_layers": 2}, ("query", 2)),  # asked for
+        # answers only: every token looks, keys see their own pixels, values the surroundings
+        (False, SMALL, ("mean", 0, "linear", "wide")),
+        (True, SMALL, ("query", 1, "wide", "stem")),  # guided: patches see the object's outline
+        (False, {**SMALL, "readout": "query", "values": "stem"}, ("query", 0, "linear", "stem")),
+        (True, {**SMALL, "stem": "cnn"}, ("query", 1, "cnn", "stem")),  # asked for
     ],
 )
 def test_answers_only_runs_default_to_their_own_config(guided, config, want):
@@ -230,7 +300,7 @@ def test_answers_only_runs_default_to_their_own_config(guided, config, want):
     options = VQAOptions(seconds=1e9, max_steps=1, batch_size=4, guided_grounding=guided,
                          config=config)  # fmt: skip
     got = train_vqa(train, options).model.config
-    assert (got.readout, got.image_layers) == want
+    assert (got.readout, got.image_layers, got.stem, got.values) == want
     assert (got.d_model, got.dim_ff) == (SMALL["d_model"], SMALL["dim_ff"])
 
 
@@ -317,7 +387,7 @@ def test_cli_train_chooses_an_unsupervised_map(tmp_path):
               "--minutes", "0.05", "--threads", "1")  # fmt: skip
     assert run.returncode == 0, run.stderr
     meta = json.loads((out / "vqa.json").read_text())
-    assert meta["grounding"] == "mean"  # the answers-only map; the candidates' scores recorded
+    assert meta["grounding"] == "smoothed"  # the answers-only map; the candidates' scores recorded
     assert "mean" in meta["map_information"] and "head:0:0" in meta["map_information"]
 
 

@@ -2,10 +2,11 @@
 
 Generates scenes with exact object masks (`crossattn.data.toy_scenes`), trains two `VQAModel`
 side by side within the budget (one on answers alone, one with ``guided_grounding``; the first
-grounds with the mean map over layers, heads and question words), then measures on
-unseen scenes: answer accuracy, the pointing game of each model's grounding map, the attention
-mass in the object over its area, and the same scores for the uniform, shuffled-image and
-random-weights baselines. Writes ``metrics.json``, overlays as PNG and a viewer page into the output folder.
+grounds with the mean map over layers, heads and question words, blurred by one patch), then
+measures on unseen scenes: answer accuracy, the pointing game of each model's grounding map, the
+attention mass in the object over its area, and the same scores for the uniform, shuffled-image
+and random-weights baselines. Writes ``metrics.json``, overlays as PNG and a viewer page into
+the output folder.
 """
 
 from __future__ import annotations

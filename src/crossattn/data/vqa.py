@@ -76,7 +76,9 @@ def _load_image(path: Path, size: int | None, where: tuple[Path, int]) -> tuple[
             original = im.size
             if size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(im, dtype=np.uint8).copy(), original
+            array = np.asarray(im, dtype=np.uint8).copy()
+            array.setflags(write=False)  # shared by every line that names this file
+            return array, original
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise VQAFormatError(*where, f"cannot read image {str(path)!r}: {err}") from None
 
@@ -99,13 +101,18 @@ def _text(item: dict, key: str, where: tuple[Path, int], required: bool) -> str 
     return value
 
 
-def _record(item: Any, folder: Path, size: int | None, where: tuple, need_answer: bool):
+def _record(item: Any, folder: Path, size: int | None, where: tuple, need_answer: bool,
+            images: dict[Path, tuple[np.ndarray, tuple]]):  # fmt: skip
+    """One line's record; ``images`` holds the images read so far, by path (read once each)."""
     if not isinstance(item, dict):
         raise VQAFormatError(*where, f"expected a JSON object, got {type(item).__name__}")
     image_name = _text(item, "image", where, True)
     question = tokenize(_text(item, "question", where, True))
     answer = _text(item, "answer", where, need_answer)
-    image, original = _load_image(folder / image_name, size, where)
+    image_path = folder / image_name
+    if image_path not in images:
+        images[image_path] = _load_image(image_path, size, where)
+    image, original = images[image_path]
     box = item.get("box")
     box = None if box is None else _box(box, original[0], original[1], where)
     return VQARecord(image, original, question, answer, box, folder / image_name, where[1])
@@ -115,6 +122,8 @@ def read_vqa_jsonl(
     path: str | os.PathLike[str], *, size: int | None = None, require_answer: bool = False
 ) -> list[VQARecord]:
     """Read a VQA JSONL file (see the module docstring) into `VQARecord` objects, in order.
+
+    An image file named by several lines is read once: their records share one (read-only) array.
 
     Args:
         path: the JSONL file; image paths are relative to its folder.
@@ -129,7 +138,8 @@ def read_vqa_jsonl(
         raise VQAFormatError(path, None, "no such file") from None
     except IsADirectoryError:
         raise VQAFormatError(path, None, "is a directory, not a file") from None
-    records = []
+    records: list[VQARecord] = []
+    images: dict[Path, tuple[np.ndarray, tuple]] = {}
     for k, raw in enumerate(data.split(b"\n"), 1):
         where = (path, k)
         try:
@@ -144,7 +154,7 @@ def read_vqa_jsonl(
             raise VQAFormatError(
                 *where, f"not valid JSON: {err.msg} (column {err.colno})"
             ) from None
-        records.append(_record(item, path.parent, size, where, require_answer))
+        records.append(_record(item, path.parent, size, where, require_answer, images))
     return records
 
 

@@ -145,7 +145,7 @@ class CaptionModel(nn.Module):
 
     def encode(self, images: Tensor) -> Tensor:
         """Images (B, 3, H, W) in [0, 1] -> patch features (B, P, d_model)."""
-        return self.patches(self._check_images(images))
+        return self.patches(self._check_images(images))[0]
 
     def decode(
         self, patches: Tensor, tokens: Tensor, *, return_maps: bool = False

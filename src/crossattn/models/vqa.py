@@ -39,8 +39,9 @@ __all__ = ["VQAConfig", "VQAModel", "VQAOutput", "patch_positions"]
 _RULES: dict[str, Any] = {
     **dict.fromkeys(("text_layers", "image_layers", "pad_id"), _checks.nonnegative_int),
     "dropout": _checks.probability,
-    "stem": lambda value, name: _checks.choice(value, name, ("linear", "conv", "cnn")),
+    "stem": lambda value, name: _checks.choice(value, name, ("linear", "conv", "cnn", "wide")),
     "readout": lambda value, name: _checks.choice(value, name, ("query", "mean")),
+    "values": lambda value, name: _checks.choice(value, name, ("stem", "patch", "wide")),
 }
 
 
@@ -55,8 +56,11 @@ class VQAConfig:
     # the image encoder: patches of a grid x grid split, its stem and self-attention layers
     image_size: int = 64
     grid: int = 8
-    stem: Literal["linear", "conv", "cnn"] = "linear"
+    stem: Literal["linear", "conv", "cnn", "wide"] = "linear"
     image_layers: int = 1
+    # the cross-attention's values: the key features ("stem"), or features of their own from a
+    # linear patchify ("patch") or the wide stem ("wide"), each with the patch positions
+    values: Literal["stem", "patch", "wide"] = "stem"
     # the question encoder, then the cross-attention blocks and what the answer head reads
     text_layers: int = 1
     cross_layers: int = 1
@@ -76,9 +80,11 @@ class VQAConfig:
         if self.d_model % self.heads or self.d_model % 4:
             raise ValueError(f"d_model={self.d_model} must divide by heads={self.heads} and by 4")
         patch = self.image_size // self.grid
-        if self.stem == "cnn" and (patch < 2 or patch & (patch - 1)):
-            raise ValueError(f"stem='cnn' needs image_size / grid to be a power of 2 >= 2, got "
-                             f"{self.image_size} / {self.grid} = {patch}")  # fmt: skip
+        convs = [f"{k}={v!r}" for k, v in (("stem", self.stem), ("values", self.values))
+                 if v in ("cnn", "wide")]  # fmt: skip
+        if convs and (patch < 2 or patch & (patch - 1)):
+            raise ValueError(f"{', '.join(convs)} needs image_size / grid to be a power of 2 >= 2, "
+                             f"got {self.image_size} / {self.grid} = {patch}")  # fmt: skip
         if self.readout == "query" and self.text_layers < 1:
             raise ValueError("readout='query' needs text_layers >= 1 for the query to read the "
                              f"question, got text_layers={self.text_layers}")  # fmt: skip
@@ -130,8 +136,34 @@ def _cnn_stem(d_model: int, patch: int) -> nn.Sequential:
     return nn.Sequential(*layers[:-1])  # no activation on the features
 
 
+class _WideStem(nn.Module):
+    """log2(patch) 3 x 3 convolutions of stride 2, channels doubling up to ``d_model``, then a
+    3 x 3 convolution on the patch grid, plus a linear patchify of the patch's own pixels: each
+    patch feature sees a (4 * patch - 1)-pixel square holding its patch (31 pixels for 8-pixel
+    patches), enough to tell an object's shape from any patch on it, where a patch of the linear
+    stem sees only its own corner of the object; the patchify keeps the patch's own colours one
+    linear map away."""
+
+    def __init__(self, d_model: int, patch: int):
+        super().__init__()
+        steps = patch.bit_length() - 1
+        channels = [3] + [max(8, d_model >> (steps - 1 - k)) for k in range(steps)]
+        layers: list[nn.Module] = []
+        for k in range(steps):
+            layers += [nn.Conv2d(channels[k], channels[k + 1], 3, stride=2, padding=1), nn.GELU()]
+        self.convs = nn.Sequential(*layers, nn.Conv2d(d_model, d_model, 3, padding=1))
+        self.patchify = nn.Conv2d(3, d_model, kernel_size=patch, stride=patch)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, d_model, H / patch, W / patch)."""
+        return self.convs(images) + self.patchify(images)
+
+
 class _PatchEncoder(nn.Module):
-    """Images (B, 3, H, W) -> patch features (B, P, d_model) with positions and self-attention."""
+    """Images (B, 3, H, W) -> patch features (B, P, d_model) with positions and self-attention
+    (the keys, and the values for ``values="stem"``), and value features (B, P, d_model) with
+    positions from a stem of their own for ``values="patch"`` (a linear patchify: each value
+    holds only its patch's pixels) or ``"wide"`` (`_WideStem`); None for ``"stem"``."""
 
     def __init__(self, c: VQAConfig):
         super().__init__()
@@ -140,6 +172,8 @@ class _PatchEncoder(nn.Module):
             self.stem = nn.Conv2d(3, c.d_model, kernel_size=patch, stride=patch)  # = patchify
         elif c.stem == "cnn":
             self.stem = _cnn_stem(c.d_model, patch)
+        elif c.stem == "wide":
+            self.stem = _WideStem(c.d_model, patch)
         else:
             self.stem = nn.Sequential(
                 nn.Conv2d(3, c.d_model // 2, 3, padding=1),
@@ -151,13 +185,20 @@ class _PatchEncoder(nn.Module):
             TransformerEncoderLayer(c.d_model, heads=c.heads, dim_ff=c.dim_ff, dropout=c.dropout)
             for _ in range(c.image_layers)
         )
+        if c.values == "patch":
+            self.value_stem = nn.Conv2d(3, c.d_model, kernel_size=patch, stride=patch)
+        elif c.values == "wide":
+            self.value_stem = _WideStem(c.d_model, patch)
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         feats = self.stem(images - 0.5)  # (B, d, grid, grid)
         patches = feats.flatten(2).transpose(1, 2) + self.positions  # (B, P, d)
         for layer in self.layers:
             patches = layer(patches)
-        return patches
+        if not hasattr(self, "value_stem"):
+            return patches, None
+        values = self.value_stem(images - 0.5).flatten(2).transpose(1, 2) + self.positions
+        return patches, values
 
 
 class _CrossBlock(nn.Module):
@@ -167,15 +208,19 @@ class _CrossBlock(nn.Module):
         super().__init__()
         self.norm_q = nn.LayerNorm(c.d_model)
         self.norm_ctx = nn.LayerNorm(c.d_model)
+        self.norm_values = None if c.values == "stem" else nn.LayerNorm(c.d_model)
         self.attn_question_to_image = CrossAttention(
             c.d_model, heads=c.heads, dim_head=c.d_model // c.heads, dropout=c.dropout
         )
         self.norm_ff = nn.LayerNorm(c.d_model)
         self.ffn = FeedForward(c.d_model, c.dim_ff, dropout=c.dropout)
 
-    def forward(self, tokens: Tensor, patches: Tensor, want_map: bool) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, tokens: Tensor, patches: Tensor, values: Tensor | None, want_map: bool
+    ) -> tuple[Tensor, Tensor]:
+        values = None if values is None else self.norm_values(values)
         out = self.attn_question_to_image(
-            self.norm_q(tokens), self.norm_ctx(patches), return_weights=want_map
+            self.norm_q(tokens), self.norm_ctx(patches), values, return_weights=want_map
         )
         out, weights = out if want_map else (out, None)
         tokens = tokens + out
@@ -234,7 +279,7 @@ class VQAModel(nn.Module):
         (B, heads, T', P) with their ``map_mask`` (B, T'); rows of padded question tokens are
         there but meaningless."""
         self._check(images, question_ids, question_mask)
-        patches = self.patches(images)  # (B, P, d)
+        patches, values = self.patches(images)  # (B, P, d) each; values None for "stem"
         b, t = question_ids.shape
         tokens = self.embed(question_ids)  # (B, T, d)
         if self.config.readout == "query":
@@ -247,7 +292,7 @@ class VQAModel(nn.Module):
             tokens, question_mask = tokens[:, :1], question_mask[:, :1]  # (B, 1, d), (B, 1)
         maps = []
         for block in self.cross:
-            tokens, weights = block(tokens, patches, return_maps)
+            tokens, weights = block(tokens, patches, values, return_maps)
             maps.append(weights)
         keep = question_mask.unsqueeze(-1).to(tokens.dtype)  # (B, T, 1)
         pooled = (tokens * keep).sum(1) / keep.sum(1).clamp_min(1.0)  # (B, d)
