@@ -47,7 +47,7 @@ def _evaluate(model, vocab, answers, train, test) -> dict:
     labels = torch.tensor([answers.index(a) if a in answers else -1 for a in test.answers])
     out = {"accuracy": float((res.logits.argmax(1) == labels).float().mean())}
     heads = res.maps[0].shape[1]
-    choices = ["mean", "guided"] + [
+    choices = ["mean", "smoothed", "guided"] + [
         f"head:{layer}:{h}" for layer in range(len(res.maps)) for h in range(heads)
     ]
     tr = _maps(model, vocab, train)

@@ -14,12 +14,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
@@ -377,3 +381,20 @@ def mod7_task(g: torch.Generator, rows: int, n: int) -> tuple[Tensor, Tensor]:
     """A copy-like task whose hypotheses end at varied steps: target = (source % 7) + 4."""
     src = torch.randint(4, 13, (rows, n), generator=g)
     return src, (src % 7) + 4
+
+
+def page_data(html: str) -> dict:
+    """The JSON data script of a viewer page."""
+    m = re.search(r'<script type="application/json" class="ca-data">(.*?)</script>', html, re.S)
+    assert m is not None, "no data script in the page"
+    return json.loads(m.group(1))
+
+
+def decode_view(view: dict) -> np.ndarray:
+    """What the page's script decodes of one view or example: (layers, H, L, S) float64."""
+    raw = base64.b64decode(view["data"])
+    q = np.frombuffer(raw, dtype="<u2" if view["bits"] == 16 else np.uint8).astype(np.float64)
+    q = q.reshape(len(view["scales"]), -1) * (
+        np.asarray(view["scales"])[:, None] / ((1 << view["bits"]) - 1)
+    )
+    return q.reshape(len(view["layers"]), view["heads"], view["L"], view["S"])

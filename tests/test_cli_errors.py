@@ -236,12 +236,14 @@ def test_train_errors_fire_before_training(capsys, files, no_training, args, exp
 
 def test_train_checks_the_attention_layer_against_the_checkpoint(capsys, tmp_path, files,
                                                                  no_training):  # fmt: skip
+    from crossattn.models import Seq2SeqConfig
     from crossattn.training import CONFIG_FILE, STATE_FILE
 
     out = tmp_path / "run"
     out.mkdir()
-    config = {"d_model": 8, "heads": 2, "decoder_layers": 3, "max_len": 16}
-    (out / CONFIG_FILE).write_text(json.dumps({"model": config}))
+    config = Seq2SeqConfig(source_vocab_size=20, target_vocab_size=20, d_model=8, heads=2,
+                           decoder_layers=3, max_len=16)  # fmt: skip
+    (out / CONFIG_FILE).write_text(json.dumps({"model": config.to_dict()}))
     (out / STATE_FILE).write_text(json.dumps({"step": 1}))
     argv = ["train", "--data", files["pairs_txt"], "--out", str(out), "--steps", "2", "--resume"]
     message = _error(capsys, [*argv, "--attention-layer", "3"])

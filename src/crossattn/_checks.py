@@ -340,6 +340,21 @@ def known_fields(cls: type, data: object) -> dict[str, Any]:
     return dict(data)
 
 
+def token_ids(ids: Any, vocab_size: int, name: str) -> None:
+    """Refuse token ids (a long tensor) outside ``0..vocab_size - 1``: checked on the CPU, where
+    it costs one pass; on an accelerator the embedding kernel asserts the range itself, and
+    reading it here would wait for the device every step (nor is it read while compiling)."""
+    import torch
+
+    if ids.device.type == "cpu" and ids.numel() and not torch.compiler.is_compiling():
+        low, high = (int(x) for x in torch.aminmax(ids))
+        if low < 0 or high >= vocab_size:
+            raise ValueError(
+                f"{name} holds ids from {low} to {high}; this vocabulary has ids "
+                f"0..{vocab_size - 1}"
+            )
+
+
 def shape_text(shape: Iterable[int]) -> str:
     """A shape as messages show it: ``(2, 8, 16, 64)``."""
     return "(" + ", ".join(str(int(d)) for d in shape) + ")"

@@ -220,10 +220,6 @@ def _is_mean(return_weights: object) -> bool:
     return isinstance(return_weights, str) and return_weights == "mean"
 
 
-def _shape(t: Tensor) -> str:
-    return "(" + ", ".join(str(d) for d in t.shape) + ")"
-
-
 def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, Tensor):
@@ -232,7 +228,7 @@ def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
     for name, t in (("query", query), ("key", key), ("value", value)):
         if t.dim() != 4:
             raise ValueError(
-                f"{name} must be 4-D {expected[name]}, got shape {_shape(t)}; "
+                f"{name} must be 4-D {expected[name]}, got shape {_checks.shape_text(t.shape)}; "
                 "add the batch and head dimensions (e.g. t[None, None] or t.unsqueeze(1))"
             )
         if not t.is_floating_point():
@@ -244,40 +240,44 @@ def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
         )
     b, h, _, e = query.shape
     if h == 0:
-        raise ValueError(f"query has H=0 heads (shape {_shape(query)}): give it at least one head")
+        raise ValueError(
+            f"query has H=0 heads (shape {_checks.shape_text(query.shape)}): give it at least one head"
+        )
     if e == 0:
         raise ValueError(
-            f"query has head dim E=0 (shape {_shape(query)}): queries and keys need features "
+            f"query has head dim E=0 (shape {_checks.shape_text(query.shape)}): queries and keys need features "
             "to score each other"
         )
     if key.shape[0] != b or value.shape[0] != b:
         raise ValueError(
-            f"batch sizes differ: query {_shape(query)}, key {_shape(key)}, value {_shape(value)}; "
+            f"batch sizes differ: query {_checks.shape_text(query.shape)}, key {_checks.shape_text(key.shape)}, value {_checks.shape_text(value.shape)}; "
             "all three need the same B in dimension 0"
         )
     if key.shape[-1] != e:
         raise ValueError(
-            f"key head dim must equal the query's: query {_shape(query)} has E={e}, key "
-            f"{_shape(key)} has {key.shape[-1]}; expected key (B, Hk, S, {e})"
+            f"key head dim must equal the query's: query {_checks.shape_text(query.shape)} has E={e}, key "
+            f"{_checks.shape_text(key.shape)} has {key.shape[-1]}; expected key (B, Hk, S, {e})"
         )
     if key.shape[2] != value.shape[2]:
         raise ValueError(
-            f"key and value lengths differ: key {_shape(key)} has S={key.shape[2]}, value "
-            f"{_shape(value)} has {value.shape[2]}; expected value (B, Hk, {key.shape[2]}, Ev)"
+            f"key and value lengths differ: key {_checks.shape_text(key.shape)} has S={key.shape[2]}, value "
+            f"{_checks.shape_text(value.shape)} has {value.shape[2]}; expected value (B, Hk, {key.shape[2]}, Ev)"
         )
     if key.shape[1] != value.shape[1]:
         raise ValueError(
-            f"key and value head counts differ: key {_shape(key)} has Hk={key.shape[1]}, value "
-            f"{_shape(value)} has {value.shape[1]}"
+            f"key and value head counts differ: key {_checks.shape_text(key.shape)} has Hk={key.shape[1]}, value "
+            f"{_checks.shape_text(value.shape)} has {value.shape[1]}"
         )
     hk = key.shape[1]
     if hk == 0 or h % hk != 0:
         raise ValueError(
-            f"query heads H={h} (query {_shape(query)}) must be a multiple of key/value heads "
-            f"Hk={hk} (key {_shape(key)})"
+            f"query heads H={h} (query {_checks.shape_text(query.shape)}) must be a multiple of key/value heads "
+            f"Hk={hk} (key {_checks.shape_text(key.shape)})"
         )
     if key.shape[2] == 0:
-        raise ValueError(f"key has S=0 (shape {_shape(key)}): there is nothing to attend to")
+        raise ValueError(
+            f"key has S=0 (shape {_checks.shape_text(key.shape)}): there is nothing to attend to"
+        )
 
 
 def _check_key_mask(key_mask: Tensor | None, query: Tensor, b: int, s: int) -> Tensor | None:
@@ -293,7 +293,9 @@ def _check_key_mask(key_mask: Tensor | None, query: Tensor, b: int, s: int) -> T
             "use key_mask.bool(), or crossattn.lengths_to_key_mask(lengths, S)"
         )
     if tuple(key_mask.shape) != (b, s):
-        raise ValueError(f"key_mask must have shape (B, S) = ({b}, {s}), got {_shape(key_mask)}")
+        raise ValueError(
+            f"key_mask must have shape (B, S) = ({b}, {s}), got {_checks.shape_text(key_mask.shape)}"
+        )
     if key_mask.device != query.device:
         raise ValueError(f"key_mask is on {key_mask.device} but query is on {query.device}")
     return key_mask
@@ -324,13 +326,13 @@ def _check_attn_mask(
     if attn_mask.dim() > 4:
         raise ValueError(
             f"attn_mask must be broadcastable to (B, H, L, S) = {expected}, got "
-            f"{attn_mask.dim()}-D shape {_shape(attn_mask)}"
+            f"{attn_mask.dim()}-D shape {_checks.shape_text(attn_mask.shape)}"
         )
     mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
     for got, want in zip(mask.shape, full):
         if got not in (1, want):
             raise ValueError(
-                f"attn_mask of shape {_shape(attn_mask)} is not broadcastable to "
+                f"attn_mask of shape {_checks.shape_text(attn_mask.shape)} is not broadcastable to "
                 f"(B, H, L, S) = {expected}"
             )
     return mask.to(query.dtype) if convert else mask
@@ -383,21 +385,23 @@ def bidirectional_attention(
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D (B, H, L, D), got shape {_shape(t)}")
+            raise ValueError(
+                f"{name} must be 4-D (B, H, L, D), got shape {_checks.shape_text(t.shape)}"
+            )
     if a_q.shape[:3] != a_v.shape[:3]:
         raise ValueError(
             f"a_q (B, H, La, E) and a_v (B, H, La, Eva) must agree on (B, H, La): got a_q "
-            f"{_shape(a_q)}, a_v {_shape(a_v)}"
+            f"{_checks.shape_text(a_q.shape)}, a_v {_checks.shape_text(a_v.shape)}"
         )
     if b_k.shape[:3] != b_v.shape[:3]:
         raise ValueError(
             f"b_k (B, H, Lb, E) and b_v (B, H, Lb, Evb) must agree on (B, H, Lb): got b_k "
-            f"{_shape(b_k)}, b_v {_shape(b_v)}"
+            f"{_checks.shape_text(b_k.shape)}, b_v {_checks.shape_text(b_v.shape)}"
         )
     if a_q.shape[:2] != b_k.shape[:2] or a_q.shape[-1] != b_k.shape[-1]:
         raise ValueError(
             f"a_q (B, H, La, E) and b_k (B, H, Lb, E) must agree on B, H and E: got a_q "
-            f"{_shape(a_q)}, b_k {_shape(b_k)}"
+            f"{_checks.shape_text(a_q.shape)}, b_k {_checks.shape_text(b_k.shape)}"
         )
     b, _, la, e = a_q.shape
     lb = b_k.shape[2]

@@ -504,7 +504,7 @@ def test_dispatch_skips_a_user_backend_that_refuses_the_call(gen, user_backend):
 def test_a_user_backend_ranks_after_the_built_in_ones_by_default(gen, user_backend):
     inputs = _inputs(gen)
     builtin = select_backend(inputs)
-    mine = user_backend("mine", rank_value=crossattn.backends.Backend().rank(inputs))
+    user_backend("mine", rank_value=crossattn.backends.Backend().rank(inputs))
     assert select_backend(inputs) is builtin
     assert crossattn.backends.preference(inputs)[-1] == "mine"
     # ... and runs what no built-in backend runs
@@ -512,7 +512,6 @@ def test_a_user_backend_ranks_after_the_built_in_ones_by_default(gen, user_backe
     assert "never" not in crossattn.backends.preference(inputs)
     with use_backend("never"):
         assert select_backend(inputs) is never
-    assert mine is not never
 
 
 def test_refusal_names_the_shapes_dtypes_device_and_every_backend(gen, monkeypatch):

@@ -174,6 +174,10 @@ def test_int8_stores_the_cross_attention_memory_as_int8(trained):
         assert isinstance(c.key, Int8Tensor) and isinstance(c.value, Int8Tensor)
         b, h, s, e = c.key.shape
         assert c.key.scales.shape == (b, h, s, 1)  # one scale per row, head and token
+    # a raw memory given to a call is projected through the same int8 storage
+    attn = model.decoder[0].cross_attn_target_to_source
+    raw = attn.context_for(memory, context_mask=mask, batch=memory.shape[0])
+    assert isinstance(raw.key, Int8Tensor) and isinstance(raw.value, Int8Tensor)
     # the self-attention keeps float keys and values; the encoder stays float too
     assert not isinstance(model.decoder[0].self_attn, Int8ContextAttention)
     e = trained.config.d_model // trained.config.heads

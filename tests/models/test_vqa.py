@@ -214,6 +214,7 @@ def test_learning_rate_warmup_and_cosine():
     assert _learning_rate(opts, 50, 0.5) == pytest.approx(0.55e-3)
     assert _learning_rate(opts, 99, 1.0) == pytest.approx(1e-4)
     assert _learning_rate(replace(opts, cosine=False), 99, 1.0) == pytest.approx(1e-3)
+    assert _learning_rate(replace(opts, warmup=0), 0, 0.0) == pytest.approx(1e-3)  # no warmup
 
 
 def test_box_share_hand_computed():

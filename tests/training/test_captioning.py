@@ -30,15 +30,6 @@ def test_caption_tensors_shift_the_caption():
         assert [vocab[i] for i in data.inputs[n].tolist() if i] == ["<bos>", *s.caption]
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: tiny ops on a shared machine run faster without the thread pool."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_short_training_beats_the_majority_baseline(one_thread):
     scenes = generate_scenes(200, seed=0, size=32)
     result = train_captioner(scenes, _SMALL, steps=40, seed=0, batch_size=32, lr=5e-3)

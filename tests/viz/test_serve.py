@@ -5,7 +5,6 @@ The model is a tiny randomly initialised translator written to a model directory
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import os
@@ -25,7 +24,7 @@ import pytest
 
 from crossattn.models import Translator
 from crossattn.viz.server import MAX_BODY_BYTES, TranslationService, make_server
-from tests.conftest import write_tiny_translator
+from tests.conftest import decode_view, write_tiny_translator
 
 SOURCE_WORDS = "le la un une chat chien noir blanc dort mange sur tapis rouge petit".split()
 TARGET_WORDS = "the a cat dog black white sleeps eats on mat red little".split()
@@ -67,15 +66,6 @@ def _post(url: str, body: bytes | dict) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-def _decoded(view: dict) -> np.ndarray:
-    raw = base64.b64decode(view["data"])
-    q = np.frombuffer(raw, dtype="<u2" if view["bits"] == 16 else np.uint8).astype(np.float64)
-    q = q.reshape(len(view["scales"]), -1) * (
-        np.asarray(view["scales"])[:, None] / ((1 << view["bits"]) - 1)
-    )
-    return q.reshape(len(view["layers"]), view["heads"], view["L"], view["S"])
-
-
 def test_translate_answer_matches_the_model(server, translator):
     sentence = "le petit chat noir dort"
     status, answer = _post(server.url, {"sentence": sentence})
@@ -88,7 +78,7 @@ def test_translate_answer_matches_the_model(server, translator):
     view = answer["view"]
     assert view["source"] == answer["source"] and view["target"] == answer["target"]
     assert view["layers"] == ["decoder layer 0", "decoder layer 1"] and view["heads"] == 2
-    assert np.abs(_decoded(view) - direct.weights.double().numpy()).max() <= 1.0 / 65535
+    assert np.abs(decode_view(view) - direct.weights.double().numpy()).max() <= 1.0 / 65535
     assert view["predicted"] == sorted([j, i] for i, j in direct.alignment)
 
 

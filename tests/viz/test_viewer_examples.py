@@ -3,8 +3,6 @@ test_browser for what a person sees): payload contents, escaping, size limits, b
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 from importlib import resources
 
@@ -17,25 +15,10 @@ from crossattn.viz._assets import JS_MODULES, viewer_script
 from crossattn.viz._record import as_record
 from crossattn.viz.html import MiB
 from crossattn.viz.server import serve_page
+from tests.conftest import decode_view, page_data
 
 XSS = "</script><img src=x onerror=alert(1)>"
 QUESTION = ["what", "colour", "is", "the", "square", "?"]
-
-
-def _data(html: str) -> dict:
-    m = re.search(r'<script type="application/json" class="ca-data">(.*?)</script>', html, re.S)
-    assert m is not None, "no data script in the page"
-    return json.loads(m.group(1))
-
-
-def _decoded(ex: dict) -> np.ndarray:
-    """What the page's script decodes of one example: (layers, H, L, S) float64."""
-    raw = base64.b64decode(ex["data"])
-    q = np.frombuffer(raw, dtype="<u2" if ex["bits"] == 16 else np.uint8).astype(np.float64)
-    q = q.reshape(len(ex["scales"]), -1) * (
-        np.asarray(ex["scales"])[:, None] / ((1 << ex["bits"]) - 1)
-    )
-    return q.reshape(len(ex["layers"]), ex["heads"], ex["L"], ex["S"])
 
 
 def _maps(shape, seed=0):
@@ -66,12 +49,14 @@ def test_image_mode_puts_the_patches_on_the_columns():
     """Question tokens over image patches: (layers, H, T, P), patches the S columns."""
     w = _maps((2, 3, len(QUESTION), 24))
     image = _image()
-    data = _data(to_html(w, target_tokens=QUESTION, image=image, grid=(4, 6), box=[6, 4, 30, 20]))
+    data = page_data(
+        to_html(w, target_tokens=QUESTION, image=image, grid=(4, 6), box=[6, 4, 30, 20])
+    )
     assert data["target"] == QUESTION and data["source"] is None
     assert (data["L"], data["S"]) == (len(QUESTION), 24)
     assert data["image"]["patches"] == "source" and data["image"]["grid"] == [4, 6]
     assert data["image"]["size"] == [48, 40] and data["image"]["box"] == [6, 4, 30, 20]
-    assert np.abs(_decoded(data) - w.numpy()).max() <= 1.0 / 65535 * 1.01
+    assert np.abs(decode_view(data) - w.numpy()).max() <= 1.0 / 65535 * 1.01
     # Without tokens on either side, a square S (and non-square L) puts the patches there too.
     rec = as_record(_maps((5, 16)), image=_image())
     assert rec.patches == "source" and rec.grid == (4, 4) and rec.source_tokens is None
@@ -101,7 +86,7 @@ def test_image_mode_bad_input_is_named():
     with pytest.raises(ValueError, match="box is drawn on an image: pass image="):
         to_html(w, target_tokens=QUESTION, box=[0, 0, 4, 4])
     # A tensor box is accepted (as the data readers hand them).
-    data = _data(to_html(w, target_tokens=QUESTION, image=image, grid=(4, 6),
+    data = page_data(to_html(w, target_tokens=QUESTION, image=image, grid=(4, 6),
                          box=torch.tensor([0.5, 1.0, 47.5, 40.0])))  # fmt: skip
     assert data["image"]["box"] == [0.5, 1.0, 47.5, 40.0]
 
@@ -119,7 +104,7 @@ def test_examples_page_carries_each_example():
         "links": "0-0 1-1",
     }
     html = to_html([first, second, text], title="VQA")
-    data = _data(html)
+    data = page_data(html)
     assert data["title"] == "VQA" and data["example"] == 0 and len(data["examples"]) == 3
     ex0, ex1, ex2 = data["examples"]
     assert ex0["title"] == "the square" and ex0["caption"] == "answer: red"
@@ -131,7 +116,7 @@ def test_examples_page_carries_each_example():
     assert {ex["bits"] for ex in data["examples"]} == {16}
     for ex, src in zip(data["examples"], (first, second, text)):
         want = src.get("maps", src.get("weights")).numpy()
-        assert np.abs(_decoded(ex) - want).max() <= 1.0 / 65535 * 1.01
+        assert np.abs(decode_view(ex) - want).max() <= 1.0 / 65535 * 1.01
     assert "<title>VQA</title>" in html
 
 
@@ -142,7 +127,7 @@ def test_examples_path_and_viewer_object(tmp_path):
     assert out.read_text(encoding="utf-8") == text
     v = view(examples)
     assert repr(v) == "Viewer(2 examples, layers=2, heads=3)" and len(v.records) == 2
-    assert len(_data(v._repr_html_())["examples"]) == 2
+    assert len(page_data(v._repr_html_())["examples"]) == 2
     with pytest.raises(ValueError, match="path is given twice"):
         to_html(examples, out, path=out)
 
@@ -152,7 +137,7 @@ def test_examples_escape_tokens_and_titles():
     html = to_html([ex, ex], title=XSS)
     assert XSS not in html and "</SCRIPT>" not in html and "<!--" not in html
     assert html.count("</script>") == 2  # only the two real closing tags
-    data = _data(html)
+    data = page_data(html)
     assert data["examples"][0]["target"] == [XSS, "a&b", "\u2028", "<!--"]
     assert data["examples"][1]["title"] == XSS and data["title"] == XSS
     assert "<title>&lt;/script&gt;&lt;img" in html
@@ -162,11 +147,11 @@ def test_examples_size_limit_and_bits():
     examples = [_example(), _example(seed=1)]
     with pytest.raises(ValueError, match=r"over max_bytes=.*keep fewer examples, layers or heads"):
         to_html(examples, max_bytes=20_000)
-    data = _data(to_html(examples, bits=8))
+    data = page_data(to_html(examples, bits=8))
     assert {ex["bits"] for ex in data["examples"]} == {8}
     # Past 16 MiB of 16-bit weights over all examples together, the page uses 8 bits.
     big = {"weights": torch.rand(1, 1, 1500, 1500), "source": None, "target": None}
-    data = _data(to_html([big] * 4, max_bytes=100 * MiB))
+    data = page_data(to_html([big] * 4, max_bytes=100 * MiB))
     assert {ex["bits"] for ex in data["examples"]} == {8}
 
 
@@ -201,10 +186,10 @@ def test_examples_bad_input_is_named():
 
 def test_single_record_calls_keep_working():
     w = _maps((7, 5))
-    data = _data(to_html(w, list("abcde"), list("ABCDEFG")))
+    data = page_data(to_html(w, list("abcde"), list("ABCDEFG")))
     assert "examples" not in data and data["source"] == list("abcde")
     # A list of numbers is still weights, not examples.
-    assert _data(to_html(w.tolist()))["L"] == 7
+    assert page_data(to_html(w.tolist()))["L"] == 7
 
 
 # ---------------------------------------------------------------- a model's batch
@@ -228,18 +213,18 @@ def test_batch_examples_from_a_vqa_model():
     )  # fmt: skip
     assert [ex["title"] for ex in examples] == ["q0", "q1"]
     assert examples[0]["weights"].shape == (2, 2, 4, 16) and examples[1]["weights"].shape[2] == 2
-    data = _data(to_html(examples))
+    data = page_data(to_html(examples))
     ex0, ex1 = data["examples"]
     assert ex0["target"] == tokens[0] and ex1["target"] == tokens[1]
     assert ex0["image"]["grid"] == [4, 4] and ex0["image"]["box"] == [0, 0, 8, 8]
     assert ex1["image"]["box"] is None and ex1["image"]["patches"] == "source"
     want = torch.stack([m[1, :, :2] for m in out.maps]).numpy()  # item 1: its 2 real tokens
-    assert np.abs(_decoded(ex1) - want).max() <= float(want.max()) / 65535 * 1.01
+    assert np.abs(decode_view(ex1) - want).max() <= float(want.max()) / 65535 * 1.01
     assert (ex0["image"]["ref"], ex1["image"]["ref"]) == (0, 1)  # image rows 1 and 0
     assert data["images"][0] != data["images"][1]
     assert all(uri.startswith("data:image/png;base64,") for uri in data["images"])
     # Items about one image share its picture: it travels once.
-    same = _data(to_html(batch_examples(out.maps, tokens, images=images, image_index=[1, 1])))
+    same = page_data(to_html(batch_examples(out.maps, tokens, images=images, image_index=[1, 1])))
     assert len(same["images"]) == 1 and [ex["image"]["ref"] for ex in same["examples"]] == [0, 0]
     # Boxes measured on the original images (200 x 100 here) are scaled to the 32 x 32 shown.
     scaled = batch_examples(out.maps, tokens, images=images, boxes=[[50, 25, 100, 50], None],

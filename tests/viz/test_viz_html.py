@@ -16,6 +16,7 @@ from crossattn.cli import main as cli_main
 from crossattn.viz import Viewer, to_html, view
 from crossattn.viz._record import as_record
 from crossattn.viz.html import MiB, dequantize, quantize, script_json
+from tests.conftest import decode_view, page_data
 
 SRC = ["le", "chat", "noir", "dort", "."]
 TGT = ["the", "black", "cat", "sleeps", ".", "<eos>", "!"]
@@ -25,22 +26,6 @@ XSS = "</script><img src=x onerror=alert(1)>"
 def _softmax(shape, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.softmax(torch.randn(*shape, generator=g, dtype=torch.float64) * 2, dim=-1)
-
-
-def _data(html: str) -> dict:
-    m = re.search(r'<script type="application/json" class="ca-data">(.*?)</script>', html, re.S)
-    assert m is not None, "no data script in the page"
-    return json.loads(m.group(1))
-
-
-def _weights(data: dict) -> np.ndarray:
-    """What the page's script decodes: (layers, H, L, S) float32."""
-    raw = base64.b64decode(data["data"])
-    q = np.frombuffer(raw, dtype="<u2" if data["bits"] == 16 else np.uint8).astype(np.float64)
-    q = q.reshape(len(data["scales"]), -1) * (
-        np.asarray(data["scales"])[:, None] / ((1 << data["bits"]) - 1)
-    )
-    return q.reshape(len(data["layers"]), data["heads"], data["L"], data["S"])
 
 
 @pytest.mark.parametrize("bits", [8, 16])
@@ -62,10 +47,10 @@ def test_page_carries_the_weights_and_tokens(shape, layers, heads):
     w = _softmax(shape)
     html = to_html(w, SRC, TGT, links="0-0 1-2 2-1 4p4", predicted=[(3, 3)])
     assert html.startswith("<!DOCTYPE html>")
-    data = _data(html)
+    data = page_data(html)
     assert (len(data["layers"]), data["heads"], data["L"], data["S"]) == (layers, heads, 7, 5)
     assert data["source"] == SRC and data["target"] == TGT
-    decoded = _weights(data)
+    decoded = decode_view(data)
     expected = w.reshape(layers, heads, 7, 5).numpy()
     assert np.abs(decoded - expected).max() <= 1.0 / 65535 * 1.01  # 16 bits, max 1
     # Links in (target, source, sure) order for the page.
@@ -91,7 +76,7 @@ def test_tokens_are_escaped():
     html = to_html(_softmax((2, 5)), tokens, ["</SCRIPT>", "\"'"])
     assert XSS not in html and "</SCRIPT>" not in html and "<!--" not in html
     assert html.count("</script>") == 2  # only the two real closing tags
-    data = _data(html)
+    data = page_data(html)
     assert data["source"] == tokens and data["target"] == ["</SCRIPT>", "\"'"]
     assert "\\u003c/script\\u003e\\u003cimg" in script_json(tokens)
     # The title is escaped as HTML too.
@@ -103,10 +88,10 @@ def test_view_object_for_jupyter_and_save(tmp_path):
     assert isinstance(v, Viewer)
     frag = v._repr_html_()
     assert "<html" not in frag and 'class="ca-viewer"' in frag and "<style>" in frag
-    assert _data(frag)["source"] == SRC
+    assert page_data(frag)["source"] == SRC
     path = v.save(tmp_path / "v.html")
     text = (tmp_path / "v.html").read_text(encoding="utf-8")
-    assert path.endswith("v.html") and _data(text)["target"] == TGT
+    assert path.endswith("v.html") and page_data(text)["target"] == TGT
     assert "Viewer(layers=1, heads=1, L=7 target, S=5 source)" == repr(v)
     out = tmp_path / "p.html"
     assert to_html(_softmax((7, 5)), SRC, TGT, path=out) == out.read_text(encoding="utf-8")
@@ -114,9 +99,9 @@ def test_view_object_for_jupyter_and_save(tmp_path):
 
 def test_initial_layer_head_and_threshold():
     w = _softmax((2, 3, 7, 5))
-    data = _data(to_html(w, SRC, TGT, layer_names=["enc", "dec"], layer="dec", head=2))
+    data = page_data(to_html(w, SRC, TGT, layer_names=["enc", "dec"], layer="dec", head=2))
     assert (data["layer"], data["head"], data["threshold"]) == (1, 2, 0.1)
-    data = _data(to_html(w, SRC, TGT, layer="mean", threshold=0.25))
+    data = page_data(to_html(w, SRC, TGT, layer="mean", threshold=0.25))
     assert (data["layer"], data["head"], data["threshold"]) == (-1, -1, 0.25)
 
 
@@ -129,9 +114,9 @@ def test_large_record_is_compact():
     tokens = [f"t{i}" for i in range(1000)]
     html = to_html(w, tokens, tokens)
     assert len(html.encode()) < 40 * MiB
-    data = _data(html)
+    data = page_data(html)
     assert data["bits"] == 8
-    assert np.abs(_weights(data) - w.numpy()).max() <= w.amax().item() / 255 / 2 * 1.01
+    assert np.abs(decode_view(data) - w.numpy()).max() <= w.amax().item() / 255 / 2 * 1.01
 
 
 def test_image_record_embeds_a_png():
@@ -139,7 +124,7 @@ def test_image_record_embeds_a_png():
     g = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (24, 40, 3), generator=g, dtype=torch.uint8)
     w = torch.softmax(torch.randn(12, 3, generator=g), dim=-1)  # (L = 3 * 4 patches, S = 3)
-    data = _data(to_html(w, ["a", "red", "bird"], image=image, grid=(3, 4)))
+    data = page_data(to_html(w, ["a", "red", "bird"], image=image, grid=(3, 4)))
     assert data["target"] is None and data["image"]["grid"] == [3, 4]
     uri = data["image"]["src"]
     assert uri.startswith("data:image/png;base64,")
@@ -192,15 +177,15 @@ def _record(heads="mean", steps=1, length=7, tokens=True):
 
 def test_capture_in_place_of_weights(tmp_path):
     rec = _record(heads="all")
-    data = _data(to_html(rec, batch=1))
+    data = page_data(to_html(rec, batch=1))
     assert data["layers"] == ["first", "second"] and data["heads"] == 2
     assert data["source"] == SRC and data["target"] == TGT
     expected = torch.stack([rec.maps["first"][0][1], rec.maps["second"][0][1]])  # (2, 2, 7, 5)
-    assert np.abs(_weights(data) - expected.numpy()).max() <= 1.0 / 65535 * 1.01
+    assert np.abs(decode_view(data) - expected.numpy()).max() <= 1.0 / 65535 * 1.01
     # The saved file gives the same page data.
     path = tmp_path / "cap.safetensors"
     rec.save(path)
-    again = _data(to_html(str(path), batch=1))
+    again = page_data(to_html(str(path), batch=1))
     assert again["data"] == data["data"] and again["source"] == SRC
 
 
@@ -211,10 +196,10 @@ def test_top_k_capture_shows_its_dense_map():
     with capture.AttentionRecorder(model, top_k=2, source_tokens=SRC, target_tokens=TGT) as rec:
         with torch.no_grad():
             model(torch.randn(2, 7, 16), torch.randn(2, 5, 12))
-    data = _data(to_html(rec, batch=1))
+    data = page_data(to_html(rec, batch=1))
     dense = torch.stack([capture.to_dense(rec.maps[n][0])[1] for n in ("first", "second")])
     assert int((dense[0] > 0).sum(-1).max()) == 2  # only the top 2 keys per query survive
-    assert np.abs(_weights(data)[:, 0] - dense.numpy()).max() <= 1.0 / 65535 * 1.01
+    assert np.abs(decode_view(data)[:, 0] - dense.numpy()).max() <= 1.0 / 65535 * 1.01
 
 
 def test_capture_steps():
@@ -268,7 +253,7 @@ def test_view_command_on_a_capture(tmp_path, capsys):
     assert cli_main(["view", str(path)]) == 0
     out = tmp_path / "run.html"
     assert capsys.readouterr().out.strip() == str(out)
-    data = _data(out.read_text(encoding="utf-8"))
+    data = page_data(out.read_text(encoding="utf-8"))
     assert data["layers"] == ["first", "second"] and data["target"] == TGT
 
 
@@ -280,7 +265,7 @@ def test_view_command_on_weights_files(tmp_path, capsys, monkeypatch):
     assert cli_main(["view", str(tmp_path / "a.pt"), "--open", "--links", "0-0"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "a.html")
     assert opened == [(tmp_path / "a.html").as_uri()]
-    assert _data((tmp_path / "a.html").read_text(encoding="utf-8"))["links"] == [[0, 0, 1]]
+    assert page_data((tmp_path / "a.html").read_text(encoding="utf-8"))["links"] == [[0, 0, 1]]
 
     from safetensors.torch import save_file
 
@@ -292,7 +277,7 @@ def test_view_command_on_weights_files(tmp_path, capsys, monkeypatch):
         )
         == 0
     )
-    data = _data(out.read_text(encoding="utf-8"))
+    data = page_data(out.read_text(encoding="utf-8"))
     assert data["source"] == SRC and data["target"] == TGT
 
     assert cli_main(["view", str(tmp_path / "missing.pt")]) == 2
@@ -349,7 +334,7 @@ def test_html_argument_types():
         to_html(w, SRC, TGT, threshold="0.2")
     with pytest.raises(TypeError, match="links as a matrix must be a bool"):
         to_html(w, SRC, TGT, links=np.full((7, 5), np.nan))
-    data = _data(
+    data = page_data(
         to_html(w, SRC, TGT, threshold=np.float32(0.25), bits=np.int64(8), head=np.int8(0))
     )
     assert data["threshold"] == 0.25 and data["bits"] == 8 and data["head"] == 0
@@ -374,4 +359,4 @@ def test_html_capture_options():
         to_html(maps, SRC, TGT, batch=1.5)
     with pytest.raises(TypeError, match="layers must be a list of layer names"):
         to_html(maps, SRC, TGT, layers="first")
-    assert _data(to_html(maps, SRC, TGT, batch=np.int64(1)))["L"] == 7
+    assert page_data(to_html(maps, SRC, TGT, batch=np.int64(1)))["L"] == 7

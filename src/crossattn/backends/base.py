@@ -34,6 +34,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from .._checks import shape_text
+
 WeightsMode = Literal[False, True, "mean"]
 
 LOG2E = math.log2(math.e)
@@ -98,19 +100,17 @@ class AttentionInputs:
     def describe(self) -> str:
         """The call as errors show it: shapes, dtypes, device and options."""
         parts = [
-            f"{name} {_shape(t)} {str(t.dtype).removeprefix('torch.')}"
+            f"{name} {shape_text(t.shape)} {str(t.dtype).removeprefix('torch.')}"
             for name, t in (("query", self.query), ("key", self.key), ("value", self.value))
         ]
         if self.mask is not None:
-            parts.append(f"mask {_shape(self.mask)} {str(self.mask.dtype).removeprefix('torch.')}")
+            parts.append(
+                f"mask {shape_text(self.mask.shape)} {str(self.mask.dtype).removeprefix('torch.')}"
+            )
         parts.append(f"on {self.device}")
         options = f"return_weights={self.return_weights!r}, dropout_p={self.dropout_p:g}"
         grad = ", requires grad" if self.requires_grad else ""
         return ", ".join(parts) + f"; {options}{grad}"
-
-
-def _shape(t: Tensor) -> str:
-    return "(" + ", ".join(str(d) for d in t.shape) + ")"
 
 
 class Backend:

@@ -5,7 +5,7 @@ rank is tried first, ``None`` means "never chosen by dispatch" (it still runs wh
 Automatic dispatch (`registry.select_backend` with ``backend=None``) walks every registered
 backend in rank order, ties in registration order, and takes the first with no
 ``not_supported_reasons``. The built-in backends rank ``FIRST`` (10), ``SECOND`` (20) and
-``LAST`` (30); a backend registered with ``register_backend`` ranks ``USER`` (100, after them)
+``LAST`` (30); a backend registered with ``register_backend`` ranks ``USER_RANK`` (100, after them)
 unless it says otherwise, and one that returns less than 10 is tried before every built-in one.
 
 The built-in ranks (the measurements that set them are in ``docs/backends.md``, "The dispatch
@@ -29,10 +29,9 @@ import os
 
 import torch
 
-from .base import USER_RANK, AttentionInputs
+from .base import AttentionInputs
 
 FIRST, SECOND, LAST = 10, 20, 30
-USER = USER_RANK
 # Contexts up to this length are one key block of the chunked backend (plain softmax, no online
 # rescaling): there it beats SDPA in bfloat16 whatever the wait policy.
 MAX_SINGLE_BLOCK = 1024

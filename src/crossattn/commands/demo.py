@@ -317,6 +317,7 @@ def _links(tr, examples: list, *, swap: bool = False) -> tuple[list, list]:
     """(the model's extraction, `DEFAULT_EXTRACTION`) links of each force-decoded gold pair, as
     (source, target) sets; ``swap``: ``tr`` is target to source, its links flipped back."""
     from ..align import DEFAULT_EXTRACTION, extract_alignment
+    from ..data.pharaoh import flip_links
     from ..training import Encoded, attention_for_pairs
 
     sides = [(e.target, e.source) if swap else (e.source, e.target) for e in examples]
@@ -328,7 +329,7 @@ def _links(tr, examples: list, *, swap: bool = False) -> tuple[list, list]:
     out = []
     for config in (tr.extraction, DEFAULT_EXTRACTION):
         links = [extract_alignment(w, config, len(a), len(b)) for w, (a, b) in zip(weights, sides)]
-        out.append([{(j, i) for i, j in x} if swap else set(x) for x in links])
+        out.append([flip_links(x) if swap else set(x) for x in links])
     return out[0], out[1]
 
 

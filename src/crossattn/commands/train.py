@@ -171,14 +171,15 @@ def _refuse(problem: Any) -> None:
 
 def _model_shape(args: argparse.Namespace) -> tuple[str, dict]:
     """Where the model shape comes from (the options, or the checkpoint when resuming), and it."""
-    from ..models.checkpoint import CONFIG_FILE
+    from ..models.checkpoint import CONFIG_FILE, read_config
 
     saved = os.path.join(args.out, CONFIG_FILE)
     if args.resume and os.path.isfile(saved):
         try:
-            with open(saved, encoding="utf-8") as f:
-                model = json.load(f)["model"]
-            shape = {k: int(model[k]) for k in ("d_model", "heads", "decoder_layers", "max_len")}
+            config = read_config(args.out)
+            shape = {
+                k: getattr(config, k) for k in ("d_model", "heads", "decoder_layers", "max_len")
+            }
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise CommandError(
                 f"argument --resume: cannot read the model shape from {saved!r} "

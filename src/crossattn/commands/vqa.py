@@ -93,7 +93,7 @@ def _train(args: argparse.Namespace, start: float) -> int:
     extra: dict = {"steps": result.steps}
     if args.guided_grounding:
         grounding = "guided"
-    else:  # the smoothed mean map; each candidate's information on training questions, for reference
+    else:  # the smoothed mean; each candidate map's information on training data, for reference
         grounding = ANSWERS_ONLY_GROUNDING
         extra["map_information"] = choose_head(result.model, result.vocab, examples)[1]
     predictor = VQAPredictor(result.model, result.vocab, result.answers, grounding)

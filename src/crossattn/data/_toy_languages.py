@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
+from .._checks import nonnegative_int
 from ._toy_lexicon import _SRC_FUNCTION, _TGT_FUNCTION, _french_lexicon, _Lexicon, _Rules
 
 # Rules set after the draw. Language 9: the order of a verb-final, postpositional language with
@@ -158,7 +159,8 @@ _LEXICONS: dict[int, _Lexicon] = {}
 
 
 def _lexicon(language: int) -> _Lexicon:
-    """The words and rules of `language`, an int >= 0 its caller has checked."""
+    """The words and rules of `language`, an int >= 0 (checked here, for every caller)."""
+    language = nonnegative_int(language, "language")
     if language not in _LEXICONS:
         _LEXICONS[language] = _french_lexicon() if language == 0 else _made_up_lexicon(language)
     return _LEXICONS[language]

@@ -173,7 +173,7 @@ def write_corpus(corpus: ToyCorpus, directory: str | os.PathLike[str]) -> dict[s
 
 def vocabulary(language: int = 0) -> tuple[frozenset[str], frozenset[str]]:
     """Every word the grammar of ``language`` can produce: (source words, target words)."""
-    lex = _lexicon(_checks.nonnegative_int(language, "language"))
+    lex = _lexicon(language)
     src: set[str] = set(lex.src.values())
     tgt: set[str] = set(lex.tgt.values())
     for noun in lex.animate + lex.inanimate:
@@ -220,7 +220,7 @@ def word_classes(language: int = 0) -> dict[str, frozenset[str]]:
     ``plural_nouns``, ``adjectives_before``, ``adjectives_after`` (where the target places them),
     ``intransitive_verbs``, ``transitive_verbs`` (both verb forms).
     """
-    lex = _lexicon(_checks.nonnegative_int(language, "language"))
+    lex = _lexicon(language)
     nouns = lex.animate + lex.inanimate
     rules = lex.rules
 
@@ -244,4 +244,4 @@ def word_classes(language: int = 0) -> dict[str, frozenset[str]]:
 
 def language_rules(language: int = 0) -> dict[str, object]:
     """The target word-order rules of ``language`` (language 0: French-like), as a dict."""
-    return asdict(_lexicon(_checks.nonnegative_int(language, "language")).rules)
+    return asdict(_lexicon(language).rules)

@@ -115,7 +115,7 @@ def _record(item: Any, folder: Path, size: int | None, where: tuple, need_answer
     image, original = images[image_path]
     box = item.get("box")
     box = None if box is None else _box(box, original[0], original[1], where)
-    return VQARecord(image, original, question, answer, box, folder / image_name, where[1])
+    return VQARecord(image, original, question, answer, box, image_path, where[1])
 
 
 def read_vqa_jsonl(

@@ -240,10 +240,10 @@ class CrossAttention(nn.Module):
     def _project_context(
         self, context: Tensor, values: Tensor | None, context_mask: Tensor | None
     ) -> PreparedContext:
-        """`prepare_context` for arguments its caller has checked (`_check_context`)."""
+        """`prepare_context` for arguments its caller has checked (`_check_context`); the one
+        place a subclass changes how a context is stored (int8 storage)."""
         values = context if values is None else values
-        key = self.k_norm(self._heads(self.to_k(context), self.kv_heads)).contiguous()
-        value = self._heads(self.to_v(values), self.kv_heads).contiguous()  # (B, Hk, S, D)
+        key, value = self._keys(context), self._values(values)  # (B, Hk, S, D) each
         if context_mask is not None:
             # Zeroed once here, so that NaN padding cannot leak (see `_op_masks`).
             key, value = zero_padding(key, context_mask), zero_padding(value, context_mask)
@@ -278,12 +278,20 @@ class CrossAttention(nn.Module):
         check_features(
             "context", context, self.context_dim, "(B, S, context_dim)", like=self.to_k.weight
         )
+        return self._keys(context)
+
+    def _keys(self, context: Tensor) -> Tensor:
+        """`project_keys` for a context its caller has checked."""
         return self.k_norm(self._heads(self.to_k(context), self.kv_heads)).contiguous()
 
     def project_values(self, values: Tensor) -> Tensor:
         """Values (B, S, value_dim) -> (B, kv_heads, S, dim_head), contiguous: the values of
         `prepare_context`, without the zeroed padding."""
         check_features("values", values, self.value_dim, "(B, S, value_dim)", like=self.to_v.weight)
+        return self._values(values)
+
+    def _values(self, values: Tensor) -> Tensor:
+        """`project_values` for values their caller has checked."""
         return self._heads(self.to_v(values), self.kv_heads).contiguous()
 
     def _heads(self, projected: Tensor, heads: int) -> Tensor:
@@ -333,10 +341,8 @@ class CrossAttention(nn.Module):
             what = " (a PreparedContext: keys (B, heads, S, dim_head))"
             hint = "prepare it from", f"prepare_context's {names.mask}"
         else:
-            if names is not LAYER_NAMES:  # errors in the caller's words first
-                self._check_context(context, values, context_mask, names)
-            # through `prepare_context`, which a subclass may extend (int8 storage)
-            prepared = self.prepare_context(context, values, context_mask)
+            self._check_context(context, values, context_mask, names)  # in the caller's words
+            prepared = self._project_context(context, values, context_mask)
             shape, what, hint = context.shape, "", ("pass", names.mask)
         if prepared.batch_size != batch:
             raise ValueError(

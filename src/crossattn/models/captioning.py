@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from .. import _checks
 from ..layers.transformer import TransformerDecoderLayer
 from .seq2seq import sinusoidal_positions
-from .vqa import VQAConfig, _PatchEncoder
+from .vqa import STEMS, VQAConfig, _PatchEncoder
 
 __all__ = ["CaptionConfig", "CaptionModel", "CaptionOutput"]
 
@@ -33,7 +33,7 @@ __all__ = ["CaptionConfig", "CaptionModel", "CaptionOutput"]
 _RULES: dict[str, Any] = {
     **dict.fromkeys(("image_layers", "pad_id", "bos_id", "eos_id"), _checks.nonnegative_int),
     "dropout": _checks.probability,
-    "stem": lambda value, name: _checks.choice(value, name, ("linear", "conv", "cnn")),
+    "stem": lambda value, name: _checks.choice(value, name, STEMS),
 }
 
 
@@ -48,7 +48,7 @@ class CaptionConfig:
     # the image encoder (the VQA model's): patches of a grid x grid split
     image_size: int = 64
     grid: int = 8
-    stem: Literal["linear", "conv", "cnn"] = "linear"
+    stem: Literal["linear", "conv", "cnn", "wide"] = "linear"
     image_layers: int = 1
     # the caption decoder
     decoder_layers: int = 2
@@ -136,11 +136,7 @@ class CaptionModel(nn.Module):
                 f"tokens must be (B={batch}, T) with 1 <= T <= max_len={c.max_len}, got "
                 f"{_checks.shape_text(tokens.shape)}"
             )
-        if tokens.min() < 0 or tokens.max() >= c.vocab_size:
-            raise ValueError(
-                f"tokens must be ids in [0, {c.vocab_size}), got values in "
-                f"[{int(tokens.min())}, {int(tokens.max())}]"
-            )
+        _checks.token_ids(tokens, c.vocab_size, "tokens")
         return tokens
 
     def encode(self, images: Tensor) -> Tensor:

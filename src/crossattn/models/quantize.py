@@ -60,9 +60,9 @@ class Int8ContextAttention(CrossAttention):
     and values; its backend is the int8 one.
     """
 
-    def prepare_context(self, context, values=None, context_mask=None) -> PreparedContext:  # noqa: ANN001
-        """As `CrossAttention.prepare_context`, with the keys and values quantised to int8."""
-        return quantize_context(super().prepare_context(context, values, context_mask))
+    def _project_context(self, context, values, context_mask) -> PreparedContext:  # noqa: ANN001
+        """As `CrossAttention._project_context`, with the keys and values quantised to int8."""
+        return quantize_context(super()._project_context(context, values, context_mask))
 
 
 def prepared_nbytes(contexts: Iterable[PreparedContext]) -> int:

@@ -177,15 +177,7 @@ class Seq2SeqTransformer(nn.Module):
                 f"{getattr(ids, 'dtype', type(ids).__name__)} {tuple(getattr(ids, 'shape', ()))}"
             )
         length = ids.shape[1]
-        # Checked on the CPU, where it costs nothing; on an accelerator the embedding kernel
-        # asserts the range itself, and reading it here would wait for the device every step.
-        if ids.device.type == "cpu" and ids.numel() and not torch.compiler.is_compiling():
-            low, high = (int(x) for x in torch.aminmax(ids))
-            if low < 0 or high >= table.num_embeddings:
-                raise ValueError(
-                    f"{name} holds ids from {low} to {high}; this vocabulary has ids "
-                    f"0..{table.num_embeddings - 1}"
-                )
+        _checks.token_ids(ids, table.num_embeddings, name)
         if offset + length > self.config.max_len:
             raise ValueError(
                 f"{name} reaches position {offset + length} but the model's max_len is "

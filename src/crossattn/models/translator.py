@@ -357,9 +357,7 @@ class Translator:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             ids, mask = self._source([src_enc[i] for i in idx])
-            tgt_ids = torch.zeros(len(idx), max(len(tgt_enc[i]) for i in idx), dtype=torch.long)
-            for r, i in enumerate(idx):
-                tgt_ids[r, : len(tgt_enc[i])] = torch.tensor(tgt_enc[i].ids, dtype=torch.long)
+            tgt_ids = pad_ids([tgt_enc[i].ids for i in idx])  # (B, T), 0 = <pad>
             lengths = torch.tensor([len(tgt_enc[i]) for i in idx])
             maps, log_probs = force_decode(self.model, ids, mask, tgt_ids.to(self.device), lengths)
             scores = log_probs.tolist()

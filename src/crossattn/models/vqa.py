@@ -35,11 +35,13 @@ from .seq2seq import sinusoidal_positions
 __all__ = ["VQAConfig", "VQAModel", "VQAOutput", "patch_positions"]
 
 
+STEMS = ("linear", "conv", "cnn", "wide")  # the patch stems, `VQAConfig.stem` (and captioning's)
+
 # the rule of each field that is not a positive int
 _RULES: dict[str, Any] = {
     **dict.fromkeys(("text_layers", "image_layers", "pad_id"), _checks.nonnegative_int),
     "dropout": _checks.probability,
-    "stem": lambda value, name: _checks.choice(value, name, ("linear", "conv", "cnn", "wide")),
+    "stem": lambda value, name: _checks.choice(value, name, STEMS),
     "readout": lambda value, name: _checks.choice(value, name, ("query", "mean")),
     "values": lambda value, name: _checks.choice(value, name, ("stem", "patch", "wide")),
 }
@@ -152,11 +154,27 @@ class _WideStem(nn.Module):
         for k in range(steps):
             layers += [nn.Conv2d(channels[k], channels[k + 1], 3, stride=2, padding=1), nn.GELU()]
         self.convs = nn.Sequential(*layers, nn.Conv2d(d_model, d_model, 3, padding=1))
-        self.patchify = nn.Conv2d(3, d_model, kernel_size=patch, stride=patch)
+        self.patchify = _stem("linear", d_model, patch)
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, d_model, H / patch, W / patch)."""
         return self.convs(images) + self.patchify(images)
+
+
+def _stem(kind: str, d_model: int, patch: int) -> nn.Module:
+    """The stem named ``kind`` (a `VQAConfig.stem`): images (B, 3, H, W) -> (B, d_model, grid,
+    grid)."""
+    if kind == "linear":
+        return nn.Conv2d(3, d_model, kernel_size=patch, stride=patch)  # = patchify
+    if kind == "cnn":
+        return _cnn_stem(d_model, patch)
+    if kind == "wide":
+        return _WideStem(d_model, patch)
+    return nn.Sequential(  # "conv"
+        nn.Conv2d(3, d_model // 2, 3, padding=1),
+        nn.GELU(),
+        nn.Conv2d(d_model // 2, d_model, kernel_size=patch, stride=patch),
+    )
 
 
 class _PatchEncoder(nn.Module):
@@ -168,36 +186,24 @@ class _PatchEncoder(nn.Module):
     def __init__(self, c: VQAConfig):
         super().__init__()
         self.grid, patch = c.grid, c.image_size // c.grid
-        if c.stem == "linear":
-            self.stem = nn.Conv2d(3, c.d_model, kernel_size=patch, stride=patch)  # = patchify
-        elif c.stem == "cnn":
-            self.stem = _cnn_stem(c.d_model, patch)
-        elif c.stem == "wide":
-            self.stem = _WideStem(c.d_model, patch)
-        else:
-            self.stem = nn.Sequential(
-                nn.Conv2d(3, c.d_model // 2, 3, padding=1),
-                nn.GELU(),
-                nn.Conv2d(c.d_model // 2, c.d_model, kernel_size=patch, stride=patch),
-            )
+        self.stem = _stem(c.stem, c.d_model, patch)
         self.register_buffer("positions", patch_positions(c.grid, c.d_model), persistent=False)
         self.layers = nn.ModuleList(
             TransformerEncoderLayer(c.d_model, heads=c.heads, dim_ff=c.dim_ff, dropout=c.dropout)
             for _ in range(c.image_layers)
         )
-        if c.values == "patch":
-            self.value_stem = nn.Conv2d(3, c.d_model, kernel_size=patch, stride=patch)
-        elif c.values == "wide":
-            self.value_stem = _WideStem(c.d_model, patch)
+        value_stem = {"stem": None, "patch": "linear", "wide": "wide"}[c.values]
+        self.value_stem = None if value_stem is None else _stem(value_stem, c.d_model, patch)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        feats = self.stem(images - 0.5)  # (B, d, grid, grid)
+        images = images - 0.5
+        feats = self.stem(images)  # (B, d, grid, grid)
         patches = feats.flatten(2).transpose(1, 2) + self.positions  # (B, P, d)
         for layer in self.layers:
             patches = layer(patches)
-        if not hasattr(self, "value_stem"):
+        if self.value_stem is None:
             return patches, None
-        values = self.value_stem(images - 0.5).flatten(2).transpose(1, 2) + self.positions
+        values = self.value_stem(images).flatten(2).transpose(1, 2) + self.positions
         return patches, values
 
 

@@ -32,6 +32,7 @@ from .. import _checks
 from ..data.toy_scenes import COLOURS, SHAPES, SIZES, Scene
 from ..grounding import grounding_report
 from ..models.captioning import CaptionConfig, CaptionModel
+from ..models.vocab import pad_ids
 
 __all__ = [
     "CaptionTensors",
@@ -76,13 +77,9 @@ def caption_tensors(scenes: Sequence[Scene], vocab: Sequence[str]) -> CaptionTen
     """The images and teacher-forcing tokens of ``scenes``' captions (see `CaptionTensors`)."""
     scenes = _check_scenes(scenes)
     index = {w: i for i, w in enumerate(vocab)}
-    t = max(len(s.caption) for s in scenes) + 1
-    inputs = torch.zeros(len(scenes), t, dtype=torch.long)
-    targets = torch.zeros(len(scenes), t, dtype=torch.long)
-    for n, s in enumerate(scenes):
-        ids = [index[w] for w in s.caption]
-        inputs[n, : len(ids) + 1] = torch.tensor([index["<bos>"], *ids])
-        targets[n, : len(ids) + 1] = torch.tensor([*ids, index["<eos>"]])
+    captions = [[index[w] for w in s.caption] for s in scenes]
+    inputs = pad_ids([[index["<bos>"], *ids] for ids in captions], pad_id=index["<pad>"])
+    targets = pad_ids([[*ids, index["<eos>"]] for ids in captions], pad_id=index["<pad>"])
     images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2)
     return CaptionTensors(images.float() / 255.0, inputs, targets)
 

@@ -68,12 +68,13 @@ def make_optimizer(model: Seq2SeqTransformer, opts: TrainOptions) -> torch.optim
     )  # fmt: skip
 
 
-def lr_factor(step: int, progress: float, opts: TrainOptions) -> float:
-    """The learning rate of ``step`` over ``opts.lr``: linear warm-up, then cosine decay to
-    ``min_lr_ratio`` as ``progress`` (the share of the run done, 0..1) goes to 1."""
-    warm = min(1.0, (step + 1) / max(1, opts.warmup))
+def lr_factor(step: int, progress: float, warmup: int, min_ratio: float) -> float:
+    """The learning rate of ``step`` over the peak one: linear warm-up over ``warmup`` steps,
+    then cosine decay to ``min_ratio`` as ``progress`` (the share of the run done, 0..1) goes to
+    1 (``min_ratio=1``: none)."""
+    warm = min(1.0, (step + 1) / max(1, warmup))
     cos = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return warm * (opts.min_lr_ratio + (1.0 - opts.min_lr_ratio) * cos)
+    return warm * (min_ratio + (1.0 - min_ratio) * cos)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -224,7 +225,7 @@ def optimisation_step(run: Run, step: int, progress: float) -> tuple[float, int]
     loss per token of those rows, source + target tokens of the whole batch)."""
     opts, dist, model, optimizer = run.opts, run.dist, run.model, run.optimizer
     for group in optimizer.param_groups:
-        group["lr"] = opts.lr * lr_factor(step, progress, opts)
+        group["lr"] = opts.lr * lr_factor(step, progress, opts.warmup, opts.min_lr_ratio)
     full = collate([run.train_set[i] for i in run.batch_at(step)], run.with_align)
     norm = batch_norm(full)
     part = full.rows(slice(dist.rank, None, dist.world)).to(dist.device)

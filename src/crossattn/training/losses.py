@@ -28,12 +28,22 @@ class LossParts:
 def _token_counts(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(summed cross-entropy without smoothing, correct next-token predictions, valid target
     positions (B, T) bool) of ``logits`` (B, T, V) against ``target`` (B, T)."""
-    valid = target != PAD_ID
-    nll = torch.nn.functional.cross_entropy(
-        logits.transpose(1, 2), target, ignore_index=PAD_ID, reduction="sum"
-    )
-    correct = ((logits.argmax(-1) == target) & valid).sum()
+    nll, _, correct, valid = _token_losses(logits.log_softmax(-1), logits, target)
     return nll, correct, valid
+
+
+def _token_losses(
+    logp: Tensor, logits: Tensor, target: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """From one log-softmax ``logp`` (B, T, V): the summed negative log-likelihood of
+    ``target`` (B, T), the summed mean negative log-probability over the vocabulary (label
+    smoothing's term), correct predictions and the valid positions, padding excluded."""
+    valid = target != PAD_ID
+    zero = logp.new_zeros(())
+    nll = -torch.where(valid, logp.gather(-1, target.unsqueeze(-1)).squeeze(-1), zero).sum()
+    uniform = -torch.where(valid, logp.mean(-1), zero).sum()  # padding selected out, not scaled
+    correct = ((logits.argmax(-1) == target) & valid).sum()
+    return nll, uniform, correct, valid
 
 
 def _add_attention_losses(
@@ -81,17 +91,15 @@ def batch_loss(
         batch.source, batch.source_mask, batch.target_in, attention_layers=[layer] if want else ()
     )
     logits = out.logits.float()  # (B, T, V)
-    ce = torch.nn.functional.cross_entropy(
-        logits.transpose(1, 2), batch.target_out, ignore_index=PAD_ID,
-        label_smoothing=opts.label_smoothing, reduction="sum",
-    )  # fmt: skip
-    total = ce / norm["tokens"]
-    with torch.no_grad():
-        nll, correct, valid = _token_counts(logits, batch.target_out)
+    # one log-softmax for the loss and the counts: cross-entropy with label smoothing is
+    # (1 - eps) * nll + eps * (the mean negative log-probability over the vocabulary)
+    nll, uniform, correct, valid = _token_losses(logits.log_softmax(-1), logits, batch.target_out)
+    eps = opts.label_smoothing
+    total = ((1.0 - eps) * nll + eps * uniform if eps else nll) / norm["tokens"]
     if want:
         weights = out.cross_weights[layer]  # (B, H, T, S)
         total = _add_attention_losses(total, weights, batch, valid, opts, norm)
-    return LossParts(total, float(nll), int(valid.sum()), int(correct))
+    return LossParts(total, float(nll.detach()), int(valid.sum()), int(correct))
 
 
 @torch.no_grad()
