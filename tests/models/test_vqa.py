@@ -12,23 +12,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from crossattn.data.toy_scenes import generate_scenes
 from crossattn.data.vqa import VQARecord, write_vqa_jsonl
 from crossattn.grounding import pointing_game
+from crossattn.models.seq2seq import sinusoidal_positions
 from crossattn.models.vqa import VQAConfig, VQAModel, patch_positions
 from crossattn.training.vqa import (
     VQAOptions,
     VQAPredictor,
     _learning_rate,
+    _loss,
     box_share,
     choose_head,
+    encode_questions,
     examples_from_records,
     examples_from_scenes,
     grounding_map,
     load_vqa,
     map_information,
     pointable_target,
+    question_images,
     save_vqa,
     score,
     smooth_grid,
@@ -91,7 +96,7 @@ def test_patch_values_hold_only_their_own_pixels():
     config = VQAConfig(vocab_size=10, n_answers=3, stem="wide", values="patch", **SMALL)
     model = VQAModel(config).eval()
     images = torch.rand(1, 3, 64, 64, requires_grad=True)
-    keys, values = model.patches(images)
+    keys, values, _ = model.patches(images)
     assert keys.shape == values.shape == (1, 64, 32)
     values[0, 8 * 2 + 5].pow(2).sum().backward()  # row 2, column 5
     ys, xs = (images.grad.abs().sum((0, 1)) > 0).nonzero(as_tuple=True)
@@ -108,7 +113,7 @@ def test_wide_values_with_linear_keys():
                        image_layers=0, **SMALL)  # fmt: skip
     model = VQAModel(config).eval()
     images = torch.rand(1, 3, 64, 64, requires_grad=True)
-    keys, values = model.patches(images)
+    keys, values, _ = model.patches(images)
     keys[0, 8 * 2 + 5].pow(2).sum().backward(retain_graph=True)  # a key: its own patch only
     ys, xs = (images.grad.abs().sum((0, 1)) > 0).nonzero(as_tuple=True)
     assert (ys.min(), ys.max(), xs.min(), xs.max()) == (16, 23, 40, 47)
@@ -121,6 +126,82 @@ def test_wide_values_with_linear_keys():
     out = model(images.detach(), ids, ids != 0, return_maps=True)
     torch.testing.assert_close(plain.logits, out.logits)
     torch.testing.assert_close(out.maps[0].sum(-1), torch.ones(1, 4, 3))
+
+
+def test_local_heads_key_on_their_own_patch_and_stack_after_the_stem_heads():
+    torch.manual_seed(0)
+    config = VQAConfig(vocab_size=10, n_answers=3, stem="wide", values="wide", readout="mean",
+                       image_layers=0, local_heads=1, **SMALL)  # fmt: skip
+    model = VQAModel(config).eval()
+    images = torch.rand(1, 3, 64, 64, requires_grad=True)
+    feats = model.patches(images)
+    feats.local[0, 8 * 2 + 5].pow(2).sum().backward()  # a local key: its own patch only
+    ys, xs = (images.grad.abs().sum((0, 1)) > 0).nonzero(as_tuple=True)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (16, 23, 40, 47)
+    ids = torch.tensor([[4, 5, 6]])
+    out = model(images.detach(), ids, ids != 0, return_maps=True)
+    block = model.cross[0]
+    assert (block.attn_question_to_image.heads, block.attn_local.heads) == (3, 1)
+    assert out.maps[0].shape == (1, 4, 3, 64) and out.centre_logits is None
+    torch.testing.assert_close(out.maps[0].sum(-1), torch.ones(1, 4, 3))
+    with torch.no_grad():  # the last head is the local one: it follows the local keys alone
+        feats = model.patches(images.detach())
+        q = block.norm_q(_question_tokens(model, ids))
+        _, local = block.attn_local(q, block.norm_local(feats.local), block.norm_values(
+            feats.values), return_weights=True)  # fmt: skip
+    torch.testing.assert_close(out.maps[0][:, 3:], local)
+    torch.testing.assert_close(model(images.detach(), ids, ids != 0).logits, out.logits)
+
+
+def _question_tokens(model, ids):
+    """The question tokens the first cross layer reads (readout "mean")."""
+    tokens = model.embed(ids) + sinusoidal_positions(ids.shape[1], model.config.d_model)
+    for layer in model.text_layers:
+        tokens = layer(tokens, token_mask=ids != 0)
+    return tokens
+
+
+@pytest.mark.parametrize("local_heads", [2, 3])
+def test_centre_answer_reads_the_patch_centres_through_the_stem_heads(local_heads):
+    torch.manual_seed(0)
+    config = VQAConfig(vocab_size=10, n_answers=3, stem="wide", values="wide", readout="mean",
+                       image_layers=0, local_heads=local_heads, centre_answer=4,
+                       **SMALL)  # fmt: skip
+    model = VQAModel(config).eval()
+    images = torch.arange(2 * 3 * 64 * 64, dtype=torch.float32).reshape(2, 3, 64, 64)
+    cells = model.centre_answer.centres(images)  # (B, P, 3 * 4 * 4)
+    assert cells.shape == (2, 64, 48)
+    want = images[1, :, 8 * 2 + 2 : 8 * 2 + 6, 8 * 5 + 2 : 8 * 5 + 6].reshape(-1)  # patch (2, 5)
+    torch.testing.assert_close(cells[1, 8 * 2 + 5], want)
+    ids = torch.tensor([[4, 5, 6], [7, 8, 0]])
+    images = torch.rand(2, 3, 64, 64)
+    out = model(images, ids, ids != 0, return_maps=True)
+    keep = (ids != 0).unsqueeze(-1).float()
+    stem_maps = out.maps[0][:, : 4 - local_heads]
+    centre = model.centre_answer(images - 0.5, model.patches.positions, stem_maps, keep)
+    torch.testing.assert_close(out.centre_logits, centre)
+    assert out.centre_logits.shape == (2, 3)
+    plain = model(images, ids, ids != 0)  # computed without return_maps too
+    torch.testing.assert_close(plain.centre_logits, out.centre_logits)
+    assert plain.maps is None
+
+
+def test_centre_answer_loss_adds_with_its_weight():
+    train = examples_from_scenes(generate_scenes(8, seed=0))
+    config = {**SMALL, "stem": "wide", "local_heads": 2, "centre_answer": 4}
+    result = train_vqa(train, VQAOptions(seconds=1e9, max_steps=1, batch_size=4, config=config))
+    model = result.model
+    assert model.config.centre_answer == 4
+    ids, mask = encode_questions(result.vocab, train.questions)
+    labels = torch.tensor([result.answers.index(a) for a in train.answers])
+    rows = torch.arange(4)
+    with torch.no_grad():
+        losses = [_loss(model, train, rows, ids, mask, labels, VQAOptions(centre_weight=w))
+                  for w in (0.0, 2.0)]  # fmt: skip
+        out = model(question_images(train, rows), ids[rows], mask[rows])
+    torch.testing.assert_close(losses[0], F.cross_entropy(out.logits, labels[rows]))
+    centre = F.cross_entropy(out.centre_logits, labels[rows])
+    torch.testing.assert_close(losses[1] - losses[0], 2.0 * centre)
 
 
 def test_patch_positions_distinct():
@@ -143,6 +224,13 @@ def test_patch_positions_distinct():
         ({"stem": "wide", "grid": 5, "image_size": 60}, "stem='wide' needs"),
         ({"values": "wide", "grid": 5, "image_size": 60}, "values='wide' needs"),
         ({"readout": "query", "text_layers": 0}, "text_layers"),
+        ({"local_heads": 4}, "local_heads=4 must be < heads=4: at least one head keys on the stem"),
+        (
+            {"local_heads": 1, "centre_answer": 4},
+            r"\(heads - local_heads = 3\) to divide d_model=32",
+        ),
+        ({"centre_answer": 9}, "at most a patch's side"),
+        ({"centre_answer": -1}, "centre_answer"),
     ],
 )
 def test_config_errors(kwargs, match):
@@ -196,6 +284,20 @@ def test_smooth_grid_hand_computed():
     assert int(ring.argmax()) != 12 and int(smooth_grid(ring).argmax()) == 12
     with pytest.raises(ValueError, match="square grid"):
         smooth_grid(torch.rand(2, 10))
+    # radius 2 on a 5 x 5 grid, mass in the centre: the 5 x 5 binomial kernel itself
+    one = torch.zeros(1, 25)
+    one[0, 12] = 1.0
+    row = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
+    torch.testing.assert_close(smooth_grid(one, 2), (row[:, None] * row / 256).reshape(1, 25))
+    maps, mask = [torch.softmax(torch.randn(3, 2, 4, 25), -1)], torch.ones(3, 4, dtype=torch.bool)
+    mean = grounding_map(maps, mask, "mean")
+    torch.testing.assert_close(grounding_map(maps, mask, "smoothed:2"), smooth_grid(mean, 2))
+    torch.testing.assert_close(grounding_map(maps, mask, "smoothed"), smooth_grid(mean, 1))
+    for bad in ("smoothed:0", "smoothed:x", "smoothed:"):
+        with pytest.raises(ValueError, match="grounding choice must be"):
+            grounding_map(maps, mask, bad)
+    with pytest.raises(ValueError, match="radius"):
+        smooth_grid(one, 0)
 
 
 def test_map_information_hand_computed():
@@ -286,14 +388,25 @@ def test_callback_sees_every_step():
     assert seen == [1, 2, 3] and result.steps == 3
 
 
+def test_a_run_bounded_by_steps_alone_shows_progress():
+    # seconds=inf is a valid option: the progress bar then has no end time, and steps stop the run
+    train = examples_from_scenes(generate_scenes(8, seed=0))
+    options = VQAOptions(seconds=math.inf, max_steps=21, batch_size=4, config=SMALL)
+    assert train_vqa(train, options, progress=True).steps == 21
+
+
 @pytest.mark.parametrize(
     "guided, config, want",
     [
         # answers only: every token looks, keys see their own pixels, values the surroundings
-        (False, SMALL, ("mean", 0, "linear", "wide")),
-        (True, SMALL, ("query", 1, "wide", "stem")),  # guided: patches see the object's outline
-        (False, {**SMALL, "readout": "query", "values": "stem"}, ("query", 0, "linear", "stem")),
-        (True, {**SMALL, "stem": "cnn"}, ("query", 1, "cnn", "stem")),  # asked for
+        (False, SMALL, ("mean", 0, "linear", "wide", 0, 0)),
+        (True, SMALL, ("query", 1, "wide", "stem", 0, 0)),  # guided: patches see the outline
+        (
+            False,
+            {**SMALL, "readout": "query", "values": "stem", "local_heads": 2},
+            ("query", 0, "linear", "stem", 2, 0),
+        ),
+        (True, {**SMALL, "stem": "cnn"}, ("query", 1, "cnn", "stem", 0, 0)),  # asked for
     ],
 )
 def test_answers_only_runs_default_to_their_own_config(guided, config, want):
@@ -301,7 +414,8 @@ def test_answers_only_runs_default_to_their_own_config(guided, config, want):
     options = VQAOptions(seconds=1e9, max_steps=1, batch_size=4, guided_grounding=guided,
                          config=config)  # fmt: skip
     got = train_vqa(train, options).model.config
-    assert (got.readout, got.image_layers, got.stem, got.values) == want
+    assert (got.readout, got.image_layers, got.stem, got.values, got.local_heads,
+            got.centre_answer) == want  # fmt: skip
     assert (got.d_model, got.dim_ff) == (SMALL["d_model"], SMALL["dim_ff"])
 
 
@@ -326,14 +440,20 @@ def test_runs_side_by_side_in_threads_match_runs_one_after_the_other():
             torch.testing.assert_close(other[name], one[name], rtol=0, atol=0)
 
 
-def test_save_load_round_trip(tmp_path):
+@pytest.mark.parametrize(
+    "config, grounding",
+    [(SMALL, "guided"), ({**SMALL, "stem": "wide", "local_heads": 2, "centre_answer": 2},
+                         "smoothed:2")],
+)  # fmt: skip
+def test_save_load_round_trip(tmp_path, config, grounding):
     train = examples_from_scenes(generate_scenes(8, seed=0))
-    result = train_vqa(train, VQAOptions(seconds=0.0, config=SMALL))
+    result = train_vqa(train, VQAOptions(seconds=0.0, config=config))
     assert result.steps == 1
-    predictor = VQAPredictor(result.model, result.vocab, result.answers, "guided")
+    predictor = VQAPredictor(result.model, result.vocab, result.answers, grounding)
     save_vqa(tmp_path / "m", predictor, {"steps": 1})
     loaded = load_vqa(tmp_path / "m")
-    assert loaded.answers == predictor.answers and loaded.grounding == "guided"
+    assert loaded.answers == predictor.answers and loaded.grounding == grounding
+    assert loaded.model.config == predictor.model.config
     assert loaded.predict(train) == predictor.predict(train)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.safetensors", "vqa.json"]
     with pytest.raises(FileNotFoundError, match="is missing"):
@@ -419,3 +539,5 @@ def test_vqa_options_follow_the_argument_rules():
         VQAOptions(seconds=float("nan"))
     with pytest.raises(TypeError, match=r"VQAOptions.guided_grounding must be a bool, got 1"):
         VQAOptions(guided_grounding=1)
+    with pytest.raises(ValueError, match=r"VQAOptions.centre_weight must be"):
+        VQAOptions(centre_weight=-1.0)

@@ -12,6 +12,14 @@ mean. The cross-attention maps ``(B, heads, T', P)`` over the ``P = grid * grid`
 return value (``return_maps=True``), from the same call that computes the answer, with
 ``map_mask`` ``(B, T')`` saying which rows are real tokens (``T' = 1`` for ``"query"``).
 
+Two options shape where a model trained on answers alone looks. ``local_heads`` heads of every
+cross layer key on a linear patchify of their own patch (colours, where a patch is), the other
+heads on the ``stem`` features (an object's shape, seen from around it); the maps come back with
+the ``stem``-keyed heads first. ``centre_answer = k`` adds a second answer head that reads, through
+the last layer's ``stem``-keyed heads, only the centre k x k pixels of each patch: trained on the
+same answers, it is right only when those heads look at the patches whose middle lies on the
+object, which is where the pointing game looks (`VQAOutput.centre_logits`).
+
 Shapes: images (B, 3, H, W) float in [0, 1] with H = W = ``image_size``; question_ids (B, T) long;
 question_mask (B, T) bool, True = a real token. Patch ``p`` is row ``p // grid``, column
 ``p % grid`` of the image.
@@ -39,7 +47,10 @@ STEMS = ("linear", "conv", "cnn", "wide")  # the patch stems, `VQAConfig.stem` (
 
 # the rule of each field that is not a positive int
 _RULES: dict[str, Any] = {
-    **dict.fromkeys(("text_layers", "image_layers", "pad_id"), _checks.nonnegative_int),
+    **dict.fromkeys(
+        ("text_layers", "image_layers", "pad_id", "local_heads", "centre_answer"),
+        _checks.nonnegative_int,
+    ),
     "dropout": _checks.probability,
     "stem": lambda value, name: _checks.choice(value, name, STEMS),
     "readout": lambda value, name: _checks.choice(value, name, ("query", "mean")),
@@ -67,6 +78,11 @@ class VQAConfig:
     text_layers: int = 1
     cross_layers: int = 1
     readout: Literal["query", "mean"] = "query"
+    # heads keyed on a linear patchify of their own patch (the others key on `stem`), and the side
+    # in pixels of the patch centres an auxiliary answer reads through the last layer's
+    # `stem`-keyed heads (0: no auxiliary answer); see the module docstring
+    local_heads: int = 0
+    centre_answer: int = 0
     # every layer
     d_model: int = 64
     heads: int = 4
@@ -90,6 +106,14 @@ class VQAConfig:
         if self.readout == "query" and self.text_layers < 1:
             raise ValueError("readout='query' needs text_layers >= 1 for the query to read the "
                              f"question, got text_layers={self.text_layers}")  # fmt: skip
+        if self.local_heads >= self.heads:
+            raise ValueError(f"local_heads={self.local_heads} must be < heads={self.heads}: at "
+                             "least one head keys on the stem")  # fmt: skip
+        stem_heads = self.heads - self.local_heads
+        if self.centre_answer and (self.d_model % stem_heads or self.centre_answer > patch):
+            raise ValueError(f"centre_answer={self.centre_answer} needs the heads keyed on the "
+                             f"stem (heads - local_heads = {stem_heads}) to divide d_model="
+                             f"{self.d_model}, and at most a patch's side ({patch} pixels)")  # fmt: skip
         if self.pad_id >= self.vocab_size:
             raise ValueError(f"pad_id={self.pad_id} must be < vocab_size={self.vocab_size}")
 
@@ -104,11 +128,13 @@ class VQAConfig:
 class VQAOutput(NamedTuple):
     """logits (B, n_answers); maps: one (B, heads, T', P) per cross layer, or None; map_mask
     (B, T') bool, True where a row of the maps is a real token (the question mask for readout
-    "mean", one True column for readout "query")."""
+    "mean", one True column for readout "query"); centre_logits (B, n_answers): the auxiliary
+    answer of ``centre_answer``, None without it."""
 
     logits: Tensor
     maps: list[Tensor] | None
     map_mask: Tensor
+    centre_logits: Tensor | None = None  # (B, n_answers) from the patch centres (centre_answer)
 
 
 def patch_positions(grid: int, dim: int) -> Tensor:
@@ -177,11 +203,21 @@ def _stem(kind: str, d_model: int, patch: int) -> nn.Module:
     )
 
 
+class PatchFeatures(NamedTuple):
+    """What `_PatchEncoder` gives the cross-attention, each (B, P, d_model) with the patch
+    positions added: keys (the ``stem`` features, after the image layers), values (None for
+    ``values="stem"``: the keys serve) and the local heads' keys (None without local heads)."""
+
+    keys: Tensor
+    values: Tensor | None
+    local: Tensor | None
+
+
 class _PatchEncoder(nn.Module):
-    """Images (B, 3, H, W) -> patch features (B, P, d_model) with positions and self-attention
-    (the keys, and the values for ``values="stem"``), and value features (B, P, d_model) with
-    positions from a stem of their own for ``values="patch"`` (a linear patchify: each value
-    holds only its patch's pixels) or ``"wide"`` (`_WideStem`); None for ``"stem"``."""
+    """Images (B, 3, H, W) -> `PatchFeatures`: patch features with positions and self-attention
+    (the keys, and the values for ``values="stem"``), value features with positions from a stem
+    of their own for ``values="patch"`` (a linear patchify: each value holds only its patch's
+    pixels) or ``"wide"`` (`_WideStem`), and a linear patchify for the ``local_heads``' keys."""
 
     def __init__(self, c: VQAConfig):
         super().__init__()
@@ -194,43 +230,99 @@ class _PatchEncoder(nn.Module):
         )
         value_stem = {"stem": None, "patch": "linear", "wide": "wide"}[c.values]
         self.value_stem = None if value_stem is None else _stem(value_stem, c.d_model, patch)
+        self.local_stem = _stem("linear", c.d_model, patch) if c.local_heads else None
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _own(self, stem: nn.Module | None, images: Tensor) -> Tensor | None:
+        """A stem's features (B, P, d_model) with the positions; None for no stem."""
+        if stem is None:
+            return None
+        return stem(images).flatten(2).transpose(1, 2) + self.positions
+
+    def forward(self, images: Tensor) -> PatchFeatures:
         images = images - 0.5
-        feats = self.stem(images)  # (B, d, grid, grid)
-        patches = feats.flatten(2).transpose(1, 2) + self.positions  # (B, P, d)
+        patches = self._own(self.stem, images)  # (B, P, d)
         for layer in self.layers:
             patches = layer(patches)
-        if self.value_stem is None:
-            return patches, None
-        values = self.value_stem(images).flatten(2).transpose(1, 2) + self.positions
-        return patches, values
+        return PatchFeatures(
+            patches, self._own(self.value_stem, images), self._own(self.local_stem, images)
+        )
 
 
 class _CrossBlock(nn.Module):
-    """Pre-norm: tokens + CrossAttention(norm(tokens), norm(patches)); tokens + FFN(norm(tokens))."""
+    """Pre-norm: tokens + CrossAttention(norm(tokens), norm(patches)); tokens + FFN(norm(tokens)).
+    With local heads, two attentions share the queries and the values: ``heads - local_heads``
+    heads key on the patch features, ``local_heads`` on the local patchify; their outputs add up
+    (as one output projection over all heads would) and their maps stack, stem heads first."""
 
     def __init__(self, c: VQAConfig):
         super().__init__()
+        dim_head, stem_heads = c.d_model // c.heads, c.heads - c.local_heads
         self.norm_q = nn.LayerNorm(c.d_model)
         self.norm_ctx = nn.LayerNorm(c.d_model)
         self.norm_values = None if c.values == "stem" else nn.LayerNorm(c.d_model)
         self.attn_question_to_image = CrossAttention(
-            c.d_model, heads=c.heads, dim_head=c.d_model // c.heads, dropout=c.dropout
+            c.d_model, heads=stem_heads, dim_head=dim_head, dropout=c.dropout
         )
+        self.norm_local = nn.LayerNorm(c.d_model) if c.local_heads else None
+        self.attn_local = None if not c.local_heads else CrossAttention(
+            c.d_model, heads=c.local_heads, dim_head=dim_head, dropout=c.dropout
+        )  # fmt: skip
         self.norm_ff = nn.LayerNorm(c.d_model)
         self.ffn = FeedForward(c.d_model, c.dim_ff, dropout=c.dropout)
 
     def forward(
-        self, tokens: Tensor, patches: Tensor, values: Tensor | None, want_map: bool
-    ) -> tuple[Tensor, Tensor]:
-        values = None if values is None else self.norm_values(values)
-        out = self.attn_question_to_image(
-            self.norm_q(tokens), self.norm_ctx(patches), values, return_weights=want_map
-        )
-        out, weights = out if want_map else (out, None)
-        tokens = tokens + out
+        self, tokens: Tensor, feats: PatchFeatures, want_map: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        queries, keys = self.norm_q(tokens), self.norm_ctx(feats.keys)
+        values = None if feats.values is None else self.norm_values(feats.values)
+        if self.attn_local is None:  # one attention: the values default to the keys
+            parts = [(self.attn_question_to_image, keys, values)]
+        else:  # both attentions read the same values
+            values = keys if values is None else values
+            parts = [(self.attn_question_to_image, keys, values),
+                     (self.attn_local, self.norm_local(feats.local), values)]  # fmt: skip
+        maps = []
+        for attn, context, vals in parts:
+            out = attn(queries, context, vals, return_weights=want_map)
+            out, weights = out if want_map else (out, None)
+            tokens = tokens + out
+            maps.append(weights)
+        weights = (maps[0] if len(maps) == 1 else torch.cat(maps, 1)) if want_map else None
         return tokens + self.ffn(self.norm_ff(tokens)), weights
+
+
+class _CentreAnswer(nn.Module):
+    """The auxiliary answer of ``centre_answer = k``: the centre k x k pixels of each patch, with
+    the patch positions, read through given maps (B, h, T, P) of h heads, then pooled over the
+    real tokens and mapped to the answers: (B, n_answers)."""
+
+    def __init__(self, c: VQAConfig):
+        super().__init__()
+        self.patch, self.side = c.image_size // c.grid, c.centre_answer
+        self.heads = c.heads - c.local_heads
+        self.pixels = nn.Linear(3 * self.side * self.side, c.d_model)
+        self.norm_values = nn.LayerNorm(c.d_model)
+        self.to_values = nn.Linear(c.d_model, c.d_model)  # d_model / heads features per head
+        self.to_out = nn.Linear(c.d_model, c.d_model)
+        self.norm_out = nn.LayerNorm(c.d_model)
+        self.answer_head = nn.Linear(c.d_model, c.n_answers)
+
+    def centres(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> the centre k x k pixels of each patch, (B, P, 3 * k * k)."""
+        b, ch, size, _ = images.shape
+        p, k, g = self.patch, self.side, size // self.patch
+        lo = (p - k) // 2
+        cells = images.reshape(b, ch, g, p, g, p)[:, :, :, lo : lo + k, :, lo : lo + k]
+        return cells.permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, ch * k * k)
+
+    def forward(self, images: Tensor, positions: Tensor, maps: Tensor, keep: Tensor) -> Tensor:
+        """images (B, 3, H, W) centred on 0; positions (P, d); maps (B, h, T, P); keep (B, T, 1)."""
+        b, h, t, _ = maps.shape
+        values = self.to_values(self.norm_values(self.pixels(self.centres(images)) + positions))
+        values = values.reshape(b, -1, h, values.shape[-1] // h)  # (B, P, h, dim_head)
+        read = self.to_out(torch.einsum("bhtp,bphd->bthd", maps, values).reshape(b, t, -1))
+        pooled = (read * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        return self.answer_head(self.norm_out(pooled))
 
 
 class VQAModel(nn.Module):
@@ -250,6 +342,7 @@ class VQAModel(nn.Module):
         self.cross = nn.ModuleList(_CrossBlock(c) for _ in range(c.cross_layers))
         self.norm_out = nn.LayerNorm(c.d_model)
         self.answer_head = nn.Linear(c.d_model, c.n_answers)
+        self.centre_answer = _CentreAnswer(c) if c.centre_answer else None
 
     def _check(self, images: Tensor, question_ids: Tensor, question_mask: Tensor) -> None:
         c = self.config
@@ -283,24 +376,29 @@ class VQAModel(nn.Module):
     ) -> VQAOutput:
         """Answer logits (B, n_answers) and, with ``return_maps``, each cross layer's maps
         (B, heads, T', P) with their ``map_mask`` (B, T'); rows of padded question tokens are
-        there but meaningless."""
+        there but meaningless. With ``centre_answer``, also the auxiliary answer's logits."""
         self._check(images, question_ids, question_mask)
-        patches, values = self.patches(images)  # (B, P, d) each; values None for "stem"
+        feats = self.patches(images)  # keys, values, local keys: (B, P, d) each or None
         b, t = question_ids.shape
         tokens = self.embed(question_ids)  # (B, T, d)
         if self.config.readout == "query":
             tokens = torch.cat([self.query.expand(b, 1, -1), tokens], dim=1)  # (B, 1 + T, d)
             question_mask = torch.cat([question_mask.new_ones(b, 1), question_mask], dim=1)
-        tokens = tokens + sinusoidal_positions(tokens.shape[1], self.config.d_model).to(patches)
+        tokens = tokens + sinusoidal_positions(tokens.shape[1], self.config.d_model).to(tokens)
         for layer in self.text_layers:
             tokens = layer(tokens, token_mask=question_mask)
         if self.config.readout == "query":
             tokens, question_mask = tokens[:, :1], question_mask[:, :1]  # (B, 1, d), (B, 1)
+        want_maps = return_maps or self.centre_answer is not None
         maps = []
         for block in self.cross:
-            tokens, weights = block(tokens, patches, values, return_maps)
+            tokens, weights = block(tokens, feats, want_maps)
             maps.append(weights)
         keep = question_mask.unsqueeze(-1).to(tokens.dtype)  # (B, T, 1)
         pooled = (tokens * keep).sum(1) / keep.sum(1).clamp_min(1.0)  # (B, d)
         logits = self.answer_head(self.norm_out(pooled))
-        return VQAOutput(logits, maps if return_maps else None, question_mask)
+        centre = None
+        if self.centre_answer is not None:  # through the last layer's stem-keyed heads
+            stem_maps = maps[-1][:, : self.centre_answer.heads]
+            centre = self.centre_answer(images - 0.5, self.patches.positions, stem_maps, keep)
+        return VQAOutput(logits, maps if return_maps else None, question_mask, centre)

@@ -77,7 +77,11 @@ GUIDED_HEAD = (-1, 0)  # (layer, head) that the grounding loss supervises
 # own patch's pixels learns where to look far sooner (the mean map's pointing game 64% at 3,000
 # steps, where one query token stays under 30%; docs/vqa.md). The values come from the wide stem,
 # so that what the answer reads (an object's shape and size) is on the patches the keys find:
-# accuracy 97% at 8,000 steps against 81% with values from the keys' own patchify.
+# accuracy 97% at 8,000 steps against 81% with values from the keys' own patchify. Keying two of
+# the heads on the wide stem, taught where to look by a centre answer (`local_heads=2`,
+# `centre_answer=4`), points better once trained twice as long (75-80% against 65% at 8,000
+# steps); within the demo's 4 minutes neither it nor its cheaper variants (the cnn stem, a 2 x 2
+# centre) pointed better than this default in the demo (66-68%; docs/vqa.md).
 ANSWERS_ONLY_CONFIG: dict[str, Any] = {"readout": "mean", "image_layers": 0, "values": "wide"}
 # The supervised head finds an object by its shape only when a patch feature sees the object's
 # outline, not just its own corner of it: the wide stem (31-pixel view) took the pointing game
@@ -244,7 +248,8 @@ def examples_from_records(records: Sequence[VQARecord], grid: int = 8) -> VQAExa
 @dataclass(frozen=True)
 class VQAOptions:
     """Training options; model sizes go in ``config`` (`VQAConfig` fields but the vocab sizes),
-    over `GUIDED_CONFIG` with ``guided_grounding`` and `ANSWERS_ONLY_CONFIG` without."""
+    over `GUIDED_CONFIG` with ``guided_grounding`` and `ANSWERS_ONLY_CONFIG` without.
+    ``centre_weight`` weighs the auxiliary answer's loss of a model with ``centre_answer``."""
 
     seconds: float = 240.0
     max_steps: int | None = None
@@ -256,6 +261,7 @@ class VQAOptions:
     weight_decay: float = 0.01
     guided_grounding: bool = False
     guided_weight: float = 0.5
+    centre_weight: float = 1.0
     seed: int = 0
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -272,6 +278,7 @@ _VQA_OPTION_RULES: dict[str, Callable[[Any, str], Any]] = {
     "lr": _checks.positive_real, "warmup": _checks.nonnegative_int, "cosine": _checks.boolean,
     "label_smoothing": _checks.probability, "weight_decay": _checks.nonnegative_real,
     "guided_grounding": _checks.boolean, "guided_weight": _checks.nonnegative_real,
+    "centre_weight": _checks.nonnegative_real,
     "seed": _checks.integer,
 }  # fmt: skip
 
@@ -300,26 +307,37 @@ def _head_of(choice: str) -> tuple[int, int] | None:
     return None
 
 
-def smooth_grid(maps: Tensor) -> Tensor:
-    """(Q, P) maps over a square grid -> the same maps blurred by one patch: a 3 x 3 binomial
-    kernel ``[1, 2, 1] x [1, 2, 1] / 16`` with zero padding, then renormalised to sum 1."""
+def smooth_grid(maps: Tensor, radius: int = 1) -> Tensor:
+    """(Q, P) maps over a square grid -> the same maps blurred by ``radius`` patches: a binomial
+    kernel of side 2 * radius + 1 (``[1, 2, 1] x [1, 2, 1] / 16`` for radius 1, ``[1, 4, 6, 4, 1]``
+    outer itself / 256 for radius 2), with zero padding, then renormalised to sum 1."""
     grid = math.isqrt(maps.shape[1])
     if grid * grid != maps.shape[1]:
         raise ValueError(f"maps must cover a square grid, got {maps.shape[1]} cells")
-    row = torch.tensor([1.0, 2.0, 1.0], dtype=maps.dtype, device=maps.device)
-    kernel = (row[:, None] * row[None, :] / 16.0)[None, None]  # (1, 1, 3, 3)
-    out = F.conv2d(maps.reshape(-1, 1, grid, grid), kernel, padding=1).reshape(maps.shape)
+    radius = _checks.positive_int(radius, "radius")
+    row = torch.tensor([math.comb(2 * radius, k) for k in range(2 * radius + 1)],
+                       dtype=maps.dtype, device=maps.device)  # fmt: skip
+    kernel = (row[:, None] * row[None, :] / row.sum() ** 2)[None, None]  # (1, 1, side, side)
+    out = F.conv2d(maps.reshape(-1, 1, grid, grid), kernel, padding=radius).reshape(maps.shape)
     return out / out.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+def _smoothing_of(choice: str) -> int | None:
+    """``"smoothed"`` -> 1, ``"smoothed:R"`` -> R (a positive int); None for any other string."""
+    if choice == "smoothed":
+        return 1
+    name, _, radius = choice.partition(":")
+    return int(radius) if name == "smoothed" and radius.isdigit() and int(radius) > 0 else None
 
 
 def grounding_map(maps: Sequence[Tensor], map_mask: Tensor, choice: str) -> Tensor:
     """(Q, P): the grounding map from each layer's (Q, heads, T, P) maps.
 
     ``map_mask`` (Q, T) bool marks the real tokens (`VQAOutput.map_mask`). ``choice`` "mean": the
-    mean over layers, heads and real tokens; "smoothed": that mean blurred by one patch
-    (`smooth_grid`); "guided": the supervised head (`GUIDED_HEAD`), mean over the real tokens;
-    "head:L:H": layer L's head H, mean over the real tokens (the choice `choose_head` makes on
-    training data).
+    mean over layers, heads and real tokens; "smoothed": that mean blurred by one patch, or by R
+    patches for "smoothed:R" (`smooth_grid`); "guided": the supervised head (`GUIDED_HEAD`), mean
+    over the real tokens; "head:L:H": layer L's head H, mean over the real tokens (the choice
+    `choose_head` makes on training data).
     """
     keep = map_mask[:, None, :, None].to(maps[0].dtype)  # (Q, 1, T, 1)
     count = keep.sum(2).clamp_min(1.0)[:, 0]  # (Q, 1)
@@ -330,12 +348,13 @@ def grounding_map(maps: Sequence[Tensor], map_mask: Tensor, choice: str) -> Tens
             raise ValueError(f"grounding choice {choice!r} names no head of {len(maps)} layers "
                              f"x {maps[0].shape[1]} heads")  # fmt: skip
         return (maps[layer][:, h : h + 1] * keep).sum(2)[:, 0] / count
-    if choice not in ("mean", "smoothed"):
-        raise ValueError("grounding choice must be 'mean', 'smoothed', 'guided' or 'head:L:H', "
-                         f"got {choice!r}")  # fmt: skip
+    radius = _smoothing_of(choice)
+    if choice != "mean" and radius is None:
+        raise ValueError("grounding choice must be 'mean', 'smoothed', 'smoothed:R' (R >= 1), "
+                         f"'guided' or 'head:L:H', got {choice!r}")  # fmt: skip
     per_layer = [(m * keep).sum(2).mean(1) / count for m in maps]  # (Q, P) each
     mean = torch.stack(per_layer).mean(0)
-    return smooth_grid(mean) if choice == "smoothed" else mean
+    return mean if radius is None else smooth_grid(mean, radius)
 
 
 def _entropy(p: Tensor) -> Tensor:
@@ -376,9 +395,8 @@ def question_images(ex: VQAExamples, rows: Tensor) -> Tensor:
 def _progress(total: float, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(
-        total=round(total), unit="s", desc="vqa train", disable=not enabled, file=sys.stderr
-    )
+    total = round(total) if math.isfinite(total) else None  # a step-bounded run has no end time
+    return tqdm(total=total, unit="s", desc="vqa train", disable=not enabled, file=sys.stderr)
 
 
 def _learning_rate(options: VQAOptions, step: int, done: float) -> float:
@@ -390,10 +408,16 @@ def _learning_rate(options: VQAOptions, step: int, done: float) -> float:
 
 def _loss(model: VQAModel, examples: VQAExamples, rows: Tensor, ids: Tensor, mask: Tensor,
           labels: Tensor, options: VQAOptions) -> Tensor:  # fmt: skip
-    """The answer loss of one batch, plus the guided grounding loss when asked for."""
+    """The answer loss of one batch, plus the auxiliary answer's loss (weighted by
+    ``centre_weight``) for a model with ``centre_answer`` and the guided grounding loss when asked
+    for."""
     guided = options.guided_grounding
     out = model(question_images(examples, rows), ids[rows], mask[rows], return_maps=guided)
     loss = F.cross_entropy(out.logits, labels[rows], label_smoothing=options.label_smoothing)
+    if out.centre_logits is not None:
+        loss = loss + options.centre_weight * F.cross_entropy(
+            out.centre_logits, labels[rows], label_smoothing=options.label_smoothing
+        )
     if guided:
         head = grounding_map(out.maps, out.map_mask, "guided")
         target = examples.targets[rows]
@@ -453,7 +477,7 @@ def train_vqa(
         if callback is not None:
             callback(step, model)
         if step % 20 == 0:
-            bar.n = min(bar.total, round(time.monotonic() - start))
+            bar.n = min(bar.total or math.inf, round(time.monotonic() - start))
             bar.set_postfix_str(f"step {step} loss {loss.item():.3f}")
     bar.close()
     model.eval()
