@@ -110,11 +110,17 @@ def test_runs_killed_at_random_instants_resume_to_bitwise_equal_weights(tmp_path
             if kill < KILLS:
                 if kill == 0 and r % 2 == 0:  # in the set-up or the first step and its save
                     time.sleep(rng.uniform(0.0, first_save))
-                else:  # after this process's first save, in the steps and saves left
+                else:  # after this process's first save: inside a random step left
                     while p.is_alive() and _mtime(out / CHECKPOINT_FILE) == saved:
                         time.sleep(0.005)
-                    left = max(STEPS - (step or 0) - 1, 1)
-                    time.sleep(rng.uniform(0.0, left * per_step))
+                    # a checkpoint chosen at random, at least two steps before the end, then a
+                    # moment within the next step: counted in seconds from the reference run's
+                    # step time alone, which load can make far longer than these runs' steps,
+                    # the kills landed after the end of most runs
+                    target = rng.randint(min((step or 0) + 1, STEPS - 2), STEPS - 2)
+                    while p.is_alive() and (_checkpoint_step(out) or 0) < target:
+                        time.sleep(0.002)
+                    time.sleep(rng.uniform(0.0, per_step))
                 with contextlib.suppress(ProcessLookupError):  # it may have ended already
                     os.kill(p.pid, signal.SIGKILL)
             p.join(timeout=120)
