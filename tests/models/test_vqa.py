@@ -161,11 +161,11 @@ def _question_tokens(model, ids):
     return tokens
 
 
-@pytest.mark.parametrize("local_heads", [2, 3])
+@pytest.mark.parametrize("local_heads", [0, 2, 3])
 def test_centre_answer_reads_the_patch_centres_through_the_stem_heads(local_heads):
     torch.manual_seed(0)
     config = VQAConfig(vocab_size=10, n_answers=3, stem="wide", values="wide", readout="mean",
-                       image_layers=0, local_heads=local_heads, centre_answer=4,
+                       image_layers=0, cross_layers=2, local_heads=local_heads, centre_answer=4,
                        **SMALL)  # fmt: skip
     model = VQAModel(config).eval()
     images = torch.arange(2 * 3 * 64 * 64, dtype=torch.float32).reshape(2, 3, 64, 64)
@@ -177,9 +177,12 @@ def test_centre_answer_reads_the_patch_centres_through_the_stem_heads(local_head
     images = torch.rand(2, 3, 64, 64)
     out = model(images, ids, ids != 0, return_maps=True)
     keep = (ids != 0).unsqueeze(-1).float()
-    stem_maps = out.maps[0][:, : 4 - local_heads]
+    stem_maps = out.maps[-1][:, : 4 - local_heads]  # the last layer's stem-keyed heads
     centre = model.centre_answer(images - 0.5, model.patches.positions, stem_maps, keep)
     torch.testing.assert_close(out.centre_logits, centre)
+    first = out.maps[0][:, : 4 - local_heads]  # not the first layer's
+    other = model.centre_answer(images - 0.5, model.patches.positions, first, keep)
+    assert not torch.allclose(other, out.centre_logits)
     assert out.centre_logits.shape == (2, 3)
     plain = model(images, ids, ids != 0)  # computed without return_maps too
     torch.testing.assert_close(plain.centre_logits, out.centre_logits)
@@ -202,6 +205,23 @@ def test_centre_answer_loss_adds_with_its_weight():
     torch.testing.assert_close(losses[0], F.cross_entropy(out.logits, labels[rows]))
     centre = F.cross_entropy(out.centre_logits, labels[rows])
     torch.testing.assert_close(losses[1] - losses[0], 2.0 * centre)
+
+
+def test_a_default_model_keeps_its_parameter_names():
+    # models saved before local heads and the centre answer existed load as they did
+    names = {
+        k.rsplit(".", 1)[0] for k in VQAModel(VQAConfig(vocab_size=10, n_answers=3)).state_dict()
+    }
+    attn = ("to_q", "to_k", "to_v", "to_out")
+    encoder = lambda p: {f"{p}.self_attn.{a}" for a in attn} | {  # noqa: E731
+        f"{p}.attn_block.norm", f"{p}.ffn.linear_in", f"{p}.ffn.linear_out", f"{p}.ffn_block.norm"
+    }  # fmt: skip
+    want = {"answer_head", "embed", "norm_out", "patches.stem", "query"}
+    want |= {f"cross.0.attn_question_to_image.{a}" for a in attn}
+    want |= {f"cross.0.{n}" for n in ("ffn.linear_in", "ffn.linear_out", "norm_ctx", "norm_ff",
+                                      "norm_q")}  # fmt: skip
+    want |= encoder("patches.layers.0") | encoder("text_layers.0")
+    assert names == want
 
 
 def test_patch_positions_distinct():
@@ -293,11 +313,17 @@ def test_smooth_grid_hand_computed():
     mean = grounding_map(maps, mask, "mean")
     torch.testing.assert_close(grounding_map(maps, mask, "smoothed:2"), smooth_grid(mean, 2))
     torch.testing.assert_close(grounding_map(maps, mask, "smoothed"), smooth_grid(mean, 1))
-    for bad in ("smoothed:0", "smoothed:x", "smoothed:"):
+    for bad in ("smoothed:0", "smoothed:x", "smoothed:", "smoothed:\u00b2", "blurred"):
         with pytest.raises(ValueError, match="grounding choice must be"):
             grounding_map(maps, mask, bad)
+        with pytest.raises(ValueError, match="grounding choice must be"):
+            VQAPredictor(VQAModel(VQAConfig(vocab_size=10, n_answers=3, **SMALL)), None, [], bad)
     with pytest.raises(ValueError, match="radius"):
         smooth_grid(one, 0)
+    # the kernel is built in float64: in float16 a wide one neither overflows nor vanishes
+    half = smooth_grid(torch.full((2, 17 * 17), 1.0 / 289, dtype=torch.float16), 8)
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+    torch.testing.assert_close(half.float().sum(1), torch.ones(2), atol=2e-3, rtol=0)
 
 
 def test_map_information_hand_computed():

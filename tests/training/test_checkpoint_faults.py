@@ -64,6 +64,19 @@ def _checkpoint_step(out: Path) -> int | None:
         return None
 
 
+def _wait_for_checkpoint(process, out: Path, step: int) -> None:
+    """Until the checkpoint in ``out`` has reached ``step`` or ``process`` has ended; the
+    checkpoint is read only when its file changes."""
+    seen = None
+    while process.is_alive():
+        stamp = _mtime(out / CHECKPOINT_FILE)
+        if stamp != seen:
+            seen = stamp
+            if (_checkpoint_step(out) or 0) >= step:
+                return
+        time.sleep(0.002)
+
+
 @pytest.mark.slow
 def test_runs_killed_at_random_instants_resume_to_bitwise_equal_weights(tmp_path):
     ctx = multiprocessing.get_context("forkserver")
@@ -84,17 +97,8 @@ def test_runs_killed_at_random_instants_resume_to_bitwise_equal_weights(tmp_path
     while not (tmp_path / "reference" / CHECKPOINT_FILE).exists() and reference.is_alive():
         time.sleep(0.01)
     first_save = time.perf_counter() - began  # set-up, and the first step with its save
-    last_save = first_save
-    while reference.is_alive():  # the steps and saves, without the work after the last step
-        if _checkpoint_step(tmp_path / "reference") == STEPS:
-            last_save = time.perf_counter() - began
-            break
-        time.sleep(0.002)
     reference.join(timeout=120)
     assert reference.exitcode == 0
-    if last_save == first_save:  # the run ended between two polls
-        last_save = time.perf_counter() - began
-    per_step = (last_save - first_save) / (STEPS - 1)  # a step and its save, roughly
     expected = _weights(tmp_path / "reference")
 
     rng = random.Random(20240611)
@@ -114,13 +118,14 @@ def test_runs_killed_at_random_instants_resume_to_bitwise_equal_weights(tmp_path
                     while p.is_alive() and _mtime(out / CHECKPOINT_FILE) == saved:
                         time.sleep(0.005)
                     # a checkpoint chosen at random, at least two steps before the end, then a
-                    # moment within the next step: counted in seconds from the reference run's
-                    # step time alone, which load can make far longer than these runs' steps,
-                    # the kills landed after the end of most runs
-                    target = rng.randint(min((step or 0) + 1, STEPS - 2), STEPS - 2)
-                    while p.is_alive() and (_checkpoint_step(out) or 0) < target:
-                        time.sleep(0.002)
-                    time.sleep(rng.uniform(0.0, per_step))
+                    # moment within the next step as this process times it: counted in seconds
+                    # from the reference run's step time, which load can make far longer than
+                    # these runs' steps, the kills landed after the end of most runs
+                    target = rng.randint(min((step or 0) + 2, STEPS - 2), STEPS - 2)
+                    _wait_for_checkpoint(p, out, target - 1)
+                    began_step = time.perf_counter()
+                    _wait_for_checkpoint(p, out, target)
+                    time.sleep(rng.uniform(0.0, time.perf_counter() - began_step))
                 with contextlib.suppress(ProcessLookupError):  # it may have ended already
                     os.kill(p.pid, signal.SIGKILL)
             p.join(timeout=120)

@@ -110,10 +110,13 @@ class VQAConfig:
             raise ValueError(f"local_heads={self.local_heads} must be < heads={self.heads}: at "
                              "least one head keys on the stem")  # fmt: skip
         stem_heads = self.heads - self.local_heads
-        if self.centre_answer and (self.d_model % stem_heads or self.centre_answer > patch):
+        if self.centre_answer > patch:
+            raise ValueError(f"centre_answer={self.centre_answer} must be at most a patch's side "
+                             f"(image_size / grid = {patch} pixels)")  # fmt: skip
+        if self.centre_answer and self.d_model % stem_heads:
             raise ValueError(f"centre_answer={self.centre_answer} needs the heads keyed on the "
-                             f"stem (heads - local_heads = {stem_heads}) to divide d_model="
-                             f"{self.d_model}, and at most a patch's side ({patch} pixels)")  # fmt: skip
+                             f"stem (heads - local_heads = {stem_heads}) to divide "
+                             f"d_model={self.d_model}")  # fmt: skip
         if self.pad_id >= self.vocab_size:
             raise ValueError(f"pad_id={self.pad_id} must be < vocab_size={self.vocab_size}")
 
@@ -389,10 +392,11 @@ class VQAModel(nn.Module):
             tokens = layer(tokens, token_mask=question_mask)
         if self.config.readout == "query":
             tokens, question_mask = tokens[:, :1], question_mask[:, :1]  # (B, 1, d), (B, 1)
-        want_maps = return_maps or self.centre_answer is not None
+        last = len(self.cross) - 1  # whose map the centre answer reads
         maps = []
-        for block in self.cross:
-            tokens, weights = block(tokens, feats, want_maps)
+        for i, block in enumerate(self.cross):
+            want = return_maps or (i == last and self.centre_answer is not None)
+            tokens, weights = block(tokens, feats, want)
             maps.append(weights)
         keep = question_mask.unsqueeze(-1).to(tokens.dtype)  # (B, T, 1)
         pooled = (tokens * keep).sum(1) / keep.sum(1).clamp_min(1.0)  # (B, d)

@@ -81,7 +81,7 @@ GUIDED_HEAD = (-1, 0)  # (layer, head) that the grounding loss supervises
 # the heads on the wide stem, taught where to look by a centre answer (`local_heads=2`,
 # `centre_answer=4`), points better once trained twice as long (75-80% against 65% at 8,000
 # steps); within the demo's 4 minutes neither it nor its cheaper variants (the cnn stem, a 2 x 2
-# centre) pointed better than this default in the demo (66-68%; docs/vqa.md).
+# centre) pointed more than 0.2 points better than this default (66-68%; docs/vqa.md).
 ANSWERS_ONLY_CONFIG: dict[str, Any] = {"readout": "mean", "image_layers": 0, "values": "wide"}
 # The supervised head finds an object by its shape only when a patch feature sees the object's
 # outline, not just its own corner of it: the wide stem (31-pixel view) took the pointing game
@@ -316,8 +316,9 @@ def smooth_grid(maps: Tensor, radius: int = 1) -> Tensor:
         raise ValueError(f"maps must cover a square grid, got {maps.shape[1]} cells")
     radius = _checks.positive_int(radius, "radius")
     row = torch.tensor([math.comb(2 * radius, k) for k in range(2 * radius + 1)],
-                       dtype=maps.dtype, device=maps.device)  # fmt: skip
+                       dtype=torch.float64)  # fmt: skip
     kernel = (row[:, None] * row[None, :] / row.sum() ** 2)[None, None]  # (1, 1, side, side)
+    kernel = kernel.to(dtype=maps.dtype, device=maps.device)  # built in float64: no overflow
     out = F.conv2d(maps.reshape(-1, 1, grid, grid), kernel, padding=radius).reshape(maps.shape)
     return out / out.sum(1, keepdim=True).clamp_min(1e-12)
 
@@ -327,7 +328,23 @@ def _smoothing_of(choice: str) -> int | None:
     if choice == "smoothed":
         return 1
     name, _, radius = choice.partition(":")
-    return int(radius) if name == "smoothed" and radius.isdigit() and int(radius) > 0 else None
+    valid = name == "smoothed" and radius.isascii() and radius.isdigit() and int(radius) > 0
+    return int(radius) if valid else None
+
+
+def check_grounding(choice: str) -> int | None:
+    """The smoothing radius of a grounding ``choice`` ("smoothed:R" -> R; None for "mean", "guided"
+    and "head:L:H"); raises ValueError naming the choices for anything `grounding_map` does not
+    take. A head choice is checked against the model's layers and heads when the maps are made."""
+    if not isinstance(choice, str):
+        raise TypeError(f"grounding choice must be a str, got {type(choice).__name__}")
+    if choice in ("mean", "guided") or _head_of(choice) is not None:
+        return None
+    radius = _smoothing_of(choice)
+    if radius is None:
+        raise ValueError("grounding choice must be 'mean', 'smoothed', 'smoothed:R' (R >= 1), "
+                         f"'guided' or 'head:L:H', got {choice!r}")  # fmt: skip
+    return radius
 
 
 def grounding_map(maps: Sequence[Tensor], map_mask: Tensor, choice: str) -> Tensor:
@@ -348,10 +365,7 @@ def grounding_map(maps: Sequence[Tensor], map_mask: Tensor, choice: str) -> Tens
             raise ValueError(f"grounding choice {choice!r} names no head of {len(maps)} layers "
                              f"x {maps[0].shape[1]} heads")  # fmt: skip
         return (maps[layer][:, h : h + 1] * keep).sum(2)[:, 0] / count
-    radius = _smoothing_of(choice)
-    if choice != "mean" and radius is None:
-        raise ValueError("grounding choice must be 'mean', 'smoothed', 'smoothed:R' (R >= 1), "
-                         f"'guided' or 'head:L:H', got {choice!r}")  # fmt: skip
+    radius = check_grounding(choice)
     per_layer = [(m * keep).sum(2).mean(1) / count for m in maps]  # (Q, P) each
     mean = torch.stack(per_layer).mean(0)
     return mean if radius is None else smooth_grid(mean, radius)
@@ -477,7 +491,9 @@ def train_vqa(
         if callback is not None:
             callback(step, model)
         if step % 20 == 0:
-            bar.n = min(bar.total or math.inf, round(time.monotonic() - start))
+            bar.n = min(
+                math.inf if bar.total is None else bar.total, round(time.monotonic() - start)
+            )
             bar.set_postfix_str(f"step {step} loss {loss.item():.3f}")
     bar.close()
     model.eval()
@@ -488,6 +504,7 @@ class VQAPredictor:
     """A trained model with its vocabulary and answers: answers, points and maps for questions."""
 
     def __init__(self, model: VQAModel, vocab: Vocabulary, answers: list[str], grounding: str):
+        check_grounding(grounding)  # a bad choice fails here, not when the model is saved and used
         self.model, self.vocab, self.answers, self.grounding = (
             model.eval(),
             vocab,
