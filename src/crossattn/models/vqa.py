@@ -206,6 +206,16 @@ def _stem(kind: str, d_model: int, patch: int) -> nn.Module:
     )
 
 
+def _centred(images: Tensor) -> Tensor:
+    """Images in [0, 1] -> centred on 0, as every stem and the centre answer read them."""
+    return images - 0.5
+
+
+def _token_mean(x: Tensor, keep: Tensor) -> Tensor:
+    """(B, T, d) features, keep (B, T, 1) 1.0 for real tokens -> their mean (B, d)."""
+    return (x * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+
+
 class PatchFeatures(NamedTuple):
     """What `_PatchEncoder` gives the cross-attention, each (B, P, d_model) with the patch
     positions added: keys (the ``stem`` features, after the image layers), values (None for
@@ -242,7 +252,7 @@ class _PatchEncoder(nn.Module):
         return stem(images).flatten(2).transpose(1, 2) + self.positions
 
     def forward(self, images: Tensor) -> PatchFeatures:
-        images = images - 0.5
+        images = _centred(images)
         patches = self._own(self.stem, images)  # (B, P, d)
         for layer in self.layers:
             patches = layer(patches)
@@ -324,8 +334,7 @@ class _CentreAnswer(nn.Module):
         values = self.to_values(self.norm_values(self.pixels(self.centres(images)) + positions))
         values = values.reshape(b, -1, h, values.shape[-1] // h)  # (B, P, h, dim_head)
         read = self.to_out(torch.einsum("bhtp,bphd->bthd", maps, values).reshape(b, t, -1))
-        pooled = (read * keep).sum(1) / keep.sum(1).clamp_min(1.0)
-        return self.answer_head(self.norm_out(pooled))
+        return self.answer_head(self.norm_out(_token_mean(read, keep)))
 
 
 class VQAModel(nn.Module):
@@ -399,10 +408,9 @@ class VQAModel(nn.Module):
             tokens, weights = block(tokens, feats, want)
             maps.append(weights)
         keep = question_mask.unsqueeze(-1).to(tokens.dtype)  # (B, T, 1)
-        pooled = (tokens * keep).sum(1) / keep.sum(1).clamp_min(1.0)  # (B, d)
-        logits = self.answer_head(self.norm_out(pooled))
+        logits = self.answer_head(self.norm_out(_token_mean(tokens, keep)))
         centre = None
         if self.centre_answer is not None:  # through the last layer's stem-keyed heads
             stem_maps = maps[-1][:, : self.centre_answer.heads]
-            centre = self.centre_answer(images - 0.5, self.patches.positions, stem_maps, keep)
+            centre = self.centre_answer(_centred(images), self.patches.positions, stem_maps, keep)
         return VQAOutput(logits, maps if return_maps else None, question_mask, centre)

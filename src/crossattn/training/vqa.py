@@ -323,15 +323,6 @@ def smooth_grid(maps: Tensor, radius: int = 1) -> Tensor:
     return out / out.sum(1, keepdim=True).clamp_min(1e-12)
 
 
-def _smoothing_of(choice: str) -> int | None:
-    """``"smoothed"`` -> 1, ``"smoothed:R"`` -> R (a positive int); None for any other string."""
-    if choice == "smoothed":
-        return 1
-    name, _, radius = choice.partition(":")
-    valid = name == "smoothed" and radius.isascii() and radius.isdigit() and int(radius) > 0
-    return int(radius) if valid else None
-
-
 def check_grounding(choice: str) -> int | None:
     """The smoothing radius of a grounding ``choice`` ("smoothed:R" -> R; None for "mean", "guided"
     and "head:L:H"); raises ValueError naming the choices for anything `grounding_map` does not
@@ -340,11 +331,13 @@ def check_grounding(choice: str) -> int | None:
         raise TypeError(f"grounding choice must be a str, got {type(choice).__name__}")
     if choice in ("mean", "guided") or _head_of(choice) is not None:
         return None
-    radius = _smoothing_of(choice)
-    if radius is None:
-        raise ValueError("grounding choice must be 'mean', 'smoothed', 'smoothed:R' (R >= 1), "
-                         f"'guided' or 'head:L:H', got {choice!r}")  # fmt: skip
-    return radius
+    name, colon, radius = choice.partition(":")
+    if name == "smoothed" and not colon:
+        return 1
+    if name == "smoothed" and radius.isascii() and radius.isdigit() and int(radius) > 0:
+        return int(radius)
+    raise ValueError("grounding choice must be 'mean', 'smoothed', 'smoothed:R' (R >= 1), "
+                     f"'guided' or 'head:L:H', got {choice!r}")  # fmt: skip
 
 
 def grounding_map(maps: Sequence[Tensor], map_mask: Tensor, choice: str) -> Tensor:
@@ -491,9 +484,8 @@ def train_vqa(
         if callback is not None:
             callback(step, model)
         if step % 20 == 0:
-            bar.n = min(
-                math.inf if bar.total is None else bar.total, round(time.monotonic() - start)
-            )
+            elapsed = round(time.monotonic() - start)
+            bar.n = elapsed if bar.total is None else min(bar.total, elapsed)
             bar.set_postfix_str(f"step {step} loss {loss.item():.3f}")
     bar.close()
     model.eval()
