@@ -237,6 +237,7 @@ def run(args) -> dict:
     from tqdm import tqdm
 
     import crossattn
+    from crossattn.backends import policy
 
     torch.set_num_threads(args.threads)
     shapes = [s.strip().upper() for s in args.shapes.split(",")]
@@ -265,6 +266,7 @@ def run(args) -> dict:
     return {
         "machine": {
             "processor": _cpu_name(),
+            "amx": policy.AMX_CPU,
             "cores": os.cpu_count(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
@@ -400,7 +402,8 @@ def markdown(result: dict, command: str) -> str:
     lines += [
         SECTION,
         "",
-        f"Made by `{command}` on {result['date_utc']} UTC: {m['processor']}, {m['cores']} cores, "
+        f"Made by `{command}` on {result['date_utc']} UTC: {m['processor']}"
+        f"{' with AMX' if m.get('amx') else ''}, {m['cores']} cores, "
         f"{m['threads']} torch threads, torch {m['torch']}, OMP_WAIT_POLICY "
         f"{m.get('omp_wait_policy', '(unset)')}; load average at the end "
         f"{', '.join(f'{x:.1f}' for x in m['load_average'])} (the machine is shared).",
