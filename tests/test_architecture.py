@@ -2,7 +2,7 @@
 
 The layers, from the bottom (a module may import from its own layer and the ones below it):
 
-    0  backends, masks, data, _checks, compute_types
+    0  backends, masks, data, _checks, _cpu, compute_types
     1  functional
     2  layers
     3  capture, integrations, align, grounding
@@ -30,6 +30,7 @@ LAYERS = {
     "masks": 0,
     "data": 0,
     "_checks": 0,
+    "_cpu": 0,
     "compute_types": 0,
     "functional": 1,
     "layers": 2,

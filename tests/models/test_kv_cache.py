@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crossattn.models import Seq2SeqConfig, Seq2SeqTransformer
+from crossattn.models import Seq2SeqConfig, Seq2SeqTransformer, packed
 from crossattn.models.incremental import IncrementalDecoder, fast_path_reasons
 from crossattn.models.kv_cache import KVCache
 from crossattn.models.packed import PackedLinear, packable
@@ -80,6 +80,29 @@ def test_packed_linear_equals_its_parts_and_follows_the_parameters():
         PackedLinear(q, k)
     with pytest.raises(ValueError, match=r"PackedLinear needs one in_features, got \[5, 4\]"):
         PackedLinear(k, torch.nn.Linear(4, 1))
+
+
+@pytest.mark.parametrize("intel", [True, False], ids=["mkl", "onednn"])
+@pytest.mark.parametrize("rows", [1, 16, 33])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("relu", [False, True])
+def test_each_matmul_of_a_packed_linear_equals_its_parts(intel, rows, dtype, relu, monkeypatch):
+    """MKL's matmul of the transposed weight (float32 on Intel), oneDNN's packed weight, and
+    F.linear: the same outputs, bias or none, ReLU fused or not."""
+    monkeypatch.setattr(packed._cpu, "INTEL", intel)
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(24, 20), torch.nn.Linear(24, 12, bias=False)
+    a, b = a.to(dtype), b.to(dtype)
+    pack = PackedLinear(a, b, relu=relu).refresh()
+    assert (pack._mkl is not None) == (intel and dtype == torch.float32)
+    x = torch.randn(rows, 3, 24, dtype=dtype).transpose(0, 1)  # (3, rows, 24), not contiguous
+    with torch.no_grad():
+        want = torch.cat([a(x), b(x)], -1)
+        want = want.relu() if relu else want
+        got = pack(x)
+    assert got.shape == (3, rows, 32) and got.dtype == dtype
+    tol = {"atol": 2e-2, "rtol": 2e-2} if dtype == torch.bfloat16 else {"atol": 1e-5, "rtol": 1e-5}
+    torch.testing.assert_close(got, want, **tol)
 
 
 @pytest.mark.parametrize("norm_first", [True, False])

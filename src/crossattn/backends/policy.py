@@ -35,6 +35,7 @@ import os
 
 import torch
 
+from .. import _cpu
 from .base import AttentionInputs
 
 FIRST, SECOND, LAST = 10, 20, 30
@@ -55,20 +56,11 @@ def passive_wait() -> bool:
 
 
 def amx_cpu() -> bool:
-    """Whether this CPU has AMX tiles (read once, at import: see `AMX_CPU`)."""
+    """Whether this CPU has AMX tiles (probed once, at import: `AMX_CPU`)."""
     return AMX_CPU
 
 
-def _probe_amx() -> bool:
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    try:
-        return bool(probe()) if probe is not None else False
-    except (RuntimeError, AttributeError):  # a build without the probe's kernels
-        return False
-
-
-# Read once, so that dispatch stays a pure function of its inputs (no call out while compiling).
-AMX_CPU = _probe_amx()
+AMX_CPU = _cpu.AMX
 
 
 def chunked_first(inputs: AttentionInputs) -> bool:
