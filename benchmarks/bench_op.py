@@ -40,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-from results_md import write_section
+from results_md import cpu_name, write_section
 
 HERE = Path(__file__).resolve().parent
 RESULTS_MD = HERE / "RESULTS.md"
@@ -265,7 +265,7 @@ def run(args) -> dict:
     bar.close()
     return {
         "machine": {
-            "processor": _cpu_name(),
+            "processor": cpu_name(),
             "amx": policy.AMX_CPU,
             "cores": os.cpu_count(),
             "threads": torch.get_num_threads(),
@@ -371,17 +371,6 @@ def weights_cell(shape_name: str, dtype_name: str, args, reps, bar) -> dict:
         "memory_error": mem.get("error"),
         "limit_mib": (map_bytes + tile_bytes) / MIB,
     }
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _fmt_ms(x: float | None) -> str:

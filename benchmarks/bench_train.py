@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from crossattn.models import Seq2SeqConfig, Seq2SeqTransformer  # noqa: E402
-from results_md import write_section  # noqa: E402
+from results_md import cpu_name, write_section  # noqa: E402
 
 D_MODEL, HEADS, LAYERS, FFN, VOCAB, DROPOUT = 256, 4, 3, 1024, 600, 0.1
 
@@ -211,6 +211,7 @@ def main() -> None:
     results = measure(args)
     result = {
         "command": " ".join(["python", *sys.argv]),
+        "processor": cpu_name(),
         "load_average_start": start,
         "load_average_end": load_average(),
         "threads": args.threads,
@@ -230,7 +231,8 @@ def main() -> None:
         f"One AdamW step (forward, cross-entropy, backward, `torch.optim.AdamW`) of the same "
         f"model (pre-norm d_model 256, 4 heads, 3+3 layers, FFN 1024, vocabulary 600, dropout "
         f"0.1 on attention, residual and FFN activation), {result['shape']}, {args.threads} "
-        f"threads, medians of {args.repeats} alternated repeats, torch {torch.__version__}. "
+        f"threads, medians of {args.repeats} alternated repeats, torch {torch.__version__}, "
+        f"{result.get('processor', cpu_name())}. "
         "In parentheses: how many times as fast crossattn's step is.\n\n"
         f"`{result['command']}` (load average {start} at the start, "
         f"{result['load_average_end']} at the end)\n\n" + table(results, engines) + "\n"

@@ -78,3 +78,31 @@ def zero_padding(t: Tensor, key_mask: Tensor) -> Tensor:
     if type(t) is not Tensor:  # a tensor subclass (int8 K/V) keeps its kind through masked_fill
         return t.masked_fill(~key_mask[:, None, :, None], 0.0)
     return torch.where(key_mask[:, None, :, None], t, 0.0)  # (B, Hk, S, D)
+
+
+_DRAW_RANGE = 2**16  # a draw is one 16-bit lane of a full-range int64 ``random_()`` word
+_DRAWS_PER_WORD = 4
+
+
+def dropout_mask(like: Tensor, p: float) -> Tensor:
+    """The scaled keep-mask of dropout: ``1 / (1 - p)`` with probability ``1 - p`` (to within
+    2**-17), else 0, in the shape, dtype and device of `like`, for ``0 < p < 1``.
+
+    Each element compares a 16-bit draw with a threshold: four draws per int64 ``random_()``
+    word of the default generator (seeded by ``torch.manual_seed``). On the CPU that is several
+    times cheaper than ``bernoulli_``, and 2.0x cheaper than one int32 draw per element (Intel
+    Xeon, 2 threads). Under ``torch.compile`` (where in-place ``random_`` breaks the graph) it
+    compares uniform floats with ``p`` instead. Used by `crossattn.layers` (``FastDropout``) and
+    by the ``sdpa`` backend's dropout on the CPU.
+    """
+    if torch.compiler.is_compiling():  # in-place random_ breaks the graph: uniform floats
+        keep = torch.rand(like.shape, device=like.device) >= p
+        return keep.to(like.dtype).mul_(1.0 / (1.0 - p))
+    n = like.numel()
+    words = torch.empty(-(-n // _DRAWS_PER_WORD), dtype=torch.int64, device=like.device)
+    # Every bit of the words uniform: the range is the whole int64 span (but its top value).
+    words.random_(-(2**63), 2**63 - 1)
+    draws = words.view(torch.int16)[:n].view(like.shape)  # uniform on [-2**15, 2**15)
+    keep = draws >= round(p * _DRAW_RANGE) - _DRAW_RANGE // 2
+    # 0/1 in the dtype, then scaled in place: twice as fast in float32 as torch.where(keep, ...)
+    return keep.to(like.dtype).mul_(1.0 / (1.0 - p))

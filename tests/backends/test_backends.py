@@ -232,6 +232,25 @@ def test_chunked_dropout_gradcheck(tiny, gen):
         register_backend(original, replace=True)
 
 
+def test_sdpa_dropout_on_the_cpu_gradcheck(gen):
+    """The sdpa backend's own dropout math on the CPU (grouped heads folded, a float and a key
+    mask): gradients by finite differences under one fixed draw."""
+    q, k, v = _qkv(gen, 1, 4, 2, 3, 5, 2, 2)
+    key_mask = torch.tensor([[True, True, False, True, False]])
+    attn_mask = randn(1, 1, 3, 5, generator=gen).requires_grad_()
+
+    def fn(q, k, v, attn_mask):
+        torch.manual_seed(7)
+        return cross_attention(
+            q, k, v, attn_mask=attn_mask, key_mask=key_mask, dropout_p=0.25, backend="sdpa"
+        )
+
+    dropped = fn(q, k, v, attn_mask)
+    assert not torch.allclose(dropped, cross_attention(q, k, v, attn_mask=attn_mask,
+                                                       key_mask=key_mask, backend="sdpa"))  # fmt: skip
+    assert torch.autograd.gradcheck(fn, (q, k, v, attn_mask), eps=1e-6, atol=1e-7)
+
+
 # --- dispatch -------------------------------------------------------------------------------
 
 

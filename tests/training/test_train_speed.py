@@ -185,3 +185,29 @@ def test_feed_forward_training_dropout_matches_the_plain_composition(activation)
     ffn.eval()
     plain = ffn.linear_out(ffn.act(ffn.linear_in(x)))
     torch.testing.assert_close(ffn(x), plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_fast_dropout_draws_are_uniform_in_every_lane_of_a_word(p):
+    """Four 16-bit draws share one int64 word: each position in the word keeps 1 - p of its
+    elements (a lane with a biased bit would keep 1 - 2p or 1)."""
+    torch.manual_seed(2)
+    kept = (fast_dropout(torch.ones(4 * 40_000), p) != 0).view(-1, 4).double()
+    rate = kept.mean(0)  # (4,): one per lane
+    sigma = math.sqrt(p * (1 - p) / kept.shape[0])
+    assert ((rate - (1 - p)).abs() < 5 * sigma).all(), rate.tolist()
+    # neighbours in a word are independent: both kept as often as (1 - p) ** 2
+    both = (kept[:, 0] * kept[:, 3]).mean().item()
+    assert abs(both - (1 - p) ** 2) < 5 * math.sqrt((1 - p) ** 2 / kept.shape[0])
+
+
+def test_fast_dropout_compiles_without_a_graph_break_and_keeps_its_law():
+    """Under torch.compile the keep-mask compares uniform floats (in-place random_ would break
+    the graph): the same law."""
+    p, x = 0.3, torch.ones(300, 301)
+    compiled = torch.compile(lambda t: fast_dropout(t, p), fullgraph=True, backend="eager")
+    torch.manual_seed(0)
+    out = compiled(x)
+    kept = out != 0
+    assert abs(kept.sum().item() - x.numel() * (1 - p)) <= 5 * math.sqrt(x.numel() * p * (1 - p))
+    assert torch.equal(out[kept], torch.full_like(out[kept], 1.0 / (1.0 - p)))

@@ -5,6 +5,12 @@ the CPU). SDPA returns no attention weights, so calls that ask for weights go el
 
 Some of those kernels give 0, not NaN, for a query row that holds NaN (the CPU kernel does for
 some head sizes); the output of such rows is set to NaN, as every backend gives.
+
+Dropout on the CPU: PyTorch's CPU kernel has none, and SDPA then runs its math path with
+``bernoulli_`` draws. This backend runs the same math (scores, softmax, dropout, value matmul)
+with the cheaper keep-mask of `crossattn.masks.dropout_mask` instead: a forward and backward of
+(64, 4, 22, 20, 64) 1.3x faster in float32 and 1.5x under bfloat16 autocast (Intel Xeon, 2
+threads), with the same law.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..masks import dropout_mask
 from .base import AttentionInputs, Backend
 from .policy import sdpa_rank
 
@@ -37,27 +44,46 @@ class SDPABackend(Backend):
     def forward(self, inputs: AttentionInputs) -> tuple[Tensor, Tensor | None]:
         q, k, v, mask = inputs.query, inputs.key, inputs.value, inputs.mask
         b, h, length, _ = q.shape
+        attend = _math_with_dropout if _own_dropout(inputs) else _fused
         if inputs.groups == 1:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=inputs.dropout_p, scale=inputs.scale
-            )
+            out = attend(q, k, v, mask, inputs)
         else:
             # Fold the query heads of a group into the query length, (B, Hk, G*L, E), rather
             # than `enable_gqa`: faster, and every exporter can express it.
             folded = q.reshape(b, inputs.kv_heads, inputs.groups * length, -1)  # (B, Hk, G*L, E)
-            out = F.scaled_dot_product_attention(
-                folded,
-                k,
-                v,
-                attn_mask=_folded_mask(mask, inputs.kv_heads, inputs.groups, length),
-                dropout_p=inputs.dropout_p,
-                scale=inputs.scale,
-            )
-            out = out.reshape(b, h, length, -1)  # (B, H, L, Ev)
+            mask = _folded_mask(mask, inputs.kv_heads, inputs.groups, length)
+            out = attend(folded, k, v, mask, inputs).reshape(b, h, length, -1)  # (B, H, L, Ev)
         # A row sum is NaN where the row holds a NaN (never for finite values, which may only
-        # overflow to Inf): ~100x cheaper than isnan(q).any(-1) on the CPU.
+        # overflow to Inf): ~100x cheaper than isnan(q).any(-1) on the CPU. The NaN is added to
+        # those rows (0 to the others) through a (B, H, L, 1) tensor: a broadcast add is several
+        # times cheaper than a broadcast torch.where over the whole output.
         nan_rows = torch.isnan(q.sum(dim=-1, keepdim=True))  # (B, H, L, 1)
-        return torch.where(nan_rows, float("nan"), out), None
+        return out + torch.where(nan_rows, float("nan"), 0.0).to(out.dtype), None
+
+
+def _own_dropout(inputs: AttentionInputs) -> bool:
+    """Dropout on the CPU, where SDPA would fall back to its math path with bernoulli_ draws."""
+    return inputs.dropout_p > 0.0 and inputs.device.type == "cpu"
+
+
+def _fused(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, inputs: AttentionInputs):
+    """SDPA of (B, Hq, Lq, E) queries over (B, Hq, S, E) keys: (B, Hq, Lq, Ev)."""
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=inputs.dropout_p, scale=inputs.scale
+    )
+
+
+def _math_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, inputs):
+    """SDPA's math with the cheaper dropout keep-mask: (B, Hq, Lq, E) -> (B, Hq, Lq, Ev).
+    Every row has an allowed key here (the op opens the empty ones before any backend)."""
+    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(inputs.scale)  # (B, Hq, Lq, S)
+    if mask is not None and mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    elif mask is not None:
+        scores = scores + mask
+    probs = torch.softmax(scores, dim=-1)
+    p = inputs.dropout_p
+    return torch.matmul(probs * (dropout_mask(probs, p) if p < 1.0 else 0.0), v)
 
 
 def _folded_mask(mask: Tensor | None, kv_heads: int, groups: int, length: int) -> Tensor | None:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from .._checks import nonnegative_ints as check_nonnegative  # noqa: F401  (shared by the layers)
 from .._checks import positive_ints as check_positive
 from .._checks import token_mask as check_mask  # noqa: F401
+from ..masks import dropout_mask
 
 
 def check_features(
@@ -69,17 +70,14 @@ def check_nonempty(name: str, count: int, shape: tuple[int, ...], what: str, hin
         )
 
 
-_RANDOM_RANGE = 2**31  # int32 ``random_()`` draws uniformly from [0, 2**31)
-
-
 def fast_dropout(features: Tensor, p: float, training: bool = True) -> Tensor:
-    """Dropout with the same law as ``torch.nn.functional.dropout``, faster on the CPU.
+    """Dropout with the law of ``torch.nn.functional.dropout``, faster on the CPU.
 
-    Each element is kept with probability ``1 - p`` (to within 2**-31) and scaled by
-    ``1 / (1 - p)``. The keep-mask comes from int32 ``random_()`` draws of the default generator
-    (seeded by ``torch.manual_seed``), compared with a threshold: on the CPU that is several times
-    cheaper than ``bernoulli_``, which dominated dropout's cost. The mask is made in the input's
-    dtype (bfloat16 under autocast), so the multiplication and its backward read half the bytes.
+    Each element is kept with probability ``1 - p`` (to within 2**-17) and scaled by
+    ``1 / (1 - p)``; the keep-mask (`crossattn.masks.dropout_mask`) compares cheap 16-bit random
+    draws with a threshold, several times cheaper on the CPU than ``bernoulli_``, which
+    dominated dropout's cost. The mask is made in the input's dtype (bfloat16 under autocast),
+    so the multiplication and its backward read half the bytes.
 
     Args:
         features: any shape, floating point.
@@ -91,15 +89,6 @@ def fast_dropout(features: Tensor, p: float, training: bool = True) -> Tensor:
     if p >= 1.0:
         return features * 0.0
     return features * dropout_mask(features, p)
-
-
-def dropout_mask(like: Tensor, p: float) -> Tensor:
-    """The scaled keep-mask of `fast_dropout`: ``1 / (1 - p)`` with probability ``1 - p``, else 0,
-    in the shape, dtype and device of `like`, for ``0 < p < 1``."""
-    draws = torch.empty(like.shape, dtype=torch.int32, device=like.device).random_()
-    keep = draws >= round(p * _RANDOM_RANGE)
-    scale = torch.tensor(1.0 / (1.0 - p), dtype=like.dtype, device=like.device)
-    return torch.where(keep, scale, scale.new_zeros(()))
 
 
 class FastDropout(nn.Dropout):

@@ -18,13 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import _checks
-from ..masks import causal_mask
-from ._common import (
-    FastDropout,
-    FeedForward,
-    check_features,
-    dropout_mask,
-)
+from ..masks import causal_mask, dropout_mask
+from ._common import FastDropout, FeedForward, check_features
 from .attention import ArgNames, CrossAttention, PreparedContext, WeightsArg
 
 _SOURCE = ArgNames(
