@@ -153,11 +153,8 @@ def cross_attention(
 
     if row_ok is not None:
         # torch.where: one pass, where masked_fill copies first (a mask broadcast over the
-        # last dimension is slow in both; this is the cheaper). A key_mask alone empties whole
-        # batch rows, whose keys and values were zeroed above: the backend's uniform weights
-        # over them already give exactly 0 (NaN where the query is NaN, as for every row).
-        if attn_mask is not None:
-            out = torch.where(row_ok, out, 0.0)
+        # last dimension is slow in both; this is the cheaper).
+        out = torch.where(row_ok, out, 0.0)
         if weights is not None:
             weights = torch.where(row_ok if weights.dim() == 4 else row_ok[:, 0], weights, 0.0)
     if return_weights == "mean" and backend_weights is True:

@@ -86,6 +86,22 @@ def test_cpu_rule_with_amx(dims, dtype, want, wait, monkeypatch, on_cpu):
     assert select_backend(_inputs(dims, dtype)).name == want
 
 
+@pytest.mark.parametrize("amx", [False, True])
+def test_short_contexts_take_chunked_for_the_forward_only(amx, monkeypatch, on_cpu):
+    """Its backward is a Python tile loop, and its dropout draws float tiles: training calls at
+    a short context stay on SDPA (float32; bfloat16 without AMX takes chunked by its own rule)."""
+    on_cpu(amx)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    b, h, length, s, e = A
+    q = torch.empty(b, h, length, e, device="meta")
+    k = torch.empty(b, h, s, e, device="meta")
+    assert select_backend(AttentionInputs(q, k, k, None, 0.125, 0.0, False)).name == "chunked"
+    with_grad = AttentionInputs(q.requires_grad_(), k, k, None, 0.125, 0.0, False)
+    assert select_backend(with_grad).name == "sdpa"
+    dropout = AttentionInputs(q.detach(), k, k, None, 0.125, 0.1, False)
+    assert select_backend(dropout).name == "sdpa"
+
+
 def test_the_amx_probe_is_a_bool_read_once():
     assert isinstance(policy.AMX_CPU, bool)
     assert policy.amx_cpu() is policy.AMX_CPU

@@ -211,3 +211,27 @@ def test_fast_dropout_compiles_without_a_graph_break_and_keeps_its_law():
     kept = out != 0
     assert abs(kept.sum().item() - x.numel() * (1 - p)) <= 5 * math.sqrt(x.numel() * p * (1 - p))
     assert torch.equal(out[kept], torch.full_like(out[kept], 1.0 / (1.0 - p)))
+
+
+@pytest.mark.parametrize("p", [1 - 1e-6, 1 - 2**-17])
+def test_fast_dropout_within_a_draw_step_of_one_drops_everything(p):
+    """A threshold of 2**16 draws would overflow int16 (and keep everything): it drops all."""
+    out = fast_dropout(torch.ones(1000), p)
+    assert torch.equal(out, torch.zeros(1000))
+
+
+def test_sdpa_dropout_of_16_bit_inputs_is_computed_in_float32():
+    """The sdpa backend's own CPU dropout math upcasts bfloat16, as SDPA's math does: under one
+    seed (the same keep-mask, drawn in float32) it equals the float32 call on the same values
+    to within bfloat16 output rounding, far closer than bfloat16 scores would give."""
+    from crossattn import cross_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 22, 16, generator=gen).mul(3).bfloat16() for _ in range(3))
+    torch.manual_seed(5)
+    low = cross_attention(q, k, v, dropout_p=0.2, backend="sdpa")
+    torch.manual_seed(5)
+    full = cross_attention(q.float(), k.float(), v.float(), dropout_p=0.2, backend="sdpa")
+    assert low.dtype == torch.bfloat16
+    # one bfloat16 rounding of the output: half a unit in the last place, 2**-9 relative
+    torch.testing.assert_close(low.float(), full, rtol=2**-8, atol=2**-8 * full.abs().max().item())

@@ -8,8 +8,9 @@ backend in rank order, ties in registration order, and takes the first with no
 ``LAST`` (30); a backend registered with ``register_backend`` ranks ``USER_RANK`` (100, after them)
 unless it says otherwise, and one that returns less than 10 is tried before every built-in one.
 
-The built-in ranks (the measurements that set them are in ``docs/backends.md``, "The dispatch
-rule", and the op benchmark's recorded run in ``benchmarks/RESULTS.md``):
+The built-in ranks (the measurements that set them, with torch 2.13, are in
+``docs/backends.md``, "The dispatch rule", and the op benchmark's recorded run in
+``benchmarks/RESULTS.md``):
 
 - CUDA and other accelerators: ``sdpa``; with weights ``lse`` (the fused kernel's output,
   weights rebuilt per query block from its log-sum-exp), then ``reference`` (weights that need
@@ -18,7 +19,8 @@ rule", and the op benchmark's recorded run in ``benchmarks/RESULTS.md``):
   ``lse``, then ``reference``.
 - CPU without weights, every processor: ``chunked`` for short contexts (float32 or bfloat16,
   S <= ``SHORT_CONTEXT_MAX_S`` keys and at least ``SHORT_CONTEXT_MIN_SCORES`` scores: text
-  conditioning), where the fused kernel pays for a key block it cannot fill.
+  conditioning; forward only, without dropout), where the fused kernel pays for a key block
+  it cannot fill.
 - CPU without weights, a processor with AMX tiles (`amx_cpu`): ``sdpa`` for everything else, since
   the fused kernel then runs its bfloat16 blocks on AMX and beats the tile loop at every longer
   context measured, in bfloat16 up to 4.8x.
@@ -40,7 +42,7 @@ from .base import AttentionInputs
 
 FIRST, SECOND, LAST = 10, 20, 30
 # Contexts up to this length are one key block of the chunked backend (plain softmax, no online
-# rescaling): there it beats SDPA in bfloat16 whatever the wait policy.
+# rescaling): on a CPU without AMX it beats SDPA there in bfloat16 whatever the wait policy.
 MAX_SINGLE_BLOCK = 1024
 # Short contexts (text conditioning: 77 tokens): ``chunked`` on every CPU, in float32 too, from
 # this many scores (B x H x L x S) on; below it (decode steps) its few ops cost more than the
@@ -79,8 +81,11 @@ def chunked_first(inputs: AttentionInputs) -> bool:
 
 
 def _short_context(inputs: AttentionInputs) -> bool:
-    """float32 or bfloat16 with S <= 77 keys and at least 2^18 scores: one tile, few ops."""
+    """float32 or bfloat16 with S <= 77 keys and at least 2^18 scores, forward only (its
+    backward is a Python tile loop: slower than SDPA's there) and without dropout."""
     if inputs.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if inputs.requires_grad or inputs.dropout_p > 0.0:
         return False
     scores = inputs.batch * inputs.heads * inputs.q_len * inputs.kv_len
     return inputs.kv_len <= SHORT_CONTEXT_MAX_S and scores >= SHORT_CONTEXT_MIN_SCORES

@@ -6,11 +6,17 @@ the CPU). SDPA returns no attention weights, so calls that ask for weights go el
 Some of those kernels give 0, not NaN, for a query row that holds NaN (the CPU kernel does for
 some head sizes); the output of such rows is set to NaN, as every backend gives.
 
-Dropout on the CPU: PyTorch's CPU kernel has none, and SDPA then runs its math path with
-``bernoulli_`` draws. This backend runs the same math (scores, softmax, dropout, value matmul)
-with the cheaper keep-mask of `crossattn.masks.dropout_mask` instead (16-bit inputs in float32,
-as SDPA's math): an op call with a key mask at (64, 4, 22, 20, 64), forward and backward, 1.2x
-faster in float32 and 1.25x under bfloat16 autocast (Intel Xeon, 2 threads), with the same law.
+Where the fused CPU kernel is the slow choice, this backend runs SDPA's math itself (scores,
+softmax, dropout, value matmul; 16-bit inputs in float32, as SDPA's math does), see `_use_math`:
+
+- dropout: PyTorch's CPU kernel has none, and SDPA falls back to its math with ``bernoulli_``
+  draws; here the cheaper keep-mask of `crossattn.masks.dropout_mask` draws them (same law): an
+  op call with a key mask at (64, 4, 22, 20, 64), forward and backward, 1.2x faster in float32
+  and 1.25x under bfloat16 autocast (Intel Xeon, 2 threads);
+- the backward of 16-bit inputs over short sequences (at most ``MATH_BACKWARD_MAX_LEN`` query
+  rows and keys): the fused kernel's backward took 12.0 ms at (64, 4, 22, 20, 64) in bfloat16,
+  the math 2.65 ms (7.85 against 4.44 ms at (8, 4, 128, 128, 64); at 256 x 256 the fused
+  kernel wins, 4.98 against 8.14 ms).
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ from .base import AttentionInputs, Backend
 from .policy import sdpa_rank
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_HALF = (torch.float16, torch.bfloat16)
+# Query rows (G x L when grouped heads are folded) and keys up to which a 16-bit backward runs
+# the math rather than the fused CPU kernel's backward (see the module docstring).
+MATH_BACKWARD_MAX_LEN = 128
 
 
 class SDPABackend(Backend):
@@ -44,7 +54,7 @@ class SDPABackend(Backend):
     def forward(self, inputs: AttentionInputs) -> tuple[Tensor, Tensor | None]:
         q, k, v, mask = inputs.query, inputs.key, inputs.value, inputs.mask
         b, h, length, _ = q.shape
-        attend = _math_with_dropout if _own_dropout(inputs) else _fused
+        attend = _math if _use_math(inputs) else _fused
         if inputs.groups == 1:
             out = attend(q, k, v, mask, inputs)
         else:
@@ -61,20 +71,29 @@ class SDPABackend(Backend):
         return out + torch.where(nan_rows, float("nan"), 0.0).to(out.dtype), None
 
 
-def _own_dropout(inputs: AttentionInputs) -> bool:
-    """Dropout on the CPU, where SDPA would fall back to its math path with bernoulli_ draws."""
-    return inputs.dropout_p > 0.0 and inputs.device.type == "cpu"
+def _use_math(inputs: AttentionInputs) -> bool:
+    """Whether this call runs SDPA's math here rather than the fused kernel (module docstring):
+    on the CPU, with dropout, or with gradients of 16-bit inputs over short sequences."""
+    if inputs.device.type != "cpu":
+        return False
+    if inputs.dropout_p > 0.0:
+        return True
+    rows = inputs.groups * inputs.q_len
+    short = rows <= MATH_BACKWARD_MAX_LEN and inputs.kv_len <= MATH_BACKWARD_MAX_LEN
+    return inputs.requires_grad and inputs.dtype in _HALF and short
 
 
 def _fused(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, inputs: AttentionInputs):
-    """SDPA of (B, Hq, Lq, E) queries over (B, Hq, S, E) keys: (B, Hq, Lq, Ev)."""
+    """SDPA of (B, Hk, Lq, E) queries (grouped heads folded into Lq) over (B, Hk, S, E) keys:
+    (B, Hk, Lq, Ev)."""
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=inputs.dropout_p, scale=inputs.scale
     )
 
 
-def _math_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, inputs):
-    """SDPA's math with the cheaper dropout keep-mask: (B, Hq, Lq, E) -> (B, Hq, Lq, Ev).
+def _math(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, inputs: AttentionInputs):
+    """SDPA's math, dropout by the cheaper keep-mask: (B, Hk, Lq, E) queries (grouped heads
+    folded into Lq) over (B, Hk, S, E) keys -> (B, Hk, Lq, Ev).
     16-bit inputs are computed in float32, as SDPA's math does. Every row has an allowed key
     here (the op opens the empty ones before any backend)."""
     dtype = q.dtype
@@ -86,8 +105,9 @@ def _math_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, inp
     elif mask is not None:
         scores = scores + mask.to(scores.dtype)
     probs = torch.softmax(scores, dim=-1)
-    p = inputs.dropout_p
-    return torch.matmul(probs * (dropout_mask(probs, p) if p < 1.0 else 0.0), v).to(dtype)
+    if inputs.dropout_p > 0.0:  # the op checks 0 <= dropout_p < 1
+        probs = probs * dropout_mask(probs, inputs.dropout_p)
+    return torch.matmul(probs, v).to(dtype)
 
 
 def _folded_mask(mask: Tensor | None, kv_heads: int, groups: int, length: int) -> Tensor | None:
