@@ -237,7 +237,7 @@ def run(args) -> dict:
     from tqdm import tqdm
 
     import crossattn
-    from crossattn.backends import policy
+    from crossattn import _cpu
 
     torch.set_num_threads(args.threads)
     shapes = [s.strip().upper() for s in args.shapes.split(",")]
@@ -266,7 +266,7 @@ def run(args) -> dict:
     return {
         "machine": {
             "processor": cpu_name(),
-            "amx": policy.AMX_CPU,
+            "amx": _cpu.AMX,
             "cores": os.cpu_count(),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,

@@ -95,17 +95,17 @@ def dropout_mask(like: Tensor, p: float) -> Tensor:
     compares uniform floats with ``p`` instead. Used by `crossattn.layers` (``FastDropout``) and
     by the ``sdpa`` backend's dropout on the CPU.
     """
+    threshold = round(p * _DRAW_RANGE)
     if torch.compiler.is_compiling():  # in-place random_ breaks the graph: uniform floats
         keep = torch.rand(like.shape, device=like.device) >= p
-        return keep.to(like.dtype).mul_(1.0 / (1.0 - p))
-    threshold = round(p * _DRAW_RANGE)
-    if threshold >= _DRAW_RANGE:  # p within 2**-17 of 1: no 16-bit draw is kept
-        return torch.zeros(like.shape, dtype=like.dtype, device=like.device)
-    n = like.numel()
-    words = torch.empty(-(-n // _DRAWS_PER_WORD), dtype=torch.int64, device=like.device)
-    # Every bit of the words uniform: the range is the whole int64 span (but its top value).
-    words.random_(-(2**63), 2**63 - 1)
-    draws = words.view(torch.int16)[:n].view(like.shape)  # uniform on [-2**15, 2**15)
-    keep = draws >= threshold - _DRAW_RANGE // 2
+    elif threshold >= _DRAW_RANGE:  # p within 2**-17 of 1: no 16-bit draw is kept
+        keep = torch.zeros(like.shape, dtype=torch.bool, device=like.device)
+    else:
+        n = like.numel()
+        words = torch.empty(-(-n // _DRAWS_PER_WORD), dtype=torch.int64, device=like.device)
+        # Every bit of the words uniform: the range is the whole int64 span (but its top value).
+        words.random_(-(2**63), 2**63 - 1)
+        draws = words.view(torch.int16)[:n].view(like.shape)  # uniform on [-2**15, 2**15)
+        keep = draws >= threshold - _DRAW_RANGE // 2
     # 0/1 in the dtype, then scaled in place: twice as fast in float32 as torch.where(keep, ...)
     return keep.to(like.dtype).mul_(1.0 / (1.0 - p))

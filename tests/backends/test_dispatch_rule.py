@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from crossattn.backends import AttentionInputs, policy, select_backend
+from crossattn import _cpu
+from crossattn.backends import AttentionInputs, select_backend
 
 A = (2, 8, 4096, 77, 64)
 B = (1, 8, 256, 65536, 64)
@@ -23,7 +24,7 @@ DECODE_77 = (8, 8, 1, 77, 64)  # a short context, but too few scores for the til
 def on_cpu(monkeypatch):
     """Make meta inputs report the CPU; returns a setter for the processor's AMX flag."""
     monkeypatch.setattr(AttentionInputs, "device", property(lambda self: torch.device("cpu")))
-    return lambda amx: monkeypatch.setattr(policy, "AMX_CPU", amx)
+    return lambda amx: monkeypatch.setattr(_cpu, "AMX", amx)
 
 
 def _inputs(dims, dtype, weights=False, device="meta", kv_heads=None):
@@ -102,11 +103,6 @@ def test_short_contexts_take_chunked_for_the_forward_only(amx, monkeypatch, on_c
     assert select_backend(dropout).name == "sdpa"
 
 
-def test_the_amx_probe_is_a_bool_read_once():
-    assert isinstance(policy.AMX_CPU, bool)
-    assert policy.amx_cpu() is policy.AMX_CPU
-
-
 @pytest.mark.parametrize(
     "dims, dtype, want",
     [
@@ -139,6 +135,6 @@ def test_weights_on_the_cpu_take_chunked_and_elsewhere_lse(weights, dtype, amx, 
     accelerator = _inputs(E, dtype, weights=weights)
     assert select_backend(accelerator).name == "lse"
     assert select_backend(_inputs(E, dtype)).name == "sdpa"
-    monkeypatch.setattr(policy, "AMX_CPU", amx)
+    monkeypatch.setattr(_cpu, "AMX", amx)
     monkeypatch.setattr(AttentionInputs, "device", property(lambda self: torch.device("cpu")))
     assert select_backend(_inputs(E, dtype, weights=weights)).name == "chunked"

@@ -21,7 +21,7 @@ The built-in ranks (the measurements that set them, with torch 2.13, are in
   S <= ``SHORT_CONTEXT_MAX_S`` keys and at least ``SHORT_CONTEXT_MIN_SCORES`` scores: text
   conditioning; forward only, without dropout), where the fused kernel pays for a key block
   it cannot fill.
-- CPU without weights, a processor with AMX tiles (`amx_cpu`): ``sdpa`` for everything else, since
+- CPU without weights, a processor with AMX tiles (``crossattn._cpu.AMX``): ``sdpa`` for everything else, since
   the fused kernel then runs its bfloat16 blocks on AMX and beats the tile loop at every longer
   context measured, in bfloat16 up to 4.8x.
 - CPU without weights, no AMX: ``chunked`` for bfloat16 contexts of one key block (up to
@@ -57,19 +57,11 @@ def passive_wait() -> bool:
     return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
 
 
-def amx_cpu() -> bool:
-    """Whether this CPU has AMX tiles (probed once, at import: `AMX_CPU`)."""
-    return AMX_CPU
-
-
-AMX_CPU = _cpu.AMX
-
-
 def chunked_first(inputs: AttentionInputs) -> bool:
     """Whether ``chunked`` ranks before ``sdpa`` for a CPU call without weights."""
     if _short_context(inputs):
         return True
-    if amx_cpu():
+    if _cpu.AMX:
         return False  # the fused kernel's AMX blocks win everywhere else
     if inputs.dtype == torch.bfloat16 and inputs.kv_len <= MAX_SINGLE_BLOCK:
         return True

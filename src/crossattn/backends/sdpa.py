@@ -97,9 +97,9 @@ def _math(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, inputs: Attentio
     16-bit inputs are computed in float32, as SDPA's math does. Every row has an allowed key
     here (the op opens the empty ones before any backend)."""
     dtype = q.dtype
-    if dtype in (torch.float16, torch.bfloat16):
+    if dtype in _HALF:
         q, k, v = q.float(), k.float(), v.float()
-    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(inputs.scale)  # (B, Hq, Lq, S)
+    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(inputs.scale)  # (B, Hk, Lq, S)
     if mask is not None and mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask, float("-inf"))
     elif mask is not None:

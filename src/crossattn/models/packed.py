@@ -5,8 +5,8 @@ that read the same input, such as a self-attention's q, k and v projections, so 
 computes all of them (one linear alone is packed too). Then, on the CPU:
 
 - float32 on an Intel processor: the weight is transposed once into a contiguous copy and
-  multiplied by MKL (``torch.addmm``), 1.2-1.8x faster than oneDNN's packed weight and than
-  `F.linear` at 1-32 rows on one thread (Intel Xeon with AMX; 1.0x at 128 rows and more);
+  multiplied by MKL (``torch.addmm``), 1.2-2.8x faster than oneDNN's packed weight at 1-32
+  rows on one thread (Intel Xeon with AMX; level with it at 128 rows and more);
 - bfloat16, and float32 elsewhere: the weight is reordered once into oneDNN's blocked layout
   and multiplied by oneDNN, with an optional ReLU fused in: 1.1-1.4x faster than `F.linear` for
   the (32-128) x (256-1024) matmuls of a decode step on an AMD Zen 4 in float32, 1.3-1.7x on
