@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import subprocess
@@ -89,6 +90,61 @@ def test_convolution_stems_see_the_pixels_around_their_patch(stem, image_size, g
     ys, xs = (images.grad.abs().sum((0, 1)) > 0).nonzero(as_tuple=True)  # pixels seen
     assert (ys.min(), ys.max()) == _seen(stem, row * patch, patch)
     assert (xs.min(), xs.max()) == _seen(stem, col * patch, patch)
+
+
+@pytest.mark.parametrize("amx, enabled", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("d_model, image_size, grid", [(32, 64, 8), (64, 48, 12), (16, 32, 16)])
+def test_wide_stem_trains_in_bfloat16_when_asked_on_amx_and_evaluates_in_float32(
+    amx, enabled, d_model, image_size, grid, monkeypatch
+):
+    from crossattn import _cpu
+
+    monkeypatch.setattr(_cpu, "AMX", amx)
+    torch.manual_seed(0)
+    config = VQAConfig(vocab_size=10, n_answers=3, stem="wide", image_layers=0,
+                       image_size=image_size, grid=grid, d_model=d_model, heads=4,
+                       dim_ff=32)  # fmt: skip
+    model = VQAModel(config)
+    assert model.train_convolutions_in_bfloat16(enabled) is model
+    convs = model.patches.stem.convs
+    amx = amx and enabled  # bfloat16 runs only when both hold
+    images = torch.rand(3, 3, image_size, image_size) - 0.5
+    exact = copy.deepcopy(convs).double()  # float64, NCHW, the plain modules one by one
+    want = torch.nn.Sequential(*exact)(images.double())
+    want.pow(2).sum().backward()
+    torch.testing.assert_close(convs.eval()(images), want.float(), rtol=1e-4, atol=1e-5)
+    got = convs.train()(images)
+    assert got.dtype == torch.float32
+    assert got.flatten(2).transpose(1, 2).is_contiguous()  # patch tokens without a copy
+    got.pow(2).sum().backward()
+    # bfloat16 keeps 8 significant bits: each convolution rounds its inputs and weights, a
+    # few units of 2^-8 of the output's scale per layer; float32 agrees to float32 rounding
+    layers = sum(isinstance(m, torch.nn.Conv2d) for m in convs)
+    tol = layers * 4 * 2.0**-8 if amx else 1e-4
+    assert (got.double() - want).abs().max() <= tol * want.abs().max()
+    assert amx == (not torch.allclose(got.double(), want, rtol=0, atol=1e-5))
+    for mine, ref in zip(convs.parameters(), exact.parameters()):
+        assert (mine.grad.double() - ref.grad).abs().max() <= 2 * tol * ref.grad.abs().max()
+
+
+@pytest.mark.parametrize("image_size, grid", [(30, 6), (21, 7), (8, 8), (36, 6), (64, 8)])
+def test_centre_stem_sees_a_square_on_its_patch_centre(image_size, grid):
+    torch.manual_seed(0)
+    config = VQAConfig(vocab_size=10, n_answers=3, image_size=image_size, grid=grid,
+                       stem="centre", image_layers=0, **SMALL)  # fmt: skip
+    module = VQAModel(config).patches.stem
+    patch = image_size // grid
+    images = torch.rand(1, 3, image_size, image_size, requires_grad=True)
+    feats = module(images)
+    assert feats.shape == (1, 32, grid, grid)
+    row, col = grid // 2, max(0, grid // 2 - 1)
+    feats[0, :, row, col].pow(2).sum().backward()
+    ys, xs = (images.grad.abs().sum((0, 1)) > 0).nonzero(as_tuple=True)
+    for seen, first in ((ys, row * patch), (xs, col * patch)):
+        lo, hi = int(seen.min()) - first, int(seen.max()) - first  # within the patch
+        assert lo == patch - 1 - hi  # symmetric about the patch's centre
+        assert patch / 2 - 1 <= hi - lo + 1 <= max(2, patch / 2 + 1)  # about half the side
+        assert len(seen.unique()) == hi - lo + 1  # a solid square
 
 
 def test_patch_values_hold_only_their_own_pixels():
@@ -424,13 +480,13 @@ def test_a_run_bounded_by_steps_alone_shows_progress():
 @pytest.mark.parametrize(
     "guided, config, want",
     [
-        # answers only: every token looks, keys see their own pixels, values the surroundings
-        (False, SMALL, ("mean", 0, "linear", "wide", 0, 0)),
+        # answers only: every token looks, keys see their patch's centre, values the surroundings
+        (False, SMALL, ("mean", 0, "centre", "wide", 0, 0)),
         (True, SMALL, ("query", 1, "wide", "stem", 0, 0)),  # guided: patches see the outline
         (
             False,
             {**SMALL, "readout": "query", "values": "stem", "local_heads": 2},
-            ("query", 0, "linear", "stem", 2, 0),
+            ("query", 0, "centre", "stem", 2, 0),
         ),
         (True, {**SMALL, "stem": "cnn"}, ("query", 1, "cnn", "stem", 0, 0)),  # asked for
     ],
@@ -443,6 +499,19 @@ def test_answers_only_runs_default_to_their_own_config(guided, config, want):
     assert (got.readout, got.image_layers, got.stem, got.values, got.local_heads,
             got.centre_answer) == want  # fmt: skip
     assert (got.d_model, got.dim_ff) == (SMALL["d_model"], SMALL["dim_ff"])
+
+
+@pytest.mark.parametrize("amx_bfloat16", [True, False])
+def test_training_asks_for_bfloat16_convolutions_as_the_options_say(amx_bfloat16):
+    from crossattn.models.vqa import _Convs
+
+    train = examples_from_scenes(generate_scenes(8, seed=0))
+    options = VQAOptions(seconds=1e9, max_steps=1, batch_size=4, amx_bfloat16=amx_bfloat16,
+                         config={**SMALL, "stem": "wide"})  # fmt: skip
+    model = train_vqa(train, options).model
+    flags = [m.bfloat16_training for m in model.modules() if isinstance(m, _Convs)]
+    assert flags == [amx_bfloat16, amx_bfloat16]  # the key stem and the value stem
+    assert VQAModel(model.config).patches.stem.convs.bfloat16_training is False  # off by default
 
 
 def test_runs_side_by_side_in_threads_match_runs_one_after_the_other():
@@ -567,3 +636,5 @@ def test_vqa_options_follow_the_argument_rules():
         VQAOptions(guided_grounding=1)
     with pytest.raises(ValueError, match=r"VQAOptions.centre_weight must be"):
         VQAOptions(centre_weight=-1.0)
+    with pytest.raises(TypeError, match=r"VQAOptions.amx_bfloat16 must be a bool, got 1"):
+        VQAOptions(amx_bfloat16=1)

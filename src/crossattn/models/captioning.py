@@ -1,6 +1,6 @@
 """A small image captioning model whose words cross-attend to image patches.
 
-The image side is `crossattn.models.vqa`'s patch encoder (linear patchify or a conv stem, 2-D
+The image side is `crossattn.models.vqa`'s patch encoder (a stem of its `STEMS`, 2-D
 sinusoidal positions, ``image_layers`` self-attention layers over the patches). The text side is
 a causal decoder of `crossattn.TransformerDecoderLayer` blocks (as in `Seq2SeqTransformer`):
 each word attends to the words before it, then to the ``P = grid * grid`` patches, and the
@@ -48,7 +48,7 @@ class CaptionConfig:
     # the image encoder (the VQA model's): patches of a grid x grid split
     image_size: int = 64
     grid: int = 8
-    stem: Literal["linear", "conv", "cnn", "wide"] = "linear"
+    stem: Literal["linear", "centre", "conv", "cnn", "wide"] = "linear"
     image_layers: int = 1
     # the caption decoder
     decoder_layers: int = 2
