@@ -44,13 +44,8 @@ from .seq2seq import sinusoidal_positions
 __all__ = ["VQAConfig", "VQAModel", "VQAOutput", "patch_positions"]
 
 
-STEMS = (
-    "linear",
-    "centre",
-    "conv",
-    "cnn",
-    "wide",
-)  # the patch stems, `VQAConfig.stem` (and captioning's)
+# the patch stems, `VQAConfig.stem` (and captioning's)
+STEMS = ("linear", "centre", "conv", "cnn", "wide")
 
 # the rule of each field that is not a positive int
 _RULES: dict[str, Any] = {
@@ -412,7 +407,7 @@ class VQAModel(nn.Module):
 
     def train_convolutions_in_bfloat16(self, enabled: bool = True) -> VQAModel:
         """While in train mode on a CPU with AMX tiles, run the wide stems' 3 x 3 convolutions
-        under bfloat16 autocast (float32 out; a quarter off a training step); off by default,
+        under bfloat16 autocast (float32 out; about a fifth off a training step); off by default,
         and eval mode always runs float32. `train_vqa` turns it on (`VQAOptions.amx_bfloat16`).
         Returns the model."""
         enabled = _checks.boolean(enabled, "enabled")
