@@ -209,6 +209,31 @@ def test_local_heads_key_on_their_own_patch_and_stack_after_the_stem_heads():
     torch.testing.assert_close(model(images.detach(), ids, ids != 0).logits, out.logits)
 
 
+def test_local_heads_key_on_the_centre_of_their_patch_with_local_stem_centre():
+    torch.manual_seed(0)
+    config = VQAConfig(vocab_size=10, n_answers=3, stem="wide", values="stem", readout="mean",
+                       image_layers=0, local_heads=2, local_stem="centre", **SMALL)  # fmt: skip
+    model = VQAModel(config).eval()
+    images = torch.rand(1, 3, 64, 64, requires_grad=True)
+    feats = model.patches(images)
+    assert feats.values is None  # every head reads the wide stem's features as values
+    feats.local[0, 8 * 2 + 5].pow(2).sum().backward()  # patch rows 16..23, columns 40..47
+    ys, xs = (images.grad.abs().sum((0, 1)) > 0).nonzero(as_tuple=True)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (18, 21, 42, 45)  # its centre 4 x 4
+    ids = torch.tensor([[4, 5, 6]])
+    out = model(images.detach(), ids, ids != 0, return_maps=True)
+    block = model.cross[0]
+    assert (block.attn_question_to_image.heads, block.attn_local.heads) == (2, 2)
+    with torch.no_grad():  # the last two heads follow the centre keys, with the stem's values
+        feats = model.patches(images.detach())
+        q = block.norm_q(_question_tokens(model, ids))
+        _, local = block.attn_local(q, block.norm_local(feats.local), block.norm_ctx(
+            feats.keys), return_weights=True)  # fmt: skip
+    torch.testing.assert_close(out.maps[0][:, 2:], local)
+    with pytest.raises(ValueError, match="local_stem"):
+        VQAConfig(vocab_size=10, n_answers=3, local_heads=1, local_stem="wide")
+
+
 def _question_tokens(model, ids):
     """The question tokens the first cross layer reads (readout "mean")."""
     tokens = model.embed(ids) + sinusoidal_positions(ids.shape[1], model.config.d_model)
@@ -480,13 +505,14 @@ def test_a_run_bounded_by_steps_alone_shows_progress():
 @pytest.mark.parametrize(
     "guided, config, want",
     [
-        # answers only: every token looks, keys see their patch's centre, values the surroundings
-        (False, SMALL, ("mean", 0, "centre", "wide", 0, 0)),
+        # answers only: every token looks, through heads keyed on the patch centres and heads
+        # keyed on the wide stem, whose features are every head's values
+        (False, SMALL, ("mean", 0, "wide", "stem", 2, 0)),
         (True, SMALL, ("query", 1, "wide", "stem", 0, 0)),  # guided: patches see the outline
         (
             False,
-            {**SMALL, "readout": "query", "values": "stem", "local_heads": 2},
-            ("query", 0, "centre", "stem", 2, 0),
+            {**SMALL, "readout": "query", "stem": "linear", "local_heads": 1},
+            ("query", 0, "linear", "stem", 1, 0),
         ),
         (True, {**SMALL, "stem": "cnn"}, ("query", 1, "cnn", "stem", 0, 0)),  # asked for
     ],
@@ -498,6 +524,7 @@ def test_answers_only_runs_default_to_their_own_config(guided, config, want):
     got = train_vqa(train, options).model.config
     assert (got.readout, got.image_layers, got.stem, got.values, got.local_heads,
             got.centre_answer) == want  # fmt: skip
+    assert got.local_stem == ("centre" if want[4] and not guided else "linear")
     assert (got.d_model, got.dim_ff) == (SMALL["d_model"], SMALL["dim_ff"])
 
 
@@ -507,7 +534,7 @@ def test_training_asks_for_bfloat16_convolutions_as_the_options_say(amx_bfloat16
 
     train = examples_from_scenes(generate_scenes(8, seed=0))
     options = VQAOptions(seconds=1e9, max_steps=1, batch_size=4, amx_bfloat16=amx_bfloat16,
-                         config={**SMALL, "stem": "wide"})  # fmt: skip
+                         config={**SMALL, "stem": "wide", "values": "wide"})  # fmt: skip
     model = train_vqa(train, options).model
     flags = [m.bfloat16_training for m in model.modules() if isinstance(m, _Convs)]
     assert flags == [amx_bfloat16, amx_bfloat16]  # the key stem and the value stem

@@ -14,9 +14,10 @@ return value (``return_maps=True``), from the same call that computes the answer
 ``map_mask`` ``(B, T')`` saying which rows are real tokens (``T' = 1`` for ``"query"``).
 
 Two options shape where a model trained on answers alone looks. ``local_heads`` heads of every
-cross layer key on a linear patchify of their own patch (colours, where a patch is), the other
-heads on the ``stem`` features (an object's shape, seen from around it); the maps come back with
-the ``stem``-keyed heads first. ``centre_answer = k`` adds a second answer head that reads, through
+cross layer key on ``local_stem`` features of their own patch (a linear patchify of the whole
+patch, or of its centre: colours, where a patch is), the other heads on the ``stem`` features
+(an object's shape, seen from around it); the maps come back with the ``stem``-keyed heads
+first. ``centre_answer = k`` adds a second answer head that reads, through
 the last layer's ``stem``-keyed heads, only the centre k x k pixels of each patch: trained on the
 same answers, it is right only when those heads look at the patches whose middle lies on the
 object, which is where the pointing game looks (`VQAOutput.centre_logits`).
@@ -57,6 +58,7 @@ _RULES: dict[str, Any] = {
     "stem": lambda value, name: _checks.choice(value, name, STEMS),
     "readout": lambda value, name: _checks.choice(value, name, ("query", "mean")),
     "values": lambda value, name: _checks.choice(value, name, ("stem", "patch", "wide")),
+    "local_stem": lambda value, name: _checks.choice(value, name, ("linear", "centre")),
 }
 
 
@@ -80,10 +82,11 @@ class VQAConfig:
     text_layers: int = 1
     cross_layers: int = 1
     readout: Literal["query", "mean"] = "query"
-    # heads keyed on a linear patchify of their own patch (the others key on `stem`), and the side
-    # in pixels of the patch centres an auxiliary answer reads through the last layer's
+    # heads keyed on `local_stem` features of their own patch (the others key on `stem`), and the
+    # side in pixels of the patch centres an auxiliary answer reads through the last layer's
     # `stem`-keyed heads (0: no auxiliary answer); see the module docstring
     local_heads: int = 0
+    local_stem: Literal["linear", "centre"] = "linear"
     centre_answer: int = 0
     # every layer
     d_model: int = 64
@@ -279,7 +282,8 @@ class _PatchEncoder(nn.Module):
     """Images (B, 3, H, W) -> `PatchFeatures`: patch features with positions and self-attention
     (the keys, and the values for ``values="stem"``), value features with positions from a stem
     of their own for ``values="patch"`` (a linear patchify: each value holds only its patch's
-    pixels) or ``"wide"`` (`_WideStem`), and a linear patchify for the ``local_heads``' keys."""
+    pixels) or ``"wide"`` (`_WideStem`), and the ``local_stem`` features for the
+    ``local_heads``' keys."""
 
     def __init__(self, c: VQAConfig):
         super().__init__()
@@ -292,7 +296,7 @@ class _PatchEncoder(nn.Module):
         )
         value_stem = {"stem": None, "patch": "linear", "wide": "wide"}[c.values]
         self.value_stem = None if value_stem is None else _stem(value_stem, c.d_model, patch)
-        self.local_stem = _stem("linear", c.d_model, patch) if c.local_heads else None
+        self.local_stem = _stem(c.local_stem, c.d_model, patch) if c.local_heads else None
 
     def _own(self, stem: nn.Module | None, images: Tensor) -> Tensor | None:
         """A stem's features (B, P, d_model) with the positions; None for no stem."""
@@ -313,8 +317,9 @@ class _PatchEncoder(nn.Module):
 class _CrossBlock(nn.Module):
     """Pre-norm: tokens + CrossAttention(norm(tokens), norm(patches)); tokens + FFN(norm(tokens)).
     With local heads, two attentions share the queries and the values: ``heads - local_heads``
-    heads key on the patch features, ``local_heads`` on the local patchify; their outputs add up
-    (as one output projection over all heads would) and their maps stack, stem heads first."""
+    heads key on the patch features, ``local_heads`` on the ``local_stem`` features; their
+    outputs add up (as one output projection over all heads would) and their maps stack, stem
+    heads first."""
 
     def __init__(self, c: VQAConfig):
         super().__init__()
