@@ -9,11 +9,12 @@ off it, and the answer in the panel's title. The first questions are drawn as th
 and misses alike. The figure in ``docs/vqa.md`` was made with
 
     python benchmarks/vqa_figure.py --questions 4 --out docs/img/vqa-maps.png \\
-        --model "keys from the whole patch=DIR1" --model "centre keys=DIR2/model-unsupervised" \\
-        --model "guided=DIR2/model-guided"
+        --model "whole-patch keys=DIR1" --model "centre keys=DIR2" \\
+        --model "the default=DIR3/model-unsupervised" --model "guided=DIR3/model-guided"
 
-where DIR2 is a `crossattn demo --task vqa` output and DIR1 a model trained as that demo's
-answers-only model but with ``VQAOptions(config={"stem": "linear"})``.
+where DIR3 is a `crossattn demo --task vqa` output, and DIR1 and DIR2 answers-only models trained
+as that demo's but with ``VQAOptions(config=...)`` ``{"stem": "linear", "values": "wide",
+"local_heads": 0}`` and ``{"stem": "centre", "values": "wide", "local_heads": 0}``.
 """
 
 from __future__ import annotations
