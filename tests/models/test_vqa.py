@@ -234,6 +234,16 @@ def test_local_heads_key_on_the_centre_of_their_patch_with_local_stem_centre():
         VQAConfig(vocab_size=10, n_answers=3, local_heads=1, local_stem="wide")
 
 
+def test_a_config_saved_before_local_stem_loads_with_whole_patch_local_keys():
+    config = VQAConfig(vocab_size=10, n_answers=3, local_heads=1, **SMALL)
+    saved = config.to_dict()
+    del saved["local_stem"]  # a vqa.json written before the field existed
+    old = VQAConfig.from_dict(saved)
+    assert old.local_stem == "linear" and old == config
+    weights = VQAModel(config).state_dict()
+    VQAModel(old).load_state_dict(weights)  # the same parameters: the weights still fit
+
+
 def _question_tokens(model, ids):
     """The question tokens the first cross layer reads (readout "mean")."""
     tokens = model.embed(ids) + sinusoidal_positions(ids.shape[1], model.config.d_model)
