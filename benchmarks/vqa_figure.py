@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 
-def _panel(ax, image, grid, box, point, title) -> None:
-    """The image, the map stretched over it, the box and the point, on one axis."""
+def _panel(ax, image, grid, box, point, hit, title) -> None:
+    """The image, the map stretched over it, the box and the point (green for a hit), on one
+    axis."""
     from matplotlib.patches import Rectangle
 
     height, width = image.shape[:2]
@@ -34,7 +35,6 @@ def _panel(ax, image, grid, box, point, title) -> None:
     ax.imshow(grid, extent=(0, width, height, 0), cmap="magma", alpha=0.55, interpolation="nearest")
     x0, y0, x1, y1 = box
     ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ls="--", lw=1.5, ec="white"))
-    hit = x0 <= point[0] < x1 and y0 <= point[1] < y1
     ax.plot(*point, marker="x", ms=10, mew=3, color="#2ca02c" if hit else "#d62728")
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
@@ -53,6 +53,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from crossattn.grounding import pointing_game
     from crossattn.training.vqa import load_vqa, scene_questions
 
     models = [m.split("=", 1) for m in args.model]
@@ -64,10 +65,12 @@ def main() -> None:
     )
     for col, (name, directory) in enumerate(models):
         predictions = load_vqa(Path(directory)).predict(test)
+        maps = [np.array(pred["map"]) for pred in predictions]
+        hits = pointing_game(maps, test.boxes, image_size=test.original_sizes)
         for row, pred in enumerate(predictions):
             image = test.images[test.image_index[row]].permute(1, 2, 0).numpy()
             title = f"{name}\n-> {pred['answer']}"
-            _panel(axes[row, col], image, np.array(pred["map"]), test.boxes[row], pred["point"],
+            _panel(axes[row, col], image, maps[row], test.boxes[row], pred["point"], hits[row],
                    title)  # fmt: skip
         for row in range(len(test)):
             axes[row, 0].set_ylabel(" ".join(test.questions[row]), fontsize=9)

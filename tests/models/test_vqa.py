@@ -19,7 +19,7 @@ from crossattn.data.toy_scenes import generate_scenes
 from crossattn.data.vqa import VQARecord, write_vqa_jsonl
 from crossattn.grounding import pointing_game
 from crossattn.models.seq2seq import sinusoidal_positions
-from crossattn.models.vqa import VQAConfig, VQAModel, patch_positions
+from crossattn.models.vqa import VQAConfig, VQAModel, patch_centres, patch_positions
 from crossattn.training.vqa import (
     VQAOptions,
     VQAPredictor,
@@ -260,7 +260,7 @@ def test_centre_answer_reads_the_patch_centres_through_the_stem_heads(local_head
                        **SMALL)  # fmt: skip
     model = VQAModel(config).eval()
     images = torch.arange(2 * 3 * 64 * 64, dtype=torch.float32).reshape(2, 3, 64, 64)
-    cells = model.centre_answer.centres(images)  # (B, P, 3 * 4 * 4)
+    cells = patch_centres(images, 8, 4)  # (B, P, 3 * 4 * 4): what the centre answer reads
     assert cells.shape == (2, 64, 48)
     want = images[1, :, 8 * 2 + 2 : 8 * 2 + 6, 8 * 5 + 2 : 8 * 5 + 6].reshape(-1)  # patch (2, 5)
     torch.testing.assert_close(cells[1, 8 * 2 + 5], want)

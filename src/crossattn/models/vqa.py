@@ -42,7 +42,7 @@ from ..layers.attention import CrossAttention
 from ..layers.transformer import TransformerEncoderLayer
 from .seq2seq import sinusoidal_positions
 
-__all__ = ["VQAConfig", "VQAModel", "VQAOutput", "patch_positions"]
+__all__ = ["VQAConfig", "VQAModel", "VQAOutput", "patch_centres", "patch_positions"]
 
 
 # the patch stems, `VQAConfig.stem` (and captioning's)
@@ -160,10 +160,10 @@ class _Convs(nn.Sequential):
     """The wide stem's 3 x 3 convolutions, run in channels-last memory, whose (B, C, H, W)
     output flattens to patch tokens without a copy. With ``bfloat16_training`` on
     (`VQAModel.train_convolutions_in_bfloat16`, which `train_vqa` calls), a CPU with AMX tiles
-    and the module in train mode, they run under bfloat16 autocast and return float32: with the
-    fused AdamW of `train_vqa`, a training step of the guided model took 23.5 ms against 29.2 ms,
-    of the answers-only model 16.7 against 21.5 (one thread, medians of 45 steps side by side).
-    Otherwise, and always in eval mode, they run in float32.
+    and the module in train mode, they run under bfloat16 autocast and return float32: a training
+    step of the guided model took 23.7 ms against 27.9 ms with float32 convolutions, of the
+    answers-only model 16.9 against 21.4 (both with the fused AdamW of `train_vqa`; one thread,
+    medians of 45 steps side by side). Otherwise, and always in eval mode, they run in float32.
 
     Only these overlapping convolutions: with PyTorch 2.13 on such a CPU, some bfloat16
     convolutions whose kernel equals their stride (16 input channels at 4, 8 at 8, as a patchify
@@ -220,24 +220,35 @@ class _WideStem(nn.Module):
         return self.convs(images) + self.patchify(images)
 
 
+def patch_centres(images: Tensor, patch: int, side: int) -> Tensor:
+    """(B, C, H, W) -> the centre ``side`` x ``side`` pixels of each ``patch`` x ``patch`` cell,
+    (B, P, C * side * side) in (channel, row, column) order; the square starts
+    ``(patch - side) // 2`` pixels into its cell (on the centre when the parities agree)."""
+    b, ch, height, width = images.shape
+    rows, cols, lo = height // patch, width // patch, (patch - side) // 2
+    cells = images.reshape(b, ch, rows, patch, cols, patch)
+    cells = cells[:, :, :, lo : lo + side, :, lo : lo + side]
+    return cells.permute(0, 2, 4, 1, 3, 5).reshape(b, rows * cols, ch * side * side)
+
+
 class _CentreStem(nn.Module):
-    """A linear map of the centre pixels of each patch: a square of about half the patch's side,
-    of the patch's parity so that it sits on the patch's centre (4 x 4 of an 8-pixel patch,
-    3 x 3 of a 5-pixel one, the whole of a 1- or 2-pixel one). A patch feature says what lies
-    around the patch's centre point, which is where the pointing game looks, and nothing of the
-    patch's rim."""
+    """A linear map of the centre pixels of each patch (`patch_centres`): a square of about half
+    the patch's side, of the patch's parity so that it sits on the patch's centre (4 x 4 of an
+    8-pixel patch, 3 x 3 of a 5-pixel one, the whole of a 1- or 2-pixel one). A patch feature
+    says what lies around the patch's centre point, which is where the pointing game looks, and
+    nothing of the patch's rim."""
 
     def __init__(self, d_model: int, patch: int):
         super().__init__()
         side = patch // 2
-        self.side = side + (patch - side) % 2
-        self.offset = (patch - self.side) // 2
-        self.proj = nn.Conv2d(3, d_model, kernel_size=self.side, stride=patch)
+        self.patch, self.side = patch, side + (patch - side) % 2
+        self.proj = nn.Linear(3 * self.side * self.side, d_model)
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, d_model, H / patch, W / patch)."""
-        o = self.offset
-        return self.proj(images[:, :, o:, o:])
+        b, _, height, width = images.shape
+        feats = self.proj(patch_centres(images, self.patch, self.side))  # (B, P, d_model)
+        return feats.transpose(1, 2).reshape(b, -1, height // self.patch, width // self.patch)
 
 
 def _stem(kind: str, d_model: int, patch: int) -> nn.Module:
@@ -374,18 +385,11 @@ class _CentreAnswer(nn.Module):
         self.norm_out = nn.LayerNorm(c.d_model)
         self.answer_head = nn.Linear(c.d_model, c.n_answers)
 
-    def centres(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) -> the centre k x k pixels of each patch, (B, P, 3 * k * k)."""
-        b, ch, size, _ = images.shape
-        p, k, g = self.patch, self.side, size // self.patch
-        lo = (p - k) // 2
-        cells = images.reshape(b, ch, g, p, g, p)[:, :, :, lo : lo + k, :, lo : lo + k]
-        return cells.permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, ch * k * k)
-
     def forward(self, images: Tensor, positions: Tensor, maps: Tensor, keep: Tensor) -> Tensor:
         """images (B, 3, H, W) centred on 0; positions (P, d); maps (B, h, T, P); keep (B, T, 1)."""
         b, h, t, _ = maps.shape
-        values = self.to_values(self.norm_values(self.pixels(self.centres(images)) + positions))
+        centres = patch_centres(images, self.patch, self.side)  # (B, P, 3 * k * k)
+        values = self.to_values(self.norm_values(self.pixels(centres) + positions))
         values = values.reshape(b, -1, h, values.shape[-1] // h)  # (B, P, h, dim_head)
         read = self.to_out(torch.einsum("bhtp,bphd->bthd", maps, values).reshape(b, t, -1))
         return self.answer_head(self.norm_out(_token_mean(read, keep)))
@@ -412,7 +416,7 @@ class VQAModel(nn.Module):
 
     def train_convolutions_in_bfloat16(self, enabled: bool = True) -> VQAModel:
         """While in train mode on a CPU with AMX tiles, run the wide stems' 3 x 3 convolutions
-        under bfloat16 autocast (float32 out; about a fifth off a training step); off by default,
+        under bfloat16 autocast (float32 out; 15-21% off a training step); off by default,
         and eval mode always runs float32. `train_vqa` turns it on (`VQAOptions.amx_bfloat16`).
         Returns the model."""
         enabled = _checks.boolean(enabled, "enabled")

@@ -473,7 +473,7 @@ def train_vqa(
     labels = torch.tensor([answer_id[a] for a in examples.answers])
     opt = torch.optim.AdamW(
         model.parameters(), lr=options.lr, weight_decay=options.weight_decay, fused=True
-    )  # one kernel for all parameters: the per-parameter loop took 3.5 ms a step (profiled)
+    )  # one kernel for all parameters: 1.6 and 0.9 ms off a guided and an answers-only step
     start = time.monotonic()
     end = start + options.seconds if deadline is None else min(deadline, start + options.seconds)
     gen = torch.Generator().manual_seed(options.seed)
