@@ -38,6 +38,7 @@ from .chunked_plan import (  # noqa: F401  (the tiling's constants, importable f
     KEYS_FIRST_MAX_S,
     MIN_ROWS,
     TILE_ELEMENTS,
+    WEIGHTS_MIN_ROWS,
     _Plan,
     _Tile,
     plan,
@@ -164,7 +165,8 @@ def _keep_tile(seed: int, index: int, shape: torch.Size, p: float, device: torch
 
 
 class _Weights:
-    """Where the weights go: per head (B, H, L, S), or a float32 head sum (B, L, S)."""
+    """Where the weights go: per head (B, H, L, S), or their head mean (B, L, S), reduced per
+    tile or accumulated (each head divided by H) in the statistics dtype."""
 
     def __init__(self, inputs: AttentionInputs, plan_: _Plan):
         self.mode = inputs.return_weights
@@ -178,7 +180,7 @@ class _Weights:
             self.mean = torch.empty(b, length, s, dtype=inputs.dtype, device=inputs.device)
         elif self.mode == "mean":
             acc = compute_dtype(inputs.dtype)
-            self.sum = torch.zeros(b, length, s, dtype=acc, device=inputs.device)
+            self.mean_acc = torch.zeros(b, length, s, dtype=acc, device=inputs.device)
         elif self.mode:
             self.full = torch.empty(b, h, length, s, dtype=inputs.dtype, device=inputs.device)
             hk, g = plan_.kv_heads, plan_.groups
@@ -213,20 +215,24 @@ class _Weights:
             return
         for b in range(t.i0 // p.kv_heads, (t.i1 - 1) // p.kv_heads + 1):
             lo, hi = max(t.i0, b * p.kv_heads), min(t.i1, (b + 1) * p.kv_heads)
-            head_sum = probs[lo - t.i0 : hi - t.i0].sum(dim=0, dtype=self.sum.dtype)  # (rows, sk)
+            if hi - lo == 1:
+                head_sum = probs[lo - t.i0]  # one head: added in place, no temporary
+            else:
+                head_sum = probs[lo - t.i0 : hi - t.i0].sum(dim=0, dtype=self.mean_acc.dtype)
             if t.group is not None or p.groups == 1:
-                self.sum[b, t.r0 : t.r1, ks] += head_sum
+                self.mean_acc[b, t.r0 : t.r1, ks].add_(head_sum, alpha=1.0 / self.heads)
                 continue
             # Folded rows r = g * L + l: add each group's segment at its query positions.
             for g in range(t.r0 // length, (t.r1 - 1) // length + 1):
                 a, z = max(t.r0, g * length), min(t.r1, (g + 1) * length)
-                self.sum[b, a - g * length : z - g * length, ks] += head_sum[a - t.r0 : z - t.r0]
+                dst = self.mean_acc[b, a - g * length : z - g * length, ks]
+                dst.add_(head_sum[a - t.r0 : z - t.r0], alpha=1.0 / self.heads)
 
     def result(self, dtype: torch.dtype) -> Tensor | None:
         if self.mode == "mean" and self.direct:
             return self.mean.div_(self.heads) if self.summed else self.mean  # (B, L, S)
         if self.mode == "mean":
-            return self.sum.div_(self.heads).to(dtype)  # (B, L, S)
+            return self.mean_acc.to(dtype)  # (B, L, S): each head was added divided by H
         if self.mode:
             return self.full  # (B, H, L, S)
         return None

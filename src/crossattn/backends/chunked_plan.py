@@ -24,6 +24,10 @@ KEYS_FIRST_MAX_S = 256  # contexts up to this long: keys-first scores on the sin
 K_BLOCK = 2048  # key block of the online softmax for longer contexts
 MIN_ROWS = 16
 FLOAT32_WHOLE_ROWS_MAX_S = 8192  # longest float32 context whose weights take whole rows
+# Fewest query rows of a float32 whole-row tile with weights: below it the score matmul
+# (rows x E) @ (E x S) is too skinny for the matmul's speed (see `plan`). bfloat16 tiles keep
+# MIN_ROWS: their matmul stays fast on fewer rows, and tiles of every head win there.
+WEIGHTS_MIN_ROWS = 128
 
 
 @dataclass(frozen=True)
@@ -88,11 +92,16 @@ def plan(
     # Folding G query heads into the rows needs a mask that is the same for every head and query.
     fold = g == 1 or mask is None or (mask.shape[1] == 1 and mask.shape[2] == 1)
     rows = g * length if fold else length
-    # Whole rows (one key block) give weights in the output's own pass (E float32 mean: 1.48x
-    # SDPA's time, key blocks 2.13x; not at B's 65536 float32 keys: 1.97x against 1.46x), and
-    # run bfloat16 through one fused softmax per row (B: 1.5x faster than SDPA, key blocks 1x).
+    # Whole rows (one key block) give weights in the output's own pass, and run bfloat16
+    # through one fused softmax per row (B: 1.5x faster than SDPA, key blocks 1x). float32
+    # weights take them up to FLOAT32_WHOLE_ROWS_MAX_S keys (E mean: 1.48x SDPA's time, key
+    # blocks 2.13x), and beyond it while a tile holds WEIGHTS_MIN_ROWS rows of one head (B
+    # mean: 1.31-1.35x SDPA's time in tiles of 128 rows of one head, 1.42-1.49x in key blocks,
+    # 1.97x in tiles of 16 rows of every head; B per-head weights 1.61-1.70x against 2.06x).
     bf16 = inputs.dtype == torch.bfloat16
-    weights_rows = inputs.return_weights and (bf16 or s <= FLOAT32_WHOLE_ROWS_MAX_S)
+    min_rows = MIN_ROWS if bf16 else min(rows, WEIGHTS_MIN_ROWS)
+    fits_rows = min_rows * s <= (tile_elements or TILE_ELEMENTS)
+    weights_rows = inputs.return_weights and (bf16 or s <= FLOAT32_WHOLE_ROWS_MAX_S or fits_rows)
     long_bf16 = bf16 and not inputs.requires_grad and s >= 16 * rows
     whole_rows = (weights_rows or long_bf16) and MIN_ROWS * s <= (tile_elements or TILE_ELEMENTS)
     if k_block is None:
@@ -104,7 +113,7 @@ def plan(
         row_block = rows
         batch_block = max(1, min(b * hk, tile_elements // (rows * kb)))
         batch_block = -(-(b * hk) // -(-(b * hk) // batch_block))  # even tiles
-    elif inputs.return_weights == "mean" and g == 1 and hk * MIN_ROWS * kb <= tile_elements:
+    elif inputs.return_weights == "mean" and g == 1 and hk * min_rows * kb <= tile_elements:
         # Every head of a batch row in one tile: the head mean is one reduction into the map.
         batch_block = hk
         row_block = -(-rows // -(-rows // (tile_elements // (hk * kb))))  # even tiles
