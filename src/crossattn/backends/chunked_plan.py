@@ -96,7 +96,7 @@ def plan(
     # through one fused softmax per row (B: 1.5x faster than SDPA, key blocks 1x). float32
     # weights take them up to FLOAT32_WHOLE_ROWS_MAX_S keys (E mean: 1.48x SDPA's time, key
     # blocks 2.13x), and beyond it while a tile holds WEIGHTS_MIN_ROWS rows of one head (B
-    # mean: 1.31-1.35x SDPA's time in tiles of 128 rows of one head, 1.42-1.49x in key blocks,
+    # mean: 1.25-1.30x SDPA's time in tiles of 128 rows of one head, 1.42-1.49x in key blocks,
     # 1.97x in tiles of 16 rows of every head; B per-head weights 1.61-1.70x against 2.06x).
     bf16 = inputs.dtype == torch.bfloat16
     min_rows = MIN_ROWS if bf16 else min(rows, WEIGHTS_MIN_ROWS)
