@@ -96,7 +96,9 @@ def test_weights_take_whole_rows_within_one_tile(dims, dtype, weights):
 def test_float_mean_of_every_head_in_one_tile_matches_float64_reference(dtype, gen):
     """Many query rows: the float head mean takes tiles of every head (one reduction)."""
     b, h, length, s, e = 1, 2, 300, 20, 8
-    inputs = AttentionInputs(*(torch.empty(b, h, n, e) for n in (length, s, s)), None, 1, 0, "mean")
+    inputs = AttentionInputs(
+        *(torch.empty(b, h, n, e) for n in (length, s, s)), None, 0.1, 0.0, "mean"
+    )
     p = plan(inputs, 5500, None, SINGLE_BLOCK)
     assert p.batch_block == h and p.row_block < length
     q, k, v = (randn(b, h, n, e, generator=gen) for n in (length, s, s))

@@ -213,6 +213,7 @@ class _Weights:
             else:
                 dst.copy_(reduce(heads, dim=1))
             return
+        inv_heads = 1.0 / self.heads
         for b in range(t.i0 // p.kv_heads, (t.i1 - 1) // p.kv_heads + 1):
             lo, hi = max(t.i0, b * p.kv_heads), min(t.i1, (b + 1) * p.kv_heads)
             if hi - lo == 1:
@@ -220,13 +221,13 @@ class _Weights:
             else:
                 head_sum = probs[lo - t.i0 : hi - t.i0].sum(dim=0, dtype=self.mean_acc.dtype)
             if t.group is not None or p.groups == 1:
-                self.mean_acc[b, t.r0 : t.r1, ks].add_(head_sum, alpha=1.0 / self.heads)
+                self.mean_acc[b, t.r0 : t.r1, ks].add_(head_sum, alpha=inv_heads)
                 continue
             # Folded rows r = g * L + l: add each group's segment at its query positions.
             for g in range(t.r0 // length, (t.r1 - 1) // length + 1):
                 a, z = max(t.r0, g * length), min(t.r1, (g + 1) * length)
                 dst = self.mean_acc[b, a - g * length : z - g * length, ks]
-                dst.add_(head_sum[a - t.r0 : z - t.r0], alpha=1.0 / self.heads)
+                dst.add_(head_sum[a - t.r0 : z - t.r0], alpha=inv_heads)
 
     def result(self, dtype: torch.dtype) -> Tensor | None:
         if self.mode == "mean" and self.direct:

@@ -95,15 +95,17 @@ def plan(
     # Whole rows (one key block) give weights in the output's own pass, and run bfloat16
     # through one fused softmax per row (B: 1.5x faster than SDPA, key blocks 1x). float32
     # weights take them up to FLOAT32_WHOLE_ROWS_MAX_S keys (E mean: 1.48x SDPA's time, key
-    # blocks 2.13x), and beyond it while a tile holds WEIGHTS_MIN_ROWS rows of one head (B
-    # mean: 1.25-1.30x SDPA's time in tiles of 128 rows of one head, 1.42-1.49x in key blocks,
-    # 1.97x in tiles of 16 rows of every head; B per-head weights 1.61-1.70x against 2.06x).
+    # blocks 2.13x), and beyond it while a tile holds WEIGHTS_MIN_ROWS rows of one head (B mean
+    # on the Intel Xeon: 1.25-1.30x SDPA's time so, 1.42-1.49x in key blocks, 2.5x in tiles of
+    # 16 rows of every head; B per-head weights 1.61-1.70x against 2.06-2.09x).
     bf16 = inputs.dtype == torch.bfloat16
+    row_budget = tile_elements or TILE_ELEMENTS  # scores of one tile of whole rows
     min_rows = MIN_ROWS if bf16 else min(rows, WEIGHTS_MIN_ROWS)
-    fits_rows = min_rows * s <= (tile_elements or TILE_ELEMENTS)
-    weights_rows = inputs.return_weights and (bf16 or s <= FLOAT32_WHOLE_ROWS_MAX_S or fits_rows)
+    weights_rows = inputs.return_weights and (
+        bf16 or s <= FLOAT32_WHOLE_ROWS_MAX_S or min_rows * s <= row_budget
+    )
     long_bf16 = bf16 and not inputs.requires_grad and s >= 16 * rows
-    whole_rows = (weights_rows or long_bf16) and MIN_ROWS * s <= (tile_elements or TILE_ELEMENTS)
+    whole_rows = (weights_rows or long_bf16) and MIN_ROWS * s <= row_budget
     if k_block is None:
         k_block = s if s <= single_block or whole_rows else K_BLOCK
     kb = min(k_block, s)
